@@ -1,0 +1,96 @@
+//! API errors, and the one place where each becomes an HTTP status and the
+//! JSON body `{"type":"error","code":<status>,"msg":"..."}`.
+
+use std::borrow::Cow;
+
+use crate::api::codec::CodecError;
+use crate::auth::AuthError;
+use crate::http::response::{write_response, CONTENT_JSON};
+use crate::store::StoreError;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ApiError {
+    /// 400: malformed request, JSON or missing field.
+    BadRequest(Cow<'static, str>),
+    /// 401: bad, expired or someone else's token; wrong password.
+    Unauthorized(&'static str),
+    /// 403: e.g. sending to a group one is not a member of.
+    Forbidden(&'static str),
+    /// 404: unknown user, group or path.
+    NotFound(Cow<'static, str>),
+    /// 405: the path exists, the method does not.
+    MethodNotAllowed,
+    /// 409: the username is taken.
+    Conflict(&'static str),
+    /// 503: the store cannot be reached; nothing was written.
+    Unavailable,
+    /// 500: a bug or an OS failure outside the store (e.g. no randomness).
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized(_) => 401,
+            ApiError::Forbidden(_) => 403,
+            ApiError::NotFound(_) => 404,
+            ApiError::MethodNotAllowed => 405,
+            ApiError::Conflict(_) => 409,
+            ApiError::Unavailable => 503,
+            ApiError::Internal => 500,
+        }
+    }
+
+    pub fn msg(&self) -> &str {
+        match self {
+            ApiError::BadRequest(m) | ApiError::NotFound(m) => m,
+            ApiError::Unauthorized(m) | ApiError::Forbidden(m) | ApiError::Conflict(m) => m,
+            ApiError::MethodNotAllowed => "method not allowed",
+            ApiError::Unavailable => "store unavailable",
+            ApiError::Internal => "internal error",
+        }
+    }
+
+    /// The whole HTTP response for this error.
+    pub fn response(&self, keep_alive: bool) -> Vec<u8> {
+        error_response(self.status(), self.msg(), keep_alive)
+    }
+}
+
+/// An error response for any status: used by the API and by the HTTP layer
+/// (400, 408, 413, 431, ...), so every error has the same body.
+pub fn error_response(status: u16, msg: &str, keep_alive: bool) -> Vec<u8> {
+    let mut body = format!(r#"{{"type":"error","code":{status},"msg":"#).into_bytes();
+    // Serialising a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut body, msg);
+    body.push(b'}');
+    let mut out = Vec::with_capacity(160 + body.len());
+    write_response(&mut out, status, CONTENT_JSON, &body, keep_alive);
+    out
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UsernameTaken => ApiError::Conflict("username taken"),
+            StoreError::NoSuchUser(uid) => ApiError::NotFound(format!("no such user {uid}").into()),
+            StoreError::NoSuchGroup(gid) => {
+                ApiError::NotFound(format!("no such group {gid}").into())
+            }
+            StoreError::Unavailable(_) => ApiError::Unavailable,
+        }
+    }
+}
+
+impl From<CodecError> for ApiError {
+    fn from(e: CodecError) -> Self {
+        ApiError::BadRequest(e.to_string().into())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(_: AuthError) -> Self {
+        ApiError::Internal
+    }
+}

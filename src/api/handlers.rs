@@ -1,0 +1,432 @@
+//! The endpoints of API.md, one function each.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::api::codec::{decode_body, Fields};
+use crate::api::error::ApiError;
+use crate::api::frame;
+use crate::api::{Reply, Request, Sub};
+use crate::auth;
+use crate::http::query;
+use crate::http::request::Method;
+use crate::http::response::{write_response, CONTENT_JSON};
+use crate::router::{Router, SubKey};
+use crate::store::{
+    Message, MsgId, NewMessage, Store, TokenInfo, Uid, DATATYPE_GROUP, DATATYPE_SINGLE,
+};
+
+/// Longest appid accepted, in bytes: it is a key prefix, not a document.
+const MAX_APPID: usize = 64;
+/// Longest username accepted, in bytes.
+const MAX_USERNAME: usize = 128;
+/// Longest password accepted, in bytes: argon2 hashes any length, but a
+/// megabyte "password" is a way to burn our CPU, not a secret.
+const MAX_PASS: usize = 1024;
+/// Longest group name accepted, in bytes.
+const MAX_GNAME: usize = 256;
+/// Most members of one group: every group message is written once per member.
+const MAX_GROUP_MEMBERS: usize = 100_000;
+
+/// Settings of the API that come from the command line.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Most messages in one frame, poll answer or pull answer.
+    pub page_size: usize,
+    /// Seconds a login token stays valid.
+    pub token_ttl: u64,
+}
+
+pub struct Api {
+    store: Arc<dyn Store>,
+    router: Arc<Router>,
+    limits: Limits,
+    /// A real argon2id hash to verify against when the username is unknown,
+    /// so a failed login takes as long whether or not the user exists.
+    dummy_hash: String,
+}
+
+/// Endpoints and the one method each takes.
+enum Endpoint {
+    Re,
+    Gre,
+    Login,
+    P,
+    Gp,
+    Pull,
+    Ack,
+    Logout,
+    Stream,
+    Poll,
+}
+
+impl Endpoint {
+    fn parse(path: &[u8]) -> Option<(Endpoint, Method)> {
+        Some(match path {
+            b"/re" => (Endpoint::Re, Method::Post),
+            b"/gre" => (Endpoint::Gre, Method::Post),
+            b"/login" => (Endpoint::Login, Method::Post),
+            b"/p" => (Endpoint::P, Method::Post),
+            b"/gp" => (Endpoint::Gp, Method::Post),
+            b"/pull" => (Endpoint::Pull, Method::Post),
+            b"/ack" => (Endpoint::Ack, Method::Post),
+            b"/logout" => (Endpoint::Logout, Method::Post),
+            b"/cget/stream" => (Endpoint::Stream, Method::Get),
+            b"/cget/poll" => (Endpoint::Poll, Method::Get),
+            _ => return None,
+        })
+    }
+}
+
+impl Api {
+    pub fn new(store: Arc<dyn Store>, router: Arc<Router>, limits: Limits) -> Api {
+        let dummy_hash = auth::hash_password("haoshuo: no such user")
+            .expect("the OS random source works at start-up");
+        Api {
+            store,
+            router,
+            limits,
+            dummy_hash,
+        }
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Runs one request for the connection `origin` names.
+    pub fn handle(&self, origin: SubKey, req: &Request) -> Reply {
+        let keep_alive = req.head.keep_alive;
+        match self.route(origin, req) {
+            Ok(reply) => reply,
+            Err(e) => Reply::Http {
+                bytes: e.response(keep_alive),
+                keep_alive,
+            },
+        }
+    }
+
+    /// Stored messages of a subscriber from `from` on, one page; `None` if
+    /// the store cannot be read now.
+    pub fn backfill(&self, sub: &Sub) -> Option<Vec<Message>> {
+        let appid = self.router.app_name(sub.app);
+        self.store
+            .read(&appid, sub.uid, sub.next, self.limits.page_size)
+            .ok()
+    }
+
+    fn route(&self, origin: SubKey, req: &Request) -> Result<Reply, ApiError> {
+        let path = req.head.path(&req.raw);
+        let (endpoint, method) =
+            Endpoint::parse(path).ok_or_else(|| ApiError::NotFound("no such path".into()))?;
+        if req.head.method != method {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        let keep_alive = req.head.keep_alive;
+        if let Endpoint::Stream | Endpoint::Poll = endpoint {
+            let query = req.head.query(&req.raw);
+            return self.subscribe(
+                origin,
+                query,
+                matches!(endpoint, Endpoint::Stream),
+                keep_alive,
+            );
+        }
+        let f = decode_body(req.body(), req.head.body)?;
+        let body = match endpoint {
+            Endpoint::Re => self.re(&f)?,
+            Endpoint::Gre => self.gre(&f)?,
+            Endpoint::Login => self.login(&f)?,
+            Endpoint::P => self.p(&f)?,
+            Endpoint::Gp => self.gp(&f)?,
+            Endpoint::Pull => self.pull(&f)?,
+            Endpoint::Ack => self.ack(&f)?,
+            Endpoint::Logout => self.logout(&f)?,
+            Endpoint::Stream | Endpoint::Poll => unreachable!("answered above"),
+        };
+        let mut bytes = Vec::with_capacity(160 + body.len());
+        write_response(&mut bytes, 200, CONTENT_JSON, &body, keep_alive);
+        Ok(Reply::Http { bytes, keep_alive })
+    }
+
+    fn re(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
+        let appid = appid(f)?;
+        let username = bounded(f, "username", MAX_USERNAME)?;
+        let pass = bounded(f, "pass", MAX_PASS)?;
+        let hash = auth::hash_password(&pass)?;
+        let uid = self.store.create_user(&appid, &username, &hash)?;
+        Ok(object(&[("uid", Num(uid)), ("username", Str(&username))]))
+    }
+
+    fn login(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
+        let appid = appid(f)?;
+        let username = bounded(f, "username", MAX_USERNAME)?;
+        let pass = bounded(f, "pass", MAX_PASS)?;
+        let user = self.store.find_user(&appid, &username)?;
+        let (uid, hash) = match &user {
+            Some((uid, hash)) => (*uid, hash.as_str()),
+            None => (0, self.dummy_hash.as_str()),
+        };
+        if !auth::verify_password(&pass, hash) || user.is_none() {
+            return Err(ApiError::Unauthorized("wrong username or password"));
+        }
+        let (selector, verifier) = auth::new_token()?;
+        let info = TokenInfo {
+            verifier,
+            appid: appid.into_owned(),
+            uid,
+            expires_at: unix_now().saturating_add(self.limits.token_ttl),
+        };
+        self.store.put_token(&selector, &info)?;
+        let token = format!("{selector}{}", info.verifier);
+        Ok(object(&[("uid", Num(uid)), ("token", Str(&token))]))
+    }
+
+    fn gre(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
+        let appid = appid(f)?;
+        let owner = f.u64("ownerid")?;
+        self.check_token(f, &appid, owner)?;
+        let gname = bounded(f, "gname", MAX_GNAME)?;
+        let mut members = vec![owner];
+        let mut seen = HashSet::from([owner]);
+        for uid in f.u64_list("uids")? {
+            if seen.insert(uid) {
+                members.push(uid);
+            }
+        }
+        if members.len() > MAX_GROUP_MEMBERS {
+            return Err(ApiError::BadRequest(
+                format!("a group has at most {MAX_GROUP_MEMBERS} members").into(),
+            ));
+        }
+        let gid = self.store.create_group(&appid, owner, &gname, &members)?;
+        Ok(object(&[
+            ("uid", Num(owner)),
+            ("gname", Str(&gname)),
+            ("gid", Num(gid)),
+        ]))
+    }
+
+    fn p(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
+        let (appid, msg) = self.message(f, DATATYPE_SINGLE)?;
+        self.send(&appid, &[msg.toid], &msg)
+    }
+
+    fn gp(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
+        let (appid, msg) = self.message(f, DATATYPE_GROUP)?;
+        let members = self
+            .store
+            .group_members(&appid, msg.toid)?
+            .ok_or_else(|| ApiError::NotFound(format!("no such group {}", msg.toid).into()))?;
+        if !members.contains(&msg.fromid) {
+            return Err(ApiError::Forbidden("not a member of this group"));
+        }
+        self.send(&appid, &members, &msg)
+    }
+
+    /// The fields shared by `/p` and `/gp`, checked.
+    fn message(&self, f: &Fields, datatype: u8) -> Result<(String, NewMessage), ApiError> {
+        let appid = appid(f)?.into_owned();
+        let fromid = f.u64("fromid")?;
+        self.check_token(f, &appid, fromid)?;
+        if let Some(d) = f.opt_u64("datatype")? {
+            if d != u64::from(datatype) {
+                return Err(ApiError::BadRequest(
+                    format!("datatype must be {datatype} here").into(),
+                ));
+            }
+        }
+        let msg = NewMessage {
+            fromid,
+            toid: f.u64("toid")?,
+            datatype,
+            content: Arc::from(f.str("content")?.as_ref()),
+        };
+        Ok((appid, msg))
+    }
+
+    /// Commits `msg` to every receiver's inbox, then hands it to the router.
+    fn send(&self, appid: &str, to: &[Uid], msg: &NewMessage) -> Result<Vec<u8>, ApiError> {
+        let ids = self.store.append(appid, to, msg)?;
+        let receivers: Vec<(Uid, MsgId)> = to.iter().copied().zip(ids).collect();
+        self.router
+            .publish(self.router.app_key(appid), &receivers, msg);
+        Ok(br#"{"type":"ok"}"#.to_vec())
+    }
+
+    fn pull(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
+        let appid = appid(f)?;
+        let uid = f.u64("uid")?;
+        self.check_token(f, &appid, uid)?;
+        let acked = self.store.acked(&appid, uid)?;
+        let msgs = self
+            .store
+            .read(&appid, uid, acked + 1, self.limits.page_size)?;
+        Ok(frame::pull_body(&msgs, acked, uid))
+    }
+
+    fn ack(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
+        let appid = appid(f)?;
+        let uid = f.u64("uid")?;
+        self.check_token(f, &appid, uid)?;
+        self.store.ack(&appid, uid, f.u64("endid")?)?;
+        Ok(br#"{"type":"ok"}"#.to_vec())
+    }
+
+    fn logout(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
+        let appid = appid(f)?;
+        let uid = f.u64("uid")?;
+        let selector = self.check_token(f, &appid, uid)?;
+        self.store.delete_token(&selector)?;
+        Ok(object(&[("uid", Num(uid)), ("msg", Str("ok"))]))
+    }
+
+    /// `/cget/stream` and `/cget/poll`: authenticate from the query,
+    /// subscribe, then read what is stored (subscribing first means nothing
+    /// committed in between can be missed: it is either read or delivered).
+    fn subscribe(
+        &self,
+        origin: SubKey,
+        query_str: &[u8],
+        stream: bool,
+        keep_alive: bool,
+    ) -> Result<Reply, ApiError> {
+        let param = |name: &str| -> Result<Option<String>, ApiError> {
+            query::field(query_str, name)
+                .map_err(|_| ApiError::BadRequest(format!("bad escape in '{name}'").into()))
+                .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        };
+        let cname = param("cname")?
+            .ok_or_else(|| ApiError::BadRequest("missing query parameter 'cname'".into()))?;
+        let uid: Uid = cname
+            .parse()
+            .map_err(|_| ApiError::BadRequest("'cname' must be a user id".into()))?;
+        let seq = match param("seq")? {
+            None => 1,
+            Some(s) => s
+                .parse::<MsgId>()
+                .map_err(|_| ApiError::BadRequest("'seq' must be a message id".into()))?
+                .max(1),
+        };
+        let token = param("token")?.unwrap_or_default();
+        let refuse = |frame: &'static [u8]| {
+            if stream {
+                Reply::StreamRefused { frame, keep_alive }
+            } else {
+                let mut bytes = Vec::with_capacity(200);
+                write_response(&mut bytes, 200, CONTENT_JSON, frame, keep_alive);
+                Reply::Http { bytes, keep_alive }
+            }
+        };
+        let appid = match self.token_owner(&token)? {
+            Some(info) if info.uid == uid => info.appid,
+            _ => return Ok(refuse(frame::TOKEN_ERROR)),
+        };
+        let sub = Sub {
+            app: self.router.app_key(&appid),
+            uid,
+            next: seq,
+        };
+        if self.router.subscribe(sub.app, uid, origin).is_err() {
+            return Ok(refuse(frame::TOO_MANY));
+        }
+        let backlog = match self.store.read(&appid, uid, seq, self.limits.page_size) {
+            Ok(msgs) => msgs,
+            Err(e) => {
+                self.router.unsubscribe(sub.app, uid, origin);
+                return Err(e.into());
+            }
+        };
+        if stream {
+            let more = backlog.len() >= self.limits.page_size;
+            return Ok(Reply::Stream { sub, backlog, more });
+        }
+        if backlog.is_empty() {
+            return Ok(Reply::PollHold { sub, keep_alive });
+        }
+        self.router.unsubscribe(sub.app, uid, origin);
+        let mut body = Vec::with_capacity(128 * backlog.len());
+        frame::data_frame(&mut body, &backlog, uid);
+        let mut bytes = Vec::with_capacity(160 + body.len());
+        write_response(&mut bytes, 200, CONTENT_JSON, &body, keep_alive);
+        Ok(Reply::Http { bytes, keep_alive })
+    }
+
+    /// Checks the request's `token` acts for `uid` of `appid`; returns its
+    /// selector.
+    fn check_token(&self, f: &Fields, appid: &str, uid: Uid) -> Result<String, ApiError> {
+        const BAD: ApiError = ApiError::Unauthorized("token error");
+        let token = f.str("token")?;
+        match self.token_owner(&token)? {
+            Some(info) if info.appid == appid && info.uid == uid => {
+                Ok(token[..auth::SELECTOR_HEX].to_owned())
+            }
+            _ => Err(BAD),
+        }
+    }
+
+    /// The live token's owner, if the token is valid.
+    fn token_owner(&self, token: &str) -> Result<Option<TokenInfo>, ApiError> {
+        let Some((selector, verifier)) = auth::split_token(token) else {
+            return Ok(None);
+        };
+        Ok(self.store.get_token(selector)?.filter(|info| {
+            auth::verifier_matches(verifier, &info.verifier) && info.expires_at > unix_now()
+        }))
+    }
+}
+
+fn appid(f: &Fields) -> Result<std::borrow::Cow<'_, str>, ApiError> {
+    bounded(f, "appid", MAX_APPID)
+}
+
+/// A required, non-empty string field of at most `max` bytes.
+fn bounded<'a>(
+    f: &'a Fields,
+    name: &str,
+    max: usize,
+) -> Result<std::borrow::Cow<'a, str>, ApiError> {
+    let v = f.str(name)?;
+    if v.is_empty() || v.len() > max {
+        return Err(ApiError::BadRequest(
+            format!("'{name}' must be 1 to {max} bytes").into(),
+        ));
+    }
+    Ok(v)
+}
+
+/// A JSON value of an answer's field.
+enum Val<'a> {
+    Num(u64),
+    Str(&'a str),
+}
+use Val::{Num, Str};
+
+/// A JSON object with its fields in the order API.md shows them (clients
+/// written against the original sometimes match on the text).
+fn object(fields: &[(&str, Val)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(b'{');
+    for (i, (name, val)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        match val {
+            Num(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
+            // Serialising a str into a Vec cannot fail.
+            Str(s) => drop(serde_json::to_writer(&mut out, s)),
+        }
+    }
+    out.push(b'}');
+    out
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

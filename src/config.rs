@@ -1,0 +1,92 @@
+//! Command line and environment: every setting of the server in one struct.
+//!
+//! Each flag can also be set from an environment variable `HAOSHUO_<NAME>`;
+//! a flag given on the command line wins.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// When the embedded store's log is fsynced (like Redis's `appendfsync`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FsyncPolicy {
+    /// Before every answer: nothing answered `ok` is lost even on power loss.
+    Always,
+    /// Once a second: a crash of the server loses nothing (the OS has the
+    /// data); a crash of the machine loses at most the last second.
+    Everysec,
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(name = "haoshuo", version, about = "haoshuo IM push server")]
+pub struct Config {
+    /// Address to listen on (every reactor binds it with SO_REUSEPORT).
+    /// Port 0 picks a free port; the start line names it.
+    #[arg(long, env = "HAOSHUO_LISTEN", default_value = "0.0.0.0:2012")]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded store.
+    #[arg(long, env = "HAOSHUO_DATA_DIR", default_value = "./haoshuo-data")]
+    pub data_dir: PathBuf,
+
+    /// Keep everything in Redis instead of the embedded store
+    /// (redis://HOST:PORT/DB). Not supported yet.
+    #[arg(long, env = "HAOSHUO_REDIS")]
+    pub redis: Option<String>,
+
+    /// Reactor (event loop) threads; default: one per core.
+    #[arg(long, env = "HAOSHUO_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Worker threads running API calls against the store; default: 2 per core.
+    #[arg(long, env = "HAOSHUO_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Seconds of quiet on a stream before a `noop` heartbeat frame.
+    #[arg(long, env = "HAOSHUO_HEARTBEAT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub heartbeat: u32,
+
+    /// Seconds a long-poll is held before it answers `noop`.
+    #[arg(long, env = "HAOSHUO_POLL_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub poll_timeout: u32,
+
+    /// Most connections the server holds at once; accepting pauses at this
+    /// number and resumes below 90 % of it.
+    #[arg(long, env = "HAOSHUO_MAX_CONNS", default_value_t = 1_000_000)]
+    pub max_conns: usize,
+
+    /// Most streams and polls one user may have open at once.
+    #[arg(long, env = "HAOSHUO_MAX_SUBS_PER_USER", default_value_t = 16)]
+    pub max_subs_per_user: usize,
+
+    /// Largest request body accepted, in bytes (413 above it).
+    #[arg(long, env = "HAOSHUO_MAX_BODY", default_value_t = 64 * 1024)]
+    pub max_body: usize,
+
+    /// Most messages in one data frame, poll answer or pull answer.
+    #[arg(long, env = "HAOSHUO_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub page_size: u32,
+
+    /// Seconds a login token stays valid.
+    #[arg(long, env = "HAOSHUO_TOKEN_TTL", default_value_t = 30 * 24 * 3600)]
+    pub token_ttl: u64,
+
+    /// When the embedded store's log reaches the disk.
+    #[arg(long, env = "HAOSHUO_FSYNC", value_enum, default_value_t = FsyncPolicy::Everysec)]
+    pub fsync: FsyncPolicy,
+}
+
+impl Config {
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(cores).max(1)
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| 2 * cores()).max(1)
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,9 @@
+//! HTTP/1.1 protocol layer: request-head parsing, response and chunk framing,
+//! and URL-encoded field decoding. Everything here takes and returns bytes
+//! and status enums; it must not touch sockets, timers or connection state,
+//! and it must not print or log.
+
+pub mod chunked;
+pub mod query;
+pub mod request;
+pub mod response;

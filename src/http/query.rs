@@ -1,0 +1,195 @@
+//! URL-encoded data: percent-decoding and `name=value&...` field lookup, used
+//! for both request queries and `application/x-www-form-urlencoded` bodies.
+//! It owns the escape rules only. It must not interpret values (JSON, numbers
+//! and UTF-8 checks belong to the callers) or touch sockets; it borrows the
+//! input and copies only when something actually has to be decoded.
+
+use std::borrow::Cow;
+
+/// A `%` not followed by two hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("bad percent escape")]
+pub struct BadEscape;
+
+impl BadEscape {
+    /// The HTTP status to answer with.
+    pub fn status(&self) -> u16 {
+        400
+    }
+}
+
+/// Decodes `%XX` and, if `plus_is_space`, `+` as space. Returns `None` on a
+/// bad escape (`"%G1"`, truncated `"%4"`). Borrows when nothing needs
+/// decoding. The result is raw bytes, not necessarily UTF-8.
+pub fn percent_decode(input: &[u8], plus_is_space: bool) -> Option<Cow<'_, [u8]>> {
+    let needs_work = |&b: &u8| b == b'%' || (plus_is_space && b == b'+');
+    let Some(first) = input.iter().position(needs_work) else {
+        return Some(Cow::Borrowed(input));
+    };
+    let mut out = Vec::with_capacity(input.len());
+    out.extend_from_slice(&input[..first]);
+    let mut i = first;
+    while i < input.len() {
+        match input[i] {
+            b'%' => {
+                let hi = hex_val(*input.get(i + 1)?)?;
+                let lo = hex_val(*input.get(i + 2)?)?;
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(Cow::Owned(out))
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Iterates `name=value` pairs separated by `&`; both still encoded. Empty
+/// segments (`a=1&&b=2`, trailing `&`) are skipped; a segment without `=` is
+/// a name with an empty value.
+pub fn pairs(input: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    input
+        .split(|&b| b == b'&')
+        .filter(|seg| !seg.is_empty())
+        .map(|seg| match seg.iter().position(|&b| b == b'=') {
+            Some(eq) => (&seg[..eq], &seg[eq + 1..]),
+            None => (seg, &seg[seg.len()..]),
+        })
+}
+
+/// Finds the first field `name` and returns its decoded value (`+` is a
+/// space, as in forms). Only the value of the field found is validated: a bad
+/// escape there is `Err`, while fields with undecodable names never match.
+pub fn field<'a>(input: &'a [u8], name: &str) -> Result<Option<Cow<'a, [u8]>>, BadEscape> {
+    let name = name.as_bytes();
+    for (raw_name, raw_value) in pairs(input) {
+        let matches = raw_name == name
+            || (raw_name.iter().any(|&b| b == b'%' || b == b'+')
+                && percent_decode(raw_name, true).is_some_and(|n| *n == *name));
+        if matches {
+            return percent_decode(raw_value, true).map(Some).ok_or(BadEscape);
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_table() {
+        type Case<'a> = (&'a [u8], bool, Option<&'a [u8]>);
+        let cases: &[Case] = &[
+            (b"", true, Some(b"")),
+            (b"plain", true, Some(b"plain")),
+            (b"a+b", true, Some(b"a b")),
+            (b"a+b", false, Some(b"a+b")),
+            (b"a%20b", false, Some(b"a b")),
+            (b"%2B", true, Some(b"+")),
+            (b"%7B%22a%22%3A1%7d", true, Some(b"{\"a\":1}")),
+            (
+                "%E4%BD%A0%E5%A5%BD".as_bytes(),
+                true,
+                Some("你好".as_bytes()),
+            ),
+            ("你好".as_bytes(), true, Some("你好".as_bytes())),
+            (b"%ff", true, Some(b"\xff")),
+            (b"100%25", true, Some(b"100%")),
+            (b"%G1", true, None),
+            (b"%4", true, None),
+            (b"%", true, None),
+            (b"ab%", true, None),
+            (b"%%41", true, None),
+            (b"%4g", true, None),
+        ];
+        for &(input, plus, want) in cases {
+            let got = percent_decode(input, plus);
+            assert_eq!(
+                got.as_deref(),
+                want,
+                "{:?} plus={plus}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn borrows_when_nothing_to_decode() {
+        assert!(matches!(
+            percent_decode(b"abc", true),
+            Some(Cow::Borrowed(_))
+        ));
+        assert!(matches!(
+            percent_decode(b"a+c", false),
+            Some(Cow::Borrowed(_))
+        ));
+        assert!(matches!(percent_decode(b"a+c", true), Some(Cow::Owned(_))));
+    }
+
+    #[test]
+    fn pairs_table() {
+        type Pair<'a> = (&'a [u8], &'a [u8]);
+        let cases: &[(&[u8], &[Pair])] = &[
+            (b"", &[]),
+            (b"a=1", &[(b"a", b"1")]),
+            (b"a=1&b=%20", &[(b"a", b"1"), (b"b", b"%20")]),
+            (b"a=&b", &[(b"a", b""), (b"b", b"")]),
+            (b"&a=1&&b=x=y&", &[(b"a", b"1"), (b"b", b"x=y")]),
+        ];
+        for &(input, want) in cases {
+            let got: Vec<_> = pairs(input).collect();
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn field_table() {
+        type Case<'a> = (&'a [u8], &'a str, Result<Option<&'a [u8]>, BadEscape>);
+        let cases: &[Case] = &[
+            (b"uid=7&name=a+b", "name", Ok(Some(b"a b"))),
+            (b"uid=7&name=a%20b", "name", Ok(Some(b"a b"))),
+            (b"uid=7", "name", Ok(None)),
+            (b"", "name", Ok(None)),
+            (b"name=", "name", Ok(Some(b""))),
+            (b"name", "name", Ok(Some(b""))),
+            (b"name=1&name=2", "name", Ok(Some(b"1"))),
+            (b"names=1&name=2", "name", Ok(Some(b"2"))),
+            (b"x=%ZZ&name=ok", "name", Ok(Some(b"ok"))),
+            (b"name=%ZZ", "name", Err(BadEscape)),
+            (b"na%6De=v", "name", Ok(Some(b"v"))),
+            (b"my+key=v", "my key", Ok(Some(b"v"))),
+            (b"%zz=1&name=v", "name", Ok(Some(b"v"))),
+            (
+                "msg=%E4%BD%A0%E5%A5%BD".as_bytes(),
+                "msg",
+                Ok(Some("你好".as_bytes())),
+            ),
+        ];
+        for &(input, name, ref want) in cases {
+            let got = field(input, name);
+            let got = got.as_ref().map(|o| o.as_deref());
+            assert_eq!(
+                got,
+                want.as_ref().copied(),
+                "{:?} {name}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Response encoding: appends complete HTTP/1.1 response heads (and bodies)
+//! to a caller-owned output buffer. It owns status lines, the fixed header
+//! set and `Content-Length`/`Connection` framing. It must not touch sockets,
+//! decide statuses, or build bodies (callers pass finished bytes).
+
+use std::io::Write;
+
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+pub const CONTENT_JSON: &str = "application/json";
+
+/// Standard reason phrase; a generic one per class for codes we never send.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => match status / 100 {
+            1 => "Informational",
+            2 => "Success",
+            3 => "Redirection",
+            4 => "Client Error",
+            _ => "Server Error",
+        },
+    }
+}
+
+/// Appends a full response with `Content-Length`. `keep_alive == false` adds
+/// `Connection: close`. For 204 and 304 the body must be empty and no
+/// `Content-Length` is sent.
+pub fn write_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+) {
+    write_response_head(out, status, content_type, body.len(), keep_alive);
+    debug_assert!(body.is_empty() || !no_body_status(status));
+    if !no_body_status(status) {
+        out.extend_from_slice(body);
+    }
+}
+
+/// Appends only the head of a response whose body is `content_length` bytes.
+/// Used for `HEAD` requests (same headers as `GET`, no body) and by
+/// [`write_response`].
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    content_length: usize,
+    keep_alive: bool,
+) {
+    debug_assert!((100..=999).contains(&status));
+    debug_assert!(!content_type.bytes().any(|b| b == b'\r' || b == b'\n'));
+    write_status_line(out, status);
+    if !content_type.is_empty() {
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(content_type.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !no_body_status(status) {
+        out.extend_from_slice(b"Content-Length: ");
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{content_length}");
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Head of a chunked stream response (200, `Transfer-Encoding: chunked`,
+/// JSON, `Cache-Control: no-cache`). Chunks follow via `http::chunked`.
+pub fn write_stream_head(out: &mut Vec<u8>) {
+    write_status_line(out, 200);
+    out.extend_from_slice(
+        b"Content-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\n\
+          Cache-Control: no-cache\r\n\
+          \r\n",
+    );
+}
+
+fn write_status_line(out: &mut Vec<u8>, status: u16) {
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nServer: haoshuo\r\n",
+        reason(status)
+    );
+}
+
+fn no_body_status(status: u16) -> bool {
+    status == 204 || status == 304 || (100..200).contains(&status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_responses() {
+        // (status, content type, body, keep-alive, expected bytes)
+        type Case<'a> = (u16, &'a str, &'a [u8], bool, &'a [u8]);
+        let cases: &[Case] = &[
+            (
+                200,
+                CONTENT_JSON,
+                b"{\"ok\":true}",
+                true,
+                b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}",
+            ),
+            (
+                404,
+                CONTENT_JSON,
+                b"{}",
+                false,
+                b"HTTP/1.1 404 Not Found\r\nServer: haoshuo\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+            ),
+            (
+                431,
+                "text/plain",
+                b"",
+                true,
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\nServer: haoshuo\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n",
+            ),
+            (
+                204,
+                "",
+                b"",
+                true,
+                b"HTTP/1.1 204 No Content\r\nServer: haoshuo\r\n\r\n",
+            ),
+            (
+                599,
+                CONTENT_JSON,
+                b"x",
+                true,
+                b"HTTP/1.1 599 Server Error\r\nServer: haoshuo\r\nContent-Type: application/json\r\nContent-Length: 1\r\n\r\nx",
+            ),
+        ];
+        for &(status, ct, body, ka, want) in cases {
+            let mut out = b"prefix".to_vec();
+            write_response(&mut out, status, ct, body, ka);
+            assert_eq!(
+                &out[6..],
+                want,
+                "{status}: {}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+
+    #[test]
+    fn head_only() {
+        let mut out = Vec::new();
+        write_response_head(&mut out, 200, CONTENT_JSON, 1234, true);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nContent-Length: 1234\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn stream_head() {
+        let mut out = Vec::new();
+        write_stream_head(&mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn reasons() {
+        for (status, want) in [
+            (100, "Continue"),
+            (200, "OK"),
+            (400, "Bad Request"),
+            (405, "Method Not Allowed"),
+            (411, "Length Required"),
+            (413, "Content Too Large"),
+            (417, "Expectation Failed"),
+            (431, "Request Header Fields Too Large"),
+            (505, "HTTP Version Not Supported"),
+            (418, "Client Error"),
+        ] {
+            assert_eq!(reason(status), want);
+        }
+        assert_eq!(CONTINUE, b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+}

@@ -1,0 +1,17 @@
+//! haoshuo: an IM push engine.
+//!
+//! Thread-per-core mio reactors ([`net`]) speak our own HTTP/1.1 ([`http`]),
+//! hand API calls to a worker pool ([`worker`]) that runs the endpoints
+//! ([`api`]) against a [`store`], and the [`router`] carries each committed
+//! message to the reactor that owns each subscriber's connection. See
+//! `docs/architecture.md` for where data flows.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod net;
+pub mod router;
+pub mod server;
+pub mod store;
+pub mod worker;

@@ -1,0 +1,269 @@
+//! One client connection: its socket, its state, and its byte queues.
+//!
+//! A connection is a small enum in the reactor's slab. It holds no heap
+//! memory while idle: `inbuf` is only filled while a request is partial (or
+//! pipelined requests wait their turn), `out` only while the socket refuses
+//! bytes. Its size is pinned by a test below.
+
+use std::io::{self, IoSlice, Read, Write};
+
+use mio::net::TcpStream;
+
+use crate::api::Sub;
+use crate::net::timer::{Secs, NEVER};
+use crate::store::MsgId;
+
+/// Most bytes queued for a connection whose socket is not taking them. A
+/// subscriber further behind than this is closed: it resumes from its last
+/// msgid on reconnect, which costs the server nothing, where an unbounded
+/// queue would cost memory for every slow client.
+pub const MAX_OUT: usize = 1024 * 1024;
+
+pub struct Conn {
+    pub sock: TcpStream,
+    /// Changes with every request, so answers and deliveries meant for an
+    /// earlier request (or an earlier connection in this slot) are ignored.
+    pub gen: u32,
+    pub state: State,
+    /// When this connection's timer should fire (see `timer`).
+    pub deadline: Secs,
+    /// The tick of this connection's live timer-wheel entry; `NEVER` if none.
+    pub armed_at: Secs,
+    /// Readiness seen from edge-triggered events, cleared on `WouldBlock`.
+    pub readable: bool,
+    /// The request being read asked for `100 Continue` and got it.
+    pub continue_sent: bool,
+    /// Close (lingering) once `out` is flushed.
+    pub close_after_flush: bool,
+    /// Bytes read but not yet consumed: a partial or pipelined request.
+    pub inbuf: Vec<u8>,
+    /// Bytes the socket did not take yet, from `out_pos` on.
+    pub out: Vec<u8>,
+    pub out_pos: u32,
+}
+
+/// What a connection is doing. Each variant names the call that moves it on.
+pub enum State {
+    /// Waiting for (the rest of) a request.
+    /// Call: readable. Next: `Waiting`, or `Linger` on a bad request.
+    Reading,
+    /// A request is at a worker; `seen` is the highest live msgid delivered
+    /// meanwhile (a stream or poll subscribes before its answer arrives).
+    /// Call: `CoreMsg::Reply`. Next: `Reading`, `Stream`, `Poll`, `Linger`.
+    Waiting { seen: MsgId },
+    /// An open chunked stream. Call: deliveries, backfills, heartbeat.
+    /// Next: closed.
+    Stream(Subscriber),
+    /// A held long-poll. Call: a delivery or the poll timeout.
+    /// Next: `Reading`.
+    Poll(Subscriber),
+    /// Answered and shut for writing; draining the client's bytes so it can
+    /// read the answer instead of a reset. Call: EOF or deadline. Next: closed.
+    Linger,
+}
+
+/// A stream or held poll: what it owes its client.
+#[derive(Clone, Copy, Debug)]
+pub struct Subscriber {
+    /// `sub.next` is the next msgid the client must get; never goes back.
+    pub sub: Sub,
+    /// The highest msgid announced live; above `sub.next - 1` means a gap
+    /// that a backfill from the store must fill.
+    pub seen: MsgId,
+    /// A backfill is at a worker; live messages wait for it.
+    pub backfilling: bool,
+    /// Keep the connection after answering (polls).
+    pub keep_alive: bool,
+}
+
+impl Subscriber {
+    pub fn new(sub: Sub, seen: MsgId, keep_alive: bool) -> Subscriber {
+        Subscriber {
+            sub,
+            seen,
+            backfilling: false,
+            keep_alive,
+        }
+    }
+
+    /// Whether messages are known to exist that the client has not got.
+    pub fn behind(&self) -> bool {
+        self.seen >= self.sub.next
+    }
+}
+
+/// What a read brought.
+pub enum Input {
+    /// This many bytes are in the scratch buffer.
+    Data(usize),
+    /// The socket has nothing more now.
+    Drained,
+    /// The peer closed, or the socket failed.
+    Closed,
+}
+
+impl Conn {
+    pub fn new(sock: TcpStream, gen: u32) -> Conn {
+        Conn {
+            sock,
+            gen,
+            state: State::Reading,
+            deadline: NEVER,
+            armed_at: NEVER,
+            readable: false,
+            continue_sent: false,
+            close_after_flush: false,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+        }
+    }
+
+    /// Reads once into `scratch`.
+    pub fn read(&mut self, scratch: &mut [u8]) -> Input {
+        loop {
+            match self.sock.read(scratch) {
+                Ok(0) => return Input::Closed,
+                Ok(n) => return Input::Data(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return Input::Drained;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Input::Closed,
+            }
+        }
+    }
+
+    /// Writes `parts` in order, with one vectored write when the socket takes
+    /// them all (the common case: nothing is copied); what it does not take
+    /// is queued. Returns false if the connection failed or its queue
+    /// overflowed: the caller closes it.
+    pub fn send(&mut self, parts: &[&[u8]]) -> bool {
+        let mut written = 0;
+        if self.out.is_empty() {
+            match write_parts(&mut self.sock, parts) {
+                Ok(n) => written = n,
+                Err(_) => return false,
+            }
+        }
+        let mut skip = written;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            self.out.extend_from_slice(&part[skip..]);
+            skip = 0;
+        }
+        self.out.len() - self.out_pos as usize <= MAX_OUT
+    }
+
+    /// Writes queued bytes. Returns false if the connection failed.
+    pub fn flush(&mut self) -> bool {
+        while (self.out_pos as usize) < self.out.len() {
+            match self.sock.write(&self.out[self.out_pos as usize..]) {
+                Ok(0) => return false,
+                Ok(n) => self.out_pos += n as u32,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        // Everything went: an idle connection keeps no buffer.
+        self.out = Vec::new();
+        self.out_pos = 0;
+        true
+    }
+
+    pub fn out_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+}
+
+/// Writes as much of `parts` as the socket takes; returns how many bytes.
+fn write_parts(w: &mut impl Write, parts: &[&[u8]]) -> io::Result<usize> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut written = 0;
+    while written < total {
+        let mut skip = written;
+        let mut slices = [IoSlice::new(&[]); 8];
+        let mut n = 0;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            if n == slices.len() {
+                break;
+            }
+            slices[n] = IoSlice::new(&part[skip..]);
+            skip = 0;
+            n += 1;
+        }
+        match w.write_vectored(&slices[..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => written += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-connection cost that 100k idle streams multiply. Growing it
+    /// is a decision, not an accident: change this number on purpose.
+    #[test]
+    fn conn_size_is_pinned() {
+        assert_eq!(std::mem::size_of::<State>(), 48);
+        // mio's sockets carry a selector id in debug builds only.
+        let sock = if cfg!(debug_assertions) { 8 } else { 0 };
+        assert_eq!(std::mem::size_of::<Conn>(), 128 + sock);
+    }
+
+    /// A writer that takes at most `cap` bytes per call, then blocks.
+    struct Trickle {
+        got: Vec<u8>,
+        cap: usize,
+        calls_left: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.calls_left == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.calls_left -= 1;
+            let n = buf.len().min(self.cap);
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        /// Like a socket: takes from several slices in one call.
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            self.write(&joined)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn write_parts_resumes_mid_part_and_stops_on_would_block() {
+        for (cap, calls, expect) in [(3, 100, 11), (3, 2, 6), (100, 1, 11), (1, 0, 0)] {
+            let mut w = Trickle {
+                got: Vec::new(),
+                cap,
+                calls_left: calls,
+            };
+            let n = write_parts(&mut w, &[b"ab", b"", b"cdefg", b"hijk"]).unwrap();
+            assert_eq!(n, expect, "cap {cap} calls {calls}");
+            assert_eq!(w.got, &b"abcdefghijk"[..n]);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The inbox of one reactor: what other threads send it, and how they wake it.
+//!
+//! A bounded crossbeam channel plus the reactor's one `mio::Waker`. Senders
+//! wake the poller only when the inbox goes from "nothing pending" to
+//! "something pending" (as Pushpin does): a burst of ten thousand deliveries
+//! costs one `eventfd` write, not ten thousand.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::Waker;
+
+use crate::api::frame::LiveMsg;
+use crate::api::Reply;
+use crate::store::{Message, MsgId};
+
+/// How many messages may wait in one reactor's inbox. Replies block their
+/// worker when it is full (back-pressure on the API); live deliveries never
+/// block: past this bound they are dropped and the reactor is told to catch
+/// its subscribers up from the store (see [`Mailbox::deliver`]). 16 Ki
+/// entries absorb a fan-out burst of that many connections per core.
+pub const INBOX_CAPACITY: usize = 16 * 1024;
+
+/// Names one connection of one reactor; `gen` tells a reused slab slot from
+/// the connection a message was meant for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    pub slot: u32,
+    pub gen: u32,
+}
+
+/// One live message for one subscriber.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub conn: ConnRef,
+    pub msgid: MsgId,
+}
+
+pub enum CoreMsg {
+    /// A worker's answer to a connection's request.
+    Reply { conn: ConnRef, reply: Reply },
+    /// A live message for some of this reactor's subscribers.
+    Deliver { msg: Arc<LiveMsg>, to: Vec<Target> },
+    /// Stored messages read for a subscriber that asked to catch up.
+    /// Stored messages read for a subscriber that asked to catch up;
+    /// `upto` is echoed from the request. `None`: the store could not be
+    /// read; the reactor ends the subscription and the client resumes.
+    Backfill {
+        conn: ConnRef,
+        upto: MsgId,
+        msgs: Option<Vec<Message>>,
+    },
+    /// Stop accepting, end streams cleanly, exit the loop.
+    Shutdown,
+}
+
+pub struct Mailbox {
+    tx: Sender<CoreMsg>,
+    waker: Waker,
+    /// Set by the first sender after the reactor last looked; cleared by the
+    /// reactor before it drains the channel.
+    notified: AtomicBool,
+    /// Set when a delivery was dropped because the inbox was full.
+    lagged: AtomicBool,
+}
+
+impl Mailbox {
+    pub fn new(waker: Waker) -> (Arc<Mailbox>, Receiver<CoreMsg>) {
+        let (tx, rx) = crossbeam_channel::bounded(INBOX_CAPACITY);
+        let mailbox = Mailbox {
+            tx,
+            waker,
+            notified: AtomicBool::new(false),
+            lagged: AtomicBool::new(false),
+        };
+        (Arc::new(mailbox), rx)
+    }
+
+    /// Sends a message that must arrive (a reply, shutdown), waiting for
+    /// room if the inbox is full. Fails only if the reactor has exited.
+    pub fn send(&self, msg: CoreMsg) -> bool {
+        let ok = self.tx.send(msg).is_ok();
+        self.wake();
+        ok
+    }
+
+    /// Offers live messages without waiting. When the inbox is full the
+    /// messages are dropped and the reactor is flagged as lagged: it then
+    /// catches every subscriber up from the store, so nothing is lost.
+    pub fn deliver(&self, msg: CoreMsg) {
+        match self.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.lagged.store(true, Ordering::Release),
+            Err(TrySendError::Disconnected(_)) => return,
+        }
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            // A failed wake means the poller is gone: the reactor has exited.
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Called by the reactor before draining its channel.
+    pub fn clear_notified(&self) {
+        self.notified.store(false, Ordering::Release);
+    }
+
+    /// Called by the reactor: whether deliveries were dropped since last time.
+    pub fn take_lagged(&self) -> bool {
+        self.lagged.swap(false, Ordering::AcqRel)
+    }
+}

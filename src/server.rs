@@ -1,0 +1,144 @@
+//! Wiring: builds the store, the reactors, the router and the worker pool,
+//! runs them, and stops them in order on a signal.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use mio::{Poll, Token, Waker};
+
+use crate::api::{Api, Limits};
+use crate::config::{Config, FsyncPolicy};
+use crate::net::listener;
+use crate::net::mailbox::{CoreMsg, Mailbox};
+use crate::net::reactor::{Reactor, Settings};
+use crate::router::Router;
+use crate::store::embedded::{EmbeddedStore, Fsync, Options};
+use crate::store::Store;
+use crate::worker;
+
+/// The waker's token in every reactor's poll (see `net::reactor`).
+const WAKER: Token = Token(1);
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    store: Arc<dyn Store>,
+    router: Arc<Router>,
+    reactors: Vec<JoinHandle<io::Result<()>>>,
+    workers: Vec<JoinHandle<()>>,
+    store_name: String,
+}
+
+impl Server {
+    /// Opens the store, binds the port and starts every thread.
+    pub fn start(cfg: &Config) -> Result<Server, String> {
+        if cfg.redis.is_some() {
+            return Err(
+                "--redis is not supported yet: the Redis store is the next milestone".into(),
+            );
+        }
+        let mut opts = Options::new(&cfg.data_dir);
+        opts.fsync = match cfg.fsync {
+            FsyncPolicy::Always => Fsync::Always,
+            FsyncPolicy::Everysec => Fsync::EverySec,
+        };
+        let store = EmbeddedStore::open(opts)
+            .map_err(|e| format!("opening the store in {}: {e}", cfg.data_dir.display()))?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let store_name = format!("embedded:{}", cfg.data_dir.display());
+
+        let threads = cfg.threads();
+        let mut polls = Vec::with_capacity(threads);
+        let mut mailboxes = Vec::with_capacity(threads);
+        let mut inboxes = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let poll = Poll::new().map_err(|e| format!("creating a poller: {e}"))?;
+            let waker = Waker::new(poll.registry(), WAKER).map_err(|e| e.to_string())?;
+            let (mailbox, inbox) = Mailbox::new(waker);
+            polls.push(poll);
+            mailboxes.push(mailbox);
+            inboxes.push(inbox);
+        }
+        let router = Arc::new(Router::new(
+            mailboxes.clone(),
+            cfg.max_subs_per_user,
+            cfg.max_conns,
+        ));
+        let api = Arc::new(Api::new(
+            store.clone(),
+            router.clone(),
+            Limits {
+                page_size: cfg.page_size as usize,
+                token_ttl: cfg.token_ttl,
+            },
+        ));
+        let (jobs, job_rx) = worker::queue();
+        let workers = worker::spawn(cfg.workers(), api, job_rx);
+
+        // The first listener fixes the port (port 0 picks one); the others
+        // bind the same one.
+        let mut addr = cfg.listen;
+        let mut reactors = Vec::with_capacity(threads);
+        for (core, ((poll, mailbox), inbox)) in
+            polls.into_iter().zip(mailboxes).zip(inboxes).enumerate()
+        {
+            let l = listener::bind(addr).map_err(|e| format!("binding {addr}: {e}"))?;
+            addr = l.local_addr().map_err(|e| e.to_string())?;
+            let set = Settings {
+                core: core as u16,
+                max_conns: cfg.max_conns.div_ceil(threads),
+                max_body: cfg.max_body,
+                heartbeat: cfg.heartbeat,
+                poll_timeout: cfg.poll_timeout,
+                page_size: cfg.page_size as usize,
+            };
+            let reactor = Reactor::new(set, poll, l, inbox, mailbox, router.clone(), jobs.clone())
+                .map_err(|e| format!("starting reactor {core}: {e}"))?;
+            let handle = std::thread::Builder::new()
+                .name(format!("haoshuo-core-{core}"))
+                .spawn(move || reactor.run())
+                .map_err(|e| e.to_string())?;
+            reactors.push(handle);
+        }
+        Ok(Server {
+            addr,
+            store,
+            router,
+            reactors,
+            workers,
+            store_name,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn store_name(&self) -> &str {
+        &self.store_name
+    }
+
+    /// Stops accepting, ends streams cleanly, lets the workers finish what
+    /// they hold, and makes the store durable.
+    pub fn stop(self) -> Result<(), String> {
+        for core in 0..self.router.cores() {
+            self.router.mailbox(core as u16).send(CoreMsg::Shutdown);
+        }
+        for r in self.reactors {
+            match r.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("haoshuo: a reactor failed: {e}"),
+                Err(_) => eprintln!("haoshuo: a reactor panicked"),
+            }
+        }
+        // Every job sender lived in a reactor: the workers drain and exit.
+        for w in self.workers {
+            let _ = w.join();
+        }
+        self.store
+            .flush()
+            .map_err(|e| format!("flushing the store: {e}"))
+    }
+}

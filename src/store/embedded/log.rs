@@ -1,0 +1,439 @@
+//! The on-disk record log: the record format, the appending writer, the
+//! replay reader and the snapshot rewrite used by compaction.
+//!
+//! One record is one line of JSON ending in `\n`; see the module doc of
+//! [`super`] for the record kinds.
+
+use std::borrow::Cow;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::Fsync;
+use crate::store::{Gid, MsgId, Uid};
+
+/// Name of the log file inside the data dir.
+pub(crate) const LOG_FILE: &str = "log";
+/// Name of the snapshot being written by a compaction.
+pub(crate) const TMP_FILE: &str = "log.tmp";
+
+/// One mutation. Strings are `Cow` so the write path serialises borrowed
+/// data without copying; replay always gets owned strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op")]
+pub(crate) enum Record<'a> {
+    /// A user was created: appid, uid, name, pass_hash.
+    #[serde(rename = "user")]
+    User {
+        a: Cow<'a, str>,
+        u: Uid,
+        n: Cow<'a, str>,
+        p: Cow<'a, str>,
+    },
+    /// A group was created: appid, gid, owner, name, members.
+    #[serde(rename = "group")]
+    Group {
+        a: Cow<'a, str>,
+        g: Gid,
+        o: Uid,
+        n: Cow<'a, str>,
+        m: Cow<'a, [Uid]>,
+    },
+    /// A token was stored: selector, verifier, appid, uid, expires_at.
+    #[serde(rename = "tok")]
+    TokenPut {
+        s: Cow<'a, str>,
+        v: Cow<'a, str>,
+        a: Cow<'a, str>,
+        u: Uid,
+        e: u64,
+    },
+    /// A token was forgotten: selector.
+    #[serde(rename = "untok")]
+    TokenDel { s: Cow<'a, str> },
+    /// One message appended to several inboxes: appid, receivers, the msgid
+    /// each receiver got, fromid, toid, datatype, content.
+    #[serde(rename = "msg")]
+    Msg {
+        a: Cow<'a, str>,
+        to: Cow<'a, [Uid]>,
+        ids: Cow<'a, [MsgId]>,
+        f: Uid,
+        t: u64,
+        d: u8,
+        c: Cow<'a, str>,
+    },
+    /// A user's ack position moved forward to `id`.
+    #[serde(rename = "ack")]
+    Ack { a: Cow<'a, str>, u: Uid, id: MsgId },
+    /// A user's next msgid is at least `n` (written by compaction so msgids
+    /// are never reused after a fully acked inbox was trimmed).
+    #[serde(rename = "seq")]
+    Seq { a: Cow<'a, str>, u: Uid, n: MsgId },
+}
+
+/// Serialises `rec` as one line (with its `\n`) into `buf`, replacing its contents.
+pub(crate) fn encode(rec: &Record<'_>, buf: &mut Vec<u8>) {
+    buf.clear();
+    // Serialising plain strings and integers into a Vec cannot fail.
+    serde_json::to_writer(&mut *buf, rec).expect("record serialisation is infallible");
+    buf.push(b'\n');
+}
+
+/// Why an append failed.
+pub(crate) struct AppendError {
+    pub msg: String,
+    /// The log could not be restored to its state before the append: it may
+    /// hold a partial record, so no further write may follow it.
+    pub broken: bool,
+}
+
+/// The open log file and its bookkeeping. Lives inside the store's mutex.
+pub(crate) struct Log {
+    dir: PathBuf,
+    /// Shared with the fsync thread, which syncs it outside the lock.
+    file: Arc<File>,
+    fsync: Fsync,
+    buf: Vec<u8>,
+    /// Bytes in the file (everything written and kept).
+    len: u64,
+    /// Size right after the last open or compaction.
+    base_len: u64,
+    compact_min: u64,
+    /// Written since the last fsync.
+    dirty: bool,
+}
+
+impl Log {
+    pub(crate) fn new(dir: PathBuf, file: File, len: u64, fsync: Fsync, compact_min: u64) -> Log {
+        Log {
+            dir,
+            file: Arc::new(file),
+            fsync,
+            buf: Vec::with_capacity(256),
+            len,
+            base_len: len,
+            compact_min,
+            dirty: false,
+        }
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends one record with a single `write_all`, then fsyncs it under
+    /// [`Fsync::Always`]. On failure the file is cut back to its old length,
+    /// so a failed record never stays in the log.
+    pub(crate) fn append(&mut self, rec: &Record<'_>) -> Result<(), AppendError> {
+        encode(rec, &mut self.buf);
+        let mut res = (&*self.file).write_all(&self.buf);
+        if res.is_ok() && self.fsync == Fsync::Always {
+            res = self.file.sync_data();
+        }
+        match res {
+            Ok(()) => {
+                self.len += self.buf.len() as u64;
+                self.dirty = self.fsync != Fsync::Always;
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("log write failed: {e}");
+                match self.file.set_len(self.len) {
+                    Ok(()) => Err(AppendError { msg, broken: false }),
+                    Err(e2) => Err(AppendError {
+                        msg: format!("{msg}; cutting the log back failed too: {e2}"),
+                        broken: true,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// The file to fsync if anything was written since the last sync; clears
+    /// the dirty flag. The caller syncs outside the lock.
+    pub(crate) fn take_dirty(&mut self) -> Option<Arc<File>> {
+        if self.dirty {
+            self.dirty = false;
+            Some(Arc::clone(&self.file))
+        } else {
+            None
+        }
+    }
+
+    /// The current file, for an unconditional fsync.
+    pub(crate) fn file(&mut self) -> Arc<File> {
+        self.dirty = false;
+        Arc::clone(&self.file)
+    }
+
+    /// Swaps the file, e.g. for a read-only one to make writes fail.
+    #[cfg(test)]
+    pub(crate) fn set_file_for_test(&mut self, file: File) {
+        self.file = Arc::new(file);
+    }
+
+    /// Whether the log has grown past max(compact_min, 2 x base size).
+    pub(crate) fn wants_compaction(&self) -> bool {
+        self.len > self.compact_min.max(self.base_len.saturating_mul(2))
+    }
+
+    /// After a failed compaction: wait for the log to double again before retrying.
+    pub(crate) fn postpone_compaction(&mut self) {
+        self.base_len = self.len;
+    }
+
+    /// Replaces the log with a snapshot: `write` emits every record of the
+    /// live state into `log.tmp`, which is fsynced, renamed over `log`, and
+    /// the dir fsynced. The log keeps being appended to through the new file.
+    pub(crate) fn rewrite<F>(&mut self, write: F) -> io::Result<()>
+    where
+        F: FnOnce(&mut dyn FnMut(&Record<'_>) -> io::Result<()>) -> io::Result<()>,
+    {
+        let tmp = self.dir.join(TMP_FILE);
+        let res = Self::write_snapshot(&tmp, write);
+        let (file, len) = match res {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if let Err(e) = fs::rename(&tmp, self.dir.join(LOG_FILE)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        // From here on `log` is the new file: switch to it whatever happens.
+        self.len = len;
+        self.base_len = len;
+        self.file = Arc::new(file);
+        self.dirty = false;
+        sync_dir(&self.dir)
+    }
+
+    /// Writes and fsyncs the snapshot; returns the file and its length.
+    fn write_snapshot<F>(tmp: &Path, write: F) -> io::Result<(File, u64)>
+    where
+        F: FnOnce(&mut dyn FnMut(&Record<'_>) -> io::Result<()>) -> io::Result<()>,
+    {
+        let _ = fs::remove_file(tmp);
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(tmp)?;
+        let mut out = BufWriter::with_capacity(1 << 16, &file);
+        let mut buf = Vec::with_capacity(256);
+        let mut len = 0u64;
+        write(&mut |rec| {
+            encode(rec, &mut buf);
+            len += buf.len() as u64;
+            out.write_all(&buf)
+        })?;
+        out.flush()?;
+        drop(out);
+        file.sync_all()?;
+        Ok((file, len))
+    }
+}
+
+/// Fsyncs a directory so a created or renamed entry in it is durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Opens (creating if needed) the log in `dir` and feeds every record to
+/// `apply`, with its 1-based line number. A torn last line (no `\n`, or not
+/// parsable) is cut away; an unparsable line before the last one, or a
+/// record `apply` rejects, is an error naming the line. Returns the file,
+/// opened for appending, and its length.
+pub(crate) fn replay<F>(dir: &Path, mut apply: F) -> Result<(File, u64), String>
+where
+    F: FnMut(Record<'static>, usize) -> Result<(), String>,
+{
+    let path = dir.join(LOG_FILE);
+    let _ = fs::remove_file(dir.join(TMP_FILE)); // a compaction that died
+    let existed = path.exists();
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    if !existed {
+        sync_dir(dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
+    }
+    let rd_err = |e: io::Error| format!("cannot read {}: {e}", path.display());
+    let mut reader = BufReader::with_capacity(1 << 16, &file);
+    let mut line = Vec::with_capacity(256);
+    let mut good: u64 = 0; // bytes of complete, applied records
+    let mut lineno = 0;
+    let mut torn = false;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(rd_err)?;
+        if n == 0 {
+            break;
+        }
+        lineno += 1;
+        if line.last() != Some(&b'\n') {
+            torn = true; // a record cut short: only possible at EOF
+            break;
+        }
+        match serde_json::from_slice::<Record<'static>>(&line) {
+            Ok(rec) => {
+                apply(rec, lineno).map_err(|e| format!("{}: line {lineno}: {e}", path.display()))?
+            }
+            Err(e) => {
+                if reader.fill_buf().map_err(rd_err)?.is_empty() {
+                    torn = true; // garbage at the very end, e.g. after a crash
+                    break;
+                }
+                return Err(format!("{}: line {lineno} is corrupt: {e}", path.display()));
+            }
+        }
+        good += n as u64;
+    }
+    drop(reader);
+    if torn {
+        file.set_len(good)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| format!("cannot cut the torn tail of {}: {e}", path.display()))?;
+    }
+    Ok((file, good))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_format_is_short_json_lines() {
+        let rec = Record::Msg {
+            a: "test".into(),
+            to: Cow::Borrowed(&[2, 3]),
+            ids: Cow::Borrowed(&[5, 9]),
+            f: 1,
+            t: 7,
+            d: 2,
+            c: "hi".into(),
+        };
+        let mut buf = Vec::new();
+        encode(&rec, &mut buf);
+        assert_eq!(
+            std::str::from_utf8(&buf).unwrap(),
+            "{\"op\":\"msg\",\"a\":\"test\",\"to\":[2,3],\"ids\":[5,9],\"f\":1,\"t\":7,\"d\":2,\"c\":\"hi\"}\n"
+        );
+        let back: Record<'static> = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn every_record_kind_round_trips() {
+        let recs = [
+            Record::User {
+                a: "x".into(),
+                u: 1,
+                n: "bob\n\"q\"".into(),
+                p: "$argon2id$...".into(),
+            },
+            Record::Group {
+                a: "x".into(),
+                g: 1,
+                o: 1,
+                n: "g".into(),
+                m: Cow::Owned(vec![1, 2]),
+            },
+            Record::TokenPut {
+                s: "sel".into(),
+                v: "ver".into(),
+                a: "x".into(),
+                u: 1,
+                e: 99,
+            },
+            Record::TokenDel { s: "sel".into() },
+            Record::Ack {
+                a: "x".into(),
+                u: 1,
+                id: 3,
+            },
+            Record::Seq {
+                a: "x".into(),
+                u: 1,
+                n: 4,
+            },
+        ];
+        let mut buf = Vec::new();
+        for rec in recs {
+            encode(&rec, &mut buf);
+            assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
+            let back: Record<'static> = serde_json::from_slice(&buf).unwrap();
+            assert_eq!(back, rec);
+        }
+    }
+
+    fn collect(dir: &Path) -> Result<(Vec<Record<'static>>, u64), String> {
+        let mut out = Vec::new();
+        let (_f, len) = replay(dir, |r, _| {
+            out.push(r);
+            Ok(())
+        })?;
+        Ok((out, len))
+    }
+
+    #[test]
+    fn replay_cuts_torn_tail_but_rejects_mid_file_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = "{\"op\":\"untok\",\"s\":\"a\"}\n";
+        fs::write(
+            dir.path().join(LOG_FILE),
+            format!("{good}{good}{{\"op\":\"unt"),
+        )
+        .unwrap();
+        let (recs, len) = collect(dir.path()).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(len, 2 * good.len() as u64);
+        assert_eq!(fs::metadata(dir.path().join(LOG_FILE)).unwrap().len(), len);
+
+        // An unparsable but complete last line is a torn tail too.
+        fs::write(dir.path().join(LOG_FILE), format!("{good}\0\0\0\n")).unwrap();
+        assert_eq!(collect(dir.path()).unwrap().0.len(), 1);
+
+        fs::write(dir.path().join(LOG_FILE), format!("{good}garbage\n{good}")).unwrap();
+        let err = collect(dir.path()).unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn append_and_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, len) = replay(dir.path(), |_, _| Ok(())).unwrap();
+        assert_eq!(len, 0);
+        let mut log = Log::new(dir.path().to_path_buf(), file, len, Fsync::Always, 10);
+        for _ in 0..3 {
+            log.append(&Record::TokenDel { s: "abc".into() })
+                .map_err(|e| e.msg)
+                .unwrap();
+        }
+        assert!(log.wants_compaction());
+        log.rewrite(|emit| emit(&Record::TokenDel { s: "z".into() }))
+            .unwrap();
+        assert!(!log.wants_compaction());
+        log.append(&Record::TokenDel { s: "y".into() })
+            .map_err(|e| e.msg)
+            .unwrap();
+        assert!(!dir.path().join(TMP_FILE).exists());
+        let (recs, len) = collect(dir.path()).unwrap();
+        assert_eq!(
+            recs,
+            vec![
+                Record::TokenDel { s: "z".into() },
+                Record::TokenDel { s: "y".into() }
+            ]
+        );
+        assert_eq!(len, log.len());
+    }
+}

@@ -1,0 +1,483 @@
+//! The embedded store: all state in memory, every mutation appended to a log.
+//!
+//! # Design
+//!
+//! Like Redis with an append-only file: the whole state (users, groups,
+//! tokens, un-acked inboxes) lives in memory, and every mutation is first
+//! appended as one record to a log file in the data dir, then applied. At
+//! open the log is replayed. IM state is small and hot, so reads are free
+//! (a hash lookup under a mutex) and a write is one `write(2)`; it also
+//! mirrors the Redis backend, so both behave alike.
+//!
+//! # Concurrency
+//!
+//! One [`Mutex`] guards the state and the log writer together, so the log
+//! order is the apply order. Inside it a call validates, serialises its
+//! record into a reused buffer, writes it and applies it; readers take the
+//! same lock. Under [`Fsync::Always`] the fsync happens inside the lock too
+//! (simple, and slow: one fsync per mutation, no group commit). Under
+//! [`Fsync::EverySec`] a background thread fsyncs once a second if anything
+//! was written, outside the lock.
+//!
+//! # On-disk format
+//!
+//! The data dir holds `log`, `LOCK` and, during a compaction, `log.tmp`.
+//! `log` is one JSON record per line (`\n`-terminated), tagged by `op`:
+//!
+//! | op      | fields                                     | meaning                                   |
+//! |---------|--------------------------------------------|-------------------------------------------|
+//! | `user`  | `a` appid, `u` uid, `n` name, `p` pass hash | user created                              |
+//! | `group` | `a`, `g` gid, `o` owner, `n` name, `m` members | group created                           |
+//! | `tok`   | `s` selector, `v` verifier, `a`, `u`, `e` expires_at | token stored                    |
+//! | `untok` | `s`                                        | token deleted                             |
+//! | `msg`   | `a`, `to` uids, `ids` msgids, `f` fromid, `t` toid, `d` datatype, `c` content | one message appended to every `to[i]` as `ids[i]` |
+//! | `ack`   | `a`, `u`, `id`                             | ack position moved forward to `id`        |
+//! | `seq`   | `a`, `u`, `n`                              | next msgid is at least `n` (compaction)   |
+//!
+//! e.g. `{"op":"msg","a":"test","to":[2,3],"ids":[5,9],"f":1,"t":7,"d":2,"c":"hi"}`.
+//! A group append is one record, so it is atomic; replay gives all its
+//! receivers one shared `Arc<str>` content. Ids are written explicitly and
+//! replay checks them (uids/gids dense from 1, msgids never going back).
+//!
+//! # Durability
+//!
+//! A mutation's record is written with a single `write_all` to the log
+//! (opened `O_APPEND`) before the state changes and before the call returns
+//! `Ok`, so anything answered ok survives `kill -9`. [`Fsync::Always`] also
+//! `fdatasync`s before returning (survives power loss); [`Fsync::EverySec`]
+//! loses at most about a second on power loss. [`Store::flush`] fsyncs now.
+//!
+//! If a write (or an `Always` fsync) fails, e.g. disk full, the file is cut
+//! back to its previous length, the state is left untouched and the call
+//! returns [`StoreError::Unavailable`]. If that cut fails too, or a
+//! background/`flush` fsync fails, the store stops accepting writes
+//! (`Unavailable`; reads still work) until it is reopened, since the log
+//! can no longer be trusted to match the state.
+//!
+//! # Replay
+//!
+//! The log is read line by line. A torn last line (no trailing `\n`, or not
+//! parsable, at EOF only: a write cut short by a crash) is truncated away.
+//! An unparsable line before the end, or a record inconsistent with the
+//! state before it, fails [`EmbeddedStore::open`] with `Unavailable` naming
+//! the line number.
+//!
+//! # Compaction
+//!
+//! When the log grows past max([`Options::compact_min_bytes`], 2 x its size
+//! after the last open/compaction), it is rewritten as a snapshot of the
+//! live state in the same format (users, groups, tokens, un-acked messages,
+//! `seq` for fully acked inboxes, acks) into `log.tmp`, which is fsynced,
+//! renamed over `log`, and the dir fsynced. Tokens that expired more than a
+//! day ago are dropped. It runs inside the lock, after the write that
+//! crossed the threshold, so it blocks all callers for its duration. A
+//! failed compaction leaves the old log in place and is retried once the
+//! log has doubled again.
+//!
+//! # Retention
+//!
+//! Acked messages are dropped from memory (and from the next snapshot);
+//! `read` skips them.
+//!
+//! # Exclusivity
+//!
+//! `open` takes an exclusive `flock` on `LOCK`, so a second server (or a
+//! second open in the same process) cannot use the same data dir.
+
+mod log;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{RecvTimeoutError, Sender};
+
+use self::log::{Log, Record};
+use self::state::State;
+use super::{Gid, Message, MsgId, NewMessage, Result, Store, StoreError, TokenInfo, Uid};
+
+/// When the log is fsynced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fsync {
+    /// Before every mutating call returns (durable across power loss).
+    Always,
+    /// Once a second from a background thread, if anything was written.
+    #[default]
+    EverySec,
+}
+
+/// Log size below which no compaction happens (see [`Options::compact_min_bytes`]).
+pub const DEFAULT_COMPACT_MIN_BYTES: u64 = 64 << 20;
+
+/// How to open an [`EmbeddedStore`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The data dir; created if missing.
+    pub dir: PathBuf,
+    pub fsync: Fsync,
+    /// The log is compacted once it exceeds max(this, 2 x its size after the
+    /// last open or compaction). [`DEFAULT_COMPACT_MIN_BYTES`] by default.
+    pub compact_min_bytes: u64,
+}
+
+impl Options {
+    /// `dir` with [`Fsync::EverySec`] and the default compaction threshold.
+    pub fn new(dir: impl Into<PathBuf>) -> Options {
+        Options {
+            dir: dir.into(),
+            fsync: Fsync::default(),
+            compact_min_bytes: DEFAULT_COMPACT_MIN_BYTES,
+        }
+    }
+}
+
+struct Inner {
+    state: State,
+    log: Log,
+    /// Why writes are refused, once the log cannot be trusted.
+    broken: Option<String>,
+    /// The last automatic compaction failure, if the last attempt failed.
+    compaction_error: Option<String>,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+/// The embedded, log-backed [`Store`]. See the module doc.
+pub struct EmbeddedStore {
+    inner: Shared,
+    dir: PathBuf,
+    /// Stops (by being dropped) and joins the fsync thread.
+    syncer: Option<(Sender<()>, JoinHandle<()>)>,
+    /// Holds the `flock` on `LOCK` until the store is dropped.
+    _lock: File,
+}
+
+impl fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(msg: impl Into<String>) -> StoreError {
+    StoreError::Unavailable(msg.into())
+}
+
+/// Takes an exclusive, non-blocking `flock` on `dir/LOCK`.
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+    // SAFETY: flock takes a plain fd and no pointers; `file` owns the fd and
+    // keeps it open for the duration of the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(unavailable(if e.kind() == io::ErrorKind::WouldBlock {
+            format!(
+                "data dir {} is already in use by another haoshuo server (lock on {} is held)",
+                dir.display(),
+                path.display()
+            )
+        } else {
+            format!("cannot lock {}: {e}", path.display())
+        }));
+    }
+    Ok(file)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Fsyncs the log if anything was written since the last sync.
+fn sync_dirty(inner: &Mutex<Inner>) {
+    let Ok(mut guard) = inner.lock() else { return };
+    let Some(file) = guard.log.take_dirty() else {
+        return;
+    };
+    drop(guard);
+    if let Err(e) = file.sync_data() {
+        if let Ok(mut guard) = inner.lock() {
+            guard.broken = Some(format!("log fsync failed: {e}; reopen the store"));
+        }
+    }
+}
+
+fn sync_loop(inner: Shared, stop: crossbeam_channel::Receiver<()>) {
+    loop {
+        let stopping = !matches!(
+            stop.recv_timeout(Duration::from_secs(1)),
+            Err(RecvTimeoutError::Timeout)
+        );
+        sync_dirty(&inner);
+        if stopping {
+            return;
+        }
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens the store in `opts.dir` (creating it), locks it and replays the log.
+    pub fn open(opts: Options) -> Result<EmbeddedStore> {
+        fs::create_dir_all(&opts.dir)
+            .map_err(|e| unavailable(format!("cannot create {}: {e}", opts.dir.display())))?;
+        let lock = lock_dir(&opts.dir)?;
+        let mut state = State::default();
+        let (file, len) =
+            log::replay(&opts.dir, |rec, _line| state.apply(rec)).map_err(unavailable)?;
+        let log = Log::new(
+            opts.dir.clone(),
+            file,
+            len,
+            opts.fsync,
+            opts.compact_min_bytes,
+        );
+        let inner = Arc::new(Mutex::new(Inner {
+            state,
+            log,
+            broken: None,
+            compaction_error: None,
+        }));
+        let syncer = match opts.fsync {
+            Fsync::Always => None,
+            Fsync::EverySec => {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                let shared = Arc::clone(&inner);
+                let handle = std::thread::Builder::new()
+                    .name("store-fsync".into())
+                    .spawn(move || sync_loop(shared, rx))
+                    .map_err(|e| unavailable(format!("cannot start the fsync thread: {e}")))?;
+                Some((tx, handle))
+            }
+        };
+        Ok(EmbeddedStore {
+            inner,
+            dir: opts.dir,
+            syncer,
+            _lock: lock,
+        })
+    }
+
+    /// Rewrites the log as a snapshot of the live state now (see the module
+    /// doc). Blocks every caller while it runs.
+    pub fn compact(&self) -> Result<()> {
+        let mut inner = self.lock()?;
+        if let Some(why) = &inner.broken {
+            return Err(unavailable(why.clone()));
+        }
+        compact(&mut inner).map_err(|e| unavailable(format!("compaction failed: {e}")))
+    }
+
+    /// Current size of the log file in bytes.
+    pub fn log_len(&self) -> Result<u64> {
+        Ok(self.lock()?.log.len())
+    }
+
+    /// Why the last automatic compaction failed, if it did.
+    pub fn compaction_error(&self) -> Result<Option<String>> {
+        Ok(self.lock()?.compaction_error.clone())
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| unavailable("store state poisoned by a panic"))
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.syncer.take() {
+            drop(stop); // disconnects: the thread syncs once more and exits
+            let _ = handle.join();
+        }
+    }
+}
+
+fn compact(inner: &mut Inner) -> io::Result<()> {
+    inner.state.purge_tokens(now_secs());
+    let Inner { state, log, .. } = inner;
+    log.rewrite(|emit| state.snapshot(emit))
+}
+
+impl Inner {
+    /// Writes `rec` to the log; on failure nothing was written.
+    fn commit(&mut self, rec: &Record<'_>) -> Result<()> {
+        if let Some(why) = &self.broken {
+            return Err(unavailable(why.clone()));
+        }
+        self.log.append(rec).map_err(|e| {
+            if e.broken {
+                self.broken = Some(format!("{}; reopen the store", e.msg));
+            }
+            unavailable(e.msg)
+        })
+    }
+
+    /// Runs after a mutation was applied: compacts if the log grew enough.
+    fn after_write(&mut self) {
+        if self.log.wants_compaction() {
+            match compact(self) {
+                Ok(()) => self.compaction_error = None,
+                Err(e) => {
+                    self.log.postpone_compaction();
+                    self.compaction_error = Some(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn create_user(&self, appid: &str, username: &str, pass_hash: &str) -> Result<Uid> {
+        let mut inner = self.lock()?;
+        let uid = inner.state.check_user(appid, username)?;
+        inner.commit(&Record::User {
+            a: Cow::Borrowed(appid),
+            u: uid,
+            n: Cow::Borrowed(username),
+            p: Cow::Borrowed(pass_hash),
+        })?;
+        inner.state.add_user(appid, uid, username, pass_hash);
+        inner.after_write();
+        Ok(uid)
+    }
+
+    fn find_user(&self, appid: &str, username: &str) -> Result<Option<(Uid, String)>> {
+        Ok(self.lock()?.state.find_user(appid, username))
+    }
+
+    fn user_exists(&self, appid: &str, uid: Uid) -> Result<bool> {
+        Ok(self.lock()?.state.user_exists(appid, uid))
+    }
+
+    fn create_group(&self, appid: &str, owner: Uid, gname: &str, members: &[Uid]) -> Result<Gid> {
+        let mut inner = self.lock()?;
+        let gid = inner.state.check_group(appid, owner, members)?;
+        inner.commit(&Record::Group {
+            a: Cow::Borrowed(appid),
+            g: gid,
+            o: owner,
+            n: Cow::Borrowed(gname),
+            m: Cow::Borrowed(members),
+        })?;
+        inner.state.add_group(appid, gid, owner, gname, members);
+        inner.after_write();
+        Ok(gid)
+    }
+
+    fn group_members(&self, appid: &str, gid: Gid) -> Result<Option<Vec<Uid>>> {
+        Ok(self.lock()?.state.group_members(appid, gid))
+    }
+
+    fn put_token(&self, selector: &str, info: &TokenInfo) -> Result<()> {
+        let mut inner = self.lock()?;
+        inner.commit(&Record::TokenPut {
+            s: Cow::Borrowed(selector),
+            v: Cow::Borrowed(&info.verifier),
+            a: Cow::Borrowed(&info.appid),
+            u: info.uid,
+            e: info.expires_at,
+        })?;
+        inner.state.put_token(selector, info.clone());
+        inner.after_write();
+        Ok(())
+    }
+
+    fn get_token(&self, selector: &str) -> Result<Option<TokenInfo>> {
+        Ok(self.lock()?.state.get_token(selector))
+    }
+
+    fn delete_token(&self, selector: &str) -> Result<()> {
+        let mut inner = self.lock()?;
+        if !inner.state.has_token(selector) {
+            return Ok(());
+        }
+        inner.commit(&Record::TokenDel {
+            s: Cow::Borrowed(selector),
+        })?;
+        inner.state.delete_token(selector);
+        inner.after_write();
+        Ok(())
+    }
+
+    fn append(&self, appid: &str, to: &[Uid], msg: &NewMessage) -> Result<Vec<MsgId>> {
+        if to.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inner = self.lock()?;
+        let ids = inner.state.check_append(appid, to)?;
+        inner.commit(&Record::Msg {
+            a: Cow::Borrowed(appid),
+            to: Cow::Borrowed(to),
+            ids: Cow::Borrowed(&ids),
+            f: msg.fromid,
+            t: msg.toid,
+            d: msg.datatype,
+            c: Cow::Borrowed(&msg.content),
+        })?;
+        inner.state.add_message(
+            appid,
+            to,
+            &ids,
+            msg.fromid,
+            msg.toid,
+            msg.datatype,
+            &msg.content,
+        );
+        inner.after_write();
+        Ok(ids)
+    }
+
+    fn read(&self, appid: &str, uid: Uid, from: MsgId, limit: usize) -> Result<Vec<Message>> {
+        self.lock()?.state.read(appid, uid, from, limit)
+    }
+
+    fn acked(&self, appid: &str, uid: Uid) -> Result<MsgId> {
+        self.lock()?.state.acked(appid, uid)
+    }
+
+    fn ack(&self, appid: &str, uid: Uid, endid: MsgId) -> Result<()> {
+        let mut inner = self.lock()?;
+        let Some(id) = inner.state.check_ack(appid, uid, endid)? else {
+            return Ok(());
+        };
+        inner.commit(&Record::Ack {
+            a: Cow::Borrowed(appid),
+            u: uid,
+            id,
+        })?;
+        inner.state.set_ack(appid, uid, id);
+        inner.after_write();
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        let file = self.lock()?.log.file();
+        file.sync_data().map_err(|e| {
+            let msg = format!("log fsync failed: {e}");
+            if let Ok(mut inner) = self.inner.lock() {
+                inner.broken = Some(format!("{msg}; reopen the store"));
+            }
+            unavailable(msg)
+        })
+    }
+}

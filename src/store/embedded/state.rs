@@ -1,0 +1,440 @@
+//! The in-memory state of the embedded store, and how records apply to it.
+//!
+//! Every mutation is split in two: a `check_*` method validates it against
+//! the current state and computes the ids it will assign, without changing
+//! anything; an infallible `add_*`/`set_*` method applies it. The store
+//! writes the log record between the two, so a rejected or unwritable
+//! mutation leaves the state untouched. Replay ([`State::apply`]) runs the
+//! same checks against each record and then the same apply code.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+
+use super::log::Record;
+use crate::store::{Gid, Message, MsgId, StoreError, TokenInfo, Uid};
+
+/// Tokens that expired more than this long ago are dropped by compaction.
+const TOKEN_GRACE_SECS: u64 = 24 * 3600;
+
+/// A message in an inbox, with the sequence number of the append that
+/// created it: one append (one `msg` record) has one `seq` across all its
+/// receivers, which lets compaction write it back as one record, in order.
+pub(crate) struct Entry {
+    pub seq: u64,
+    pub msg: Message,
+}
+
+pub(crate) struct User {
+    name: String,
+    pass_hash: String,
+    /// Un-acked messages in msgid order; acked ones are trimmed.
+    inbox: VecDeque<Entry>,
+    next_msgid: MsgId,
+    acked: MsgId,
+}
+
+pub(crate) struct Group {
+    owner: Uid,
+    name: String,
+    members: Vec<Uid>,
+}
+
+/// One appid's users and groups. Uids and gids are dense from 1 and never
+/// deleted, so they index these vectors (`uid - 1`).
+#[derive(Default)]
+pub(crate) struct App {
+    by_name: HashMap<String, Uid>,
+    users: Vec<User>,
+    groups: Vec<Group>,
+}
+
+impl App {
+    fn index(id: u64) -> Option<usize> {
+        id.checked_sub(1).and_then(|i| usize::try_from(i).ok())
+    }
+
+    fn user(&self, uid: Uid) -> Option<&User> {
+        Self::index(uid).and_then(|i| self.users.get(i))
+    }
+
+    fn user_mut(&mut self, uid: Uid) -> Option<&mut User> {
+        Self::index(uid).and_then(|i| self.users.get_mut(i))
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    apps: HashMap<String, App>,
+    /// Selector -> token.
+    tokens: HashMap<String, TokenInfo>,
+    /// Sequence number of the next append.
+    next_seq: u64,
+}
+
+impl State {
+    fn user(&self, appid: &str, uid: Uid) -> Result<&User, StoreError> {
+        self.apps
+            .get(appid)
+            .and_then(|a| a.user(uid))
+            .ok_or(StoreError::NoSuchUser(uid))
+    }
+
+    fn user_mut(&mut self, appid: &str, uid: Uid) -> Option<&mut User> {
+        self.apps.get_mut(appid).and_then(|a| a.user_mut(uid))
+    }
+
+    // ---- users ----
+
+    /// The uid a new user `name` would get.
+    pub fn check_user(&self, appid: &str, name: &str) -> Result<Uid, StoreError> {
+        match self.apps.get(appid) {
+            Some(app) if app.by_name.contains_key(name) => Err(StoreError::UsernameTaken),
+            Some(app) => Ok(app.users.len() as Uid + 1),
+            None => Ok(1),
+        }
+    }
+
+    /// Adds a user; `uid` comes from [`State::check_user`].
+    pub fn add_user(&mut self, appid: &str, uid: Uid, name: &str, pass_hash: &str) {
+        let app = self.apps.entry(appid.to_owned()).or_default();
+        debug_assert_eq!(uid, app.users.len() as Uid + 1);
+        app.by_name.insert(name.to_owned(), uid);
+        app.users.push(User {
+            name: name.to_owned(),
+            pass_hash: pass_hash.to_owned(),
+            inbox: VecDeque::new(),
+            next_msgid: 1,
+            acked: 0,
+        });
+    }
+
+    pub fn find_user(&self, appid: &str, name: &str) -> Option<(Uid, String)> {
+        let app = self.apps.get(appid)?;
+        let uid = *app.by_name.get(name)?;
+        Some((uid, app.user(uid)?.pass_hash.clone()))
+    }
+
+    pub fn user_exists(&self, appid: &str, uid: Uid) -> bool {
+        self.user(appid, uid).is_ok()
+    }
+
+    // ---- groups ----
+
+    /// The gid a new group would get; the owner and every member must exist.
+    pub fn check_group(&self, appid: &str, owner: Uid, members: &[Uid]) -> Result<Gid, StoreError> {
+        self.user(appid, owner)?;
+        for &m in members {
+            self.user(appid, m)?;
+        }
+        Ok(self.apps.get(appid).map_or(0, |a| a.groups.len()) as Gid + 1)
+    }
+
+    /// Adds a group; `gid` comes from [`State::check_group`].
+    pub fn add_group(&mut self, appid: &str, gid: Gid, owner: Uid, name: &str, members: &[Uid]) {
+        let app = self.apps.entry(appid.to_owned()).or_default();
+        debug_assert_eq!(gid, app.groups.len() as Gid + 1);
+        app.groups.push(Group {
+            owner,
+            name: name.to_owned(),
+            members: members.to_vec(),
+        });
+    }
+
+    pub fn group_members(&self, appid: &str, gid: Gid) -> Option<Vec<Uid>> {
+        let app = self.apps.get(appid)?;
+        let group = App::index(gid).and_then(|i| app.groups.get(i))?;
+        Some(group.members.clone())
+    }
+
+    // ---- tokens ----
+
+    pub fn put_token(&mut self, selector: &str, info: TokenInfo) {
+        self.tokens.insert(selector.to_owned(), info);
+    }
+
+    pub fn get_token(&self, selector: &str) -> Option<TokenInfo> {
+        self.tokens.get(selector).cloned()
+    }
+
+    pub fn has_token(&self, selector: &str) -> bool {
+        self.tokens.contains_key(selector)
+    }
+
+    pub fn delete_token(&mut self, selector: &str) {
+        self.tokens.remove(selector);
+    }
+
+    // ---- inboxes ----
+
+    /// The msgid each receiver in `to` would get (a receiver listed twice
+    /// gets two consecutive msgids). Every receiver must exist.
+    pub fn check_append(&self, appid: &str, to: &[Uid]) -> Result<Vec<MsgId>, StoreError> {
+        if let [uid] = to {
+            return Ok(vec![self.user(appid, *uid)?.next_msgid]);
+        }
+        let mut next: HashMap<Uid, MsgId> = HashMap::with_capacity(to.len());
+        let mut ids = Vec::with_capacity(to.len());
+        for &uid in to {
+            let user = self.user(appid, uid)?;
+            let n = next.entry(uid).or_insert(user.next_msgid);
+            ids.push(*n);
+            *n += 1;
+        }
+        Ok(ids)
+    }
+
+    /// Appends one message to every receiver, `ids[i]` being the msgid of
+    /// `to[i]` (from [`State::check_append`], or a replayed record). All
+    /// receivers share `content`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_message(
+        &mut self,
+        appid: &str,
+        to: &[Uid],
+        ids: &[MsgId],
+        fromid: Uid,
+        toid: u64,
+        datatype: u8,
+        content: &Arc<str>,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let Some(app) = self.apps.get_mut(appid) else {
+            return;
+        };
+        for (&uid, &msgid) in to.iter().zip(ids) {
+            if let Some(user) = app.user_mut(uid) {
+                user.inbox.push_back(Entry {
+                    seq,
+                    msg: Message {
+                        msgid,
+                        fromid,
+                        toid,
+                        datatype,
+                        content: Arc::clone(content),
+                    },
+                });
+                user.next_msgid = msgid + 1;
+            }
+        }
+    }
+
+    /// Up to `limit` stored messages with msgid >= `from`, in order.
+    pub fn read(
+        &self,
+        appid: &str,
+        uid: Uid,
+        from: MsgId,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let inbox = &self.user(appid, uid)?.inbox;
+        let start = inbox.partition_point(|e| e.msg.msgid < from);
+        Ok(inbox
+            .range(start..)
+            .take(limit)
+            .map(|e| e.msg.clone())
+            .collect())
+    }
+
+    pub fn acked(&self, appid: &str, uid: Uid) -> Result<MsgId, StoreError> {
+        Ok(self.user(appid, uid)?.acked)
+    }
+
+    /// The new ack position `ack(endid)` moves to (clamped to the last
+    /// msgid), or `None` if it would not move forward.
+    pub fn check_ack(
+        &self,
+        appid: &str,
+        uid: Uid,
+        endid: MsgId,
+    ) -> Result<Option<MsgId>, StoreError> {
+        let user = self.user(appid, uid)?;
+        let target = endid.min(user.next_msgid - 1);
+        Ok((target > user.acked).then_some(target))
+    }
+
+    /// Moves the ack position forward (never back, never past the last
+    /// msgid) and trims the acked messages.
+    pub fn set_ack(&mut self, appid: &str, uid: Uid, id: MsgId) {
+        let Some(user) = self.user_mut(appid, uid) else {
+            return;
+        };
+        user.acked = user.acked.max(id.min(user.next_msgid - 1));
+        while user
+            .inbox
+            .front()
+            .is_some_and(|e| e.msg.msgid <= user.acked)
+        {
+            user.inbox.pop_front();
+        }
+        let cap = user.inbox.capacity();
+        if cap > 64 && user.inbox.len() < cap / 4 {
+            user.inbox.shrink_to(user.inbox.len() * 2);
+        }
+    }
+
+    /// Makes the user's next msgid at least `n`.
+    pub fn set_seq(&mut self, appid: &str, uid: Uid, n: MsgId) {
+        if let Some(user) = self.user_mut(appid, uid) {
+            user.next_msgid = user.next_msgid.max(n);
+        }
+    }
+
+    // ---- replay and snapshot ----
+
+    /// Applies a replayed record after checking it is consistent with the
+    /// state so far; an inconsistent record is an error (the log is corrupt).
+    pub fn apply(&mut self, rec: Record<'_>) -> Result<(), String> {
+        match rec {
+            Record::User { a, u, n, p } => {
+                let uid = self.check_user(&a, &n).map_err(|e| e.to_string())?;
+                if u != uid {
+                    return Err(format!("user {n:?} has uid {u}, expected {uid}"));
+                }
+                self.add_user(&a, u, &n, &p);
+            }
+            Record::Group { a, g, o, n, m } => {
+                let gid = self.check_group(&a, o, &m).map_err(|e| e.to_string())?;
+                if g != gid {
+                    return Err(format!("group {n:?} has gid {g}, expected {gid}"));
+                }
+                self.add_group(&a, g, o, &n, &m);
+            }
+            Record::TokenPut { s, v, a, u, e } => self.put_token(
+                &s,
+                TokenInfo {
+                    verifier: v.into_owned(),
+                    appid: a.into_owned(),
+                    uid: u,
+                    expires_at: e,
+                },
+            ),
+            Record::TokenDel { s } => self.delete_token(&s),
+            Record::Msg {
+                a,
+                to,
+                ids,
+                f,
+                t,
+                d,
+                c,
+            } => {
+                if to.len() != ids.len() {
+                    return Err(format!("{} receivers but {} msgids", to.len(), ids.len()));
+                }
+                let mut next: HashMap<Uid, MsgId> = HashMap::with_capacity(to.len());
+                for (&uid, &id) in to.iter().zip(ids.iter()) {
+                    let user = self.user(&a, uid).map_err(|e| e.to_string())?;
+                    let n = next.entry(uid).or_insert(user.next_msgid);
+                    if id < *n {
+                        return Err(format!(
+                            "msgid {id} of user {uid} reuses a msgid (next is {n})"
+                        ));
+                    }
+                    *n = id + 1;
+                }
+                self.add_message(&a, &to, &ids, f, t, d, &Arc::from(c))
+            }
+            Record::Ack { a, u, id } => {
+                self.user(&a, u).map_err(|e| e.to_string())?;
+                self.set_ack(&a, u, id);
+            }
+            Record::Seq { a, u, n } => {
+                self.user(&a, u).map_err(|e| e.to_string())?;
+                self.set_seq(&a, u, n);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops tokens that expired more than a day before `now` (unix seconds).
+    pub fn purge_tokens(&mut self, now: u64) {
+        self.tokens
+            .retain(|_, t| t.expires_at.saturating_add(TOKEN_GRACE_SECS) >= now);
+    }
+
+    /// Emits records that rebuild this state when replayed into an empty
+    /// one: users, groups, tokens, un-acked messages (one record per
+    /// original append, in append order), then msgid counters of fully acked
+    /// inboxes and ack positions.
+    pub fn snapshot(&self, emit: &mut dyn FnMut(&Record<'_>) -> io::Result<()>) -> io::Result<()> {
+        let mut apps: Vec<(&String, &App)> = self.apps.iter().collect();
+        apps.sort_unstable_by_key(|(name, _)| *name);
+        for &(a, app) in &apps {
+            for (i, user) in app.users.iter().enumerate() {
+                emit(&Record::User {
+                    a: Cow::Borrowed(a),
+                    u: i as Uid + 1,
+                    n: Cow::Borrowed(&user.name),
+                    p: Cow::Borrowed(&user.pass_hash),
+                })?;
+            }
+            for (i, g) in app.groups.iter().enumerate() {
+                emit(&Record::Group {
+                    a: Cow::Borrowed(a),
+                    g: i as Gid + 1,
+                    o: g.owner,
+                    n: Cow::Borrowed(&g.name),
+                    m: Cow::Borrowed(&g.members),
+                })?;
+            }
+        }
+        for (s, t) in &self.tokens {
+            emit(&Record::TokenPut {
+                s: Cow::Borrowed(s),
+                v: Cow::Borrowed(&t.verifier),
+                a: Cow::Borrowed(&t.appid),
+                u: t.uid,
+                e: t.expires_at,
+            })?;
+        }
+        // Un-acked messages, grouped back into their appends.
+        let mut entries: Vec<(u64, &str, Uid, &Message)> = Vec::new();
+        for &(a, app) in &apps {
+            for (i, user) in app.users.iter().enumerate() {
+                entries.extend(
+                    user.inbox
+                        .iter()
+                        .map(|e| (e.seq, a.as_str(), i as Uid + 1, &e.msg)),
+                );
+            }
+        }
+        entries.sort_unstable_by_key(|&(seq, _, uid, m)| (seq, uid, m.msgid));
+        for chunk in entries.chunk_by(|x, y| x.0 == y.0) {
+            let (_, a, _, m) = chunk[0];
+            // A receiver listed twice in one append keeps its msgid order:
+            // the chunk is sorted by (uid, msgid).
+            emit(&Record::Msg {
+                a: Cow::Borrowed(a),
+                to: chunk.iter().map(|e| e.2).collect(),
+                ids: chunk.iter().map(|e| e.3.msgid).collect(),
+                f: m.fromid,
+                t: m.toid,
+                d: m.datatype,
+                c: Cow::Borrowed(&m.content),
+            })?;
+        }
+        for &(a, app) in &apps {
+            for (i, user) in app.users.iter().enumerate() {
+                let u = i as Uid + 1;
+                if user.inbox.is_empty() && user.next_msgid > 1 {
+                    emit(&Record::Seq {
+                        a: Cow::Borrowed(a),
+                        u,
+                        n: user.next_msgid,
+                    })?;
+                }
+                if user.acked > 0 {
+                    emit(&Record::Ack {
+                        a: Cow::Borrowed(a),
+                        u,
+                        id: user.acked,
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,587 @@
+//! Behaviour tests of [`EmbeddedStore`] through the [`Store`] trait.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+use crate::store::{DATATYPE_GROUP, DATATYPE_SINGLE};
+
+const APP: &str = "test";
+
+fn opts(dir: &Path) -> Options {
+    Options::new(dir)
+}
+
+fn open(dir: &Path) -> EmbeddedStore {
+    EmbeddedStore::open(opts(dir)).unwrap()
+}
+
+fn single(from: Uid, to: Uid, c: &str) -> NewMessage {
+    NewMessage {
+        fromid: from,
+        toid: to,
+        datatype: DATATYPE_SINGLE,
+        content: Arc::from(c),
+    }
+}
+
+fn group(from: Uid, gid: Gid, c: &str) -> NewMessage {
+    NewMessage {
+        fromid: from,
+        toid: gid,
+        datatype: DATATYPE_GROUP,
+        content: Arc::from(c),
+    }
+}
+
+fn token(uid: Uid, expires_at: u64) -> TokenInfo {
+    TokenInfo {
+        verifier: format!("v{uid}"),
+        appid: APP.into(),
+        uid,
+        expires_at,
+    }
+}
+
+fn log_size(dir: &Path) -> u64 {
+    fs::metadata(dir.join("log")).unwrap().len()
+}
+
+/// Everything observable through the trait for the given apps, users
+/// (by name) and token selectors, as text.
+fn dump(s: &EmbeddedStore, apps: &[&str], names: &[&str], selectors: &[&str]) -> String {
+    let mut out = String::new();
+    for &a in apps {
+        for uid in 1.. {
+            if !s.user_exists(a, uid).unwrap() {
+                break;
+            }
+            let msgs = s.read(a, uid, 0, usize::MAX).unwrap();
+            out += &format!(
+                "{a}/{uid} acked={} msgs={msgs:?}\n",
+                s.acked(a, uid).unwrap()
+            );
+        }
+        for gid in 1.. {
+            let Some(m) = s.group_members(a, gid).unwrap() else {
+                break;
+            };
+            out += &format!("{a} group {gid} {m:?}\n");
+        }
+        for &n in names {
+            out += &format!("{a} find {n} {:?}\n", s.find_user(a, n).unwrap());
+        }
+    }
+    for &sel in selectors {
+        out += &format!("token {sel} {:?}\n", s.get_token(sel).unwrap());
+    }
+    out
+}
+
+/// Three users, a group of all three, a few messages, an ack and tokens.
+fn populate(s: &EmbeddedStore) {
+    for n in ["alice", "bob", "carol"] {
+        s.create_user(APP, n, &format!("hash-{n}")).unwrap();
+    }
+    s.create_user("other", "alice", "h").unwrap();
+    s.create_group(APP, 1, "g", &[1, 2, 3]).unwrap();
+    s.append(APP, &[2], &single(1, 2, "hi bob")).unwrap();
+    s.append(APP, &[1, 2, 3], &group(1, 1, "hi all")).unwrap();
+    s.append(APP, &[3], &single(2, 3, "hi carol")).unwrap();
+    s.ack(APP, 2, 1).unwrap();
+    s.put_token("sel1", &token(1, 100)).unwrap();
+    s.put_token("sel2", &token(2, 200)).unwrap();
+    s.delete_token("sel2").unwrap();
+}
+
+const NAMES: &[&str] = &["alice", "bob", "carol", "nobody"];
+const SELS: &[&str] = &["sel1", "sel2", "sel3"];
+
+#[test]
+fn users() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.create_user(APP, "alice", "h1").unwrap(), 1);
+    assert_eq!(s.create_user(APP, "bob", "h2").unwrap(), 2);
+    assert_eq!(
+        s.create_user("other", "alice", "h3").unwrap(),
+        1,
+        "uids are per appid"
+    );
+    let len = s.log_len().unwrap();
+    assert!(matches!(
+        s.create_user(APP, "alice", "x"),
+        Err(StoreError::UsernameTaken)
+    ));
+    assert_eq!(s.log_len().unwrap(), len, "nothing written");
+    assert_eq!(s.find_user(APP, "bob").unwrap(), Some((2, "h2".into())));
+    assert_eq!(
+        s.find_user("other", "alice").unwrap(),
+        Some((1, "h3".into()))
+    );
+    assert_eq!(s.find_user(APP, "carol").unwrap(), None);
+    assert_eq!(s.find_user("nope", "alice").unwrap(), None);
+    assert!(s.user_exists(APP, 2).unwrap());
+    assert!(!s.user_exists(APP, 0).unwrap());
+    assert!(!s.user_exists(APP, 3).unwrap());
+    assert!(!s.user_exists("nope", 1).unwrap());
+    assert_eq!(s.create_user(APP, "carol", "h4").unwrap(), 3);
+}
+
+#[test]
+fn groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for n in ["a", "b", "c"] {
+        s.create_user(APP, n, "h").unwrap();
+    }
+    let len = s.log_len().unwrap();
+    assert!(matches!(
+        s.create_group(APP, 1, "g", &[1, 9]),
+        Err(StoreError::NoSuchUser(9))
+    ));
+    assert!(matches!(
+        s.create_group(APP, 7, "g", &[1]),
+        Err(StoreError::NoSuchUser(7))
+    ));
+    assert!(matches!(
+        s.create_group("nope", 1, "g", &[1]),
+        Err(StoreError::NoSuchUser(1))
+    ));
+    assert_eq!(s.log_len().unwrap(), len, "nothing written");
+    assert_eq!(s.create_group(APP, 3, "g", &[3, 1, 2]).unwrap(), 1);
+    assert_eq!(s.create_group(APP, 1, "h", &[1]).unwrap(), 2);
+    assert_eq!(s.group_members(APP, 1).unwrap(), Some(vec![3, 1, 2]));
+    assert_eq!(s.group_members(APP, 2).unwrap(), Some(vec![1]));
+    assert_eq!(s.group_members(APP, 0).unwrap(), None);
+    assert_eq!(s.group_members(APP, 3).unwrap(), None);
+    assert_eq!(s.group_members("nope", 1).unwrap(), None);
+}
+
+#[test]
+fn tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.get_token("x").unwrap(), None);
+    s.put_token("x", &token(1, 5)).unwrap();
+    assert_eq!(
+        s.get_token("x").unwrap(),
+        Some(token(1, 5)),
+        "expired tokens are returned as stored"
+    );
+    s.put_token("x", &token(2, 50)).unwrap();
+    assert_eq!(s.get_token("x").unwrap(), Some(token(2, 50)));
+    s.delete_token("x").unwrap();
+    assert_eq!(s.get_token("x").unwrap(), None);
+    let len = s.log_len().unwrap();
+    s.delete_token("x").unwrap();
+    s.delete_token("never").unwrap();
+    assert_eq!(
+        s.log_len().unwrap(),
+        len,
+        "forgetting an unknown token writes nothing"
+    );
+}
+
+#[test]
+fn append_and_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for n in ["a", "b", "c"] {
+        s.create_user(APP, n, "h").unwrap();
+    }
+    for i in 1..=5 {
+        assert_eq!(
+            s.append(APP, &[2], &single(1, 2, &format!("m{i}")))
+                .unwrap(),
+            vec![i]
+        );
+    }
+    // Group append: each member gets its own next msgid, one shared content.
+    assert_eq!(
+        s.append(APP, &[1, 2, 3], &group(1, 1, "g")).unwrap(),
+        vec![1, 6, 1]
+    );
+    let a = s.read(APP, 1, 0, 10).unwrap();
+    let b = s.read(APP, 2, 6, 10).unwrap();
+    assert!(Arc::ptr_eq(&a[0].content, &b[0].content));
+    assert_eq!(
+        b[0],
+        Message {
+            msgid: 6,
+            fromid: 1,
+            toid: 1,
+            datatype: DATATYPE_GROUP,
+            content: "g".into()
+        }
+    );
+    // A receiver listed twice gets two consecutive msgids.
+    assert_eq!(
+        s.append(APP, &[3, 3], &single(1, 3, "twice")).unwrap(),
+        vec![2, 3]
+    );
+    assert_eq!(
+        s.append(APP, &[], &single(1, 3, "nobody")).unwrap(),
+        Vec::<MsgId>::new()
+    );
+
+    // Unknown receiver: error, nothing written, no msgid consumed.
+    let len = s.log_len().unwrap();
+    assert!(matches!(
+        s.append(APP, &[1, 4], &group(1, 1, "x")),
+        Err(StoreError::NoSuchUser(4))
+    ));
+    assert!(matches!(
+        s.append("nope", &[1], &single(1, 1, "x")),
+        Err(StoreError::NoSuchUser(1))
+    ));
+    assert_eq!(s.log_len().unwrap(), len);
+    assert_eq!(s.append(APP, &[1], &single(2, 1, "next")).unwrap(), vec![2]);
+
+    let ids = |v: Vec<Message>| v.iter().map(|m| m.msgid).collect::<Vec<_>>();
+    assert_eq!(ids(s.read(APP, 2, 0, 100).unwrap()), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(ids(s.read(APP, 2, 3, 2).unwrap()), vec![3, 4]);
+    assert_eq!(ids(s.read(APP, 2, 6, 100).unwrap()), vec![6]);
+    assert_eq!(ids(s.read(APP, 2, 7, 100).unwrap()), Vec::<MsgId>::new());
+    assert_eq!(ids(s.read(APP, 2, 1, 0).unwrap()), Vec::<MsgId>::new());
+    assert_eq!(s.read(APP, 2, 2, 1).unwrap()[0].content.as_ref(), "m2");
+    assert!(matches!(
+        s.read(APP, 9, 0, 1),
+        Err(StoreError::NoSuchUser(9))
+    ));
+    assert!(matches!(
+        s.read("nope", 1, 0, 1),
+        Err(StoreError::NoSuchUser(1))
+    ));
+}
+
+#[test]
+fn ack_never_rewinds_and_clamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create_user(APP, "a", "h").unwrap();
+    assert_eq!(s.acked(APP, 1).unwrap(), 0);
+    s.ack(APP, 1, 5).unwrap();
+    assert_eq!(
+        s.acked(APP, 1).unwrap(),
+        0,
+        "clamped to the last msgid (none yet)"
+    );
+    for i in 0..5 {
+        s.append(APP, &[1], &single(1, 1, &i.to_string())).unwrap();
+    }
+    s.ack(APP, 1, 2).unwrap();
+    assert_eq!(s.acked(APP, 1).unwrap(), 2);
+    let len = s.log_len().unwrap();
+    s.ack(APP, 1, 1).unwrap();
+    s.ack(APP, 1, 2).unwrap();
+    assert_eq!(s.acked(APP, 1).unwrap(), 2, "never rewinds");
+    assert_eq!(s.log_len().unwrap(), len, "a no-op ack writes nothing");
+    // Acked messages are trimmed: reading from 0 starts after the ack.
+    let got: Vec<_> = s
+        .read(APP, 1, 0, 10)
+        .unwrap()
+        .iter()
+        .map(|m| m.msgid)
+        .collect();
+    assert_eq!(got, vec![3, 4, 5]);
+    s.ack(APP, 1, 1000).unwrap();
+    assert_eq!(s.acked(APP, 1).unwrap(), 5, "clamped to the last msgid");
+    assert!(s.read(APP, 1, 0, 10).unwrap().is_empty());
+    assert_eq!(s.append(APP, &[1], &single(1, 1, "x")).unwrap(), vec![6]);
+    assert!(matches!(s.ack(APP, 2, 1), Err(StoreError::NoSuchUser(2))));
+    assert!(matches!(s.acked(APP, 2), Err(StoreError::NoSuchUser(2))));
+}
+
+#[test]
+fn reopen_replays_to_identical_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let s = open(dir.path());
+        populate(&s);
+        s.flush().unwrap();
+        dump(&s, &[APP, "other"], NAMES, SELS)
+    };
+    let s = open(dir.path());
+    assert_eq!(dump(&s, &[APP, "other"], NAMES, SELS), before);
+    // The group message's content is shared again after replay.
+    let a = s.read(APP, 1, 0, 10).unwrap();
+    let c = s.read(APP, 3, 0, 10).unwrap();
+    assert!(Arc::ptr_eq(&a[0].content, &c[0].content));
+    // Counters continue.
+    assert_eq!(s.create_user(APP, "dave", "h").unwrap(), 4);
+    assert_eq!(s.create_group(APP, 1, "g2", &[1]).unwrap(), 2);
+    assert_eq!(
+        s.append(APP, &[2], &single(1, 2, "again")).unwrap(),
+        vec![3]
+    );
+    assert!(matches!(
+        s.create_user(APP, "bob", "h"),
+        Err(StoreError::UsernameTaken)
+    ));
+}
+
+#[test]
+fn fsync_always_and_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path());
+    o.fsync = Fsync::Always;
+    let before = {
+        let s = EmbeddedStore::open(o.clone()).unwrap();
+        populate(&s);
+        s.flush().unwrap();
+        dump(&s, &[APP], NAMES, SELS)
+    };
+    let s = EmbeddedStore::open(o).unwrap();
+    assert_eq!(dump(&s, &[APP], NAMES, SELS), before);
+}
+
+#[test]
+fn torn_tail_is_cut_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, len) = {
+        let s = open(dir.path());
+        populate(&s);
+        (dump(&s, &[APP, "other"], NAMES, SELS), s.log_len().unwrap())
+    };
+    assert_eq!(log_size(dir.path()), len);
+    for garbage in [
+        "{\"op\":\"msg\",\"a\":\"te",
+        "\0\0\0\0\0\0",
+        "not json at all\n",
+    ] {
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("log"))
+            .unwrap();
+        f.write_all(garbage.as_bytes()).unwrap();
+        drop(f);
+        let s = open(dir.path());
+        assert_eq!(log_size(dir.path()), len, "garbage {garbage:?} is gone");
+        assert_eq!(dump(&s, &[APP, "other"], NAMES, SELS), before);
+    }
+    // Later writes land after the cut and replay fine.
+    let after = {
+        let s = open(dir.path());
+        assert_eq!(
+            s.append(APP, &[2], &single(1, 2, "later")).unwrap(),
+            vec![3]
+        );
+        dump(&s, &[APP, "other"], NAMES, SELS)
+    };
+    assert_eq!(dump(&open(dir.path()), &[APP, "other"], NAMES, SELS), after);
+}
+
+#[test]
+fn mid_file_corruption_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(&open(dir.path()));
+    let path = dir.path().join("log");
+    let good = fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<&str> = good.lines().collect();
+    lines.insert(3, "{\"op\":\"user\",\"a\":"); // a torn record, not at the end
+    fs::write(&path, lines.join("\n") + "\n").unwrap();
+    match EmbeddedStore::open(opts(dir.path())) {
+        Err(StoreError::Unavailable(msg)) => assert!(msg.contains("line 4"), "{msg}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    // A well-formed record inconsistent with the state before it.
+    let bad = good.clone() + "{\"op\":\"msg\",\"a\":\"test\",\"to\":[99],\"ids\":[1],\"f\":1,\"t\":99,\"d\":1,\"c\":\"x\"}\n";
+    fs::write(&path, bad).unwrap();
+    match EmbeddedStore::open(opts(dir.path())) {
+        Err(StoreError::Unavailable(msg)) => assert!(msg.contains("no such user 99"), "{msg}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    let reused = good.clone() + "{\"op\":\"msg\",\"a\":\"test\",\"to\":[2],\"ids\":[1],\"f\":1,\"t\":2,\"d\":1,\"c\":\"x\"}\n";
+    fs::write(&path, reused).unwrap();
+    assert!(matches!(
+        EmbeddedStore::open(opts(dir.path())),
+        Err(StoreError::Unavailable(_))
+    ));
+    // The untouched log still opens.
+    fs::write(&path, good).unwrap();
+    open(dir.path());
+}
+
+#[test]
+fn compaction_keeps_state_and_shrinks_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_secs();
+    let (before, grown) = {
+        let s = open(dir.path());
+        populate(&s);
+        s.put_token("sel3", &token(3, now - 3 * 24 * 3600)).unwrap(); // purged
+        s.put_token("sel1", &token(1, now - 3600)).unwrap(); // expired recently: kept
+                                                             // Interleave single and group messages; fully ack alice's inbox.
+        for i in 0..200 {
+            s.append(APP, &[1], &single(2, 1, &format!("to alice {i}")))
+                .unwrap();
+            s.append(APP, &[3, 2], &group(1, 1, &format!("group {i}")))
+                .unwrap();
+            s.ack(APP, 1, u64::MAX).unwrap();
+        }
+        s.append(APP, &[2, 2], &single(1, 2, "dup")).unwrap();
+        s.ack(APP, 3, 150).unwrap();
+        let grown = s.log_len().unwrap();
+        s.compact().unwrap();
+        assert!(s.log_len().unwrap() < grown / 2);
+        assert_eq!(log_size(dir.path()), s.log_len().unwrap());
+        assert!(!dir.path().join("log.tmp").exists());
+        assert_eq!(s.get_token("sel3").unwrap(), None);
+        // Writes after a compaction go to the new log.
+        s.append(APP, &[3], &single(1, 3, "after")).unwrap();
+        (dump(&s, &[APP, "other"], NAMES, SELS), grown)
+    };
+    let s = open(dir.path());
+    assert_eq!(dump(&s, &[APP, "other"], NAMES, SELS), before);
+    assert!(log_size(dir.path()) < grown / 2);
+    assert_eq!(s.acked(APP, 1).unwrap(), 201);
+    assert!(s.read(APP, 1, 0, 10).unwrap().is_empty());
+    assert_eq!(
+        s.append(APP, &[1], &single(2, 1, "x")).unwrap(),
+        vec![202],
+        "msgids continue"
+    );
+    let b = s.read(APP, 2, 0, 1000).unwrap();
+    let c = s.read(APP, 3, 0, 1000).unwrap();
+    let shared = |m: &Message| {
+        b.iter()
+            .filter(|x| Arc::ptr_eq(&x.content, &m.content))
+            .count()
+    };
+    assert_eq!(
+        c.iter()
+            .filter(|m| m.datatype == DATATYPE_GROUP)
+            .map(shared)
+            .collect::<Vec<_>>(),
+        vec![1; 52]
+    );
+}
+
+#[test]
+fn automatic_compaction_with_a_tiny_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path());
+    o.compact_min_bytes = 4096;
+    let before = {
+        let s = EmbeddedStore::open(o.clone()).unwrap();
+        populate(&s);
+        let mut max = 0;
+        for i in 0..2000 {
+            s.append(APP, &[1, 2], &group(1, 1, &format!("message number {i}")))
+                .unwrap();
+            s.ack(APP, 1, u64::MAX).unwrap();
+            s.ack(APP, 2, u64::MAX).unwrap();
+            max = max.max(s.log_len().unwrap());
+        }
+        assert_eq!(s.compaction_error().unwrap(), None);
+        assert!(max < 16 * 1024, "log kept small by compaction, max {max}");
+        dump(&s, &[APP, "other"], NAMES, SELS)
+    };
+    let s = EmbeddedStore::open(o).unwrap();
+    assert_eq!(dump(&s, &[APP, "other"], NAMES, SELS), before);
+    assert_eq!(
+        s.append(APP, &[1, 2, 3], &group(1, 1, "x")).unwrap(),
+        vec![2002, 2003, 3]
+    );
+}
+
+#[test]
+fn concurrent_appends_get_contiguous_msgids() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(dir.path()));
+    s.create_user(APP, "target", "h").unwrap();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                (0..1000)
+                    .map(|i| {
+                        s.append(APP, &[1], &single(t, 1, &format!("{t}:{i}")))
+                            .unwrap()[0]
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for h in threads {
+        let ids = h.join().unwrap();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "a thread's messages are in order"
+        );
+        all.extend(ids);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=4000).collect::<Vec<_>>());
+    let msgs = s.read(APP, 1, 0, usize::MAX).unwrap();
+    assert_eq!(
+        msgs.iter().map(|m| m.msgid).collect::<Vec<_>>(),
+        (1..=4000).collect::<Vec<_>>()
+    );
+    let before = dump(&s, &[APP], &[], &[]);
+    drop(s);
+    assert_eq!(dump(&open(dir.path()), &[APP], &[], &[]), before);
+}
+
+#[test]
+fn second_open_of_the_same_dir_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    match EmbeddedStore::open(opts(dir.path())) {
+        Err(StoreError::Unavailable(msg)) => assert!(msg.contains("already in use"), "{msg}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    drop(s);
+    open(dir.path());
+}
+
+#[test]
+fn open_creates_the_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("a/b");
+    let s = open(&sub);
+    s.create_user(APP, "x", "h").unwrap();
+    assert!(sub.join("log").exists());
+    assert!(sub.join("LOCK").exists());
+}
+
+#[test]
+fn failed_write_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    populate(&s);
+    let before = dump(&s, &[APP, "other"], NAMES, SELS);
+    let len = log_size(dir.path());
+    // A read-only handle: the write fails, and so does cutting the log back.
+    let ro = fs::File::open(dir.path().join("log")).unwrap();
+    s.lock().unwrap().log.set_file_for_test(ro);
+    assert!(matches!(
+        s.create_user(APP, "dave", "h"),
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        s.append(APP, &[1], &single(2, 1, "x")),
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(s.ack(APP, 3, 2), Err(StoreError::Unavailable(_))));
+    assert!(matches!(
+        s.put_token("sel3", &token(3, 9)),
+        Err(StoreError::Unavailable(_))
+    ));
+    // Validation errors still come first; reads still work.
+    assert!(matches!(
+        s.create_user(APP, "bob", "h"),
+        Err(StoreError::UsernameTaken)
+    ));
+    assert_eq!(dump(&s, &[APP, "other"], NAMES, SELS), before);
+    drop(s);
+    assert_eq!(log_size(dir.path()), len);
+    assert_eq!(
+        dump(&open(dir.path()), &[APP, "other"], NAMES, SELS),
+        before
+    );
+}

@@ -1,0 +1,140 @@
+//! The store interface: everything haoshuo keeps between requests.
+//!
+//! A store owns users, groups, login tokens, every user's inbox with its msgid
+//! counter, and each user's ack position. Worker threads call it
+//! synchronously; a reactor thread never does. Backends (the embedded
+//! append-only log, Redis) sit behind [`Store`] and pass the same test suite.
+//!
+//! What a store must guarantee:
+//! - `append` gives each receiver the next msgid of *its own* inbox: msgids
+//!   start at 1, grow by exactly one, and are never reused, even across restarts.
+//! - Anything a call returned `Ok` for survives `kill -9` of the server (the
+//!   write has reached the OS before the call returns).
+//! - Readers never observe msgid N+1 in an inbox before N.
+
+pub mod embedded;
+
+use std::sync::Arc;
+
+/// A user's id inside one appid. Starts at 1.
+pub type Uid = u64;
+/// A group's id inside one appid. Starts at 1.
+pub type Gid = u64;
+/// A message's position in its receiver's inbox. Starts at 1.
+pub type MsgId = u64;
+
+/// `datatype` of a single-chat message: `toid` is the receiver's uid.
+pub const DATATYPE_SINGLE: u8 = 1;
+/// `datatype` of a group-chat message: `toid` is the group id.
+pub const DATATYPE_GROUP: u8 = 2;
+
+/// A message to be appended to one or more inboxes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewMessage {
+    pub fromid: Uid,
+    /// The receiver's uid (single chat) or the group id (group chat).
+    pub toid: u64,
+    pub datatype: u8,
+    /// Shared by every inbox the message lands in.
+    pub content: Arc<str>,
+}
+
+/// A message as it sits in one receiver's inbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub msgid: MsgId,
+    pub fromid: Uid,
+    pub toid: u64,
+    pub datatype: u8,
+    pub content: Arc<str>,
+}
+
+/// What a login token stands for.
+///
+/// A token is `selector || verifier` (hex). The store is keyed by the
+/// selector, and keeps the verifier, which the caller compares in constant
+/// time: a lookup's timing then tells an attacker nothing about the secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// The secret half of the token (hex), compared in constant time.
+    pub verifier: String,
+    pub appid: String,
+    pub uid: Uid,
+    /// Unix seconds after which the token is no longer valid.
+    pub expires_at: u64,
+}
+
+/// Failures of a store call. Each maps to one HTTP status in `api::error`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("username taken")]
+    UsernameTaken,
+    #[error("no such user {0}")]
+    NoSuchUser(Uid),
+    #[error("no such group {0}")]
+    NoSuchGroup(Gid),
+    /// The backend cannot be reached or cannot write; nothing was half written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The interface every backend implements. All methods are called from worker
+/// threads, concurrently; implementations synchronise internally.
+pub trait Store: Send + Sync + 'static {
+    /// Creates a user; fails with `UsernameTaken` if `username` exists in `appid`.
+    /// `pass_hash` is an opaque PHC string (argon2id); the store never sees a password.
+    fn create_user(&self, appid: &str, username: &str, pass_hash: &str) -> Result<Uid>;
+
+    /// Looks a user up by name: `(uid, pass_hash)`.
+    fn find_user(&self, appid: &str, username: &str) -> Result<Option<(Uid, String)>>;
+
+    /// Whether `uid` exists in `appid`.
+    fn user_exists(&self, appid: &str, uid: Uid) -> Result<bool>;
+
+    /// Creates a group owned by `owner` whose members are `members` (the caller
+    /// includes the owner and removes duplicates). Every member must exist:
+    /// otherwise `NoSuchUser` and nothing is written.
+    fn create_group(&self, appid: &str, owner: Uid, gname: &str, members: &[Uid]) -> Result<Gid>;
+
+    /// The members of a group, in the order they were given, or `None`.
+    fn group_members(&self, appid: &str, gid: Gid) -> Result<Option<Vec<Uid>>>;
+
+    /// Stores a login token under its selector.
+    fn put_token(&self, selector: &str, info: &TokenInfo) -> Result<()>;
+
+    /// Looks a token up by its selector. Expiry and the verifier are the
+    /// caller's to check.
+    fn get_token(&self, selector: &str) -> Result<Option<TokenInfo>>;
+
+    /// Forgets a token (logout). Forgetting an unknown token is not an error.
+    fn delete_token(&self, selector: &str) -> Result<()>;
+
+    /// Appends `msg` to the inbox of every uid in `to`, atomically as a whole:
+    /// either every receiver gets it or none does. Returns the msgid each
+    /// receiver got, in the order of `to`. Every receiver must exist
+    /// (`NoSuchUser` otherwise, nothing written).
+    fn append(&self, appid: &str, to: &[Uid], msg: &NewMessage) -> Result<Vec<MsgId>>;
+
+    /// Up to `limit` stored messages of `uid`'s inbox with msgid >= `from`, in
+    /// msgid order.
+    fn read(&self, appid: &str, uid: Uid, from: MsgId, limit: usize) -> Result<Vec<Message>>;
+
+    /// The user's ack position: every msgid <= it has been received. 0 at first.
+    fn acked(&self, appid: &str, uid: Uid) -> Result<MsgId>;
+
+    /// Marks every msgid <= `endid` as received; acked messages may be dropped
+    /// from storage. An `endid` below the current position is a no-op (never a
+    /// rewind); one above the last msgid is clamped to it.
+    fn ack(&self, appid: &str, uid: Uid, endid: MsgId) -> Result<()>;
+
+    /// Makes everything written so far durable (fsync), e.g. at shutdown.
+    fn flush(&self) -> Result<()>;
+}

@@ -1,0 +1,74 @@
+//! The worker pool: where API calls meet the store.
+//!
+//! Reactors never block on storage: they put a [`Job`] on one shared
+//! bounded channel and go on. Each worker thread takes jobs, runs them
+//! against the [`Api`], and sends the answer to the mailbox of the reactor
+//! that owns the connection, which wakes it.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::api::{Api, Request, Sub};
+use crate::net::mailbox::CoreMsg;
+use crate::router::SubKey;
+use crate::store::MsgId;
+
+/// Jobs that may wait for a worker. When it is full, reactors answer 503 at
+/// once instead of queueing without bound: past this many, a client would
+/// wait longer for its answer than it would to retry.
+pub const QUEUE_CAPACITY: usize = 64 * 1024;
+
+pub enum Job {
+    /// A complete request from a connection.
+    Request { origin: SubKey, req: Request },
+    /// A subscriber needs its stored messages from `sub.next` on; it knew
+    /// msgids up to `upto` exist when it asked.
+    Backfill {
+        origin: SubKey,
+        sub: Sub,
+        upto: MsgId,
+    },
+}
+
+pub fn queue() -> (Sender<Job>, Receiver<Job>) {
+    crossbeam_channel::bounded(QUEUE_CAPACITY)
+}
+
+/// Starts `n` workers; they exit when every sender of `jobs` is dropped.
+pub fn spawn(n: usize, api: Arc<Api>, jobs: Receiver<Job>) -> Vec<JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            let api = api.clone();
+            let jobs = jobs.clone();
+            std::thread::Builder::new()
+                .name(format!("haoshuo-worker-{i}"))
+                .spawn(move || run(&api, &jobs))
+                .expect("spawning a worker thread")
+        })
+        .collect()
+}
+
+fn run(api: &Api, jobs: &Receiver<Job>) {
+    for job in jobs {
+        let (origin, msg) = match job {
+            Job::Request { origin, req } => {
+                let reply = api.handle(origin, &req);
+                (
+                    origin,
+                    CoreMsg::Reply {
+                        conn: origin.conn,
+                        reply,
+                    },
+                )
+            }
+            Job::Backfill { origin, sub, upto } => {
+                let msgs = api.backfill(&sub);
+                let conn = origin.conn;
+                (origin, CoreMsg::Backfill { conn, upto, msgs })
+            }
+        };
+        api.router().mailbox(origin.core).send(msg);
+    }
+}
