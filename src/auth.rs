@@ -17,6 +17,11 @@ pub const VERIFIER_HEX: usize = 32;
 /// Hex characters of a whole token.
 pub const TOKEN_HEX: usize = SELECTOR_HEX + VERIFIER_HEX;
 
+/// The password hash of a user created without a password (in bulk, by the
+/// admin listener): not a PHC string, so no password ever verifies against
+/// it and the user can only act through the token it was given.
+pub const NO_PASSWORD: &str = "!";
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("the random source failed: {0}")]
@@ -90,6 +95,8 @@ mod tests {
         assert!(verify_password("123", &phc));
         assert!(!verify_password("1234", &phc));
         assert!(!verify_password("123", "not a phc string"));
+        assert!(!verify_password("", NO_PASSWORD));
+        assert!(!verify_password("!", NO_PASSWORD));
     }
 
     #[test]

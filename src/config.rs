@@ -72,6 +72,15 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_TOKEN_TTL", default_value_t = 30 * 24 * 3600)]
     pub token_ttl: u64,
 
+    /// Address of the admin listener (bulk user provisioning, see README);
+    /// off unless set. Must be a loopback address unless --admin-key is set.
+    #[arg(long, env = "HAOSHUO_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Key the admin listener requires in an `X-Admin-Key` header.
+    #[arg(long, env = "HAOSHUO_ADMIN_KEY")]
+    pub admin_key: Option<String>,
+
     /// When the embedded store's log reaches the disk.
     #[arg(long, env = "HAOSHUO_FSYNC", value_enum, default_value_t = FsyncPolicy::Everysec)]
     pub fsync: FsyncPolicy,

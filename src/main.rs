@@ -26,10 +26,14 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
+    let admin = server
+        .admin_addr()
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
     println!(
-        "haoshuo {} listening on {} store={} threads={} workers={} nofile={}",
+        "haoshuo {} listening on {} admin={} store={} threads={} workers={} nofile={}",
         env!("CARGO_PKG_VERSION"),
         server.addr(),
+        admin,
         server.store_name(),
         cfg.threads(),
         cfg.workers(),

@@ -8,11 +8,11 @@ use std::thread::JoinHandle;
 
 use mio::{Poll, Token, Waker};
 
-use crate::api::{Api, Limits};
+use crate::api::{Api, Options as ApiOptions};
 use crate::config::{Config, FsyncPolicy};
 use crate::net::listener;
 use crate::net::mailbox::{CoreMsg, Mailbox};
-use crate::net::reactor::{Reactor, Settings};
+use crate::net::reactor::{Listeners, Reactor, Settings};
 use crate::router::Router;
 use crate::store::embedded::{EmbeddedStore, Fsync, Options};
 use crate::store::Store;
@@ -24,6 +24,7 @@ const WAKER: Token = Token(1);
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     store: Arc<dyn Store>,
     router: Arc<Router>,
     reactors: Vec<JoinHandle<io::Result<()>>>,
@@ -34,6 +35,13 @@ pub struct Server {
 impl Server {
     /// Opens the store, binds the port and starts every thread.
     pub fn start(cfg: &Config) -> Result<Server, String> {
+        if let Some(a) = cfg.admin_listen {
+            if !a.ip().is_loopback() && cfg.admin_key.is_none() {
+                return Err(format!(
+                    "--admin-listen {a} is not a loopback address: set --admin-key too"
+                ));
+            }
+        }
         if cfg.redis.is_some() {
             return Err(
                 "--redis is not supported yet: the Redis store is the next milestone".into(),
@@ -69,9 +77,10 @@ impl Server {
         let api = Arc::new(Api::new(
             store.clone(),
             router.clone(),
-            Limits {
+            ApiOptions {
                 page_size: cfg.page_size as usize,
                 token_ttl: cfg.token_ttl,
+                admin_key: cfg.admin_key.clone(),
             },
         ));
         let (jobs, job_rx) = worker::queue();
@@ -81,6 +90,15 @@ impl Server {
         // bind the same one.
         let mut addr = cfg.listen;
         let mut reactors = Vec::with_capacity(threads);
+        // The admin listener is small traffic: the first reactor serves it.
+        let mut admin = match cfg.admin_listen {
+            Some(a) => Some(listener::bind(a).map_err(|e| format!("binding {a}: {e}"))?),
+            None => None,
+        };
+        let admin_addr = match &admin {
+            Some(l) => Some(l.local_addr().map_err(|e| e.to_string())?),
+            None => None,
+        };
         for (core, ((poll, mailbox), inbox)) in
             polls.into_iter().zip(mailboxes).zip(inboxes).enumerate()
         {
@@ -94,8 +112,20 @@ impl Server {
                 poll_timeout: cfg.poll_timeout,
                 page_size: cfg.page_size as usize,
             };
-            let reactor = Reactor::new(set, poll, l, inbox, mailbox, router.clone(), jobs.clone())
-                .map_err(|e| format!("starting reactor {core}: {e}"))?;
+            let listeners = Listeners {
+                public: l,
+                admin: admin.take(),
+            };
+            let reactor = Reactor::new(
+                set,
+                poll,
+                listeners,
+                inbox,
+                mailbox,
+                router.clone(),
+                jobs.clone(),
+            )
+            .map_err(|e| format!("starting reactor {core}: {e}"))?;
             let handle = std::thread::Builder::new()
                 .name(format!("haoshuo-core-{core}"))
                 .spawn(move || reactor.run())
@@ -104,6 +134,7 @@ impl Server {
         }
         Ok(Server {
             addr,
+            admin_addr,
             store,
             router,
             reactors,
@@ -114,6 +145,11 @@ impl Server {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the admin listener listens, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn store_name(&self) -> &str {

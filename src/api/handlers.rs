@@ -4,13 +4,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use subtle::ConstantTimeEq;
+
 use crate::api::codec::{decode_body, Fields};
 use crate::api::error::ApiError;
 use crate::api::frame;
 use crate::api::{Reply, Request, Sub};
 use crate::auth;
 use crate::http::query;
-use crate::http::request::Method;
+use crate::http::request::{header_value, Method};
 use crate::http::response::{write_response, CONTENT_JSON};
 use crate::router::{Router, SubKey};
 use crate::store::{
@@ -29,19 +31,25 @@ const MAX_GNAME: usize = 256;
 /// Most members of one group: every group message is written once per member.
 const MAX_GROUP_MEMBERS: usize = 100_000;
 
+/// Most users one `/admin/users` call creates: its answer stays around a
+/// megabyte, and a bigger batch is simply several calls.
+const MAX_ADMIN_BATCH: u64 = 10_000;
+
 /// Settings of the API that come from the command line.
 #[derive(Clone, Debug)]
-pub struct Limits {
+pub struct Options {
     /// Most messages in one frame, poll answer or pull answer.
     pub page_size: usize,
     /// Seconds a login token stays valid.
     pub token_ttl: u64,
+    /// What the admin listener requires in `X-Admin-Key`, if anything.
+    pub admin_key: Option<String>,
 }
 
 pub struct Api {
     store: Arc<dyn Store>,
     router: Arc<Router>,
-    limits: Limits,
+    limits: Options,
     /// A real argon2id hash to verify against when the username is unknown,
     /// so a failed login takes as long whether or not the user exists.
     dummy_hash: String,
@@ -59,10 +67,18 @@ enum Endpoint {
     Logout,
     Stream,
     Poll,
+    AdminUsers,
 }
 
 impl Endpoint {
-    fn parse(path: &[u8]) -> Option<(Endpoint, Method)> {
+    /// The endpoint at `path`; the admin listener serves only its own.
+    fn parse(path: &[u8], admin: bool) -> Option<(Endpoint, Method)> {
+        if admin {
+            return match path {
+                b"/admin/users" => Some((Endpoint::AdminUsers, Method::Post)),
+                _ => None,
+            };
+        }
         Some(match path {
             b"/re" => (Endpoint::Re, Method::Post),
             b"/gre" => (Endpoint::Gre, Method::Post),
@@ -80,7 +96,7 @@ impl Endpoint {
 }
 
 impl Api {
-    pub fn new(store: Arc<dyn Store>, router: Arc<Router>, limits: Limits) -> Api {
+    pub fn new(store: Arc<dyn Store>, router: Arc<Router>, limits: Options) -> Api {
         let dummy_hash = auth::hash_password("haoshuo: no such user")
             .expect("the OS random source works at start-up");
         Api {
@@ -118,8 +134,8 @@ impl Api {
 
     fn route(&self, origin: SubKey, req: &Request) -> Result<Reply, ApiError> {
         let path = req.head.path(&req.raw);
-        let (endpoint, method) =
-            Endpoint::parse(path).ok_or_else(|| ApiError::NotFound("no such path".into()))?;
+        let (endpoint, method) = Endpoint::parse(path, req.admin)
+            .ok_or_else(|| ApiError::NotFound("no such path".into()))?;
         if req.head.method != method {
             return Err(ApiError::MethodNotAllowed);
         }
@@ -143,6 +159,7 @@ impl Api {
             Endpoint::Pull => self.pull(&f)?,
             Endpoint::Ack => self.ack(&f)?,
             Endpoint::Logout => self.logout(&f)?,
+            Endpoint::AdminUsers => self.admin_users(req, &f)?,
             Endpoint::Stream | Endpoint::Poll => unreachable!("answered above"),
         };
         let mut bytes = Vec::with_capacity(160 + body.len());
@@ -171,16 +188,22 @@ impl Api {
         if !auth::verify_password(&pass, hash) || user.is_none() {
             return Err(ApiError::Unauthorized("wrong username or password"));
         }
+        let token = self.issue_token(&appid, uid)?;
+        Ok(object(&[("uid", Num(uid)), ("token", Str(&token))]))
+    }
+
+    /// Makes and stores a new token for `uid`; returns it as clients see it.
+    fn issue_token(&self, appid: &str, uid: Uid) -> Result<String, ApiError> {
         let (selector, verifier) = auth::new_token()?;
+        let token = format!("{selector}{verifier}");
         let info = TokenInfo {
             verifier,
-            appid: appid.into_owned(),
+            appid: appid.to_owned(),
             uid,
             expires_at: unix_now().saturating_add(self.limits.token_ttl),
         };
         self.store.put_token(&selector, &info)?;
-        let token = format!("{selector}{}", info.verifier);
-        Ok(object(&[("uid", Num(uid)), ("token", Str(&token))]))
+        Ok(token)
     }
 
     fn gre(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
@@ -280,6 +303,52 @@ impl Api {
         let selector = self.check_token(f, &appid, uid)?;
         self.store.delete_token(&selector)?;
         Ok(object(&[("uid", Num(uid)), ("msg", Str("ok"))]))
+    }
+
+    /// `/admin/users` (admin listener only): creates `count` users named
+    /// `prefix0`, `prefix1`, ... without a password, and a token for each.
+    /// For provisioning load tests and app back ends; like icomet's `/sign`.
+    fn admin_users(&self, req: &Request, f: &Fields) -> Result<Vec<u8>, ApiError> {
+        if let Some(key) = &self.limits.admin_key {
+            let sent = header_value(&req.raw[..req.head.head_len], "x-admin-key").unwrap_or(b"");
+            if !(sent.len() == key.len() && bool::from(sent.ct_eq(key.as_bytes()))) {
+                return Err(ApiError::Unauthorized("admin key required"));
+            }
+        }
+        let appid = appid(f)?;
+        let prefix = f.opt_str("prefix")?.unwrap_or_default();
+        let count = f.u64("count")?;
+        if !(1..=MAX_ADMIN_BATCH).contains(&count) {
+            return Err(ApiError::BadRequest(
+                format!("'count' must be 1 to {MAX_ADMIN_BATCH}").into(),
+            ));
+        }
+        let names: Vec<String> = (0..count).map(|i| format!("{prefix}{i}")).collect();
+        if names.last().is_some_and(|n| n.len() > MAX_USERNAME) {
+            return Err(ApiError::BadRequest("'prefix' is too long".into()));
+        }
+        // Refuse the batch before creating any of it, rather than half way.
+        for name in &names {
+            if self.store.find_user(&appid, name)?.is_some() {
+                return Err(ApiError::Conflict("username taken"));
+            }
+        }
+        let mut out = Vec::with_capacity(names.len() * 100);
+        out.extend_from_slice(br#"{"users":["#);
+        for (i, name) in names.iter().enumerate() {
+            let uid = self.store.create_user(&appid, name, auth::NO_PASSWORD)?;
+            let token = self.issue_token(&appid, uid)?;
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&object(&[
+                ("uid", Num(uid)),
+                ("username", Str(name)),
+                ("token", Str(&token)),
+            ]));
+        }
+        out.extend_from_slice(b"]}");
+        Ok(out)
     }
 
     /// `/cget/stream` and `/cget/poll`: authenticate from the query,

@@ -10,7 +10,7 @@ pub mod error;
 pub mod frame;
 mod handlers;
 
-pub use handlers::{Api, Limits};
+pub use handlers::{Api, Options};
 
 use crate::http::request::Head;
 use crate::router::AppKey;
@@ -22,6 +22,8 @@ pub struct Request {
     pub raw: Vec<u8>,
     /// Offsets into `raw`.
     pub head: Head,
+    /// Came in on the admin listener: only `/admin/...` paths are served.
+    pub admin: bool,
 }
 
 impl Request {

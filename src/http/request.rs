@@ -329,6 +329,20 @@ fn is_other_http_version(buf: &[u8]) -> bool {
     }
 }
 
+/// The value of header `name` in a complete head (case-insensitive name),
+/// found by parsing it again: for the rare header only one endpoint reads,
+/// rather than keeping every header of every request.
+pub fn header_value<'a>(buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let window = &buf[..buf.len().min(MAX_HEAD_BYTES)];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(window).ok()?;
+    req.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,5 +523,20 @@ mod tests {
     #[test]
     fn head_is_small() {
         assert!(std::mem::size_of::<Head>() <= 40);
+    }
+
+    #[test]
+    fn header_value_finds_a_header_by_any_case() {
+        let req = b"POST /admin/users HTTP/1.1\r\nX-Admin-Key: k1\r\nContent-Length: 0\r\n\r\n";
+        let cases: &[(&str, Option<&[u8]>)] = &[
+            ("x-admin-key", Some(b"k1")),
+            ("X-ADMIN-KEY", Some(b"k1")),
+            ("content-length", Some(b"0")),
+            ("missing", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(header_value(req, name), *want, "{name}");
+        }
+        assert_eq!(header_value(b"GET / HTTP/1.1\r\n", "host"), None);
     }
 }

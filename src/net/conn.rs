@@ -35,6 +35,8 @@ pub struct Conn {
     pub continue_sent: bool,
     /// Close (lingering) once `out` is flushed.
     pub close_after_flush: bool,
+    /// Accepted on the admin listener.
+    pub admin: bool,
     /// Bytes read but not yet consumed: a partial or pipelined request.
     pub inbuf: Vec<u8>,
     /// Bytes the socket did not take yet, from `out_pos` on.
@@ -113,6 +115,7 @@ impl Conn {
             readable: false,
             continue_sent: false,
             close_after_flush: false,
+            admin: false,
             inbuf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,

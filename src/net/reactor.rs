@@ -31,8 +31,9 @@ use crate::worker::Job;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
-/// Connection tokens are slab keys shifted past the two fixed tokens.
-const FIRST_CONN: usize = 2;
+const ADMIN: Token = Token(2);
+/// Connection tokens are slab keys shifted past the fixed tokens.
+const FIRST_CONN: usize = 3;
 
 /// Events taken from the kernel per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
@@ -73,6 +74,14 @@ pub struct Settings {
     pub page_size: usize,
 }
 
+/// The sockets a reactor accepts on.
+pub struct Listeners {
+    /// The API port, shared by every reactor.
+    pub public: TcpListener,
+    /// The admin port, on one reactor only.
+    pub admin: Option<TcpListener>,
+}
+
 enum Accepting {
     Open,
     /// At the connection limit; resumes below 90 % of it.
@@ -87,6 +96,7 @@ pub struct Reactor {
     set: Settings,
     poll: Poll,
     listener: Option<TcpListener>,
+    admin: Option<TcpListener>,
     accepting: Accepting,
     conns: Slab<Conn>,
     inbox: Receiver<CoreMsg>,
@@ -109,18 +119,26 @@ impl Reactor {
     pub fn new(
         set: Settings,
         poll: Poll,
-        mut listener: TcpListener,
+        listeners: Listeners,
         inbox: Receiver<CoreMsg>,
         mailbox: Arc<Mailbox>,
         router: Arc<Router>,
         jobs: Sender<Job>,
     ) -> io::Result<Reactor> {
+        let Listeners {
+            public: mut listener,
+            mut admin,
+        } = listeners;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        if let Some(admin) = &mut admin {
+            poll.registry().register(admin, ADMIN, Interest::READABLE)?;
+        }
         Ok(Reactor {
             set,
             poll,
             listener: Some(listener),
+            admin,
             accepting: Accepting::Open,
             conns: Slab::new(),
             inbox,
@@ -161,6 +179,7 @@ impl Reactor {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
+                    ADMIN => self.accept_admin(),
                     WAKER => woken = true,
                     Token(t) => {
                         let key = t - FIRST_CONN;
@@ -201,15 +220,26 @@ impl Reactor {
     // ---- accepting ----
 
     fn accept(&mut self) {
-        if !matches!(self.accepting, Accepting::Open) {
+        self.accept_from(false);
+    }
+
+    /// Admin connections are few and short: they are accepted regardless
+    /// of the connection limit, which exists for client connections.
+    fn accept_admin(&mut self) {
+        self.accept_from(true);
+    }
+
+    fn accept_from(&mut self, admin: bool) {
+        if !admin && !matches!(self.accepting, Accepting::Open) {
             return;
         }
         for _ in 0..ACCEPTS_PER_WAKE {
-            if self.conns.len() >= self.set.max_conns {
+            if !admin && self.conns.len() >= self.set.max_conns {
                 self.accepting = Accepting::Full;
                 return;
             }
-            let Some(listener) = &self.listener else {
+            let listener = if admin { &self.admin } else { &self.listener };
+            let Some(listener) = listener else {
                 return;
             };
             match listener.accept() {
@@ -227,10 +257,13 @@ impl Reactor {
                         continue;
                     }
                     self.next_gen = self.next_gen.wrapping_add(1);
-                    entry.insert(Conn::new(sock, self.next_gen));
+                    let mut conn = Conn::new(sock, self.next_gen);
+                    conn.admin = admin;
+                    entry.insert(conn);
                     self.set_deadline(key, self.now + KEEPALIVE_TIMEOUT);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) if admin => return,
                 Err(e) if is_out_of_descriptors(&e) => {
                     // Never spin on a listener we cannot serve: wait a tick.
                     self.accepting = Accepting::Until(self.now + EMFILE_PAUSE);
@@ -242,7 +275,9 @@ impl Reactor {
         }
         // More may be waiting: edge-triggered, so look again next turn
         // rather than wait for an edge that already came.
-        self.accepting = Accepting::Until(self.now);
+        if !admin {
+            self.accepting = Accepting::Until(self.now);
+        }
     }
 
     // ---- connection I/O ----
@@ -355,10 +390,11 @@ impl Reactor {
         conn.deadline = NEVER;
         conn.continue_sent = false;
         conn.state = State::Waiting { seen: 0 };
+        let admin = conn.admin;
         let origin = self.sub_key(key);
         let job = Job::Request {
             origin,
-            req: Request { raw, head },
+            req: Request { raw, head, admin },
         };
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.jobs.try_send(job)
         {
@@ -733,7 +769,10 @@ impl Reactor {
     // ---- shutdown ----
 
     fn shutdown(&mut self) {
-        if let Some(mut l) = self.listener.take() {
+        for mut l in [self.listener.take(), self.admin.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = self.poll.registry().deregister(&mut l);
         }
         self.accepting = Accepting::Closed;
