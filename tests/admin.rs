@@ -1,0 +1,167 @@
+//! The admin listener: bulk provisioning of users with tokens
+//! (`POST /admin/users`), its key check, its separation from the public
+//! port, and the refusal to expose it off loopback without a key.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+use serde_json::{json, Value};
+
+common::backend_tests!(
+    bulk_users_get_working_tokens,
+    a_set_key_is_required,
+    bad_batches_are_refused_whole,
+    admin_and_public_ports_are_apart,
+);
+
+const KEY: &str = "s3cret-admin-key";
+
+/// `POST /admin/users` on the admin port, with `key` as `X-Admin-Key`.
+fn provision(server: &Server, key: Option<&str>, body: &Value) -> (u16, Value) {
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(k) = key {
+        headers.push(("X-Admin-Key", k));
+    }
+    let r = request(
+        server.admin_addr(),
+        "POST",
+        "/admin/users",
+        &headers,
+        body.to_string().as_bytes(),
+    );
+    (r.status, r.json())
+}
+
+/// The users of a successful answer, checked for shape.
+fn users(answer: (u16, Value), appid: &str) -> Vec<User> {
+    let (status, body) = answer;
+    assert_eq!(status, 200, "{body}");
+    assert_keys(&body, &["users"]);
+    let list = body["users"].as_array().expect("users is an array");
+    list.iter()
+        .map(|u| {
+            assert_keys(u, &["uid", "username", "token"]);
+            User {
+                appid: appid.to_string(),
+                name: str_field(u, "username").to_string(),
+                uid: num_field(u, "uid"),
+                token: str_field(u, "token").to_string(),
+            }
+        })
+        .collect()
+}
+
+fn bulk_users_get_working_tokens(backend: Backend) {
+    let server = Server::start(backend, Opts::default().admin(""));
+    let api = server.api();
+    let made = users(
+        provision(
+            &server,
+            None,
+            &json!({"appid":"bench","prefix":"u","count":3}),
+        ),
+        "bench",
+    );
+    let names: Vec<&str> = made.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["u0", "u1", "u2"]);
+    let uids: Vec<u64> = made.iter().map(|u| u.uid).collect();
+    assert_eq!(uids, [1, 2, 3]);
+
+    // The tokens act for their users: send, stream, pull.
+    let mut stream = api.stream(&made[1], 1);
+    api.send(&made[0], made[1].uid, "hello");
+    let got = stream.collect(1, WAIT);
+    assert_eq!(got, vec![Msg::single(&made[0], made[1].uid, 1, "hello")]);
+    assert_eq!(api.pull(&made[1]).msgids(), [1]);
+
+    // A user made without a password cannot log in with any.
+    for pass in ["", "!", "u0"] {
+        expect_error_in(
+            api.post("/login", &login_body("bench", "u0", pass)),
+            &[400, 401],
+        );
+    }
+    // A user registered later gets the next uid.
+    assert_eq!(api.register("bench", "later", "pw"), 4);
+}
+
+fn a_set_key_is_required(backend: Backend) {
+    let server = Server::start(backend, Opts::default().admin(KEY));
+    let body = json!({"appid":"bench","prefix":"k","count":2});
+    for key in [None, Some("wrong"), Some(""), Some(&KEY[..KEY.len() - 1])] {
+        expect_error(provision(&server, key, &body), 401);
+    }
+    let made = users(provision(&server, Some(KEY), &body), "bench");
+    assert_eq!(made.len(), 2);
+}
+
+fn bad_batches_are_refused_whole(backend: Backend) {
+    let server = Server::start(backend, Opts::default().admin(""));
+    for bad in [
+        json!({"appid":"bench","prefix":"u","count":0}),
+        json!({"appid":"bench","prefix":"u","count":10001}),
+        json!({"appid":"bench","prefix":"u"}),
+        json!({"prefix":"u","count":1}),
+        json!({"appid":"bench","prefix":"u","count":"many"}),
+    ] {
+        expect_error(provision(&server, None, &bad), 400);
+    }
+    users(
+        provision(
+            &server,
+            None,
+            &json!({"appid":"bench","prefix":"u","count":2}),
+        ),
+        "bench",
+    );
+    // "u1" is taken: the batch u0..u4 is refused and creates nobody...
+    expect_error(
+        provision(
+            &server,
+            None,
+            &json!({"appid":"bench","prefix":"u","count":5}),
+        ),
+        409,
+    );
+    // ...so the next user is uid 3.
+    let more = users(
+        provision(
+            &server,
+            None,
+            &json!({"appid":"bench","prefix":"v","count":1}),
+        ),
+        "bench",
+    );
+    assert_eq!(more[0].uid, 3);
+}
+
+fn admin_and_public_ports_are_apart(backend: Backend) {
+    let server = Server::start(backend, Opts::default().admin(""));
+    let body = json!({"appid":"bench","prefix":"u","count":1});
+    let public = request(
+        server.addr(),
+        "POST",
+        "/admin/users",
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(public.status, 404);
+    let (status, _) = post(server.admin_addr(), "/re", &register_body("a", "x", "y"));
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn off_loopback_without_a_key_is_refused_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_haoshuo"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"])
+        .arg("--data-dir")
+        .arg(tempfile::tempdir().unwrap().path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run haoshuo");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--admin-key"), "{err}");
+}
