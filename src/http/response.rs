@@ -43,8 +43,8 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Appends a full response with `Content-Length`. `keep_alive == false` adds
-/// `Connection: close`. For 204 and 304 the body must be empty and no
+/// Appends a full response with `Content-Length` and `Connection:
+/// keep-alive` or `close`. For 204 and 304 the body must be empty and no
 /// `Content-Length` is sent.
 pub fn write_response(
     out: &mut Vec<u8>,
@@ -80,14 +80,16 @@ pub fn write_response_head(
     }
     if !no_body_status(status) {
         out.extend_from_slice(b"Content-Length: ");
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "{content_length}");
+        out.extend_from_slice(itoa::Buffer::new().format(content_length).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !keep_alive {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    // Said either way: HTTP/1.0 clients (ab -k) only keep a connection
+    // whose response says so.
+    out.extend_from_slice(if keep_alive {
+        b"Connection: keep-alive\r\n\r\n"
+    } else {
+        b"Connection: close\r\n\r\n"
+    });
 }
 
 /// Head of a chunked stream response (200, `Transfer-Encoding: chunked`,
@@ -129,7 +131,7 @@ mod tests {
                 CONTENT_JSON,
                 b"{\"ok\":true}",
                 true,
-                b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}",
+                b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nContent-Length: 11\r\nConnection: keep-alive\r\n\r\n{\"ok\":true}",
             ),
             (
                 404,
@@ -143,21 +145,21 @@ mod tests {
                 "text/plain",
                 b"",
                 true,
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\nServer: haoshuo\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n",
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\nServer: haoshuo\r\nContent-Type: text/plain\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n",
             ),
             (
                 204,
                 "",
                 b"",
                 true,
-                b"HTTP/1.1 204 No Content\r\nServer: haoshuo\r\n\r\n",
+                b"HTTP/1.1 204 No Content\r\nServer: haoshuo\r\nConnection: keep-alive\r\n\r\n",
             ),
             (
                 599,
                 CONTENT_JSON,
                 b"x",
                 true,
-                b"HTTP/1.1 599 Server Error\r\nServer: haoshuo\r\nContent-Type: application/json\r\nContent-Length: 1\r\n\r\nx",
+                b"HTTP/1.1 599 Server Error\r\nServer: haoshuo\r\nContent-Type: application/json\r\nContent-Length: 1\r\nConnection: keep-alive\r\n\r\nx",
             ),
         ];
         for &(status, ct, body, ka, want) in cases {
@@ -178,7 +180,7 @@ mod tests {
         write_response_head(&mut out, 200, CONTENT_JSON, 1234, true);
         assert_eq!(
             out,
-            b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nContent-Length: 1234\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nContent-Length: 1234\r\nConnection: keep-alive\r\n\r\n"
         );
     }
 

@@ -471,7 +471,7 @@ impl Reactor {
         let _ = self.poll.registry().deregister(&mut conn.sock);
         give_buffer(&mut self.spare, conn.inbuf);
         if let Accepting::Full = self.accepting {
-            if self.conns.len() < self.set.max_conns / 10 * 9 {
+            if self.conns.len() <= self.set.max_conns * 9 / 10 {
                 self.accepting = Accepting::Open;
                 self.accept();
             }

@@ -123,6 +123,7 @@ pub struct Opts {
     max_subs_per_user: Option<u32>,
     max_body: Option<u64>,
     page_size: Option<u32>,
+    max_conns: Option<u32>,
     fsync: Option<Fsync>,
     /// `Some(key)`: run the admin listener on a free loopback port, with
     /// `--admin-key` when the key is not empty.
@@ -158,6 +159,10 @@ impl Opts {
         self.page_size = Some(n);
         self
     }
+    pub fn max_conns(mut self, n: u32) -> Self {
+        self.max_conns = Some(n);
+        self
+    }
     pub fn fsync(mut self, policy: Fsync) -> Self {
         self.fsync = Some(policy);
         self
@@ -180,6 +185,7 @@ impl Opts {
             ),
             ("--max-body", self.max_body.map(|v| v.to_string())),
             ("--page-size", self.page_size.map(|v| v.to_string())),
+            ("--max-conns", self.max_conns.map(|v| v.to_string())),
             ("--fsync", self.fsync.map(|v| v.as_arg().to_string())),
             (
                 "--admin-listen",

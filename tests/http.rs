@@ -1,0 +1,100 @@
+//! The HTTP/1.1 layer as a client sees it: `Expect: 100-continue`, answers
+//! to requests we refuse (each with the JSON error body, then a lingering
+//! close), HTTP/1.0 semantics, and accept back-pressure at `--max-conns`.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+common::backend_tests!(
+    expect_continue_is_answered_before_the_body,
+    refused_requests_get_a_json_error_then_close,
+    http10_closes_unless_kept_alive,
+    accepting_pauses_at_max_conns_and_resumes,
+);
+
+fn expect_continue_is_answered_before_the_body(backend: Backend) {
+    let server = Server::start(backend, Opts::default());
+    let body = form_body(&register_body("app", "carol", "pw"));
+    let mut conn = Conn::connect(server.addr());
+    conn.send(
+        format!(
+            "POST /re HTTP/1.1\r\nHost: x\r\nContent-Type: {FORM}\r\n\
+             Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let interim = conn.read_head(WAIT).expect("a 100 Continue");
+    assert_eq!(interim.status, 100);
+    conn.send(body.as_bytes());
+    let r = conn.read_response(WAIT);
+    assert_eq!(r.status, 200);
+    check_register(&r.json(), "carol");
+}
+
+fn refused_requests_get_a_json_error_then_close(backend: Backend) {
+    let server = Server::start(backend, Opts::default());
+    let huge_header = format!("GET /x HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
+    let many_headers = format!(
+        "GET /x HTTP/1.1\r\n{}\r\n",
+        (0..40)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let cases: [(&[u8], u16); 5] = [
+        (b"NOT A REQUEST\r\n\r\n", 400),
+        (b"GET /x HTTP/1.1\r\nContent-Length: nope\r\n\r\n", 400),
+        (huge_header.as_bytes(), 431),
+        (many_headers.as_bytes(), 431),
+        (b"GET /x HTTP/2.0\r\n\r\n", 505),
+    ];
+    for (raw, status) in cases {
+        let mut conn = Conn::connect(server.addr());
+        conn.send(raw);
+        let r = conn.read_response(WAIT);
+        let what = String::from_utf8_lossy(&raw[..raw.len().min(40)]).into_owned();
+        assert_eq!(r.status, status, "{what}");
+        let body = r.json();
+        assert_keys(&body, &["type", "code", "msg"]);
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["code"], json!(status));
+        assert!(conn.closed_within(WAIT), "{what}: connection left open");
+    }
+}
+
+fn http10_closes_unless_kept_alive(backend: Backend) {
+    let server = Server::start(backend, Opts::default());
+    let mut conn = Conn::connect(server.addr());
+    conn.send(b"GET /nope HTTP/1.0\r\n\r\n");
+    assert_eq!(conn.read_response(WAIT).status, 404);
+    assert!(conn.closed_within(WAIT));
+
+    let mut conn = Conn::connect(server.addr());
+    for _ in 0..2 {
+        conn.send(b"GET /nope HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!(conn.read_response(WAIT).status, 404);
+    }
+}
+
+fn accepting_pauses_at_max_conns_and_resumes(backend: Backend) {
+    let server = Server::start(backend, Opts::default().threads(1).max_conns(3));
+    let ask = |conn: &mut Conn| conn.send(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut held: Vec<Conn> = (0..3)
+        .map(|_| {
+            let mut c = Conn::connect(server.addr());
+            ask(&mut c);
+            assert_eq!(c.read_response(WAIT).status, 404);
+            c
+        })
+        .collect();
+    // The kernel completes the handshake, but the server does not take the
+    // fourth connection while three are open.
+    let mut fourth = Conn::connect(server.addr());
+    ask(&mut fourth);
+    assert!(fourth.try_read_response(QUIET).is_err());
+    // Below 90 % of the limit it accepts again, and the request is answered.
+    drop(held.pop());
+    assert_eq!(fourth.read_response(WAIT).status, 404);
+}
