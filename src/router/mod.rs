@@ -179,3 +179,117 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::mailbox::INBOX_CAPACITY;
+    use crossbeam_channel::Receiver;
+
+    fn router(
+        cores: usize,
+        per_user: usize,
+        max_total: usize,
+    ) -> (Router, Vec<Receiver<CoreMsg>>, Vec<mio::Poll>) {
+        let mut polls = Vec::new();
+        let mut boxes = Vec::new();
+        let mut inboxes = Vec::new();
+        for _ in 0..cores {
+            let poll = mio::Poll::new().unwrap();
+            let waker = mio::Waker::new(poll.registry(), mio::Token(1)).unwrap();
+            let (mailbox, inbox) = Mailbox::new(waker);
+            polls.push(poll);
+            boxes.push(mailbox);
+            inboxes.push(inbox);
+        }
+        (Router::new(boxes, per_user, max_total), inboxes, polls)
+    }
+
+    fn sub(core: u16, slot: u32) -> SubKey {
+        SubKey {
+            core,
+            conn: ConnRef { slot, gen: 1 },
+        }
+    }
+
+    fn msg() -> NewMessage {
+        NewMessage {
+            fromid: 1,
+            toid: 2,
+            datatype: 1,
+            content: Arc::from("hi"),
+        }
+    }
+
+    /// (slot, msgid) of every target in one reactor's pending deliveries.
+    fn delivered(inbox: &Receiver<CoreMsg>) -> Vec<(u32, MsgId)> {
+        let mut out = Vec::new();
+        for m in inbox.try_iter() {
+            if let CoreMsg::Deliver { to, .. } = m {
+                out.extend(to.iter().map(|t| (t.conn.slot, t.msgid)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn publish_reaches_every_subscription_batched_per_core() {
+        let (r, inboxes, _polls) = router(2, 16, 100);
+        let app = r.app_key("test");
+        r.subscribe(app, 2, sub(0, 10)).unwrap();
+        r.subscribe(app, 2, sub(1, 11)).unwrap();
+        r.subscribe(app, 3, sub(1, 12)).unwrap();
+        r.publish(app, &[(2, 7), (3, 4), (9, 1)], &msg());
+        assert_eq!(delivered(&inboxes[0]), vec![(10, 7)]);
+        assert_eq!(delivered(&inboxes[1]), vec![(11, 7), (12, 4)]);
+        // Another appid with the same uids hears nothing.
+        let other = r.app_key("other");
+        assert_ne!(other, app);
+        r.publish(other, &[(2, 1)], &msg());
+        assert!(delivered(&inboxes[0]).is_empty() && delivered(&inboxes[1]).is_empty());
+        assert_eq!(&*r.app_name(app), "test");
+    }
+
+    #[test]
+    fn unsubscribe_stops_delivery_and_frees_the_slot() {
+        let (r, inboxes, _polls) = router(1, 1, 100);
+        let app = r.app_key("test");
+        r.subscribe(app, 2, sub(0, 1)).unwrap();
+        assert_eq!(
+            r.subscribe(app, 2, sub(0, 2)),
+            Err(SubscribeError::TooManyForUser)
+        );
+        r.unsubscribe(app, 2, sub(0, 1));
+        r.unsubscribe(app, 2, sub(0, 1)); // twice is harmless
+        assert_eq!(r.subscriptions(), 0);
+        r.publish(app, &[(2, 1)], &msg());
+        assert!(delivered(&inboxes[0]).is_empty());
+        r.subscribe(app, 2, sub(0, 2)).unwrap();
+    }
+
+    #[test]
+    fn the_global_limit_holds() {
+        let (r, _inboxes, _polls) = router(1, 16, 2);
+        let app = r.app_key("test");
+        r.subscribe(app, 1, sub(0, 1)).unwrap();
+        r.subscribe(app, 2, sub(0, 2)).unwrap();
+        assert_eq!(r.subscribe(app, 3, sub(0, 3)), Err(SubscribeError::TooMany));
+        assert_eq!(r.subscriptions(), 2);
+    }
+
+    #[test]
+    fn a_full_inbox_flags_the_reactor_as_lagged() {
+        let (r, inboxes, _polls) = router(1, 16, 100);
+        let app = r.app_key("test");
+        r.subscribe(app, 2, sub(0, 1)).unwrap();
+        let mailbox = r.mailbox(0);
+        for i in 0..INBOX_CAPACITY as u64 {
+            r.publish(app, &[(2, i + 1)], &msg());
+        }
+        assert!(!mailbox.take_lagged());
+        r.publish(app, &[(2, 0)], &msg());
+        assert!(mailbox.take_lagged());
+        assert!(!mailbox.take_lagged(), "taking the flag clears it");
+        assert_eq!(inboxes[0].len(), INBOX_CAPACITY);
+    }
+}
