@@ -1,0 +1,78 @@
+//! Process-wide facts: the system-wide monotonic clock shared by the parent
+//! and its workers (send timestamps in message contents are compared across
+//! processes), the open-file limit, and the server-side numbers read from
+//! /proc (the server's RSS, the kernel's TCP memory).
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the pointer we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Raises the soft open-file limit to the hard one; returns the new limit.
+pub fn raise_nofile() -> libc::rlim_t {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit read and write one rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    }
+    r.rlim_cur
+}
+
+/// VmRSS of a process in bytes, from `/proc/PID/status`.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_rss(&s)
+}
+
+fn parse_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Kernel TCP socket memory in bytes (`mem` pages of the TCP line of
+/// `/proc/net/sockstat` x 4096) and sockets in use.
+pub fn tcp_mem() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    parse_sockstat(&s)
+}
+
+fn parse_sockstat(s: &str) -> Option<(u64, u64)> {
+    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let field = |name: &str| -> Option<u64> {
+        let i = words.iter().position(|w| *w == name)?;
+        words.get(i + 1)?.parse().ok()
+    };
+    Some((field("mem")? * 4096, field("inuse")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_parsing() {
+        assert_eq!(
+            parse_rss("Name:\tx\nVmRSS:\t  1234 kB\nVmSwap: 0 kB\n"),
+            Some(1234 * 1024)
+        );
+        assert_eq!(parse_rss("Name: x\n"), None);
+        let s = "sockets: used 10\nTCP: inuse 5 orphan 0 tw 2 alloc 7 mem 3\nUDP: inuse 1 mem 0\n";
+        assert_eq!(parse_sockstat(s), Some((3 * 4096, 5)));
+        assert!(mono_ns() > 0);
+    }
+}

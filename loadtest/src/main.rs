@@ -1,0 +1,208 @@
+//! `haoshuo-load`: the command line. Parses the subcommands (idle, fanout,
+//! chat, poll) and their options, checks them, and runs the scenario; the
+//! hidden `--worker` mode turns this process into a worker of another
+//! `haoshuo-load` (see worker.rs).
+
+mod checker;
+mod client;
+mod clock;
+mod conn;
+mod fleet;
+mod ipc;
+mod proto;
+mod provision;
+mod report;
+mod scenarios;
+mod sender;
+mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Load client for the haoshuo IM push server.
+///
+/// Provisions fresh users, opens thousands of streaming (or long-polling)
+/// subscriptions spread over worker processes, sends messages, and reports
+/// connection counts, server memory, delivery latency and a delivery check
+/// (every receiver must get msgids 1, 2, 3, ... each exactly once).
+///
+/// Start the server with an admin listener for bulk users, e.g.
+///   haoshuo --listen 127.0.0.1:2012 --admin-listen 127.0.0.1:2013
+/// then e.g.
+///   haoshuo-load idle --conns 50000 --hold 30 --server-pid $(pidof haoshuo)
+///   haoshuo-load fanout --members 1000 --msgs 100 --rate 50
+///   haoshuo-load chat --users 2000 --rate 500 --secs 20 --churn 5
+/// Without an admin listener add `--provision login` (slow: one /re and
+/// /login per user). Only loopback (127.0.0.0/8) targets are accepted.
+///
+/// Results go to stdout as a table (progress to stderr). Exit status: 0 all
+/// good, 2 the check failed (messages lost, duplicated, out of order, send
+/// errors, or streams not all open), 1 the run could not be done.
+#[derive(Parser, Debug)]
+#[command(name = "haoshuo-load", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Open N streams and hold them: connect rate, failures, server RSS
+    /// per connection, kernel TCP memory.
+    Idle {
+        /// Streams to open (one fresh user each).
+        #[arg(long, default_value_t = 1000)]
+        conns: usize,
+        /// Seconds to hold them open once connected.
+        #[arg(long, default_value_t = 10)]
+        hold: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// One group of N streaming members; post M group messages at R/s and
+    /// measure fan-out delivery latency.
+    Fanout {
+        /// Members of the group (each streams).
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        /// Group messages to post.
+        #[arg(long, default_value_t = 100)]
+        msgs: u64,
+        /// Messages per second (0: as fast as the senders go).
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// U streaming users; single-chat messages from random users to random
+    /// others at R/s for T seconds, optionally with stream churn.
+    Chat {
+        #[command(flatten)]
+        chat: ChatArgs,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Like chat, but receivers long-poll /cget/poll instead of streaming.
+    Poll {
+        #[command(flatten)]
+        chat: ChatArgs,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ChatArgs {
+    /// Users (each receives and sends).
+    #[arg(long, default_value_t = 100)]
+    pub users: usize,
+    /// Messages per second, all senders together.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10)]
+    pub secs: u64,
+    /// Each second close this % of the subscriptions and reopen them at
+    /// their last msgid + 1 (the check must still see each message once).
+    #[arg(long, default_value_t = 0.0)]
+    pub churn: f64,
+}
+
+/// How users are provisioned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProvisionMode {
+    /// POST /admin/users on --admin (bulk, needs the server's admin listener).
+    Admin,
+    /// POST /re + /login per user, password "p" (any server; slow).
+    Login,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// The server's public address.
+    #[arg(long, default_value = "127.0.0.1:2012")]
+    pub target: SocketAddr,
+    /// The server's admin listener (haoshuo --admin-listen).
+    #[arg(long, default_value = "127.0.0.1:2013")]
+    pub admin: SocketAddr,
+    /// X-Admin-Key for the admin listener, if the server wants one.
+    #[arg(long)]
+    pub admin_key: Option<String>,
+    /// How to get users with tokens.
+    #[arg(long, value_enum, default_value_t = ProvisionMode::Admin)]
+    pub provision: ProvisionMode,
+    /// The tenant to use.
+    #[arg(long, default_value = "bench")]
+    pub appid: String,
+    /// Username prefix; default is unique per run ("r<unix time>-"), so
+    /// every inbox starts empty as the checker requires.
+    #[arg(long)]
+    pub user_prefix: Option<String>,
+    /// Worker processes (default: one per 19,000 connections).
+    #[arg(long)]
+    pub procs: Option<usize>,
+    /// Most connections being set up at once, per worker.
+    #[arg(long, default_value_t = 2000)]
+    pub max_inflight: usize,
+    /// Seconds one connection may take to come up before it counts failed.
+    #[arg(long, default_value_t = 15)]
+    pub connect_timeout: u64,
+    /// Seconds to wait for all connections to come up.
+    #[arg(long, default_value_t = 300)]
+    pub connect_wait: u64,
+    /// Sender threads (keep-alive connections posting messages).
+    #[arg(long, default_value_t = 4)]
+    pub senders: usize,
+    /// Bytes of padding added to each message's content.
+    #[arg(long, default_value_t = 0)]
+    pub payload: usize,
+    /// After sending, wait until this many seconds pass without a delivery.
+    #[arg(long, default_value_t = 5)]
+    pub drain: u64,
+    /// The server's pid, to report its RSS (VmRSS) before and after.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Also append the results as a CSV row to this file.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Also write a latency distribution chart (SVG) to this file.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--worker") {
+        if let Err(e) = worker::run() {
+            eprintln!("haoshuo-load worker: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let cli = Cli::parse();
+    clock::raise_nofile();
+    let res = match cli.scenario {
+        Scenario::Idle {
+            conns,
+            hold,
+            common,
+        } => scenarios::idle(&common, conns, hold),
+        Scenario::Fanout {
+            members,
+            msgs,
+            rate,
+            common,
+        } => scenarios::fanout(&common, members, msgs, rate),
+        Scenario::Chat { chat, common } => scenarios::chat(&common, &chat, false),
+        Scenario::Poll { chat, common } => scenarios::chat(&common, &chat, true),
+    };
+    match res {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(2),
+        Err(e) => {
+            eprintln!("haoshuo-load: {e}");
+            std::process::exit(1);
+        }
+    }
+}

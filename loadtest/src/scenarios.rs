@@ -1,0 +1,294 @@
+//! The scenarios: idle (hold N streams, measure memory), fanout (one group,
+//! many members), chat / poll (random single chats, optional churn). Each
+//! provisions fresh users, starts a worker fleet, drives senders, then
+//! builds the report and the delivery verdict. Returns Ok(false) when the
+//! checker or the senders found a problem.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use crate::checker::{self, Verdict};
+use crate::clock::{rss_bytes, tcp_mem};
+use crate::fleet::{Collected, Fleet, FleetOpts};
+use crate::ipc::ToWorker;
+use crate::provision::{self, Method, User};
+use crate::report::{self, Report};
+use crate::sender::{self, Post, SendStats};
+use crate::{ChatArgs, Common, ProvisionMode};
+
+fn check_targets(c: &Common) -> Result<(), String> {
+    for a in [c.target, c.admin] {
+        if !a.ip().is_loopback() {
+            return Err(format!(
+                "{a}: only loopback (127.0.0.0/8) targets are allowed"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn make_users(c: &Common, n: usize) -> Result<Vec<User>, String> {
+    check_targets(c)?;
+    let prefix = c.user_prefix.clone().unwrap_or_else(|| {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        format!("r{}{:03}-", t.as_secs(), t.subsec_millis())
+    });
+    let method = match c.provision {
+        ProvisionMode::Admin => Method::Admin {
+            addr: c.admin,
+            key: c.admin_key.clone(),
+        },
+        ProvisionMode::Login => Method::Login { target: c.target },
+    };
+    let t = Instant::now();
+    eprintln!(
+        "provisioning {n} users ({:?}, prefix {prefix:?}) ...",
+        c.provision
+    );
+    let users = provision::users(&method, &c.appid, &prefix, n)?;
+    if users.len() != n {
+        return Err(format!("asked for {n} users, got {}", users.len()));
+    }
+    eprintln!("provisioned {n} users in {:.1}s", t.elapsed().as_secs_f64());
+    Ok(users)
+}
+
+fn fleet_opts(c: &Common, poll: bool, retry: bool, run_secs: u64) -> FleetOpts {
+    FleetOpts {
+        target: c.target,
+        procs: c.procs,
+        poll,
+        max_inflight: c.max_inflight.max(1),
+        connect_timeout: c.connect_timeout,
+        retry,
+        deadline_secs: c.connect_wait + run_secs + c.drain + 120,
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1}", b as f64 / 1048576.0)
+}
+
+/// Rows shared by every scenario about the subscriptions.
+fn conn_rows(r: &mut Report, want: usize, procs: usize, col: &Collected, connect: Duration) {
+    let p = &col.progress;
+    r.add("subscriptions_wanted", want);
+    r.add("worker_procs", procs);
+    r.add("open_at_end", p.open);
+    r.add("established_total", p.established);
+    r.add("failed_attempts", p.failed);
+    r.add("dropped_by_server", p.dropped);
+    r.add("connect_secs", format!("{:.2}", connect.as_secs_f64()));
+    r.add(
+        "connects_per_sec",
+        format!("{:.0}", want as f64 / connect.as_secs_f64().max(1e-3)),
+    );
+}
+
+fn send_rows(r: &mut Report, s: &SendStats) {
+    r.add("sent_ok", s.ok);
+    r.add("send_errors", s.errors());
+    r.add("send_secs", format!("{:.2}", s.elapsed.as_secs_f64()));
+    r.add(
+        "send_rate_achieved",
+        format!("{:.1}", s.ok as f64 / s.elapsed.as_secs_f64().max(1e-3)),
+    );
+    if let Some(e) = &s.first_error {
+        r.add("first_send_error", e);
+    }
+}
+
+fn verdict_rows(r: &mut Report, v: &Verdict, col: &Collected, deliver_secs: f64) {
+    r.add("receivers", v.receivers);
+    r.add("receivers_perfect", v.perfect);
+    r.add("expected_deliveries", v.expected);
+    r.add("delivered_distinct", v.delivered);
+    r.add(
+        "deliveries_per_sec",
+        format!("{:.0}", v.delivered as f64 / deliver_secs.max(1e-3)),
+    );
+    r.add("lost", v.lost);
+    r.add("duplicated", v.duplicated);
+    r.add("out_of_order", v.out_of_order);
+    r.add("unexpected", v.unexpected);
+    r.add("check", if v.ok() { "PASS" } else { "FAIL" });
+    r.add_latency(&col.hist);
+}
+
+fn finish(c: &Common, r: &Report, col: &Collected) -> Result<(), String> {
+    print!("{}", r.table());
+    for e in &col.errors {
+        eprintln!("worker error seen: {e}");
+    }
+    if let Some(p) = &c.csv {
+        r.write_csv(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    if let Some(p) = &c.svg {
+        let title = format!("haoshuo {} delivery latency", r.scenario);
+        match report::write_svg(p, &title, &col.hist) {
+            Ok(()) => eprintln!("wrote {}", p.display()),
+            Err(e) => eprintln!("no chart: {e}"),
+        }
+    }
+    Ok(())
+}
+
+pub fn idle(c: &Common, conns: usize, hold: u64) -> Result<bool, String> {
+    let rss_pre = c.server_pid.and_then(rss_bytes);
+    let users = make_users(c, conns)?;
+    let rss0 = c.server_pid.and_then(rss_bytes);
+    let mem0 = tcp_mem();
+    let mut fleet = Fleet::start(&fleet_opts(c, false, false, hold), &users)?;
+    let procs = fleet.procs();
+    let connect = fleet.wait_connected(conns as u64, Duration::from_secs(c.connect_wait));
+    fleet.hold("hold", Duration::from_secs(hold));
+    let open = fleet.progress().open;
+    let rss1 = c.server_pid.and_then(rss_bytes);
+    let mem1 = tcp_mem();
+    let col = fleet.stop();
+    let mut r = Report::new("idle");
+    conn_rows(&mut r, conns, procs, &col, connect);
+    r.add("open_after_hold", open);
+    if let Some(a) = rss_pre {
+        r.add("server_rss_before_provision_mib", mib(a));
+    }
+    if let (Some(a), Some(b)) = (rss0, rss1) {
+        r.add("server_rss_before_mib", mib(a));
+        r.add("server_rss_after_mib", mib(b));
+        r.add(
+            "server_rss_per_conn_bytes",
+            (b.saturating_sub(a)) / open.max(1),
+        );
+    }
+    if let (Some((a, sa)), Some((b, sb))) = (mem0, mem1) {
+        r.add("tcp_mem_before_mib", mib(a));
+        r.add("tcp_mem_after_mib", mib(b));
+        r.add("tcp_sockets_before", sa);
+        r.add("tcp_sockets_after", sb);
+        // Both ends of each connection live in this kernel.
+        r.add("tcp_mem_per_conn_bytes", b.saturating_sub(a) / open.max(1));
+    }
+    let ok = open == conns as u64 && col.progress.dropped == 0;
+    r.add("check", if ok { "PASS" } else { "FAIL" });
+    finish(c, &r, &col)?;
+    Ok(ok)
+}
+
+fn content(now_ns: u64, pad: usize) -> String {
+    if pad == 0 {
+        now_ns.to_string()
+    } else {
+        format!("{now_ns}:{}", "x".repeat(pad))
+    }
+}
+
+pub fn fanout(c: &Common, members: usize, msgs: u64, rate: f64) -> Result<bool, String> {
+    let members = members.max(1);
+    // One extra user owns the group and sends; it does not stream.
+    let mut users = make_users(c, members + 1)?;
+    let owner = users.pop().expect("members + 1 users");
+    let uids: Vec<u64> = users.iter().map(|u| u.uid).collect();
+    let gid = provision::group(c.target, &c.appid, &owner, &uids)?;
+    let send_secs = if rate > 0.0 {
+        (msgs as f64 / rate).ceil() as u64
+    } else {
+        60
+    };
+    let mut fleet = Fleet::start(&fleet_opts(c, false, true, send_secs * 2 + 60), &users)?;
+    let procs = fleet.procs();
+    let connect = fleet.wait_connected(members as u64, Duration::from_secs(c.connect_wait));
+    let t0 = Instant::now();
+    let make = |_i: u64, now: u64| Post {
+        path: "/gp",
+        json: json!({"appid": c.appid, "fromid": owner.uid, "datatype": 2, "toid": gid,
+            "content": content(now, c.payload), "token": owner.token, "restart": "all"})
+        .to_string(),
+        key: gid,
+    };
+    let target = c.target;
+    let max = Duration::from_secs(send_secs * 2 + 60);
+    let stats = fleet.while_running("send", || {
+        sender::run(target, c.senders, msgs, rate, max, &make)
+    });
+    let per_member = stats.ok_by_key.get(&gid).copied().unwrap_or(0);
+    let expected: HashMap<u64, u64> = uids.iter().map(|&u| (u, per_member)).collect();
+    fleet.drain(per_member * members as u64, Duration::from_secs(c.drain));
+    let secs = t0.elapsed().as_secs_f64();
+    let col = fleet.stop();
+    let v = checker::judge(&col.receivers, &expected);
+    let mut r = Report::new("fanout");
+    r.add("members", members);
+    r.add("msgs", msgs);
+    r.add("rate", rate);
+    conn_rows(&mut r, members, procs, &col, connect);
+    send_rows(&mut r, &stats);
+    verdict_rows(&mut r, &v, &col, secs);
+    finish(c, &r, &col)?;
+    Ok(v.ok() && stats.errors() == 0)
+}
+
+/// A small stateless hash: the i-th message's (from, to) pair.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+pub fn chat(c: &Common, a: &ChatArgs, poll: bool) -> Result<bool, String> {
+    let n = a.users.max(2);
+    let users = make_users(c, n)?;
+    let mut fleet = Fleet::start(&fleet_opts(c, poll, true, a.secs * 2 + 60), &users)?;
+    let procs = fleet.procs();
+    let connect = fleet.wait_connected(n as u64, Duration::from_secs(c.connect_wait));
+    if a.churn > 0.0 {
+        fleet.broadcast(&ToWorker::Churn { pct: a.churn });
+    }
+    let total = (a.rate * a.secs as f64).round() as u64;
+    let t0 = Instant::now();
+    let make = |i: u64, now: u64| {
+        let h = mix(i);
+        let from = (h % n as u64) as usize;
+        let to = (from + 1 + ((h >> 32) % (n as u64 - 1)) as usize) % n;
+        let (f, t) = (&users[from], &users[to]);
+        Post {
+            path: "/p",
+            json: json!({"appid": c.appid, "fromid": f.uid, "datatype": 1, "toid": t.uid,
+                "content": content(now, c.payload), "token": f.token, "restart": "all"})
+            .to_string(),
+            key: t.uid,
+        }
+    };
+    let target: SocketAddr = c.target;
+    let max = Duration::from_secs(a.secs * 2 + 30);
+    let stats = fleet.while_running("send", || {
+        sender::run(target, c.senders, total, a.rate, max, &make)
+    });
+    if a.churn > 0.0 {
+        fleet.broadcast(&ToWorker::Churn { pct: 0.0 });
+    }
+    fleet.drain(stats.ok, Duration::from_secs(c.drain));
+    let secs = t0.elapsed().as_secs_f64();
+    let col = fleet.stop();
+    let v = checker::judge(&col.receivers, &stats.ok_by_key);
+    let name = if poll { "poll" } else { "chat" };
+    let mut r = Report::new(name);
+    r.add("users", n);
+    r.add("rate", a.rate);
+    r.add("secs", a.secs);
+    r.add("churn_pct", a.churn);
+    conn_rows(&mut r, n, procs, &col, connect);
+    r.add("churned", col.progress.churned);
+    if poll {
+        r.add("poll_answers", col.progress.polls);
+    }
+    send_rows(&mut r, &stats);
+    verdict_rows(&mut r, &v, &col, secs);
+    finish(c, &r, &col)?;
+    Ok(v.ok() && stats.errors() == 0)
+}

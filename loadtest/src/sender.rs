@@ -1,0 +1,116 @@
+//! The senders: a pool of threads in the parent, each with one keep-alive
+//! connection, posting messages on a fixed schedule (message i is due at
+//! start + i / rate) until the count or the time is used up. Each message's
+//! content is stamped with the monotonic send time just before it is
+//! written. Answers other than 200 `{"type":"ok"}` are counted as errors.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::client::Client;
+use crate::clock::mono_ns;
+
+/// One message to post: path, JSON body, and the key its success is
+/// counted under (the receiver uid for `/p`, the gid for `/gp`).
+pub struct Post {
+    pub path: &'static str,
+    pub json: String,
+    pub key: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct SendStats {
+    pub ok: u64,
+    /// Non-200 answers by status.
+    pub by_status: BTreeMap<u16, u64>,
+    /// Connection errors and timeouts.
+    pub io_errors: u64,
+    pub first_error: Option<String>,
+    /// Successful sends per key.
+    pub ok_by_key: HashMap<u64, u64>,
+    pub elapsed: Duration,
+}
+
+impl SendStats {
+    pub fn errors(&self) -> u64 {
+        self.io_errors + self.by_status.values().sum::<u64>()
+    }
+}
+
+/// Sends `total` messages at `rate` per second (0: as fast as the pool
+/// goes) over `threads` connections, stopping after `max` in any case.
+/// `make(i, now_ns)` builds message `i` stamped with `now_ns`.
+pub fn run(
+    target: SocketAddr,
+    threads: usize,
+    total: u64,
+    rate: f64,
+    max: Duration,
+    make: &(dyn Fn(u64, u64) -> Post + Sync),
+) -> SendStats {
+    let next = AtomicU64::new(0);
+    let stats = Mutex::new(SendStats::default());
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                let mut c = Client::new(target, Duration::from_secs(10));
+                let mut local = SendStats::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total || start.elapsed() >= max {
+                        break;
+                    }
+                    if rate > 0.0 {
+                        let due = start + Duration::from_secs_f64(i as f64 / rate);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                    }
+                    let post = make(i, mono_ns());
+                    match c.post(post.path, &post.json, "") {
+                        Ok((200, body)) if body.starts_with(br#"{"type":"ok""#) => {
+                            local.ok += 1;
+                            *local.ok_by_key.entry(post.key).or_default() += 1;
+                        }
+                        Ok((status, body)) => {
+                            *local.by_status.entry(status).or_default() += 1;
+                            local.first_error.get_or_insert_with(|| {
+                                format!(
+                                    "{} HTTP {status}: {}",
+                                    post.path,
+                                    String::from_utf8_lossy(&body)
+                                )
+                            });
+                        }
+                        Err(e) => {
+                            local.io_errors += 1;
+                            local
+                                .first_error
+                                .get_or_insert_with(|| format!("{}: {e}", post.path));
+                        }
+                    }
+                }
+                let mut all = stats.lock().unwrap();
+                all.ok += local.ok;
+                all.io_errors += local.io_errors;
+                for (k, v) in local.by_status {
+                    *all.by_status.entry(k).or_default() += v;
+                }
+                for (k, v) in local.ok_by_key {
+                    *all.ok_by_key.entry(k).or_default() += v;
+                }
+                if all.first_error.is_none() {
+                    all.first_error = local.first_error;
+                }
+            });
+        }
+    });
+    let mut st = stats.into_inner().unwrap();
+    st.elapsed = start.elapsed();
+    st
+}
