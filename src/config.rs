@@ -31,9 +31,18 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// Keep everything in Redis instead of the embedded store
-    /// (redis://HOST:PORT/DB). Not supported yet.
+    /// (redis://HOST:PORT/DB); several servers may share one.
     #[arg(long, env = "HAOSHUO_REDIS")]
     pub redis: Option<String>,
+
+    /// Redis connections kept for the workers; default: one per worker.
+    #[arg(long, env = "HAOSHUO_REDIS_POOL")]
+    pub redis_pool: Option<usize>,
+
+    /// Milliseconds a Redis connect, read or write may take before the API
+    /// call answers 503.
+    #[arg(long, env = "HAOSHUO_REDIS_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub redis_timeout_ms: u64,
 
     /// Reactor (event loop) threads; default: one per core.
     #[arg(long, env = "HAOSHUO_THREADS")]

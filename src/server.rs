@@ -5,6 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use mio::{Poll, Token, Waker};
 
@@ -15,16 +16,58 @@ use crate::net::mailbox::{CoreMsg, Mailbox};
 use crate::net::reactor::{Listeners, Reactor, Settings};
 use crate::router::Router;
 use crate::store::embedded::{EmbeddedStore, Fsync, Options};
+use crate::store::redis::feed::Feed;
+use crate::store::redis::{Options as RedisOptions, RedisStore};
 use crate::store::Store;
 use crate::worker;
 
 /// The waker's token in every reactor's poll (see `net::reactor`).
 const WAKER: Token = Token(1);
 
+/// The store the configuration names.
+struct Opened {
+    store: Arc<dyn Store>,
+    /// The same store, when it is Redis (its feed needs it).
+    redis: Option<Arc<RedisStore>>,
+    /// For the start line.
+    name: String,
+}
+
+fn open_store(cfg: &Config) -> Result<Opened, String> {
+    if let Some(url) = &cfg.redis {
+        let opts = RedisOptions {
+            url: url.clone(),
+            pool: cfg.redis_pool.unwrap_or_else(|| cfg.workers()),
+            timeout: Duration::from_millis(cfg.redis_timeout_ms),
+        };
+        let store =
+            Arc::new(RedisStore::open(&opts).map_err(|e| format!("opening Redis at {url}: {e}"))?);
+        return Ok(Opened {
+            store: store.clone(),
+            redis: Some(store),
+            name: format!("redis:{url}"),
+        });
+    }
+    let mut opts = Options::new(&cfg.data_dir);
+    opts.fsync = match cfg.fsync {
+        FsyncPolicy::Always => Fsync::Always,
+        FsyncPolicy::Everysec => Fsync::EverySec,
+    };
+    let store = EmbeddedStore::open(opts)
+        .map_err(|e| format!("opening the store in {}: {e}", cfg.data_dir.display()))?;
+    Ok(Opened {
+        store: Arc::new(store),
+        redis: None,
+        name: format!("embedded:{}", cfg.data_dir.display()),
+    })
+}
+
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    /// The Redis announcement listener, with the Redis store.
+    feed: Option<Feed>,
     store: Arc<dyn Store>,
     router: Arc<Router>,
     reactors: Vec<JoinHandle<io::Result<()>>>,
@@ -42,20 +85,11 @@ impl Server {
                 ));
             }
         }
-        if cfg.redis.is_some() {
-            return Err(
-                "--redis is not supported yet: the Redis store is the next milestone".into(),
-            );
-        }
-        let mut opts = Options::new(&cfg.data_dir);
-        opts.fsync = match cfg.fsync {
-            FsyncPolicy::Always => Fsync::Always,
-            FsyncPolicy::Everysec => Fsync::EverySec,
-        };
-        let store = EmbeddedStore::open(opts)
-            .map_err(|e| format!("opening the store in {}: {e}", cfg.data_dir.display()))?;
-        let store: Arc<dyn Store> = Arc::new(store);
-        let store_name = format!("embedded:{}", cfg.data_dir.display());
+        let Opened {
+            store,
+            redis,
+            name: store_name,
+        } = open_store(cfg)?;
 
         let threads = cfg.threads();
         let mut polls = Vec::with_capacity(threads);
@@ -83,6 +117,10 @@ impl Server {
                 admin_key: cfg.admin_key.clone(),
             },
         ));
+        let feed = match &redis {
+            Some(r) => Some(Feed::start(r, router.clone())?),
+            None => None,
+        };
         let (jobs, job_rx) = worker::queue();
         let workers = worker::spawn(cfg.workers(), api, job_rx);
 
@@ -135,6 +173,7 @@ impl Server {
         Ok(Server {
             addr,
             admin_addr,
+            feed,
             store,
             router,
             reactors,
@@ -172,6 +211,9 @@ impl Server {
         // Every job sender lived in a reactor: the workers drain and exit.
         for w in self.workers {
             let _ = w.join();
+        }
+        if let Some(feed) = self.feed {
+            feed.stop();
         }
         self.store
             .flush()

@@ -272,9 +272,11 @@ impl Api {
     /// Commits `msg` to every receiver's inbox, then hands it to the router.
     fn send(&self, appid: &str, to: &[Uid], msg: &NewMessage) -> Result<Vec<u8>, ApiError> {
         let ids = self.store.append(appid, to, msg)?;
-        let receivers: Vec<(Uid, MsgId)> = to.iter().copied().zip(ids).collect();
-        self.router
-            .publish(self.router.app_key(appid), &receivers, msg);
+        if !self.store.announces() {
+            let receivers: Vec<(Uid, MsgId)> = to.iter().copied().zip(ids).collect();
+            self.router
+                .publish(self.router.app_key(appid), &receivers, msg);
+        }
         Ok(br#"{"type":"ok"}"#.to_vec())
     }
 

@@ -91,9 +91,16 @@ impl Mailbox {
     pub fn deliver(&self, msg: CoreMsg) {
         match self.tx.try_send(msg) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.lagged.store(true, Ordering::Release),
+            Err(TrySendError::Full(_)) => return self.flag_lagged(),
             Err(TrySendError::Disconnected(_)) => return,
         }
+        self.wake();
+    }
+
+    /// Marks the reactor as lagged and wakes it: it will catch every
+    /// subscriber up from the store.
+    pub fn flag_lagged(&self) {
+        self.lagged.store(true, Ordering::Release);
         self.wake();
     }
 

@@ -163,6 +163,15 @@ impl Router {
         }
     }
 
+    /// Tells every reactor that deliveries may have been lost (e.g. the
+    /// Redis feed reconnected): each catches its subscribers up from the
+    /// store.
+    pub fn catch_up_everyone(&self) {
+        for m in self.mailboxes.iter() {
+            m.flag_lagged();
+        }
+    }
+
     fn shard(&self, app: AppKey, uid: Uid) -> &Shard {
         // Fibonacci hashing spreads consecutive uids over the shards.
         let h = (uid ^ (u64::from(app) << 48)).wrapping_mul(0x9E37_79B9_7F4A_7C15);

@@ -13,6 +13,7 @@
 //! - Readers never observe msgid N+1 in an inbox before N.
 
 pub mod embedded;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -137,4 +138,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything written so far durable (fsync), e.g. at shutdown.
     fn flush(&self) -> Result<()>;
+
+    /// Whether the store announces appends itself (Redis pub/sub reaching
+    /// every node); otherwise the worker that appended hands the message to
+    /// its own router.
+    fn announces(&self) -> bool {
+        false
+    }
 }

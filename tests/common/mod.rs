@@ -19,6 +19,9 @@
 //! deadline and fails with a clear message when it passes.
 #![allow(dead_code)] // every test binary uses its own subset of the harness
 
+mod redis;
+pub use redis::RedisServer;
+
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -52,19 +55,23 @@ pub const BAD_TOKEN: &str = "00000000000000000000000000000000";
 
 /// The store a server under test runs on.
 ///
-/// Adding one (e.g. `Redis`): a variant here, its arm in [`Backend::args`],
-/// and its `module Variant` pair in the list inside [`backend_tests!`].
+/// Adding one: a variant here, its arm in [`Backend::args`], and its
+/// `module Variant` pair in the list inside [`backend_tests!`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     /// The built-in log-structured store in `--data-dir`.
     Embedded,
+    /// A real `redis-server` the harness starts for each server under test.
+    Redis,
 }
 
 impl Backend {
     /// Extra command-line arguments that select this backend.
-    fn args(self) -> Vec<String> {
-        match self {
-            Backend::Embedded => Vec::new(),
+    fn args(self, redis: Option<&RedisServer>) -> Vec<String> {
+        match (self, redis) {
+            (Backend::Embedded, _) => Vec::new(),
+            (Backend::Redis, Some(r)) => vec!["--redis".into(), r.url()],
+            (Backend::Redis, None) => unreachable!("a Redis backend runs with its redis-server"),
         }
     }
 }
@@ -74,7 +81,7 @@ impl Backend {
 /// The list of backends is the bracketed list in the first arm.
 macro_rules! backend_tests {
     ($($name:ident),+ $(,)?) => {
-        $crate::common::backend_tests!(@each [embedded Embedded] $($name),+);
+        $crate::common::backend_tests!(@each [embedded Embedded, redis Redis] $($name),+);
     };
     (@each [] $($name:ident),+) => {};
     (@each [$module:ident $variant:ident $(, $rest_module:ident $rest_variant:ident)*]
@@ -212,6 +219,8 @@ pub struct Server {
     child: Option<Child>,
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    /// The Redis backend's own redis-server (outlives restarts of haoshuo).
+    redis: Option<RedisServer>,
     /// Everything the server printed (stdout and stderr), across restarts.
     log: Arc<Mutex<String>>,
 }
@@ -221,8 +230,10 @@ impl Server {
     pub fn start(backend: Backend, opts: Opts) -> Server {
         let dir = tempfile::tempdir().expect("create a temporary data dir");
         let log = Arc::new(Mutex::new(String::new()));
-        let (child, addr, admin_addr) = spawn(backend, &opts, dir.path(), &log);
+        let redis = (backend == Backend::Redis).then(RedisServer::start);
+        let (child, addr, admin_addr) = spawn(backend, redis.as_ref(), &opts, dir.path(), &log);
         Server {
+            redis,
             backend,
             opts,
             dir,
@@ -247,6 +258,13 @@ impl Server {
     /// Typed endpoint helpers bound to this server's current address.
     pub fn api(&self) -> Api {
         Api { addr: self.addr }
+    }
+
+    /// The Redis backend's redis-server, to stop and restart it.
+    pub fn redis(&mut self) -> &mut RedisServer {
+        self.redis
+            .as_mut()
+            .expect("this server runs on the embedded store")
     }
 
     pub fn backend(&self) -> Backend {
@@ -296,7 +314,13 @@ impl Server {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push_str("---- restart ----\n");
-        let (child, addr, admin_addr) = spawn(self.backend, &self.opts, self.dir.path(), &self.log);
+        let (child, addr, admin_addr) = spawn(
+            self.backend,
+            self.redis.as_ref(),
+            &self.opts,
+            self.dir.path(),
+            &self.log,
+        );
         self.admin_addr = admin_addr;
         self.child = Some(child);
         self.addr = addr;
@@ -315,6 +339,7 @@ impl Drop for Server {
 
 fn spawn(
     backend: Backend,
+    redis: Option<&RedisServer>,
     opts: &Opts,
     dir: &Path,
     log: &Arc<Mutex<String>>,
@@ -330,7 +355,7 @@ fn spawn(
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .args(opts.args())
-        .args(backend.args())
+        .args(backend.args(redis))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,0 +1,121 @@
+//! The live feed: one thread per server process subscribed to the
+//! announcement channel, handing every announced append to the router.
+//!
+//! Announcements come in the order Redis ran the appends, so per user in
+//! msgid order. When the subscription breaks (Redis restarted, network) the
+//! thread reconnects with backoff and then tells every reactor to catch its
+//! subscribers up from the store: whatever was announced meanwhile is read
+//! back, so a stream is never silently stuck.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::router::Router;
+use crate::store::NewMessage;
+
+use super::keys::{Announce, DELIVER_CHANNEL};
+use super::RedisStore;
+
+/// How often the blocked read wakes to check for shutdown.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+/// Wait before reconnecting after the subscription broke.
+const RECONNECT_WAIT: Duration = Duration::from_millis(200);
+
+pub struct Feed {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Feed {
+    /// Starts the thread and waits until it is subscribed, so nothing
+    /// announced after the server started is missed.
+    pub fn start(store: &Arc<RedisStore>, router: Arc<Router>) -> Result<Feed, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (store, flag) = (store.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("haoshuo-redis-feed".into())
+            .spawn(move || run(&store, &router, &flag, Some(ready_tx)))
+            .map_err(|e| e.to_string())?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Feed {
+                stop,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => Err(format!("subscribing to {DELIVER_CHANNEL}: {e}")),
+            Err(_) => Err("the Redis feed thread died at start".into()),
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Subscribes, listens until the subscription breaks, and again, until
+/// stopped. The first failure to subscribe is reported through `ready`.
+fn run(
+    store: &RedisStore,
+    router: &Router,
+    stop: &AtomicBool,
+    mut ready: Option<mpsc::Sender<Result<(), String>>>,
+) {
+    while !stop.load(Ordering::Acquire) {
+        let mut con = match store.pool().connect() {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(e.to_string()));
+                    return;
+                }
+                std::thread::sleep(RECONNECT_WAIT);
+                continue;
+            }
+        };
+        let mut pubsub = con.as_pubsub();
+        let subscribed = pubsub
+            .subscribe(DELIVER_CHANNEL)
+            .and_then(|()| pubsub.set_read_timeout(Some(STOP_CHECK)));
+        match (subscribed, ready.take()) {
+            (Err(e), Some(r)) => {
+                let _ = r.send(Err(e.to_string()));
+                return;
+            }
+            (Err(_), None) => {
+                std::thread::sleep(RECONNECT_WAIT);
+                continue;
+            }
+            (Ok(()), Some(r)) => {
+                let _ = r.send(Ok(()));
+            }
+            // Announcements were lost while the subscription was down.
+            (Ok(()), None) => router.catch_up_everyone(),
+        }
+        while !stop.load(Ordering::Acquire) {
+            match pubsub.get_message() {
+                Ok(msg) => deliver(router, msg.get_payload_bytes()),
+                Err(e) if e.is_timeout() => {}
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+fn deliver(router: &Router, payload: &[u8]) {
+    // Only our own scripts publish here; anything else is ignored.
+    let Ok(Announce(appid, uid, stored, msgid)) = serde_json::from_slice(payload) else {
+        return;
+    };
+    let msg = NewMessage {
+        fromid: stored.f,
+        toid: stored.t,
+        datatype: stored.d,
+        content: stored.c.as_ref().into(),
+    };
+    router.publish(router.app_key(&appid), &[(uid, msgid)], &msg);
+}

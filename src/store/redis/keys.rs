@@ -1,0 +1,137 @@
+//! The Redis key layout (see docs/redis.md) and the encoding of stored
+//! messages. Every key of one user (or group) carries the same hash tag, so a
+//! script touching a user's keys stays in one Redis Cluster slot.
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Gid, Message, MsgId, NewMessage, Uid};
+
+/// The pub/sub channel on which every append is announced to every node.
+pub const DELIVER_CHANNEL: &str = "hs:deliver";
+
+/// `hs:{a:APPID}:uids`: the last uid given out in an app (INCR).
+pub fn uid_counter(appid: &str) -> String {
+    format!("hs:{{a:{appid}}}:uids")
+}
+
+/// `hs:{a:APPID}:gids`: the last gid given out in an app (INCR).
+pub fn gid_counter(appid: &str) -> String {
+    format!("hs:{{a:{appid}}}:gids")
+}
+
+/// `hs:{n:APPID:USERNAME}`: string, the uid of a username.
+pub fn username(appid: &str, name: &str) -> String {
+    format!("hs:{{n:{appid}:{name}}}")
+}
+
+/// `hs:{u:APPID:UID}`: hash `name`, `pass`, `seq` (last msgid), `ack`.
+pub fn user(appid: &str, uid: Uid) -> String {
+    format!("hs:{{u:{appid}:{uid}}}")
+}
+
+/// `hs:{u:APPID:UID}:inbox`: sorted set, score msgid, member
+/// `<msgid>:<message JSON>`.
+pub fn inbox(appid: &str, uid: Uid) -> String {
+    format!("hs:{{u:{appid}:{uid}}}:inbox")
+}
+
+/// `hs:{g:APPID:GID}`: hash `owner`, `name`, `members` (comma-separated uids).
+pub fn group(appid: &str, gid: Gid) -> String {
+    format!("hs:{{g:{appid}:{gid}}}")
+}
+
+/// `hs:{t:SELECTOR}`: hash `v` (verifier), `a` (appid), `u` (uid), `e`
+/// (expiry, unix seconds); expires itself at `e`.
+pub fn token(selector: &str) -> String {
+    format!("hs:{{t:{selector}}}")
+}
+
+/// A message as it sits in an inbox (without its msgid, which is its score).
+#[derive(Serialize, Deserialize)]
+pub struct Stored<'a> {
+    pub f: Uid,
+    pub t: u64,
+    pub d: u8,
+    #[serde(borrow)]
+    pub c: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> Stored<'a> {
+    pub fn of(msg: &'a NewMessage) -> Stored<'a> {
+        Stored {
+            f: msg.fromid,
+            t: msg.toid,
+            d: msg.datatype,
+            c: std::borrow::Cow::Borrowed(&msg.content),
+        }
+    }
+
+    pub fn into_message(self, msgid: MsgId) -> Message {
+        Message {
+            msgid,
+            fromid: self.f,
+            toid: self.t,
+            datatype: self.d,
+            content: self.c.as_ref().into(),
+        }
+    }
+}
+
+/// Decodes an inbox member `<msgid>:<json>`.
+pub fn decode_member(member: &[u8]) -> Option<Message> {
+    let colon = member.iter().position(|&b| b == b':')?;
+    let msgid = std::str::from_utf8(&member[..colon]).ok()?.parse().ok()?;
+    let stored: Stored = serde_json::from_slice(&member[colon + 1..]).ok()?;
+    Some(stored.into_message(msgid))
+}
+
+/// An announcement on [`DELIVER_CHANNEL`]: `[appid, uid, message, msgid]`.
+/// The script that appends writes everything but the msgid, which it
+/// appends itself (see `scripts::APPEND`).
+#[derive(Deserialize)]
+pub struct Announce<'a>(
+    #[serde(borrow)] pub std::borrow::Cow<'a, str>,
+    pub Uid,
+    #[serde(borrow)] pub Stored<'a>,
+    pub MsgId,
+);
+
+/// The part of an announcement the appending worker writes.
+pub fn announce_prefix(appid: &str, uid: Uid, stored_json: &str) -> String {
+    let appid = serde_json::to_string(appid).unwrap_or_default();
+    format!("[{appid},{uid},{stored_json},")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn members_and_announcements_round_trip() {
+        let msg = NewMessage {
+            fromid: 1,
+            toid: 7,
+            datatype: 2,
+            content: Arc::from("a:b \"c\" 好"),
+        };
+        let json = serde_json::to_string(&Stored::of(&msg)).unwrap();
+        let m = decode_member(format!("42:{json}").as_bytes()).unwrap();
+        assert_eq!((m.msgid, m.fromid, m.toid, m.datatype), (42, 1, 7, 2));
+        assert_eq!(&*m.content, "a:b \"c\" 好");
+
+        let wire = format!("{}42]", announce_prefix("te\"st", 9, &json));
+        let Announce(appid, uid, stored, msgid) = serde_json::from_str(&wire).unwrap();
+        assert_eq!((&*appid, uid, msgid), ("te\"st", 9, 42));
+        assert_eq!(stored.c, "a:b \"c\" 好");
+        assert!(decode_member(b"nocolon").is_none());
+        assert!(decode_member(b"x:{}").is_none());
+    }
+
+    #[test]
+    fn a_users_keys_share_one_hash_tag() {
+        let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_string();
+        assert_eq!(tag(&user("app", 5)), tag(&inbox("app", 5)));
+        assert_ne!(tag(&user("app", 5)), tag(&user("app", 6)));
+    }
+}

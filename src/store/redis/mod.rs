@@ -1,0 +1,331 @@
+//! The Redis store: everything in Redis, so several haoshuo processes can
+//! share one data set, and an operator runs it as they already run Redis.
+//!
+//! Worker threads call Redis synchronously through a small [`pool::Pool`]
+//! (no async runtime). Multi-step changes of one user are Lua scripts
+//! ([`scripts`]), keyed within one hash tag, so they are atomic and ready for
+//! Redis Cluster. Every append is announced on a pub/sub channel; each
+//! server process listens there ([`feed`]) and hands what it hears to its
+//! router, so a message reaches a subscriber whichever node it is on. The key
+//! layout is in docs/redis.md.
+//!
+//! Not atomic across users: a group message is appended member by member
+//! (pipelined). If the server dies part way, some members have it and the
+//! others do not; each member's inbox stays contiguous.
+
+pub mod feed;
+mod keys;
+mod pool;
+mod scripts;
+
+use std::time::Duration;
+
+use redis::{Connection, RedisResult, Script};
+
+use crate::store::{Gid, Message, MsgId, NewMessage, Result, Store, StoreError, TokenInfo, Uid};
+
+pub use keys::DELIVER_CHANNEL;
+
+/// How to reach Redis.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `redis://HOST:PORT/DB`
+    pub url: String,
+    /// Connections kept open for the workers.
+    pub pool: usize,
+    /// Longest wait for a connect, a read or a write.
+    pub timeout: Duration,
+}
+
+pub struct RedisStore {
+    pool: pool::Pool,
+    append: Script,
+    ack: Script,
+}
+
+impl RedisStore {
+    /// Connects once to check that Redis answers.
+    pub fn open(opts: &Options) -> Result<RedisStore> {
+        let store = RedisStore {
+            pool: pool::Pool::new(&opts.url, opts.pool, opts.timeout)?,
+            append: Script::new(scripts::APPEND),
+            ack: Script::new(scripts::ACK),
+        };
+        store.pool.with(|c| redis::cmd("PING").query::<String>(c))?;
+        Ok(store)
+    }
+
+    /// A connection for the pub/sub feed, with the store's timeouts.
+    pub(crate) fn pool(&self) -> &pool::Pool {
+        &self.pool
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> RedisResult<T>) -> Result<T> {
+        self.pool.with(f)
+    }
+}
+
+impl Store for RedisStore {
+    fn create_user(&self, appid: &str, username: &str, pass_hash: &str) -> Result<Uid> {
+        let name_key = keys::username(appid, username);
+        self.with(|c| {
+            // Cheap early refusal; SET NX below is what decides.
+            if redis::cmd("EXISTS").arg(&name_key).query::<bool>(c)? {
+                return Ok(None);
+            }
+            let uid: Uid = redis::cmd("INCR").arg(keys::uid_counter(appid)).query(c)?;
+            let user = keys::user(appid, uid);
+            redis::cmd("HSET")
+                .arg(&user)
+                .arg(&[
+                    ("name", username),
+                    ("pass", pass_hash),
+                    ("seq", "0"),
+                    ("ack", "0"),
+                ])
+                .exec(c)?;
+            let won: bool = redis::cmd("SET")
+                .arg(&name_key)
+                .arg(uid)
+                .arg("NX")
+                .query::<Option<String>>(c)?
+                .is_some();
+            if !won {
+                redis::cmd("DEL").arg(&user).exec(c)?;
+                return Ok(None);
+            }
+            Ok(Some(uid))
+        })?
+        .ok_or(StoreError::UsernameTaken)
+    }
+
+    fn find_user(&self, appid: &str, username: &str) -> Result<Option<(Uid, String)>> {
+        self.with(|c| {
+            let Some(uid) = redis::cmd("GET")
+                .arg(keys::username(appid, username))
+                .query::<Option<Uid>>(c)?
+            else {
+                return Ok(None);
+            };
+            let pass: Option<String> = redis::cmd("HGET")
+                .arg(keys::user(appid, uid))
+                .arg("pass")
+                .query(c)?;
+            Ok(pass.map(|p| (uid, p)))
+        })
+    }
+
+    fn user_exists(&self, appid: &str, uid: Uid) -> Result<bool> {
+        self.with(|c| redis::cmd("EXISTS").arg(keys::user(appid, uid)).query(c))
+    }
+
+    fn create_group(&self, appid: &str, owner: Uid, gname: &str, members: &[Uid]) -> Result<Gid> {
+        let missing = self.with(|c| {
+            let mut p = redis::pipe();
+            for &uid in members {
+                p.cmd("EXISTS").arg(keys::user(appid, uid));
+            }
+            let exists: Vec<bool> = p.query(c)?;
+            Ok(members
+                .iter()
+                .zip(exists)
+                .find(|(_, e)| !e)
+                .map(|(&u, _)| u))
+        })?;
+        if let Some(uid) = missing {
+            return Err(StoreError::NoSuchUser(uid));
+        }
+        let list = members
+            .iter()
+            .map(|u| u.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        self.with(|c| {
+            let gid: Gid = redis::cmd("INCR").arg(keys::gid_counter(appid)).query(c)?;
+            redis::cmd("HSET")
+                .arg(keys::group(appid, gid))
+                .arg(&[
+                    ("owner", owner.to_string().as_str()),
+                    ("name", gname),
+                    ("members", &list),
+                ])
+                .exec(c)?;
+            Ok(gid)
+        })
+    }
+
+    fn group_members(&self, appid: &str, gid: Gid) -> Result<Option<Vec<Uid>>> {
+        let list: Option<String> = self.with(|c| {
+            redis::cmd("HGET")
+                .arg(keys::group(appid, gid))
+                .arg("members")
+                .query(c)
+        })?;
+        let Some(list) = list else { return Ok(None) };
+        let members = list
+            .split(',')
+            .map(|u| u.parse())
+            .collect::<std::result::Result<Vec<Uid>, _>>()
+            .map_err(|_| {
+                StoreError::Unavailable(format!("group {gid} has a corrupt member list"))
+            })?;
+        Ok(Some(members))
+    }
+
+    fn put_token(&self, selector: &str, info: &TokenInfo) -> Result<()> {
+        let key = keys::token(selector);
+        self.with(|c| {
+            redis::pipe()
+                .cmd("HSET")
+                .arg(&key)
+                .arg(&[
+                    ("v", info.verifier.as_str()),
+                    ("a", info.appid.as_str()),
+                    ("u", info.uid.to_string().as_str()),
+                    ("e", info.expires_at.to_string().as_str()),
+                ])
+                .ignore()
+                .cmd("EXPIREAT")
+                .arg(&key)
+                .arg(info.expires_at)
+                .ignore()
+                .exec(c)
+        })
+    }
+
+    fn get_token(&self, selector: &str) -> Result<Option<TokenInfo>> {
+        let fields: Vec<Option<String>> = self.with(|c| {
+            redis::cmd("HMGET")
+                .arg(keys::token(selector))
+                .arg(&["v", "a", "u", "e"])
+                .query(c)
+        })?;
+        let [Some(verifier), Some(appid), Some(uid), Some(expires_at)] =
+            <[Option<String>; 4]>::try_from(fields).unwrap_or_default()
+        else {
+            return Ok(None);
+        };
+        let (Ok(uid), Ok(expires_at)) = (uid.parse(), expires_at.parse()) else {
+            return Ok(None);
+        };
+        Ok(Some(TokenInfo {
+            verifier,
+            appid,
+            uid,
+            expires_at,
+        }))
+    }
+
+    fn delete_token(&self, selector: &str) -> Result<()> {
+        self.with(|c| redis::cmd("DEL").arg(keys::token(selector)).exec(c))
+    }
+
+    fn append(&self, appid: &str, to: &[Uid], msg: &NewMessage) -> Result<Vec<MsgId>> {
+        if to.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stored = serde_json::to_string(&keys::Stored::of(msg))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let ids: Vec<i64> = self.with(|c| {
+            let mut p = redis::pipe();
+            for &uid in to {
+                p.cmd("EVALSHA")
+                    .arg(self.append.get_hash())
+                    .arg(2)
+                    .arg(keys::user(appid, uid))
+                    .arg(keys::inbox(appid, uid))
+                    .arg(&stored)
+                    .arg(keys::DELIVER_CHANNEL)
+                    .arg(keys::announce_prefix(appid, uid, &stored));
+            }
+            with_script(c, &self.append, |c| p.query(c))
+        })?;
+        to.iter()
+            .zip(ids)
+            .map(|(&uid, id)| u64::try_from(id).map_err(|_| StoreError::NoSuchUser(uid)))
+            .collect()
+    }
+
+    fn read(&self, appid: &str, uid: Uid, from: MsgId, limit: usize) -> Result<Vec<Message>> {
+        let (exists, members): (bool, Vec<Vec<u8>>) = self.with(|c| {
+            redis::pipe()
+                .cmd("EXISTS")
+                .arg(keys::user(appid, uid))
+                .cmd("ZRANGEBYSCORE")
+                .arg(keys::inbox(appid, uid))
+                .arg(from)
+                .arg("+inf")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query(c)
+        })?;
+        if !exists {
+            return Err(StoreError::NoSuchUser(uid));
+        }
+        members
+            .iter()
+            .map(|m| {
+                keys::decode_member(m).ok_or_else(|| {
+                    StoreError::Unavailable(format!("a corrupt message in the inbox of {uid}"))
+                })
+            })
+            .collect()
+    }
+
+    fn acked(&self, appid: &str, uid: Uid) -> Result<MsgId> {
+        let (exists, ack): (bool, Option<MsgId>) = self.with(|c| {
+            redis::pipe()
+                .cmd("EXISTS")
+                .arg(keys::user(appid, uid))
+                .cmd("HGET")
+                .arg(keys::user(appid, uid))
+                .arg("ack")
+                .query(c)
+        })?;
+        if !exists {
+            return Err(StoreError::NoSuchUser(uid));
+        }
+        Ok(ack.unwrap_or(0))
+    }
+
+    fn ack(&self, appid: &str, uid: Uid, endid: MsgId) -> Result<()> {
+        let r: i64 = self.with(|c| {
+            self.ack
+                .key(keys::user(appid, uid))
+                .key(keys::inbox(appid, uid))
+                .arg(endid)
+                .invoke(c)
+        })?;
+        if r < 0 {
+            return Err(StoreError::NoSuchUser(uid));
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        // Redis owns durability (appendfsync); nothing is buffered here.
+        Ok(())
+    }
+
+    fn announces(&self) -> bool {
+        true
+    }
+}
+
+/// Runs a pipeline of EVALSHAs of `script`, loading the script and
+/// running it again if Redis does not know it (after a restart). A
+/// NOSCRIPT answer means none of the pipeline's scripts ran.
+fn with_script<T>(
+    c: &mut Connection,
+    script: &Script,
+    run: impl Fn(&mut Connection) -> RedisResult<T>,
+) -> RedisResult<T> {
+    match run(c) {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.prepare_invoke().load(c)?;
+            run(c)
+        }
+        other => other,
+    }
+}

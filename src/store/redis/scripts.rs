@@ -1,0 +1,36 @@
+//! The Lua scripts that make multi-step changes atomic inside Redis.
+//! `redis::Script` sends them by SHA (EVALSHA) and loads them again when a
+//! restarted Redis answers NOSCRIPT.
+
+/// Appends one message to one user's inbox and announces it, atomically:
+/// no two messages get one msgid, none is skipped, and the announcement of
+/// N+1 is never published before N's.
+///
+/// KEYS[1] user hash, KEYS[2] inbox. ARGV[1] the stored message JSON,
+/// ARGV[2] the channel, ARGV[3] the announcement up to its msgid.
+/// Returns the msgid, or -1 if the user does not exist (nothing written).
+pub const APPEND: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local id = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('ZADD', KEYS[2], id, id .. ':' .. ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3] .. id .. ']')
+return id
+"#;
+
+/// Moves a user's ack position forward (never back, never past the last
+/// msgid) and trims what it covers from the inbox.
+///
+/// KEYS[1] user hash, KEYS[2] inbox. ARGV[1] endid.
+/// Returns the ack position, or -1 if the user does not exist.
+pub const ACK: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local cur = tonumber(redis.call('HGET', KEYS[1], 'ack') or '0')
+local e = math.min(tonumber(ARGV[1]), seq)
+if e > cur then
+  redis.call('HSET', KEYS[1], 'ack', e)
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', e)
+  return e
+end
+return cur
+"#;

@@ -1,0 +1,125 @@
+//! A real `redis-server` for the tests: its own free loopback port, its own
+//! temporary directory, AOF on (`appendfsync always`, so a restart keeps
+//! everything it answered), stopped when dropped.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long redis-server may take to answer PING after it was started.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tries with a fresh port if another process took the chosen one.
+const PORT_TRIES: usize = 5;
+
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir().expect("a temporary dir for redis-server");
+        for _ in 0..PORT_TRIES {
+            let port = free_port();
+            let mut child = spawn(dir.path(), port);
+            if wait_ready(port, &mut child) {
+                return RedisServer {
+                    child: Some(child),
+                    port,
+                    dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start (is it installed? .ci/run installs it)");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Stops redis-server at once (SIGKILL): with AOF `always` nothing it
+    /// answered is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory (replaying its AOF).
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut child = spawn(self.dir.path(), self.port);
+        assert!(
+            wait_ready(self.port, &mut child),
+            "redis-server did not come back on port {}",
+            self.port
+        );
+        self.child = Some(child);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn spawn(dir: &Path, port: u16) -> Child {
+    Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run redis-server (is it installed? .ci/run installs it)")
+}
+
+/// Waits until the server answers PING; false if it exited first.
+fn wait_ready(port: u16, child: &mut Child) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if ping(addr) {
+            return true;
+        }
+        // Nothing to wait on but the port itself: poll it briefly.
+        thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+fn ping(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
