@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_TOKEN_TTL", default_value_t = 30 * 24 * 3600)]
     pub token_ttl: u64,
 
+    /// Seconds a send's `cmsgid` is remembered: a retry of `/p` or `/gp`
+    /// with the same (appid, fromid, cmsgid) within it stores nothing new.
+    #[arg(long, env = "HAOSHUO_CMSGID_WINDOW", default_value_t = 600)]
+    pub cmsgid_window: u64,
+
     /// Address of the admin listener (bulk user provisioning, see README);
     /// off unless set. Must be a loopback address unless --admin-key is set.
     #[arg(long, env = "HAOSHUO_ADMIN_LISTEN")]

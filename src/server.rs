@@ -115,6 +115,7 @@ impl Server {
                 page_size: cfg.page_size as usize,
                 token_ttl: cfg.token_ttl,
                 admin_key: cfg.admin_key.clone(),
+                cmsgid_window: cfg.cmsgid_window,
             },
         ));
         let feed = match &redis {

@@ -2,7 +2,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use subtle::ConstantTimeEq;
 
@@ -16,7 +15,8 @@ use crate::http::request::{header_value, Method};
 use crate::http::response::{write_response, CONTENT_JSON};
 use crate::router::{Router, SubKey};
 use crate::store::{
-    Message, MsgId, NewMessage, Store, TokenInfo, Uid, DATATYPE_GROUP, DATATYPE_SINGLE,
+    unix_now, Message, MsgId, NewMessage, Once, Store, TokenInfo, Uid, DATATYPE_GROUP,
+    DATATYPE_SINGLE,
 };
 
 /// Longest appid accepted, in bytes: it is a key prefix, not a document.
@@ -28,6 +28,9 @@ const MAX_USERNAME: usize = 128;
 const MAX_PASS: usize = 1024;
 /// Longest group name accepted, in bytes.
 const MAX_GNAME: usize = 256;
+/// Longest `cmsgid` accepted, in bytes: a client's id for a send (a UUID
+/// is 36), kept for the window in every receiver's store.
+const MAX_CMSGID: usize = 128;
 /// Most members of one group: every group message is written once per member.
 const MAX_GROUP_MEMBERS: usize = 100_000;
 
@@ -44,6 +47,8 @@ pub struct Options {
     pub token_ttl: u64,
     /// What the admin listener requires in `X-Admin-Key`, if anything.
     pub admin_key: Option<String>,
+    /// Seconds a send's `cmsgid` is remembered, so a retry stores nothing.
+    pub cmsgid_window: u64,
 }
 
 pub struct Api {
@@ -233,7 +238,7 @@ impl Api {
 
     fn p(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
         let (appid, msg) = self.message(f, DATATYPE_SINGLE)?;
-        self.send(&appid, &[msg.toid], &msg)
+        self.send(f, &appid, &[msg.toid], &msg)
     }
 
     fn gp(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
@@ -245,7 +250,7 @@ impl Api {
         if !members.contains(&msg.fromid) {
             return Err(ApiError::Forbidden("not a member of this group"));
         }
-        self.send(&appid, &members, &msg)
+        self.send(f, &appid, &members, &msg)
     }
 
     /// The fields shared by `/p` and `/gp`, checked.
@@ -270,10 +275,41 @@ impl Api {
     }
 
     /// Commits `msg` to every receiver's inbox, then hands it to the router.
-    fn send(&self, appid: &str, to: &[Uid], msg: &NewMessage) -> Result<Vec<u8>, ApiError> {
-        let ids = self.store.append(appid, to, msg)?;
+    /// With a `cmsgid` the send is idempotent: a retry within the window
+    /// stores (and delivers) nothing new and answers `ok` again.
+    fn send(
+        &self,
+        f: &Fields,
+        appid: &str,
+        to: &[Uid],
+        msg: &NewMessage,
+    ) -> Result<Vec<u8>, ApiError> {
+        let ids: Vec<Option<MsgId>> = match f.opt_str("cmsgid")? {
+            Some(cmsgid) => {
+                if cmsgid.is_empty() || cmsgid.len() > MAX_CMSGID {
+                    return Err(ApiError::BadRequest(
+                        format!("'cmsgid' must be 1 to {MAX_CMSGID} bytes").into(),
+                    ));
+                }
+                let once = Once {
+                    cmsgid: &cmsgid,
+                    until: unix_now().saturating_add(self.limits.cmsgid_window),
+                };
+                self.store.append_once(appid, to, msg, &once)?
+            }
+            None => self
+                .store
+                .append(appid, to, msg)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        };
         if !self.store.announces() {
-            let receivers: Vec<(Uid, MsgId)> = to.iter().copied().zip(ids).collect();
+            let receivers: Vec<(Uid, MsgId)> = to
+                .iter()
+                .zip(ids)
+                .filter_map(|(&uid, id)| Some((uid, id?)))
+                .collect();
             self.router
                 .publish(self.router.app_key(appid), &receivers, msg);
         }
@@ -494,10 +530,4 @@ fn object(fields: &[(&str, Val)]) -> Vec<u8> {
     }
     out.push(b'}');
     out
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -40,6 +40,15 @@ pub struct NewMessage {
     pub content: Arc<str>,
 }
 
+/// A client's own id for one send (`cmsgid`), so that a retry of the same
+/// send stores nothing new: sends are recognised by (appid, fromid, cmsgid).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Once<'a> {
+    pub cmsgid: &'a str,
+    /// Unix seconds until which a retry is recognised.
+    pub until: u64,
+}
+
 /// A message as it sits in one receiver's inbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
@@ -87,6 +96,13 @@ impl From<std::io::Error> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// The wall clock in unix seconds (token expiry, `cmsgid` windows).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The interface every backend implements. All methods are called from worker
 /// threads, concurrently; implementations synchronise internally.
 pub trait Store: Send + Sync + 'static {
@@ -123,6 +139,19 @@ pub trait Store: Send + Sync + 'static {
     /// receiver got, in the order of `to`. Every receiver must exist
     /// (`NoSuchUser` otherwise, nothing written).
     fn append(&self, appid: &str, to: &[Uid], msg: &NewMessage) -> Result<Vec<MsgId>>;
+
+    /// Like [`Store::append`], but idempotent: a receiver that already got a
+    /// message with this (fromid, `once.cmsgid`) before `once.until` gets
+    /// nothing new, and its entry in the answer is `None`. A retry after a
+    /// send that failed part way (possible with Redis, see docs/redis.md)
+    /// completes it without duplicating what was done.
+    fn append_once(
+        &self,
+        appid: &str,
+        to: &[Uid],
+        msg: &NewMessage,
+        once: &Once,
+    ) -> Result<Vec<Option<MsgId>>>;
 
     /// Up to `limit` stored messages of `uid`'s inbox with msgid >= `from`, in
     /// msgid order.

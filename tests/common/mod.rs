@@ -79,6 +79,8 @@ impl Backend {
 /// `backend_tests!(a, b, c);` generates, for every backend, a module (named
 /// after the backend) holding `#[test] fn a()` calling `a(Backend::X)`, etc.
 /// The list of backends is the bracketed list in the first arm.
+// Not every test file runs on every backend (tests/faults.rs is Redis only).
+#[allow(unused_macros)]
 macro_rules! backend_tests {
     ($($name:ident),+ $(,)?) => {
         $crate::common::backend_tests!(@each [embedded Embedded, redis Redis] $($name),+);
@@ -97,6 +99,7 @@ macro_rules! backend_tests {
         $crate::common::backend_tests!(@each [$($rest_module $rest_variant),*] $($name),+);
     };
 }
+#[allow(unused_imports)]
 pub(crate) use backend_tests;
 
 // ---------------------------------------------------------------------------

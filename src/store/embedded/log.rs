@@ -65,6 +65,21 @@ pub(crate) enum Record<'a> {
         t: u64,
         d: u8,
         c: Cow<'a, str>,
+        /// The sender's `cmsgid`, if it gave one, and until when a retry
+        /// with it is recognised (unix seconds).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        k: Option<Cow<'a, str>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        x: Option<u64>,
+    },
+    /// A send with `cmsgid` `k` from `f` is recognised until `x` (written
+    /// by compaction, whose `msg` records carry no `k`).
+    #[serde(rename = "once")]
+    Once {
+        a: Cow<'a, str>,
+        f: Uid,
+        k: Cow<'a, str>,
+        x: u64,
     },
     /// A user's ack position moved forward to `id`.
     #[serde(rename = "ack")]
@@ -320,6 +335,8 @@ mod tests {
             t: 7,
             d: 2,
             c: "hi".into(),
+            k: None,
+            x: None,
         };
         let mut buf = Vec::new();
         encode(&rec, &mut buf);
@@ -364,6 +381,23 @@ mod tests {
                 a: "x".into(),
                 u: 1,
                 n: 4,
+            },
+            Record::Msg {
+                a: "x".into(),
+                to: Cow::Owned(vec![2]),
+                ids: Cow::Owned(vec![1]),
+                f: 1,
+                t: 2,
+                d: 1,
+                c: "c".into(),
+                k: Some("client-7".into()),
+                x: Some(1000),
+            },
+            Record::Once {
+                a: "x".into(),
+                f: 1,
+                k: "client-8".into(),
+                x: 2000,
             },
         ];
         let mut buf = Vec::new();

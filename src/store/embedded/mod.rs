@@ -97,13 +97,15 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
 use self::log::{Log, Record};
 use self::state::State;
-use super::{Gid, Message, MsgId, NewMessage, Result, Store, StoreError, TokenInfo, Uid};
+use super::{
+    unix_now, Gid, Message, MsgId, NewMessage, Once, Result, Store, StoreError, TokenInfo, Uid,
+};
 
 /// When the log is fsynced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -147,7 +149,12 @@ struct Inner {
     broken: Option<String>,
     /// The last automatic compaction failure, if the last attempt failed.
     compaction_error: Option<String>,
+    /// Expired `cmsgid`s are purged when this many are remembered.
+    once_purge_at: usize,
 }
+
+/// Remembered `cmsgid`s below which no purge runs.
+const ONCE_PURGE_MIN: usize = 4096;
 
 type Shared = Arc<Mutex<Inner>>;
 
@@ -201,12 +208,6 @@ fn lock_dir(dir: &Path) -> Result<File> {
     Ok(file)
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Fsyncs the log if anything was written since the last sync.
 fn sync_dirty(inner: &Mutex<Inner>) {
     let Ok(mut guard) = inner.lock() else { return };
@@ -255,6 +256,7 @@ impl EmbeddedStore {
             log,
             broken: None,
             compaction_error: None,
+            once_purge_at: ONCE_PURGE_MIN,
         }));
         let syncer = match opts.fsync {
             Fsync::Always => None,
@@ -313,7 +315,7 @@ impl Drop for EmbeddedStore {
 }
 
 fn compact(inner: &mut Inner) -> io::Result<()> {
-    inner.state.purge_tokens(now_secs());
+    inner.state.purge_tokens(unix_now());
     let Inner { state, log, .. } = inner;
     log.rewrite(|emit| state.snapshot(emit))
 }
@@ -330,6 +332,46 @@ impl Inner {
             }
             unavailable(e.msg)
         })
+    }
+
+    /// Appends `msg` to every inbox in `to` as one record (all or nothing),
+    /// remembering `once` with it.
+    fn append(
+        &mut self,
+        appid: &str,
+        to: &[Uid],
+        msg: &NewMessage,
+        once: Option<&Once>,
+    ) -> Result<Vec<MsgId>> {
+        if to.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = self.state.check_append(appid, to)?;
+        self.commit(&Record::Msg {
+            a: Cow::Borrowed(appid),
+            to: Cow::Borrowed(to),
+            ids: Cow::Borrowed(&ids),
+            f: msg.fromid,
+            t: msg.toid,
+            d: msg.datatype,
+            c: Cow::Borrowed(&msg.content),
+            k: once.map(|o| Cow::Borrowed(o.cmsgid)),
+            x: once.map(|o| o.until),
+        })?;
+        self.state.add_message(
+            appid,
+            to,
+            &ids,
+            msg.fromid,
+            msg.toid,
+            msg.datatype,
+            &msg.content,
+        );
+        if let Some(o) = once {
+            self.state.add_once(appid, msg.fromid, o.cmsgid, o.until);
+        }
+        self.after_write();
+        Ok(ids)
     }
 
     /// Runs after a mutation was applied: compacts if the log grew enough.
@@ -420,31 +462,30 @@ impl Store for EmbeddedStore {
     }
 
     fn append(&self, appid: &str, to: &[Uid], msg: &NewMessage) -> Result<Vec<MsgId>> {
-        if to.is_empty() {
-            return Ok(Vec::new());
-        }
         let mut inner = self.lock()?;
-        let ids = inner.state.check_append(appid, to)?;
-        inner.commit(&Record::Msg {
-            a: Cow::Borrowed(appid),
-            to: Cow::Borrowed(to),
-            ids: Cow::Borrowed(&ids),
-            f: msg.fromid,
-            t: msg.toid,
-            d: msg.datatype,
-            c: Cow::Borrowed(&msg.content),
-        })?;
-        inner.state.add_message(
-            appid,
-            to,
-            &ids,
-            msg.fromid,
-            msg.toid,
-            msg.datatype,
-            &msg.content,
-        );
-        inner.after_write();
-        Ok(ids)
+        inner.append(appid, to, msg, None)
+    }
+
+    fn append_once(
+        &self,
+        appid: &str,
+        to: &[Uid],
+        msg: &NewMessage,
+        once: &Once,
+    ) -> Result<Vec<Option<MsgId>>> {
+        let now = unix_now();
+        let mut inner = self.lock()?;
+        if inner.state.seen_once(appid, msg.fromid, once.cmsgid, now) {
+            return Ok(vec![None; to.len()]);
+        }
+        // Forget expired sends now and then, not on every call: the map only
+        // grows by what is sent within one window.
+        if inner.state.once_len() >= inner.once_purge_at {
+            inner.state.purge_once(now);
+            inner.once_purge_at = (inner.state.once_len() * 2).max(ONCE_PURGE_MIN);
+        }
+        let ids = inner.append(appid, to, msg, Some(once))?;
+        Ok(ids.into_iter().map(Some).collect())
     }
 
     fn read(&self, appid: &str, uid: Uid, from: MsgId, limit: usize) -> Result<Vec<Message>> {

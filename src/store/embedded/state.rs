@@ -71,6 +71,9 @@ pub(crate) struct State {
     tokens: HashMap<String, TokenInfo>,
     /// Sequence number of the next append.
     next_seq: u64,
+    /// Sends with a `cmsgid`: (appid, fromid, cmsgid) -> until when a retry
+    /// is recognised (unix seconds).
+    once: HashMap<(String, Uid, String), u64>,
 }
 
 impl State {
@@ -221,6 +224,29 @@ impl State {
         }
     }
 
+    /// Whether a send from `fromid` with `cmsgid` was stored and is still
+    /// recognised at `now`.
+    pub fn seen_once(&self, appid: &str, fromid: Uid, cmsgid: &str, now: u64) -> bool {
+        // The key is owned; a lookup by borrowed parts would need a custom
+        // key type, and a send with cmsgid already costs an allocation.
+        let key = (appid.to_owned(), fromid, cmsgid.to_owned());
+        self.once.get(&key).is_some_and(|&until| until > now)
+    }
+
+    pub fn add_once(&mut self, appid: &str, fromid: Uid, cmsgid: &str, until: u64) {
+        self.once
+            .insert((appid.to_owned(), fromid, cmsgid.to_owned()), until);
+    }
+
+    /// Forgets sends no longer recognised at `now`.
+    pub fn purge_once(&mut self, now: u64) {
+        self.once.retain(|_, &mut until| until > now);
+    }
+
+    pub fn once_len(&self) -> usize {
+        self.once.len()
+    }
+
     /// Up to `limit` stored messages with msgid >= `from`, in order.
     pub fn read(
         &self,
@@ -320,7 +346,12 @@ impl State {
                 t,
                 d,
                 c,
+                k,
+                x,
             } => {
+                if let (Some(k), Some(x)) = (&k, x) {
+                    self.add_once(&a, f, k, x);
+                }
                 if to.len() != ids.len() {
                     return Err(format!("{} receivers but {} msgids", to.len(), ids.len()));
                 }
@@ -337,6 +368,7 @@ impl State {
                 }
                 self.add_message(&a, &to, &ids, f, t, d, &Arc::from(c))
             }
+            Record::Once { a, f, k, x } => self.add_once(&a, f, &k, x),
             Record::Ack { a, u, id } => {
                 self.user(&a, u).map_err(|e| e.to_string())?;
                 self.set_ack(&a, u, id);
@@ -349,8 +381,10 @@ impl State {
         Ok(())
     }
 
-    /// Drops tokens that expired more than a day before `now` (unix seconds).
+    /// Drops tokens that expired more than a day before `now` (unix
+    /// seconds), and sends with a `cmsgid` no longer recognised.
     pub fn purge_tokens(&mut self, now: u64) {
+        self.purge_once(now);
         self.tokens
             .retain(|_, t| t.expires_at.saturating_add(TOKEN_GRACE_SECS) >= now);
     }
@@ -414,6 +448,16 @@ impl State {
                 t: m.toid,
                 d: m.datatype,
                 c: Cow::Borrowed(&m.content),
+                k: None,
+                x: None,
+            })?;
+        }
+        for ((a, f, k), &x) in &self.once {
+            emit(&Record::Once {
+                a: Cow::Borrowed(a),
+                f: *f,
+                k: Cow::Borrowed(k),
+                x,
             })?;
         }
         for &(a, app) in &apps {

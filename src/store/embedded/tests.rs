@@ -408,7 +408,7 @@ fn mid_file_corruption_is_an_error() {
 #[test]
 fn compaction_keeps_state_and_shrinks_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let now = now_secs();
+    let now = unix_now();
     let (before, grown) = {
         let s = open(dir.path());
         populate(&s);
@@ -583,5 +583,71 @@ fn failed_write_changes_nothing() {
     assert_eq!(
         dump(&open(dir.path()), &[APP, "other"], NAMES, SELS),
         before
+    );
+}
+
+#[test]
+fn a_send_with_a_cmsgid_is_stored_once_across_reopen_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for name in ["a", "b", "c"] {
+        s.create_user(APP, name, "h").unwrap();
+    }
+    let now = unix_now();
+    let once = |k| Once {
+        cmsgid: k,
+        until: now + 600,
+    };
+    let msg = single(1, 2, "hi");
+    assert_eq!(
+        s.append_once(APP, &[2], &msg, &once("k1")).unwrap(),
+        [Some(1)]
+    );
+    assert_eq!(s.append_once(APP, &[2], &msg, &once("k1")).unwrap(), [None]);
+    // Another cmsgid, or the same one from another sender, is a new send.
+    assert_eq!(
+        s.append_once(APP, &[2], &msg, &once("k2")).unwrap(),
+        [Some(2)]
+    );
+    let from_c = single(3, 2, "hi");
+    assert_eq!(
+        s.append_once(APP, &[2], &from_c, &once("k1")).unwrap(),
+        [Some(3)]
+    );
+    // A group send is all or nothing, so its retry is nothing for everyone.
+    let g = group(1, 1, "all");
+    assert_eq!(
+        s.append_once(APP, &[1, 2, 3], &g, &once("g1")).unwrap(),
+        [Some(1), Some(4), Some(1)]
+    );
+    assert_eq!(
+        s.append_once(APP, &[1, 2, 3], &g, &once("g1")).unwrap(),
+        [None, None, None]
+    );
+    // A window that has passed no longer recognises the send.
+    let past = Once {
+        cmsgid: "old",
+        until: now - 1,
+    };
+    assert_eq!(s.append_once(APP, &[2], &msg, &past).unwrap(), [Some(5)]);
+    assert_eq!(s.append_once(APP, &[2], &msg, &past).unwrap(), [Some(6)]);
+
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.append_once(APP, &[2], &msg, &once("k1")).unwrap(), [None]);
+    // Acked and trimmed messages still leave their cmsgid recognised after
+    // compaction rewrote the log without them.
+    s.ack(APP, 2, 6).unwrap();
+    s.compact().unwrap();
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.append_once(APP, &[2], &msg, &once("k1")).unwrap(), [None]);
+    assert_eq!(
+        s.append_once(APP, &[1, 2, 3], &g, &once("g1")).unwrap(),
+        [None; 3]
+    );
+    assert_eq!(
+        s.append_once(APP, &[2], &msg, &once("k3")).unwrap(),
+        [Some(7)]
     );
 }

@@ -35,6 +35,12 @@ pub fn inbox(appid: &str, uid: Uid) -> String {
     format!("hs:{{u:{appid}:{uid}}}:inbox")
 }
 
+/// `hs:{u:APPID:UID}:once:FROMID:CMSGID`: string, set while a send with
+/// that `cmsgid` is remembered for that receiver (expires by itself).
+pub fn once(appid: &str, uid: Uid, fromid: Uid, cmsgid: &str) -> String {
+    format!("hs:{{u:{appid}:{uid}}}:once:{fromid}:{cmsgid}")
+}
+
 /// `hs:{g:APPID:GID}`: hash `owner`, `name`, `members` (comma-separated uids).
 pub fn group(appid: &str, gid: Gid) -> String {
     format!("hs:{{g:{appid}:{gid}}}")

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use redis::{Connection, RedisResult, Script};
 
-use crate::store::{Gid, Message, MsgId, NewMessage, Result, Store, StoreError, TokenInfo, Uid};
+use crate::store::{
+    unix_now, Gid, Message, MsgId, NewMessage, Once, Result, Store, StoreError, TokenInfo, Uid,
+};
 
 pub use keys::DELIVER_CHANNEL;
 
@@ -62,6 +64,53 @@ impl RedisStore {
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> RedisResult<T>) -> Result<T> {
         self.pool.with(f)
+    }
+
+    /// Runs the append script for every receiver in one pipeline; `None`
+    /// for a receiver that already had this `cmsgid`. An unknown receiver
+    /// is `NoSuchUser` (the caller checks single receivers exist; group
+    /// members exist by construction).
+    fn append_scripts(
+        &self,
+        appid: &str,
+        to: &[Uid],
+        msg: &NewMessage,
+        once: Option<&Once>,
+    ) -> Result<Vec<Option<MsgId>>> {
+        if to.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stored = serde_json::to_string(&keys::Stored::of(msg))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let ttl = once.map_or(0, |o| o.until.saturating_sub(unix_now()).max(1));
+        let ids: Vec<i64> = self.with(|c| {
+            let mut p = redis::pipe();
+            for &uid in to {
+                let cmd = p
+                    .cmd("EVALSHA")
+                    .arg(self.append.get_hash())
+                    .arg(if once.is_some() { 3 } else { 2 })
+                    .arg(keys::user(appid, uid))
+                    .arg(keys::inbox(appid, uid));
+                if let Some(o) = once {
+                    cmd.arg(keys::once(appid, uid, msg.fromid, o.cmsgid));
+                }
+                cmd.arg(&stored)
+                    .arg(keys::DELIVER_CHANNEL)
+                    .arg(keys::announce_prefix(appid, uid, &stored))
+                    .arg(ttl);
+            }
+            with_script(c, &self.append, |c| p.query(c))
+        })?;
+        to.iter()
+            .zip(ids)
+            .map(|(&uid, id)| match id {
+                -2 => Ok(None),
+                id => u64::try_from(id)
+                    .map(Some)
+                    .map_err(|_| StoreError::NoSuchUser(uid)),
+            })
+            .collect()
     }
 }
 
@@ -221,29 +270,21 @@ impl Store for RedisStore {
     }
 
     fn append(&self, appid: &str, to: &[Uid], msg: &NewMessage) -> Result<Vec<MsgId>> {
-        if to.is_empty() {
-            return Ok(Vec::new());
-        }
-        let stored = serde_json::to_string(&keys::Stored::of(msg))
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let ids: Vec<i64> = self.with(|c| {
-            let mut p = redis::pipe();
-            for &uid in to {
-                p.cmd("EVALSHA")
-                    .arg(self.append.get_hash())
-                    .arg(2)
-                    .arg(keys::user(appid, uid))
-                    .arg(keys::inbox(appid, uid))
-                    .arg(&stored)
-                    .arg(keys::DELIVER_CHANNEL)
-                    .arg(keys::announce_prefix(appid, uid, &stored));
-            }
-            with_script(c, &self.append, |c| p.query(c))
-        })?;
+        let ids = self.append_scripts(appid, to, msg, None)?;
         to.iter()
             .zip(ids)
-            .map(|(&uid, id)| u64::try_from(id).map_err(|_| StoreError::NoSuchUser(uid)))
+            .map(|(&uid, id)| id.ok_or(StoreError::NoSuchUser(uid)))
             .collect()
+    }
+
+    fn append_once(
+        &self,
+        appid: &str,
+        to: &[Uid],
+        msg: &NewMessage,
+        once: &Once,
+    ) -> Result<Vec<Option<MsgId>>> {
+        self.append_scripts(appid, to, msg, Some(once))
     }
 
     fn read(&self, appid: &str, uid: Uid, from: MsgId, limit: usize) -> Result<Vec<Message>> {

@@ -6,11 +6,15 @@
 /// no two messages get one msgid, none is skipped, and the announcement of
 /// N+1 is never published before N's.
 ///
-/// KEYS[1] user hash, KEYS[2] inbox. ARGV[1] the stored message JSON,
-/// ARGV[2] the channel, ARGV[3] the announcement up to its msgid.
-/// Returns the msgid, or -1 if the user does not exist (nothing written).
+/// KEYS[1] user hash, KEYS[2] inbox, and optionally KEYS[3] the send's
+/// `cmsgid` key (in the receiver's slot). ARGV[1] the stored message JSON,
+/// ARGV[2] the channel, ARGV[3] the announcement up to its msgid, ARGV[4]
+/// seconds a `cmsgid` is remembered. Returns the msgid, -1 if the user does
+/// not exist, -2 if this receiver already got this `cmsgid` (nothing
+/// written either way).
 pub const APPEND: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return -2 end
 local id = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('ZADD', KEYS[2], id, id .. ':' .. ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3] .. id .. ']')
