@@ -122,3 +122,42 @@ fn a_redis_restart_under_load_loses_and_duplicates_nothing() {
         assert_eq!(mine, want.iter().collect::<Vec<_>>(), "{}", s.name);
     }
 }
+
+#[test]
+fn a_redis_that_lost_everything_ends_streams_with_a_clear_signal() {
+    let mut server = Server::start(Backend::Redis, Opts::default());
+    let api = server.api();
+    let (alice, bob) = (api.user("app", "alice"), api.user("app", "bob"));
+    let mut stream = api.stream(&bob, 1);
+    api.send(&alice, bob.uid, "before");
+    stream.collect(1, WAIT);
+
+    server.redis().restart_empty();
+    // The stream is not left silently open: once the server is back on
+    // Redis it ends the chunked body...
+    let deadline = Instant::now() + 2 * RECOVERY;
+    while !stream.ended() {
+        assert!(Instant::now() < deadline, "the stream was left open");
+        if let Some(frame) = stream.next_frame(left_until(deadline)) {
+            assert_eq!(frame, noop_frame(), "unexpected frame");
+        }
+    }
+    // ...and coming back (503 while the server reconnects), the client
+    // hears its token is gone.
+    let query = sub_query(2, bob.uid, &bob.token);
+    let mut again = loop {
+        match StreamClient::connect(server.addr(), &query) {
+            Ok(s) => break s,
+            Err(r) => {
+                assert_eq!(r.status, 503, "{:?}", String::from_utf8_lossy(&r.body));
+                assert!(Instant::now() < deadline, "still 503 after {RECOVERY:?}");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    again.expect_final_frame(&frame_401());
+}
+
+fn left_until(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}

@@ -603,12 +603,13 @@ impl Reactor {
                 self.answer(key, &bytes, keep_alive);
             }
             Reply::Stream { sub, backlog, more } => {
+                // The state first: closing a Stream drops its subscription.
+                self.conns[key].state = State::Stream(Subscriber::new(sub, seen, true));
                 let mut head = Vec::with_capacity(160);
                 write_stream_head(&mut head);
                 if !self.conns[key].send(&[&head]) {
                     return self.close(key);
                 }
-                self.conns[key].state = State::Stream(Subscriber::new(sub, seen, true));
                 self.set_deadline(key, self.now + self.set.heartbeat);
                 if self.write_batch(key, backlog) {
                     self.catch_up(key, more);
@@ -669,8 +670,10 @@ impl Reactor {
         };
         s.backfilling = false;
         let Some(msgs) = msgs else {
-            // The store failed: end it; the client resumes by seq.
-            return self.close(key);
+            // The store failed (or lost this user): end the subscription
+            // cleanly; the client comes back by seq and hears why (503, or
+            // a 401 frame if its token is gone too).
+            return self.end_subscription(key);
         };
         let more = msgs.len() >= self.set.page_size;
         if !self.write_batch(key, msgs) {
@@ -709,6 +712,17 @@ impl Reactor {
         write_response(&mut bytes, 200, CONTENT_JSON, &body, keep_alive);
         self.answer(key, &bytes, keep_alive);
         false
+    }
+
+    /// Ends a stream with its last chunk, or answers a held poll with 503,
+    /// then closes the connection lingering.
+    fn end_subscription(&mut self, key: usize) {
+        self.unsubscribe(key);
+        let bytes = match self.conns[key].state {
+            State::Stream(_) => LAST_CHUNK.to_vec(),
+            _ => error_response(503, "store unavailable", false),
+        };
+        self.answer(key, &bytes, false);
     }
 
     /// Asks a worker for the stored messages a subscriber is owed: when

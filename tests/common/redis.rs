@@ -55,6 +55,21 @@ impl RedisServer {
     /// Starts it again on the same port and directory (replaying its AOF).
     pub fn restart(&mut self) {
         self.kill();
+        self.start_again();
+    }
+
+    /// Starts it again with nothing: as a Redis without persistence comes
+    /// back from a crash.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        for entry in std::fs::read_dir(self.dir.path()).expect("read redis dir") {
+            let path = entry.expect("redis dir entry").path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+        self.start_again();
+    }
+
+    fn start_again(&mut self) {
         let mut child = spawn(self.dir.path(), self.port);
         assert!(
             wait_ready(self.port, &mut child),

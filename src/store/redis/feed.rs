@@ -93,8 +93,13 @@ fn run(
             (Ok(()), Some(r)) => {
                 let _ = r.send(Ok(()));
             }
-            // Announcements were lost while the subscription was down.
-            (Ok(()), None) => router.catch_up_everyone(),
+            // Announcements were lost while the subscription was down; the
+            // catch-up reads go through the pool, which need not wait out
+            // its backoff now that Redis answers.
+            (Ok(()), None) => {
+                store.pool().mark_healthy();
+                router.catch_up_everyone();
+            }
         }
         while !stop.load(Ordering::Acquire) {
             match pubsub.get_message() {

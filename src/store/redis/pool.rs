@@ -77,6 +77,12 @@ impl Pool {
         }
     }
 
+    /// Ends the backoff early: a connection was just made (by the feed),
+    /// so Redis is back.
+    pub fn mark_healthy(&self) {
+        *lock(&self.health) = Health::default();
+    }
+
     fn take(&self) -> Result<Connection> {
         if let Some(con) = lock(&self.idle).pop() {
             return Ok(con);
