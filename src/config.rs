@@ -77,6 +77,12 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub page_size: u32,
 
+    /// Most un-acked messages one user's inbox keeps (0: no limit). Beyond
+    /// it the oldest are dropped, and a client asking for them is told with
+    /// a `trimmed` frame.
+    #[arg(long, env = "HAOSHUO_INBOX_CAP", default_value_t = 0)]
+    pub inbox_cap: usize,
+
     /// Seconds a login token stays valid.
     #[arg(long, env = "HAOSHUO_TOKEN_TTL", default_value_t = 30 * 24 * 3600)]
     pub token_ttl: u64,

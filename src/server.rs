@@ -39,6 +39,7 @@ fn open_store(cfg: &Config) -> Result<Opened, String> {
             url: url.clone(),
             pool: cfg.redis_pool.unwrap_or_else(|| cfg.workers()),
             timeout: Duration::from_millis(cfg.redis_timeout_ms),
+            inbox_cap: cfg.inbox_cap,
         };
         let store =
             Arc::new(RedisStore::open(&opts).map_err(|e| format!("opening Redis at {url}: {e}"))?);
@@ -49,6 +50,7 @@ fn open_store(cfg: &Config) -> Result<Opened, String> {
         });
     }
     let mut opts = Options::new(&cfg.data_dir);
+    opts.inbox_cap = cfg.inbox_cap;
     opts.fsync = match cfg.fsync {
         FsyncPolicy::Always => Fsync::Always,
         FsyncPolicy::Everysec => Fsync::EverySec,

@@ -94,8 +94,35 @@ pub fn data_frame(out: &mut Vec<u8>, msgs: &[Message], toid: Uid) {
     out.extend_from_slice(b"\"}\n");
 }
 
+/// Appends a `trimmed` frame: msgids up to `endid` are no longer stored
+/// (acked on another device, or dropped by the inbox cap), so a subscriber
+/// that asked for them learns it instead of seeing a silent gap:
+/// `{"type":"trimmed","content":"{\"endid\":\"N\",\"toid\":U}"}`.
+pub fn trimmed_frame(out: &mut Vec<u8>, endid: MsgId, toid: Uid) {
+    out.extend_from_slice(br#"{"type":"trimmed","content":"{\"endid\":\""#);
+    out.extend_from_slice(itoa::Buffer::new().format(endid).as_bytes());
+    out.extend_from_slice(br#"\",\"toid\":"#);
+    out.extend_from_slice(itoa::Buffer::new().format(toid).as_bytes());
+    out.extend_from_slice(b"}\"}\n");
+}
+
+/// What a long-poll from `seq` answers when `msgs` (not empty) are stored
+/// from there on: a data frame, or a `trimmed` frame if the first of them
+/// is past `seq` (the client then polls again from after it).
+pub fn poll_body(msgs: &[Message], seq: MsgId, toid: Uid) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 * msgs.len());
+    match msgs.first() {
+        Some(first) if first.msgid > seq => trimmed_frame(&mut out, first.msgid - 1, toid),
+        _ => data_frame(&mut out, msgs, toid),
+    }
+    out
+}
+
 /// The body of a `/pull` answer: `{"msgs":[...],"endid":"N","uid":U}`;
-/// `endid` is the last msgid returned, or `acked` when there is none.
+/// `endid` is the last msgid returned, or `acked` when there is none. When
+/// the first message returned is not `acked + 1` (the inbox cap dropped
+/// some un-acked ones) a `"trimmed":"N"` field says up to which msgid
+/// messages are gone.
 pub fn pull_body(msgs: &[Message], acked: MsgId, uid: Uid) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + msgs.len() * 96);
     out.extend_from_slice(br#"{"msgs":["#);
@@ -109,6 +136,11 @@ pub fn pull_body(msgs: &[Message], acked: MsgId, uid: Uid) -> Vec<u8> {
     out.extend_from_slice(itoa::Buffer::new().format(endid).as_bytes());
     out.extend_from_slice(br#"","uid":"#);
     out.extend_from_slice(itoa::Buffer::new().format(uid).as_bytes());
+    if let Some(first) = msgs.first().filter(|m| m.msgid > acked + 1) {
+        out.extend_from_slice(br#","trimmed":""#);
+        out.extend_from_slice(itoa::Buffer::new().format(first.msgid - 1).as_bytes());
+        out.push(b'"');
+    }
     out.push(b'}');
     out
 }
@@ -234,13 +266,32 @@ mod tests {
 
     #[test]
     fn pull_body_shapes() {
-        let v: Value = serde_json::from_slice(&pull_body(&[msg(7, "a")], 3, 9)).unwrap();
+        let v: Value = serde_json::from_slice(&pull_body(&[msg(7, "a")], 6, 9)).unwrap();
         assert_eq!(
             v,
             json!({"msgs":[{"content":"a","fromid":"1","toid":"2","datatype":1,"msgid":"7"}],"endid":"7","uid":9})
         );
         let v: Value = serde_json::from_slice(&pull_body(&[], 3, 9)).unwrap();
         assert_eq!(v, json!({"msgs":[],"endid":"3","uid":9}));
+    }
+
+    #[test]
+    fn trimmed_signals_decode() {
+        let mut out = Vec::new();
+        trimmed_frame(&mut out, 120, 2);
+        let (outer, inner) = decode_frame(&out);
+        assert_eq!(outer["type"], "trimmed");
+        assert_eq!(inner, json!({"endid":"120","toid":2}));
+        // A poll from 5 with 7.. stored is told 6 is gone; from 7 it gets data.
+        let (outer, inner) = decode_frame(&poll_body(&[msg(7, "a")], 5, 2));
+        assert_eq!(
+            (outer["type"].as_str(), &inner["endid"]),
+            (Some("trimmed"), &json!("6"))
+        );
+        let (outer, _) = decode_frame(&poll_body(&[msg(7, "a")], 7, 2));
+        assert_eq!(outer["type"], "data");
+        let v: Value = serde_json::from_slice(&pull_body(&[msg(7, "a")], 3, 9)).unwrap();
+        assert_eq!(v["trimmed"], "6");
     }
 
     #[test]

@@ -453,8 +453,7 @@ impl Api {
             return Ok(Reply::PollHold { sub, keep_alive });
         }
         self.router.unsubscribe(sub.app, uid, origin);
-        let mut body = Vec::with_capacity(128 * backlog.len());
-        frame::data_frame(&mut body, &backlog, uid);
+        let body = frame::poll_body(&backlog, seq, uid);
         let mut bytes = Vec::with_capacity(160 + body.len());
         write_response(&mut bytes, 200, CONTENT_JSON, &body, keep_alive);
         Ok(Reply::Http { bytes, keep_alive })

@@ -13,11 +13,12 @@ use crate::api::Sub;
 use crate::net::timer::{Secs, NEVER};
 use crate::store::MsgId;
 
-/// Most bytes queued for a connection whose socket is not taking them. A
+/// Most bytes queued for a connection whose socket is not taking them, on
+/// top of the kernel's send buffer (which on its own holds megabytes). A
 /// subscriber further behind than this is closed: it resumes from its last
-/// msgid on reconnect, which costs the server nothing, where an unbounded
-/// queue would cost memory for every slow client.
-pub const MAX_OUT: usize = 1024 * 1024;
+/// msgid on reconnect, which costs the server nothing, where a large queue
+/// would cost memory for every slow client. 64 KiB is some 250 frames.
+pub const MAX_OUT: usize = 64 * 1024;
 
 pub struct Conn {
     pub sock: TcpStream,

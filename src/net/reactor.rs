@@ -679,11 +679,12 @@ impl Reactor {
         if !self.write_batch(key, msgs) {
             return;
         }
-        if let State::Stream(s) | State::Poll(s) = &mut self.conns[key].state {
-            if !more && s.sub.next <= upto {
-                // Everything up to `upto` was committed before the read,
-                // so what the read did not find was acked and trimmed.
-                s.sub.next = upto + 1;
+        if let State::Stream(s) | State::Poll(s) = &self.conns[key].state {
+            // Everything up to `upto` was committed before the read, so what
+            // the read did not find is no longer stored (acked elsewhere, or
+            // dropped by the inbox cap): say so, and move past it.
+            if !more && s.sub.next <= upto && !self.skip_to(key, upto) {
+                return;
             }
         }
         self.catch_up(key, more);
@@ -697,13 +698,40 @@ impl Reactor {
             return false;
         };
         msgs.retain(|m| m.msgid >= s.sub.next);
-        let Some(last) = msgs.last() else {
+        let Some(first) = msgs.first() else {
             return true;
         };
-        s.sub.next = last.msgid + 1;
+        if first.msgid > s.sub.next && !self.skip_to(key, first.msgid - 1) {
+            return false;
+        }
+        let (State::Stream(s) | State::Poll(s)) = &mut self.conns[key].state else {
+            return false;
+        };
+        s.sub.next = msgs.last().map_or(s.sub.next, |m| m.msgid + 1);
         let (uid, keep_alive) = (s.sub.uid, s.keep_alive);
         let mut body = Vec::with_capacity(128 * msgs.len());
         frame::data_frame(&mut body, &msgs, uid);
+        if let State::Stream(_) = self.conns[key].state {
+            return self.send_chunk(key, &[&body]);
+        }
+        self.unsubscribe(key);
+        let mut bytes = Vec::with_capacity(160 + body.len());
+        write_response(&mut bytes, 200, CONTENT_JSON, &body, keep_alive);
+        self.answer(key, &bytes, keep_alive);
+        false
+    }
+
+    /// Tells a subscriber that msgids up to `endid` are gone (a `trimmed`
+    /// frame) and moves it past them. A stream goes on (true); a held poll
+    /// is answered with the frame and ends (false).
+    fn skip_to(&mut self, key: usize, endid: MsgId) -> bool {
+        let (State::Stream(s) | State::Poll(s)) = &mut self.conns[key].state else {
+            return false;
+        };
+        s.sub.next = endid + 1;
+        let (uid, keep_alive) = (s.sub.uid, s.keep_alive);
+        let mut body = Vec::with_capacity(64);
+        frame::trimmed_frame(&mut body, endid, uid);
         if let State::Stream(_) = self.conns[key].state {
             return self.send_chunk(key, &[&body]);
         }

@@ -133,6 +133,7 @@ pub struct Opts {
     max_subs_per_user: Option<u32>,
     max_body: Option<u64>,
     page_size: Option<u32>,
+    inbox_cap: Option<u32>,
     max_conns: Option<u32>,
     fsync: Option<Fsync>,
     /// `Some(key)`: run the admin listener on a free loopback port, with
@@ -169,6 +170,10 @@ impl Opts {
         self.page_size = Some(n);
         self
     }
+    pub fn inbox_cap(mut self, n: u32) -> Self {
+        self.inbox_cap = Some(n);
+        self
+    }
     pub fn max_conns(mut self, n: u32) -> Self {
         self.max_conns = Some(n);
         self
@@ -196,6 +201,7 @@ impl Opts {
             ("--max-body", self.max_body.map(|v| v.to_string())),
             ("--page-size", self.page_size.map(|v| v.to_string())),
             ("--max-conns", self.max_conns.map(|v| v.to_string())),
+            ("--inbox-cap", self.inbox_cap.map(|v| v.to_string())),
             ("--fsync", self.fsync.map(|v| v.as_arg().to_string())),
             (
                 "--admin-listen",

@@ -129,6 +129,9 @@ pub struct Options {
     /// The log is compacted once it exceeds max(this, 2 x its size after the
     /// last open or compaction). [`DEFAULT_COMPACT_MIN_BYTES`] by default.
     pub compact_min_bytes: u64,
+    /// Most un-acked messages one inbox keeps (0: no limit); beyond it the
+    /// oldest are dropped.
+    pub inbox_cap: usize,
 }
 
 impl Options {
@@ -138,6 +141,7 @@ impl Options {
             dir: dir.into(),
             fsync: Fsync::default(),
             compact_min_bytes: DEFAULT_COMPACT_MIN_BYTES,
+            inbox_cap: 0,
         }
     }
 }
@@ -241,7 +245,7 @@ impl EmbeddedStore {
         fs::create_dir_all(&opts.dir)
             .map_err(|e| unavailable(format!("cannot create {}: {e}", opts.dir.display())))?;
         let lock = lock_dir(&opts.dir)?;
-        let mut state = State::default();
+        let mut state = State::with_inbox_cap(opts.inbox_cap);
         let (file, len) =
             log::replay(&opts.dir, |rec, _line| state.apply(rec)).map_err(unavailable)?;
         let log = Log::new(

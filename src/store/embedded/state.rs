@@ -74,9 +74,18 @@ pub(crate) struct State {
     /// Sends with a `cmsgid`: (appid, fromid, cmsgid) -> until when a retry
     /// is recognised (unix seconds).
     once: HashMap<(String, Uid, String), u64>,
+    /// Most un-acked messages an inbox keeps (0: no limit); the oldest go.
+    inbox_cap: usize,
 }
 
 impl State {
+    pub fn with_inbox_cap(inbox_cap: usize) -> State {
+        State {
+            inbox_cap,
+            ..State::default()
+        }
+    }
+
     fn user(&self, appid: &str, uid: Uid) -> Result<&User, StoreError> {
         self.apps
             .get(appid)
@@ -204,11 +213,17 @@ impl State {
     ) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let cap = self.inbox_cap;
         let Some(app) = self.apps.get_mut(appid) else {
             return;
         };
         for (&uid, &msgid) in to.iter().zip(ids) {
             if let Some(user) = app.user_mut(uid) {
+                // Over the cap, the oldest un-acked message goes; a reader
+                // asking for it is told (a `trimmed` frame), never a silent gap.
+                if cap > 0 && user.inbox.len() >= cap {
+                    user.inbox.pop_front();
+                }
                 user.inbox.push_back(Entry {
                     seq,
                     msg: Message {

@@ -651,3 +651,37 @@ fn a_send_with_a_cmsgid_is_stored_once_across_reopen_and_compaction() {
         [Some(7)]
     );
 }
+
+#[test]
+fn the_inbox_cap_keeps_the_newest_across_reopen_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let capped = |dir: &Path| {
+        let mut o = opts(dir);
+        o.inbox_cap = 2;
+        EmbeddedStore::open(o).unwrap()
+    };
+    let ids = |s: &EmbeddedStore| -> Vec<MsgId> {
+        s.read(APP, 2, 1, 100)
+            .unwrap()
+            .iter()
+            .map(|m| m.msgid)
+            .collect()
+    };
+    let s = capped(dir.path());
+    s.create_user(APP, "a", "h").unwrap();
+    s.create_user(APP, "b", "h").unwrap();
+    for i in 0..4 {
+        s.append(APP, &[2], &single(1, 2, &format!("m{i}")))
+            .unwrap();
+    }
+    assert_eq!(ids(&s), [3, 4]);
+    drop(s);
+    let s = capped(dir.path());
+    assert_eq!(ids(&s), [3, 4]);
+    s.compact().unwrap();
+    drop(s);
+    let s = capped(dir.path());
+    assert_eq!(ids(&s), [3, 4]);
+    assert_eq!(s.append(APP, &[2], &single(1, 2, "m5")).unwrap(), [5]);
+    assert_eq!(ids(&s), [4, 5]);
+}

@@ -37,10 +37,13 @@ pub struct Options {
     pub pool: usize,
     /// Longest wait for a connect, a read or a write.
     pub timeout: Duration,
+    /// Most un-acked messages one inbox keeps (0: no limit).
+    pub inbox_cap: usize,
 }
 
 pub struct RedisStore {
     pool: pool::Pool,
+    inbox_cap: usize,
     append: Script,
     ack: Script,
 }
@@ -50,6 +53,7 @@ impl RedisStore {
     pub fn open(opts: &Options) -> Result<RedisStore> {
         let store = RedisStore {
             pool: pool::Pool::new(&opts.url, opts.pool, opts.timeout)?,
+            inbox_cap: opts.inbox_cap,
             append: Script::new(scripts::APPEND),
             ack: Script::new(scripts::ACK),
         };
@@ -98,7 +102,8 @@ impl RedisStore {
                 cmd.arg(&stored)
                     .arg(keys::DELIVER_CHANNEL)
                     .arg(keys::announce_prefix(appid, uid, &stored))
-                    .arg(ttl);
+                    .arg(ttl)
+                    .arg(self.inbox_cap);
             }
             with_script(c, &self.append, |c| p.query(c))
         })?;

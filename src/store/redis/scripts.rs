@@ -9,7 +9,8 @@
 /// KEYS[1] user hash, KEYS[2] inbox, and optionally KEYS[3] the send's
 /// `cmsgid` key (in the receiver's slot). ARGV[1] the stored message JSON,
 /// ARGV[2] the channel, ARGV[3] the announcement up to its msgid, ARGV[4]
-/// seconds a `cmsgid` is remembered. Returns the msgid, -1 if the user does
+/// seconds a `cmsgid` is remembered, ARGV[5] the inbox cap (0: none; over
+/// it the oldest message goes). Returns the msgid, -1 if the user does
 /// not exist, -2 if this receiver already got this `cmsgid` (nothing
 /// written either way).
 pub const APPEND: &str = r#"
@@ -17,6 +18,11 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return -2 end
 local id = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('ZADD', KEYS[2], id, id .. ':' .. ARGV[1])
+local cap = tonumber(ARGV[5])
+if cap > 0 then
+  local over = redis.call('ZCARD', KEYS[2]) - cap
+  if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1) end
+end
 redis.call('PUBLISH', ARGV[2], ARGV[3] .. id .. ']')
 return id
 "#;
