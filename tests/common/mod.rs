@@ -67,10 +67,10 @@ pub enum Backend {
 
 impl Backend {
     /// Extra command-line arguments that select this backend.
-    fn args(self, redis: Option<&RedisServer>) -> Vec<String> {
-        match (self, redis) {
+    fn args(self, redis_url: Option<&str>) -> Vec<String> {
+        match (self, redis_url) {
             (Backend::Embedded, _) => Vec::new(),
-            (Backend::Redis, Some(r)) => vec!["--redis".into(), r.url()],
+            (Backend::Redis, Some(url)) => vec!["--redis".into(), url.into()],
             (Backend::Redis, None) => unreachable!("a Redis backend runs with its redis-server"),
         }
     }
@@ -228,8 +228,10 @@ pub struct Server {
     child: Option<Child>,
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
-    /// The Redis backend's own redis-server (outlives restarts of haoshuo).
+    /// The Redis backend's own redis-server (outlives restarts of haoshuo);
+    /// `None` on a node started by [`Server::another_node`].
     redis: Option<RedisServer>,
+    redis_url: Option<String>,
     /// Everything the server printed (stdout and stderr), across restarts.
     log: Arc<Mutex<String>>,
 }
@@ -240,11 +242,35 @@ impl Server {
         let dir = tempfile::tempdir().expect("create a temporary data dir");
         let log = Arc::new(Mutex::new(String::new()));
         let redis = (backend == Backend::Redis).then(RedisServer::start);
-        let (child, addr, admin_addr) = spawn(backend, redis.as_ref(), &opts, dir.path(), &log);
+        let redis_url = redis.as_ref().map(RedisServer::url);
+        let (child, addr, admin_addr) =
+            spawn(backend, redis_url.as_deref(), &opts, dir.path(), &log);
         Server {
             redis,
+            redis_url,
             backend,
             opts,
+            dir,
+            child: Some(child),
+            addr,
+            admin_addr,
+            log,
+        }
+    }
+
+    /// A second haoshuo process on the same Redis (its own data dir and
+    /// port): another node of one deployment.
+    pub fn another_node(&self) -> Server {
+        let url = self.redis_url.clone().expect("nodes share a Redis store");
+        let dir = tempfile::tempdir().expect("create a temporary data dir");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (child, addr, admin_addr) =
+            spawn(self.backend, Some(&url), &self.opts, dir.path(), &log);
+        Server {
+            redis: None,
+            redis_url: Some(url),
+            backend: self.backend,
+            opts: self.opts.clone(),
             dir,
             child: Some(child),
             addr,
@@ -325,7 +351,7 @@ impl Server {
             .push_str("---- restart ----\n");
         let (child, addr, admin_addr) = spawn(
             self.backend,
-            self.redis.as_ref(),
+            self.redis_url.as_deref(),
             &self.opts,
             self.dir.path(),
             &self.log,
@@ -348,7 +374,7 @@ impl Drop for Server {
 
 fn spawn(
     backend: Backend,
-    redis: Option<&RedisServer>,
+    redis_url: Option<&str>,
     opts: &Opts,
     dir: &Path,
     log: &Arc<Mutex<String>>,
@@ -364,7 +390,7 @@ fn spawn(
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .args(opts.args())
-        .args(backend.args(redis))
+        .args(backend.args(redis_url))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,5 +1,6 @@
 //! The live feed: one thread per server process subscribed to the
-//! announcement channel, handing every announced append to the router.
+//! announcement channel, handing every announced append to the router, and
+//! to the logout channel, dropping logged-out tokens from the token cache.
 //!
 //! Announcements come in the order Redis ran the appends, so per user in
 //! msgid order. When the subscription breaks (Redis restarted, network) the
@@ -15,7 +16,7 @@ use std::time::Duration;
 use crate::router::Router;
 use crate::store::NewMessage;
 
-use super::keys::{Announce, DELIVER_CHANNEL};
+use super::keys::{Announce, DELIVER_CHANNEL, UNTOKEN_CHANNEL};
 use super::RedisStore;
 
 /// How often the blocked read wakes to check for shutdown.
@@ -79,7 +80,7 @@ fn run(
         };
         let mut pubsub = con.as_pubsub();
         let subscribed = pubsub
-            .subscribe(DELIVER_CHANNEL)
+            .subscribe(&[DELIVER_CHANNEL, UNTOKEN_CHANNEL])
             .and_then(|()| pubsub.set_read_timeout(Some(STOP_CHECK)));
         match (subscribed, ready.take()) {
             (Err(e), Some(r)) => {
@@ -96,13 +97,20 @@ fn run(
             // Announcements were lost while the subscription was down; the
             // catch-up reads go through the pool, which need not wait out
             // its backoff now that Redis answers.
+            // So were logouts: forget every cached token.
             (Ok(()), None) => {
                 store.pool().mark_healthy();
+                store.tokens().clear();
                 router.catch_up_everyone();
             }
         }
         while !stop.load(Ordering::Acquire) {
             match pubsub.get_message() {
+                Ok(msg) if msg.get_channel_name() == UNTOKEN_CHANNEL => {
+                    if let Ok(selector) = std::str::from_utf8(msg.get_payload_bytes()) {
+                        store.tokens().forget(selector);
+                    }
+                }
                 Ok(msg) => deliver(router, msg.get_payload_bytes()),
                 Err(e) if e.is_timeout() => {}
                 Err(_) => break,

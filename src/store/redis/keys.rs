@@ -8,6 +8,9 @@ use crate::store::{Gid, Message, MsgId, NewMessage, Uid};
 
 /// The pub/sub channel on which every append is announced to every node.
 pub const DELIVER_CHANNEL: &str = "hs:deliver";
+/// The pub/sub channel on which logouts announce a token's selector, so
+/// every node drops it from its token cache.
+pub const UNTOKEN_CHANNEL: &str = "hs:untoken";
 
 /// `hs:{a:APPID}:uids`: the last uid given out in an app (INCR).
 pub fn uid_counter(appid: &str) -> String {

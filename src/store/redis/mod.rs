@@ -17,6 +17,7 @@ pub mod feed;
 mod keys;
 mod pool;
 mod scripts;
+mod tokens;
 
 use std::time::Duration;
 
@@ -43,6 +44,7 @@ pub struct Options {
 
 pub struct RedisStore {
     pool: pool::Pool,
+    tokens: tokens::TokenCache,
     inbox_cap: usize,
     append: Script,
     ack: Script,
@@ -54,6 +56,7 @@ impl RedisStore {
         let store = RedisStore {
             pool: pool::Pool::new(&opts.url, opts.pool, opts.timeout)?,
             inbox_cap: opts.inbox_cap,
+            tokens: tokens::TokenCache::new(),
             append: Script::new(scripts::APPEND),
             ack: Script::new(scripts::ACK),
         };
@@ -68,6 +71,11 @@ impl RedisStore {
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> RedisResult<T>) -> Result<T> {
         self.pool.with(f)
+    }
+
+    /// The token cache, for the feed to drop logged-out tokens from.
+    pub(crate) fn tokens(&self) -> &tokens::TokenCache {
+        &self.tokens
     }
 
     /// Runs the append script for every receiver in one pipeline; `None`
@@ -248,6 +256,9 @@ impl Store for RedisStore {
     }
 
     fn get_token(&self, selector: &str) -> Result<Option<TokenInfo>> {
+        if let Some(info) = self.tokens.get(selector) {
+            return Ok(Some(info));
+        }
         let fields: Vec<Option<String>> = self.with(|c| {
             redis::cmd("HMGET")
                 .arg(keys::token(selector))
@@ -262,16 +273,32 @@ impl Store for RedisStore {
         let (Ok(uid), Ok(expires_at)) = (uid.parse(), expires_at.parse()) else {
             return Ok(None);
         };
-        Ok(Some(TokenInfo {
+        let info = TokenInfo {
             verifier,
             appid,
             uid,
             expires_at,
-        }))
+        };
+        self.tokens.put(selector, &info);
+        Ok(Some(info))
     }
 
+    /// Deletes the token, then tells every process (this one at once) to
+    /// drop it from its token cache.
     fn delete_token(&self, selector: &str) -> Result<()> {
-        self.with(|c| redis::cmd("DEL").arg(keys::token(selector)).exec(c))
+        self.with(|c| {
+            redis::pipe()
+                .cmd("DEL")
+                .arg(keys::token(selector))
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(keys::UNTOKEN_CHANNEL)
+                .arg(selector)
+                .ignore()
+                .exec(c)
+        })?;
+        self.tokens.forget(selector);
+        Ok(())
     }
 
     fn append(&self, appid: &str, to: &[Uid], msg: &NewMessage) -> Result<Vec<MsgId>> {
