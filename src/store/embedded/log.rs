@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -208,38 +208,75 @@ impl Log {
     where
         F: FnOnce(&mut dyn FnMut(&Record<'_>) -> io::Result<()>) -> io::Result<()>,
     {
+        let from = self.len;
+        let snapshot = write_snapshot(&self.dir, write)?;
+        self.finish_rewrite(snapshot, from)
+    }
+
+    /// Completes a rewrite whose snapshot was written (maybe by another
+    /// thread, without the store's lock) while the log was `from` bytes
+    /// long: copies what was appended since onto the snapshot, fsyncs it,
+    /// renames it over `log` and switches to it. On failure the old log
+    /// stays in use and the temporary file is removed.
+    pub(crate) fn finish_rewrite(&mut self, (file, len): (File, u64), from: u64) -> io::Result<()> {
         let tmp = self.dir.join(TMP_FILE);
-        let res = Self::write_snapshot(&tmp, write);
-        let (file, len) = match res {
-            Ok(done) => done,
+        let done = self.copy_tail(&file, from).and_then(|tail| {
+            file.sync_all()?;
+            fs::rename(&tmp, self.dir.join(LOG_FILE))?;
+            Ok(tail)
+        });
+        let tail = match done {
+            Ok(tail) => tail,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 return Err(e);
             }
         };
-        if let Err(e) = fs::rename(&tmp, self.dir.join(LOG_FILE)) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
         // From here on `log` is the new file: switch to it whatever happens.
-        self.len = len;
-        self.base_len = len;
+        self.len = len + tail;
+        self.base_len = self.len;
         self.file = Arc::new(file);
         self.dirty = false;
         sync_dir(&self.dir)
     }
 
-    /// Writes and fsyncs the snapshot; returns the file and its length.
-    fn write_snapshot<F>(tmp: &Path, write: F) -> io::Result<(File, u64)>
-    where
-        F: FnOnce(&mut dyn FnMut(&Record<'_>) -> io::Result<()>) -> io::Result<()>,
-    {
-        let _ = fs::remove_file(tmp);
+    /// Appends the log's bytes from `from` to its end onto `to`.
+    fn copy_tail(&self, to: &File, from: u64) -> io::Result<u64> {
+        let tail = self.len - from;
+        if tail > 0 {
+            let mut src = File::open(self.dir.join(LOG_FILE))?;
+            src.seek(SeekFrom::Start(from))?;
+            let copied = io::copy(&mut src.take(tail), &mut &*to)?;
+            if copied != tail {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "log shorter than expected",
+                ));
+            }
+        }
+        Ok(tail)
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Writes and fsyncs a snapshot into `log.tmp` in `dir`; returns the file
+/// (open for appending) and its length. Needs no lock: only compaction
+/// writes `log.tmp`, one at a time.
+pub(crate) fn write_snapshot<F>(dir: &Path, write: F) -> io::Result<(File, u64)>
+where
+    F: FnOnce(&mut dyn FnMut(&Record<'_>) -> io::Result<()>) -> io::Result<()>,
+{
+    let tmp = dir.join(TMP_FILE);
+    let _ = fs::remove_file(&tmp);
+    let res = (|| {
         let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create_new(true)
-            .open(tmp)?;
+            .open(&tmp)?;
         let mut out = BufWriter::with_capacity(1 << 16, &file);
         let mut buf = Vec::with_capacity(256);
         let mut len = 0u64;
@@ -250,9 +287,15 @@ impl Log {
         })?;
         out.flush()?;
         drop(out);
+        // The bulk reaches the disk here, outside any lock; the fsync after
+        // the tail is appended then has little left to do.
         file.sync_all()?;
         Ok((file, len))
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
+    res
 }
 
 /// Fsyncs a directory so a created or renamed entry in it is durable.

@@ -95,7 +95,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -155,6 +155,10 @@ struct Inner {
     compaction_error: Option<String>,
     /// Expired `cmsgid`s are purged when this many are remembered.
     once_purge_at: usize,
+    /// The background compaction under way, if any.
+    compaction: Option<JoinHandle<()>>,
+    /// This `Inner` itself, for the compaction thread to lock when done.
+    me: Weak<Mutex<Inner>>,
 }
 
 /// Remembered `cmsgid`s below which no purge runs.
@@ -255,13 +259,17 @@ impl EmbeddedStore {
             opts.fsync,
             opts.compact_min_bytes,
         );
-        let inner = Arc::new(Mutex::new(Inner {
-            state,
-            log,
-            broken: None,
-            compaction_error: None,
-            once_purge_at: ONCE_PURGE_MIN,
-        }));
+        let inner = Arc::new_cyclic(|me| {
+            Mutex::new(Inner {
+                state,
+                log,
+                broken: None,
+                compaction_error: None,
+                once_purge_at: ONCE_PURGE_MIN,
+                compaction: None,
+                me: me.clone(),
+            })
+        });
         let syncer = match opts.fsync {
             Fsync::Always => None,
             Fsync::EverySec => {
@@ -285,11 +293,21 @@ impl EmbeddedStore {
     /// Rewrites the log as a snapshot of the live state now (see the module
     /// doc). Blocks every caller while it runs.
     pub fn compact(&self) -> Result<()> {
+        self.wait_for_compaction()?;
         let mut inner = self.lock()?;
         if let Some(why) = &inner.broken {
             return Err(unavailable(why.clone()));
         }
         compact(&mut inner).map_err(|e| unavailable(format!("compaction failed: {e}")))
+    }
+
+    /// Waits for a background compaction, if one is running.
+    pub fn wait_for_compaction(&self) -> Result<()> {
+        let running = self.lock()?.compaction.take();
+        if let Some(handle) = running {
+            let _ = handle.join();
+        }
+        Ok(())
     }
 
     /// Current size of the log file in bytes.
@@ -311,6 +329,9 @@ impl EmbeddedStore {
 
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
+        // The data dir's lock is released with the store: no compaction may
+        // still be writing in it then.
+        let _ = self.wait_for_compaction();
         if let Some((stop, handle)) = self.syncer.take() {
             drop(stop); // disconnects: the thread syncs once more and exits
             let _ = handle.join();
@@ -378,15 +399,47 @@ impl Inner {
         Ok(ids)
     }
 
-    /// Runs after a mutation was applied: compacts if the log grew enough.
+    /// Runs after a mutation was applied: once the log has grown enough,
+    /// starts a compaction in the background, like Redis's
+    /// BGREWRITEAOF. Under the lock it only clones the state and notes the
+    /// log's length; another thread writes the snapshot, then takes the lock
+    /// again to append what was logged meanwhile and switch files. Writers
+    /// wait for the clone and that tail, not for the whole rewrite.
     fn after_write(&mut self) {
-        if self.log.wants_compaction() {
-            match compact(self) {
-                Ok(()) => self.compaction_error = None,
-                Err(e) => {
-                    self.log.postpone_compaction();
-                    self.compaction_error = Some(e.to_string());
+        if self.compaction.as_ref().is_some_and(|h| !h.is_finished())
+            || !self.log.wants_compaction()
+        {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        self.state.purge_tokens(unix_now());
+        let snapshot = self.state.clone();
+        let from = self.log.len();
+        let dir = self.log.dir().to_path_buf();
+        let spawned = std::thread::Builder::new()
+            .name("haoshuo-compaction".into())
+            .spawn(move || {
+                let written = log::write_snapshot(&dir, |emit| snapshot.snapshot(emit));
+                drop(snapshot);
+                let Ok(mut inner) = me.lock() else {
+                    return;
+                };
+                let done = written.and_then(|s| inner.log.finish_rewrite(s, from));
+                match done {
+                    Ok(()) => inner.compaction_error = None,
+                    Err(e) => {
+                        inner.log.postpone_compaction();
+                        inner.compaction_error = Some(e.to_string());
+                    }
                 }
+            });
+        match spawned {
+            Ok(handle) => self.compaction = Some(handle),
+            Err(e) => {
+                self.log.postpone_compaction();
+                self.compaction_error = Some(e.to_string());
             }
         }
     }

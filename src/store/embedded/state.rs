@@ -21,11 +21,13 @@ const TOKEN_GRACE_SECS: u64 = 24 * 3600;
 /// A message in an inbox, with the sequence number of the append that
 /// created it: one append (one `msg` record) has one `seq` across all its
 /// receivers, which lets compaction write it back as one record, in order.
+#[derive(Clone)]
 pub(crate) struct Entry {
     pub seq: u64,
     pub msg: Message,
 }
 
+#[derive(Clone)]
 pub(crate) struct User {
     name: String,
     pass_hash: String,
@@ -35,6 +37,7 @@ pub(crate) struct User {
     acked: MsgId,
 }
 
+#[derive(Clone)]
 pub(crate) struct Group {
     owner: Uid,
     name: String,
@@ -43,7 +46,7 @@ pub(crate) struct Group {
 
 /// One appid's users and groups. Uids and gids are dense from 1 and never
 /// deleted, so they index these vectors (`uid - 1`).
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct App {
     by_name: HashMap<String, Uid>,
     users: Vec<User>,
@@ -64,7 +67,7 @@ impl App {
     }
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct State {
     apps: HashMap<String, App>,
     /// Selector -> token.
