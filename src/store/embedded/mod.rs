@@ -69,10 +69,12 @@
 //! live state in the same format (users, groups, tokens, un-acked messages,
 //! `seq` for fully acked inboxes, acks) into `log.tmp`, which is fsynced,
 //! renamed over `log`, and the dir fsynced. Tokens that expired more than a
-//! day ago are dropped. It runs inside the lock, after the write that
-//! crossed the threshold, so it blocks all callers for its duration. A
-//! failed compaction leaves the old log in place and is retried once the
-//! log has doubled again.
+//! day ago are dropped. The write that crossed the threshold clones the
+//! state under the lock and starts a compaction thread, which writes the
+//! snapshot without the lock, then locks again to append the records logged
+//! meanwhile and switch files: callers wait for the clone and that tail
+//! only. A failed compaction leaves the old log in place and is retried once
+//! the log has doubled again.
 //!
 //! # Retention
 //!
@@ -290,8 +292,9 @@ impl EmbeddedStore {
         })
     }
 
-    /// Rewrites the log as a snapshot of the live state now (see the module
-    /// doc). Blocks every caller while it runs.
+    /// Rewrites the log as a snapshot of the live state now, in the
+    /// caller's thread (see the module doc); blocks every caller while it
+    /// runs. Automatic compactions run in the background instead.
     pub fn compact(&self) -> Result<()> {
         self.wait_for_compaction()?;
         let mut inner = self.lock()?;
