@@ -5,12 +5,14 @@
 //! against the [`Api`], and sends the answer to the mailbox of the reactor
 //! that owns the connection, which wakes it.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::api::{Api, Request, Sub};
+use crate::api::error::error_response;
+use crate::api::{Api, Reply, Request, Sub};
 use crate::net::mailbox::CoreMsg;
 use crate::router::SubKey;
 use crate::store::MsgId;
@@ -54,7 +56,13 @@ fn run(api: &Api, jobs: &Receiver<Job>) {
     for job in jobs {
         let (origin, msg) = match job {
             Job::Request { origin, req } => {
-                let reply = api.handle(origin, &req);
+                // A bug in one handler must not leave its client waiting
+                // forever, nor take the worker down with it: answer 500.
+                let reply = catch_unwind(AssertUnwindSafe(|| api.handle(origin, &req)))
+                    .unwrap_or_else(|_| Reply::Http {
+                        bytes: error_response(500, "internal error", false),
+                        keep_alive: false,
+                    });
                 (
                     origin,
                     CoreMsg::Reply {
@@ -64,7 +72,7 @@ fn run(api: &Api, jobs: &Receiver<Job>) {
                 )
             }
             Job::Backfill { origin, sub, upto } => {
-                let msgs = api.backfill(&sub);
+                let msgs = catch_unwind(AssertUnwindSafe(|| api.backfill(&sub))).unwrap_or(None);
                 let conn = origin.conn;
                 (origin, CoreMsg::Backfill { conn, upto, msgs })
             }
