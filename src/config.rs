@@ -35,7 +35,8 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_REDIS")]
     pub redis: Option<String>,
 
-    /// Redis connections kept for the workers; default: one per worker.
+    /// Redis connections; each pipelines the calls of every worker waiting
+    /// on it. Default: one per core.
     #[arg(long, env = "HAOSHUO_REDIS_POOL")]
     pub redis_pool: Option<usize>,
 
@@ -48,7 +49,8 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_THREADS")]
     pub threads: Option<usize>,
 
-    /// Worker threads running API calls against the store; default: 2 per core.
+    /// Worker threads running API calls against the store; default: 2 per
+    /// core, 16 per core with --redis.
     #[arg(long, env = "HAOSHUO_WORKERS")]
     pub workers: Option<usize>,
 
@@ -111,8 +113,17 @@ impl Config {
         self.threads.unwrap_or_else(cores).max(1)
     }
 
+    /// Two per core on the embedded store (its calls never wait on I/O);
+    /// sixteen per core on Redis, where a worker waits out each round trip
+    /// and the calls waiting together are what fills each pipeline.
     pub fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(|| 2 * cores()).max(1)
+        let per_core = if self.redis.is_some() { 16 } else { 2 };
+        self.workers.unwrap_or_else(|| per_core * cores()).max(1)
+    }
+
+    /// Redis connections (pipelining lanes); default: one per core.
+    pub fn redis_lanes(&self) -> usize {
+        self.redis_pool.unwrap_or_else(cores).max(1)
     }
 }
 

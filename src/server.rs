@@ -37,7 +37,7 @@ fn open_store(cfg: &Config) -> Result<Opened, String> {
     if let Some(url) = &cfg.redis {
         let opts = RedisOptions {
             url: url.clone(),
-            pool: cfg.redis_pool.unwrap_or_else(|| cfg.workers()),
+            pool: cfg.redis_lanes(),
             timeout: Duration::from_millis(cfg.redis_timeout_ms),
             inbox_cap: cfg.inbox_cap,
         };

@@ -21,7 +21,7 @@ mod tokens;
 
 use std::time::Duration;
 
-use redis::{Connection, RedisResult, Script};
+use redis::{ConnectionLike, RedisResult, Script};
 
 use crate::store::{
     unix_now, Gid, Message, MsgId, NewMessage, Once, Result, Store, StoreError, TokenInfo, Uid,
@@ -34,7 +34,7 @@ pub use keys::DELIVER_CHANNEL;
 pub struct Options {
     /// `redis://HOST:PORT/DB`
     pub url: String,
-    /// Connections kept open for the workers.
+    /// Connections, each pipelining the calls of the workers using it.
     pub pool: usize,
     /// Longest wait for a connect, a read or a write.
     pub timeout: Duration,
@@ -69,7 +69,7 @@ impl RedisStore {
         &self.pool
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> RedisResult<T>) -> Result<T> {
+    fn with<T>(&self, f: impl FnOnce(&mut dyn ConnectionLike) -> RedisResult<T>) -> Result<T> {
         self.pool.with(f)
     }
 
@@ -390,9 +390,9 @@ impl Store for RedisStore {
 /// running it again if Redis does not know it (after a restart). A
 /// NOSCRIPT answer means none of the pipeline's scripts ran.
 fn with_script<T>(
-    c: &mut Connection,
+    c: &mut dyn ConnectionLike,
     script: &Script,
-    run: impl Fn(&mut Connection) -> RedisResult<T>,
+    run: impl Fn(&mut dyn ConnectionLike) -> RedisResult<T>,
 ) -> RedisResult<T> {
     match run(c) {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {

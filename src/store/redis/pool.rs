@@ -1,17 +1,25 @@
-//! A small pool of synchronous Redis connections, with bounded waits and
-//! backoff while Redis is down.
+//! Redis connections shared by every worker, pipelined across API calls.
 //!
-//! Workers borrow a connection for one call (or one pipeline) and give it
-//! back. Every connect, read and write has a timeout, so an API call against
-//! a dead Redis fails within a bounded time (503) instead of hanging a
-//! worker. After a failure, calls fail at once until the backoff has passed,
-//! then one reconnect is tried: a Redis restart costs a burst of 503s, not a
-//! storm of connects.
+//! The pool is a few *lanes*, each one Redis connection owned by one I/O
+//! thread. A worker hands its command (or pipeline) to a lane and waits for
+//! the replies; the lane writes everything queued for it in one write and
+//! reads the replies back in order. While it waits for Redis, more calls
+//! queue up, so under load many API calls share each round trip (like
+//! `redis-benchmark -P`), without an async runtime.
+//!
+//! Every connect, read and write has a timeout, so a call against a dead
+//! Redis fails within a bounded time (503) instead of hanging a worker. After
+//! a failure, calls fail at once until the backoff has passed, then one
+//! reconnect is tried: a Redis restart costs a burst of 503s, not a storm of
+//! connects.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, RedisError, RedisResult};
+use crossbeam_channel::{Receiver, Sender};
+use redis::{Client, Connection, ConnectionLike, RedisError, RedisResult, Value};
 
 use crate::store::{Result, StoreError};
 
@@ -20,13 +28,19 @@ const BACKOFF_START: Duration = Duration::from_millis(50);
 /// Longest wait between reconnect attempts: a recovered Redis is used
 /// again within this time.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Most calls one lane writes in one go: bounds the bytes in flight and
+/// the wait of the last call in a batch.
+const MAX_BATCH: usize = 512;
+/// Calls that may wait for a lane; a worker blocks beyond that.
+const LANE_QUEUE: usize = 4096;
 
 pub struct Pool {
     client: Client,
-    idle: Mutex<Vec<Connection>>,
-    max_idle: usize,
+    lanes: Vec<Sender<Call>>,
+    threads: Vec<JoinHandle<()>>,
+    next: AtomicUsize,
     timeout: Duration,
-    health: Mutex<Health>,
+    health: Arc<Mutex<Health>>,
 }
 
 #[derive(Default)]
@@ -36,45 +50,66 @@ struct Health {
     backoff: Duration,
 }
 
+/// One caller's packed command(s) and where its replies go.
+struct Call {
+    bytes: Vec<u8>,
+    /// Replies to read; the first `skip` are dropped (MULTI's).
+    replies: usize,
+    skip: usize,
+    done: Sender<RedisResult<Vec<Value>>>,
+}
+
 impl Pool {
-    pub fn new(url: &str, max_idle: usize, timeout: Duration) -> Result<Pool> {
+    pub fn new(url: &str, lanes: usize, timeout: Duration) -> Result<Pool> {
         let client = Client::open(url)
             .map_err(|e| StoreError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?;
-        Ok(Pool {
+        let health = Arc::new(Mutex::new(Health::default()));
+        let mut pool = Pool {
             client,
-            idle: Mutex::new(Vec::with_capacity(max_idle)),
-            max_idle,
+            lanes: Vec::new(),
+            threads: Vec::new(),
+            next: AtomicUsize::new(0),
             timeout,
-            health: Mutex::default(),
-        })
+            health,
+        };
+        for i in 0..lanes.max(1) {
+            let (tx, rx) = crossbeam_channel::bounded(LANE_QUEUE);
+            let lane = Lane {
+                client: pool.client.clone(),
+                timeout,
+                health: pool.health.clone(),
+                con: None,
+            };
+            let t = std::thread::Builder::new()
+                .name(format!("haoshuo-redis-{i}"))
+                .spawn(move || lane.run(&rx))
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            pool.lanes.push(tx);
+            pool.threads.push(t);
+        }
+        Ok(pool)
     }
 
-    /// A fresh connection with this pool's timeouts (also for pub/sub).
+    /// A fresh connection of its own with this pool's timeouts (pub/sub).
     pub fn connect(&self) -> RedisResult<Connection> {
-        let con = self.client.get_connection_with_timeout(self.timeout)?;
-        con.set_read_timeout(Some(self.timeout))?;
-        con.set_write_timeout(Some(self.timeout))?;
-        Ok(con)
+        connect(&self.client, self.timeout)
     }
 
-    /// Runs `f` on a pooled connection. A failed call drops its connection
-    /// (its state is unknown) and starts the backoff.
-    pub fn with<T>(&self, f: impl FnOnce(&mut Connection) -> RedisResult<T>) -> Result<T> {
-        let mut con = self.take()?;
-        match f(&mut con) {
-            Ok(v) => {
-                self.give(con);
-                Ok(v)
-            }
-            Err(e) => {
-                if is_connection_error(&e) {
-                    self.failed();
-                } else {
-                    self.give(con);
-                }
-                Err(StoreError::Unavailable(format!("redis: {e}")))
+    /// Runs `f` against a lane: every command it sends is queued with
+    /// other workers' and answered in order.
+    pub fn with<T>(&self, f: impl FnOnce(&mut dyn ConnectionLike) -> RedisResult<T>) -> Result<T> {
+        if let Some(at) = lock(&self.health).retry_at {
+            if Instant::now() < at {
+                return Err(StoreError::Unavailable("redis is down".into()));
             }
         }
+        let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        let mut handle = Handle {
+            lane: &self.lanes[lane],
+            // The lane's own timeouts bound the wait; this is a backstop.
+            wait: self.timeout * 3,
+        };
+        f(&mut handle).map_err(|e| StoreError::Unavailable(format!("redis: {e}")))
     }
 
     /// Ends the backoff early: a connection was just made (by the feed),
@@ -82,54 +117,152 @@ impl Pool {
     pub fn mark_healthy(&self) {
         *lock(&self.health) = Health::default();
     }
+}
 
-    fn take(&self) -> Result<Connection> {
-        if let Some(con) = lock(&self.idle).pop() {
-            return Ok(con);
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.lanes.clear(); // disconnects: each lane thread exits
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
-        if let Some(at) = lock(&self.health).retry_at {
-            if Instant::now() < at {
-                return Err(StoreError::Unavailable("redis is down".into()));
+    }
+}
+
+/// What a worker's commands see: a `ConnectionLike` that queues on a lane.
+struct Handle<'a> {
+    lane: &'a Sender<Call>,
+    wait: Duration,
+}
+
+impl Handle<'_> {
+    fn call(&mut self, bytes: &[u8], skip: usize, count: usize) -> RedisResult<Vec<Value>> {
+        let (done, answer) = crossbeam_channel::bounded(1);
+        let call = Call {
+            bytes: bytes.to_vec(),
+            replies: skip + count,
+            skip,
+            done,
+        };
+        self.lane.send(call).map_err(|_| closed("the Redis lane stopped"))?;
+        answer
+            .recv_timeout(self.wait)
+            .map_err(|_| closed("no answer from the Redis lane"))?
+    }
+}
+
+impl ConnectionLike for Handle<'_> {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        let mut v = self.call(cmd, 0, 1)?;
+        v.pop().ok_or_else(|| closed("no reply"))
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        self.call(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+
+    fn check_connection(&mut self) -> bool {
+        redis::cmd("PING").query::<String>(self).is_ok()
+    }
+
+    fn is_open(&self) -> bool {
+        true
+    }
+}
+
+/// One connection and the thread that owns it.
+struct Lane {
+    client: Client,
+    timeout: Duration,
+    health: Arc<Mutex<Health>>,
+    con: Option<Connection>,
+}
+
+impl Lane {
+    fn run(mut self, calls: &Receiver<Call>) {
+        while let Ok(first) = calls.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match calls.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
             }
-        }
-        match self.connect() {
-            Ok(con) => {
-                *lock(&self.health) = Health::default();
-                Ok(con)
-            }
-            Err(e) => {
+            if let Err(e) = self.serve(&mut batch) {
+                self.con = None;
                 self.failed();
-                Err(StoreError::Unavailable(format!("redis: {e}")))
+                for call in batch {
+                    let _ = call.done.send(Err(clone_error(&e)));
+                }
             }
         }
     }
 
-    fn give(&self, con: Connection) {
-        let mut idle = lock(&self.idle);
-        if idle.len() < self.max_idle {
-            idle.push(con);
+    /// Writes the batch in one go and answers its calls in order; the calls
+    /// not answered when an error struck are left in `batch`.
+    fn serve(&mut self, batch: &mut Vec<Call>) -> RedisResult<()> {
+        if self.con.is_none() {
+            if let Some(at) = lock(&self.health).retry_at {
+                if Instant::now() < at {
+                    return Err(closed("redis is down"));
+                }
+            }
+            self.con = Some(connect(&self.client, self.timeout)?);
+            *lock(&self.health) = Health::default();
         }
+        let Some(con) = self.con.as_mut() else {
+            return Err(closed("no connection"));
+        };
+        let bytes: Vec<u8> = batch.iter().flat_map(|c| c.bytes.iter().copied()).collect();
+        con.send_packed_command(&bytes)?;
+        while !batch.is_empty() {
+            let mut replies = Vec::with_capacity(batch[0].replies);
+            for _ in 0..batch[0].replies {
+                replies.push(con.recv_response()?);
+            }
+            let call = batch.remove(0);
+            replies.drain(..call.skip);
+            let _ = call.done.send(Ok(replies));
+        }
+        Ok(())
     }
 
-    /// Forgets every pooled connection (they all went to the same dead
-    /// server) and backs off.
     fn failed(&self) {
-        lock(&self.idle).clear();
         let mut h = lock(&self.health);
         h.backoff = (h.backoff * 2).clamp(BACKOFF_START, BACKOFF_MAX);
         h.retry_at = Some(Instant::now() + h.backoff);
     }
 }
 
-/// Errors after which a connection cannot be trusted: I/O, timeouts, a
-/// closed or refused connection. A script's or command's own error leaves
-/// the connection usable.
-fn is_connection_error(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+fn connect(client: &Client, timeout: Duration) -> RedisResult<Connection> {
+    let con = client.get_connection_with_timeout(timeout)?;
+    con.set_read_timeout(Some(timeout))?;
+    con.set_write_timeout(Some(timeout))?;
+    Ok(con)
 }
 
-/// Poisoning means a thread panicked while holding a pool lock; the pool's
-/// contents are still whole.
+fn closed(why: &'static str) -> RedisError {
+    RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, why))
+}
+
+/// A lane's failure, for every call of the batch it struck.
+fn clone_error(e: &RedisError) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        e.to_string(),
+    ))
+}
+
+/// Poisoning means a thread panicked while holding the lock; the health
+/// record is still whole.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
