@@ -537,14 +537,8 @@ impl Reactor {
                 self.answer(key, &bytes, false);
             }
             State::Waiting { .. } => {}
-            State::Stream(_) => {
-                self.send_chunk(key, &[frame::NOOP]);
-            }
-            State::Poll(s) => {
-                self.unsubscribe(key);
-                let mut bytes = Vec::with_capacity(160);
-                write_response(&mut bytes, 200, CONTENT_JSON, frame::NOOP, s.keep_alive);
-                self.answer(key, &bytes, s.keep_alive);
+            State::Stream(_) | State::Poll(_) => {
+                self.send_frame(key, &[frame::NOOP]);
             }
             State::Linger => self.close(key),
         }
@@ -628,9 +622,7 @@ impl Reactor {
         let Some(key) = self.lookup(t.conn) else {
             return;
         };
-        let conn = &mut self.conns[key];
-        let is_stream = matches!(conn.state, State::Stream(_));
-        let s = match &mut conn.state {
+        let s = match &mut self.conns[key].state {
             State::Waiting { seen } => {
                 *seen = (*seen).max(t.msgid);
                 return;
@@ -647,18 +639,8 @@ impl Reactor {
             return self.catch_up(key, false);
         }
         s.sub.next += 1;
-        let (uid, keep_alive) = (s.sub.uid, s.keep_alive);
-        let suffix = LiveSuffix::new(t.msgid, uid);
-        let parts = [frame::DATA_OPEN, msg.prefix(), suffix.as_bytes()];
-        if is_stream {
-            self.send_chunk(key, &parts);
-            return;
-        }
-        self.unsubscribe(key);
-        let body = parts.concat();
-        let mut bytes = Vec::with_capacity(160 + body.len());
-        write_response(&mut bytes, 200, CONTENT_JSON, &body, keep_alive);
-        self.answer(key, &bytes, keep_alive);
+        let suffix = LiveSuffix::new(t.msgid, s.sub.uid);
+        self.send_frame(key, &[frame::DATA_OPEN, msg.prefix(), suffix.as_bytes()]);
     }
 
     /// Stored messages a worker read from `sub.next` on, for a subscriber
@@ -708,13 +690,22 @@ impl Reactor {
             return false;
         };
         s.sub.next = msgs.last().map_or(s.sub.next, |m| m.msgid + 1);
-        let (uid, keep_alive) = (s.sub.uid, s.keep_alive);
         let mut body = Vec::with_capacity(128 * msgs.len());
-        frame::data_frame(&mut body, &msgs, uid);
-        if let State::Stream(_) = self.conns[key].state {
-            return self.send_chunk(key, &[&body]);
-        }
+        frame::data_frame(&mut body, &msgs, s.sub.uid);
+        self.send_frame(key, &[&body])
+    }
+
+    /// Sends one frame (made of `parts`) to a subscriber: a chunk on a
+    /// stream, which goes on (true); the whole answer of a held poll, which
+    /// ends it (false).
+    fn send_frame(&mut self, key: usize, parts: &[&[u8]]) -> bool {
+        let keep_alive = match self.conns[key].state {
+            State::Stream(_) => return self.send_chunk(key, parts),
+            State::Poll(s) => s.keep_alive,
+            _ => return false,
+        };
         self.unsubscribe(key);
+        let body = parts.concat();
         let mut bytes = Vec::with_capacity(160 + body.len());
         write_response(&mut bytes, 200, CONTENT_JSON, &body, keep_alive);
         self.answer(key, &bytes, keep_alive);
@@ -729,17 +720,9 @@ impl Reactor {
             return false;
         };
         s.sub.next = endid + 1;
-        let (uid, keep_alive) = (s.sub.uid, s.keep_alive);
         let mut body = Vec::with_capacity(64);
-        frame::trimmed_frame(&mut body, endid, uid);
-        if let State::Stream(_) = self.conns[key].state {
-            return self.send_chunk(key, &[&body]);
-        }
-        self.unsubscribe(key);
-        let mut bytes = Vec::with_capacity(160 + body.len());
-        write_response(&mut bytes, 200, CONTENT_JSON, &body, keep_alive);
-        self.answer(key, &bytes, keep_alive);
-        false
+        frame::trimmed_frame(&mut body, endid, s.sub.uid);
+        self.send_frame(key, &[&body])
     }
 
     /// Ends a stream with its last chunk, or answers a held poll with 503,

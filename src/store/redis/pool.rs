@@ -143,7 +143,9 @@ impl Handle<'_> {
             skip,
             done,
         };
-        self.lane.send(call).map_err(|_| closed("the Redis lane stopped"))?;
+        self.lane
+            .send(call)
+            .map_err(|_| closed("the Redis lane stopped"))?;
         answer
             .recv_timeout(self.wait)
             .map_err(|_| closed("no answer from the Redis lane"))?
@@ -250,7 +252,10 @@ fn connect(client: &Client, timeout: Duration) -> RedisResult<Connection> {
 }
 
 fn closed(why: &'static str) -> RedisError {
-    RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, why))
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        why,
+    ))
 }
 
 /// A lane's failure, for every call of the batch it struck.
