@@ -159,6 +159,8 @@ struct Inner {
     once_purge_at: usize,
     /// The background compaction under way, if any.
     compaction: Option<JoinHandle<()>>,
+    /// Compactions finished since open (for tests and diagnostics).
+    compactions: u64,
     /// This `Inner` itself, for the compaction thread to lock when done.
     me: Weak<Mutex<Inner>>,
 }
@@ -269,6 +271,7 @@ impl EmbeddedStore {
                 compaction_error: None,
                 once_purge_at: ONCE_PURGE_MIN,
                 compaction: None,
+                compactions: 0,
                 me: me.clone(),
             })
         });
@@ -302,6 +305,11 @@ impl EmbeddedStore {
             return Err(unavailable(why.clone()));
         }
         compact(&mut inner).map_err(|e| unavailable(format!("compaction failed: {e}")))
+    }
+
+    /// How many background compactions finished since the store was opened.
+    pub fn compactions(&self) -> Result<u64> {
+        Ok(self.lock()?.compactions)
     }
 
     /// Waits for a background compaction, if one is running.
@@ -431,7 +439,10 @@ impl Inner {
                 };
                 let done = written.and_then(|s| inner.log.finish_rewrite(s, from));
                 match done {
-                    Ok(()) => inner.compaction_error = None,
+                    Ok(()) => {
+                        inner.compaction_error = None;
+                        inner.compactions += 1;
+                    }
                     Err(e) => {
                         inner.log.postpone_compaction();
                         inner.compaction_error = Some(e.to_string());
