@@ -56,6 +56,27 @@ function M.setup(thread)
   nthreads = nthreads + 1
 end
 
+-- Installs wrk's hooks for a script that POSTs to `path` one prebuilt
+-- request per entry of `list` (its JSON built by `body(entry, k)` once, in
+-- init), rotating over them on every request; the threads start spread over
+-- the list. wrk runs each thread in its own Lua state, so `reqs` and `i` are
+-- per thread.
+function M.rotate(path, list, body)
+  local reqs, i, n = {}, 0, #list
+  setup = M.setup
+  done = M.done
+  function init(args)
+    for k = 1, n do
+      reqs[k] = M.post(path, body(list[k], k))
+    end
+    i = math.floor((tid or 0) * n / (tonumber(os.getenv("WRK_THREADS")) or 2)) % n
+  end
+  function request()
+    i = i % n + 1
+    return reqs[i]
+  end
+end
+
 -- done(): wrk's normal output, plus one machine-readable line for run.sh.
 function M.done(summary, latency, requests)
   local e = summary.errors

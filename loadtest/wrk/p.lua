@@ -9,24 +9,10 @@ local n = #users
 if n < 2 then error("p.lua needs at least 2 users in the users file") end
 local content = os.getenv("WRK_CONTENT") or "wrk bench message"
 
-local reqs = {}
-local i = 0
-
-setup = C.setup
-done = C.done
-
-function init(args)
-  for k = 1, n do
-    local from, to = users[k], users[k % n + 1]
-    reqs[k] = C.post("/p", string.format(
-      '{"appid":%s,"fromid":%d,"datatype":1,"toid":%d,"content":%s,"token":%s,"restart":"all"}',
-      C.jstr(cfg.appid), from.uid, to.uid, C.jstr(content), C.jstr(from.token)))
-  end
-  -- spread the threads' starting points over the users
-  i = math.floor((tid or 0) * n / (tonumber(os.getenv("WRK_THREADS")) or 2)) % n
-end
-
-function request()
-  i = i % n + 1
-  return reqs[i]
-end
+-- User k sends to user k+1 (wrapping).
+C.rotate("/p", users, function(from, k)
+  local to = users[k % n + 1]
+  return string.format(
+    '{"appid":%s,"fromid":%d,"datatype":1,"toid":%d,"content":%s,"token":%s,"restart":"all"}',
+    C.jstr(cfg.appid), from.uid, to.uid, C.jstr(content), C.jstr(from.token))
+end)

@@ -4,25 +4,8 @@
 local C = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
 local cfg = C.load_users()
 local users = cfg.users
-local n = #users
-if n < 1 then error("pull.lua needs users in the users file") end
+if #users < 1 then error("pull.lua needs users in the users file") end
 
-local reqs = {}
-local i = 0
-
-setup = C.setup
-done = C.done
-
-function init(args)
-  for k = 1, n do
-    local u = users[k]
-    reqs[k] = C.post("/pull", string.format('{"appid":%s,"uid":%d,"token":%s}',
-      C.jstr(cfg.appid), u.uid, C.jstr(u.token)))
-  end
-  i = math.floor((tid or 0) * n / (tonumber(os.getenv("WRK_THREADS")) or 2)) % n
-end
-
-function request()
-  i = i % n + 1
-  return reqs[i]
-end
+C.rotate("/pull", users, function(u)
+  return string.format('{"appid":%s,"uid":%d,"token":%s}', C.jstr(cfg.appid), u.uid, C.jstr(u.token))
+end)
