@@ -355,13 +355,7 @@ def main():
     }
     ok = (n_open == a.subs and r["lost"] == 0 and r["duplicated"] == 0 and r["out_of_order"] == 0
           and not pub_err and r["delivered"] == expected and expected > 0)
-    r["check"] = "PASS" if ok else "FAIL"
-    w = max(len(k) for k in r)
-    print(f"== fanout.py {a.server} ==")
-    for k, v in r.items():
-        print(f"{k:<{w}}  {v}")
-    print("FANOUT_JSON " + json.dumps(r, separators=(",", ":")))
-    return 0 if ok else 2
+    return sl.report(f"fanout.py {a.server}", "FANOUT_JSON", r, ok)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ open at the end of the hold, 2 if not, 1 on a setup error.
 """
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -143,13 +142,7 @@ def main():
         "errors": subs.errors,
     }
     ok = open_after == a.conns and server_count >= a.conns
-    r["check"] = "PASS" if ok else "FAIL"
-    w = max(len(k) for k in r)
-    print(f"== idle.py {a.server} ==")
-    for k, v in r.items():
-        print(f"{k:<{w}}  {v}")
-    print("IDLE_JSON " + json.dumps(r, separators=(",", ":")))
-    return 0 if ok else 2
+    return sl.report(f"idle.py {a.server}", "IDLE_JSON", r, ok)
 
 
 if __name__ == "__main__":

@@ -396,5 +396,17 @@ class Subscribers:
                 self._close(s)
 
 
+def report(title, tag, r, ok):
+    """Prints a result: a check line, an aligned table, and one `TAG {json}`
+    line for run.sh; returns the exit status (0 pass, 2 fail)."""
+    r["check"] = "PASS" if ok else "FAIL"
+    w = max(len(k) for k in r)
+    print(f"== {title} ==")
+    for k, v in r.items():
+        print(f"{k:<{w}}  {v}")
+    print(tag + " " + json.dumps(r, separators=(",", ":")))
+    return 0 if ok else 2
+
+
 def get_request(host, path, extra=""):
     return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\n{extra}\r\n").encode()
