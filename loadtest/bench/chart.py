@@ -26,9 +26,7 @@ def idle_rows(run: Path) -> list:
     sizes = sorted({int(p.name.split(".")[1]) for p in idle.glob("haoshuo-load.*.txt")})
     rows = []
     for n in sizes:
-        hl = summarize.load_table(str(idle / f"haoshuo-load.{n}.txt"), "idle")
-        ph = summarize.json_line(str(idle / f"idlepy-haoshuo.{n}.txt"), "IDLE_JSON")
-        pn = summarize.json_line(str(idle / f"idlepy-nchan.{n}.txt"), "IDLE_JSON")
+        hl, ph, pn = summarize.idle_results(str(idle), n)
         rows.append({
             "conns": n,
             "haoshuo_load": summarize.num(hl, "server_rss_per_conn_bytes"),

@@ -50,6 +50,16 @@ def load_table(path, scenario):
     return out or None
 
 
+def idle_results(idd, n):
+    """The idle step's three readings at size n: haoshuo-load's table, and
+    idle.py's JSON against haoshuo and against nchan (None where missing)."""
+    return (
+        load_table(os.path.join(idd, f"haoshuo-load.{n}.txt"), "idle"),
+        json_line(os.path.join(idd, f"idlepy-haoshuo.{n}.txt"), "IDLE_JSON"),
+        json_line(os.path.join(idd, f"idlepy-nchan.{n}.txt"), "IDLE_JSON"),
+    )
+
+
 def med(vals):
     vals = [v for v in vals if v is not None]
     return statistics.median(vals) if vals else None
@@ -189,10 +199,8 @@ def main():
             p("| conns | haoshuo-load: open | haoshuo-load: B/conn | idle.py haoshuo: open | idle.py haoshuo: B/conn | "
               "idle.py nchan: open | idle.py nchan: B/conn (PSS) | haoshuo/nchan (haoshuo-load) | haoshuo/nchan (same client) |")
             p("|---|---|---|---|---|---|---|---|---|")
-            for n in sizes:
-                hl = load_table(os.path.join(idd, f"haoshuo-load.{n}.txt"), "idle")
-                ph = json_line(os.path.join(idd, f"idlepy-haoshuo.{n}.txt"), "IDLE_JSON")
-                pn = json_line(os.path.join(idd, f"idlepy-nchan.{n}.txt"), "IDLE_JSON")
+            idle = [(n, idle_results(idd, n)) for n in sizes]
+            for n, (hl, ph, pn) in idle:
                 hb = num(hl, "server_rss_per_conn_bytes")
                 hob = f"{hl.get('open_after_hold', '?')} {hl.get('check', '')}" if hl else "n/a"
                 pb = ph["rss_per_conn_bytes"] if ph else None
@@ -206,10 +214,7 @@ def main():
             p("| conns | haoshuo-load connect s | haoshuo-load connects/s | idle.py haoshuo connect s | idle.py nchan connect s | "
               "haoshuo RSS after MiB | nginx workers RSS after MiB |")
             p("|---|---|---|---|---|---|---|")
-            for n in sizes:
-                hl = load_table(os.path.join(idd, f"haoshuo-load.{n}.txt"), "idle")
-                ph = json_line(os.path.join(idd, f"idlepy-haoshuo.{n}.txt"), "IDLE_JSON")
-                pn = json_line(os.path.join(idd, f"idlepy-nchan.{n}.txt"), "IDLE_JSON")
+            for n, (hl, ph, pn) in idle:
                 p(f"| {n} | {(hl or {}).get('connect_secs', 'n/a')} | {(hl or {}).get('connects_per_sec', 'n/a')} | "
                   f"{ph['connect_secs'] if ph else 'n/a'} | {pn['connect_secs'] if pn else 'n/a'} | "
                   f"{(hl or {}).get('server_rss_after_mib', 'n/a')} | {pn['rss_after_mib'] if pn else 'n/a'} |")
