@@ -106,18 +106,6 @@ pub fn trimmed_frame(out: &mut Vec<u8>, endid: MsgId, toid: Uid) {
     out.extend_from_slice(b"}\"}\n");
 }
 
-/// What a long-poll from `seq` answers when `msgs` (not empty) are stored
-/// from there on: a data frame, or a `trimmed` frame if the first of them
-/// is past `seq` (the client then polls again from after it).
-pub fn poll_body(msgs: &[Message], seq: MsgId, toid: Uid) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 * msgs.len());
-    match msgs.first() {
-        Some(first) if first.msgid > seq => trimmed_frame(&mut out, first.msgid - 1, toid),
-        _ => data_frame(&mut out, msgs, toid),
-    }
-    out
-}
-
 /// The body of a `/pull` answer: `{"msgs":[...],"endid":"N","uid":U}`;
 /// `endid` is the last msgid returned, or `acked` when there is none. When
 /// the first message returned is not `acked + 1` (the inbox cap dropped
@@ -282,14 +270,6 @@ mod tests {
         let (outer, inner) = decode_frame(&out);
         assert_eq!(outer["type"], "trimmed");
         assert_eq!(inner, json!({"endid":"120","toid":2}));
-        // A poll from 5 with 7.. stored is told 6 is gone; from 7 it gets data.
-        let (outer, inner) = decode_frame(&poll_body(&[msg(7, "a")], 5, 2));
-        assert_eq!(
-            (outer["type"].as_str(), &inner["endid"]),
-            (Some("trimmed"), &json!("6"))
-        );
-        let (outer, _) = decode_frame(&poll_body(&[msg(7, "a")], 7, 2));
-        assert_eq!(outer["type"], "data");
         let v: Value = serde_json::from_slice(&pull_body(&[msg(7, "a")], 3, 9)).unwrap();
         assert_eq!(v["trimmed"], "6");
     }

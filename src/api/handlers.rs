@@ -445,18 +445,16 @@ impl Api {
                 return Err(e.into());
             }
         };
-        if stream {
+        Ok(if stream {
             let more = backlog.len() >= self.limits.page_size;
-            return Ok(Reply::Stream { sub, backlog, more });
-        }
-        if backlog.is_empty() {
-            return Ok(Reply::PollHold { sub, keep_alive });
-        }
-        self.router.unsubscribe(sub.app, uid, origin);
-        let body = frame::poll_body(&backlog, seq, uid);
-        let mut bytes = Vec::with_capacity(160 + body.len());
-        write_response(&mut bytes, 200, CONTENT_JSON, &body, keep_alive);
-        Ok(Reply::Http { bytes, keep_alive })
+            Reply::Stream { sub, backlog, more }
+        } else {
+            Reply::Poll {
+                sub,
+                backlog,
+                keep_alive,
+            }
+        })
     }
 
     /// Checks the request's `token` acts for `uid` of `appid`; returns its

@@ -60,7 +60,13 @@ pub enum Reply {
         frame: &'static [u8],
         keep_alive: bool,
     },
-    /// A long-poll found nothing stored and is subscribed: hold it until a
-    /// message arrives or the poll timeout passes.
-    PollHold { sub: Sub, keep_alive: bool },
+    /// A long-poll is subscribed: the reactor answers at once from
+    /// `backlog` (the stored messages from `sub.next` on) as a stream would
+    /// send them, or holds the poll until a message arrives or the poll
+    /// timeout passes.
+    Poll {
+        sub: Sub,
+        backlog: Vec<Message>,
+        keep_alive: bool,
+    },
 }

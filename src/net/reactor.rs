@@ -574,7 +574,7 @@ impl Reactor {
         let Some(key) = self.lookup(r) else {
             // The connection went away while its request was at a worker;
             // a subscription made for it must not outlive it.
-            if let Reply::Stream { sub, .. } | Reply::PollHold { sub, .. } = reply {
+            if let Reply::Stream { sub, .. } | Reply::Poll { sub, .. } = reply {
                 let origin = SubKey {
                     core: self.set.core,
                     conn: r,
@@ -609,10 +609,16 @@ impl Reactor {
                     self.catch_up(key, more);
                 }
             }
-            Reply::PollHold { sub, keep_alive } => {
+            Reply::Poll {
+                sub,
+                backlog,
+                keep_alive,
+            } => {
                 self.conns[key].state = State::Poll(Subscriber::new(sub, seen, keep_alive));
                 self.set_deadline(key, self.now + self.set.poll_timeout);
-                self.catch_up(key, false);
+                if self.write_batch(key, backlog) {
+                    self.catch_up(key, false);
+                }
             }
         }
     }
