@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use haoshuo::api::frame::{data_frame, LiveMsg, LiveSuffix, DATA_OPEN};
+use haoshuo::delivery::frame::{data_frame, LiveMsg, LiveSuffix, DATA_OPEN};
 use haoshuo::http::chunked::{push_chunk, ChunkHeader, CHUNK_TRAILER};
 use haoshuo::store::{Message, NewMessage, DATATYPE_SINGLE};
 

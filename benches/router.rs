@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use crossbeam_channel::Receiver;
-use haoshuo::net::mailbox::{ConnRef, CoreMsg, Mailbox};
+use haoshuo::bus::{ConnRef, CoreMsg};
+use haoshuo::net::mailbox::Mailbox;
 use haoshuo::router::{Router, SubKey};
 use haoshuo::store::{MsgId, NewMessage, Uid, DATATYPE_GROUP};
 
@@ -42,7 +43,7 @@ fn bench_publish(c: &mut Criterion) {
                 gen: 1,
             },
         };
-        router.subscribe(app, uid, sub).expect("subscribe");
+        router.subscribe(app, uid, sub, 1).expect("subscribe");
     }
     let receivers: Vec<(Uid, MsgId)> = (1..=SUBSCRIBERS).map(|uid| (uid, 1_000 + uid)).collect();
     let msg = NewMessage {

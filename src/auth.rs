@@ -69,6 +69,12 @@ pub fn split_token(token: &str) -> Option<(&str, &str)> {
     Some(token.split_at(SELECTOR_HEX))
 }
 
+/// A token's selector as a number: what the router keeps to find the
+/// subscriptions a logout ends. `selector` is [`SELECTOR_HEX`] hex digits.
+pub fn selector_tag(selector: &str) -> u64 {
+    u64::from_str_radix(selector, 16).unwrap_or(0)
+}
+
 /// Compares a verifier the client sent with the stored one in constant time.
 pub fn verifier_matches(sent: &str, stored: &str) -> bool {
     sent.len() == stored.len() && bool::from(sent.as_bytes().ct_eq(stored.as_bytes()))

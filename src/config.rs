@@ -79,6 +79,18 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub page_size: u32,
 
+    /// Most bytes of messages in one data frame, poll answer or pull answer
+    /// (each message counts its content plus 64 bytes); one larger message
+    /// goes alone. Bounds what one slow subscriber costs the server: a
+    /// stream is sent its backlog a page at a time, as its socket drains.
+    #[arg(long, env = "HAOSHUO_PAGE_BYTES", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub page_bytes: u32,
+
+    /// Seconds a connection's queued output may make no progress at all
+    /// before it is closed (a slow client is never closed for being slow).
+    #[arg(long, env = "HAOSHUO_SEND_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub send_timeout: u32,
+
     /// Most un-acked messages one user's inbox keeps (0: no limit). Beyond
     /// it the oldest are dropped, and a client asking for them is told with
     /// a `trimmed` frame.

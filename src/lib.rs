@@ -8,7 +8,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod bus;
 pub mod config;
+pub mod delivery;
 pub mod http;
 pub mod net;
 pub mod router;

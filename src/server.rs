@@ -10,9 +10,10 @@ use std::time::Duration;
 use mio::{Poll, Token, Waker};
 
 use crate::api::{Api, Options as ApiOptions};
+use crate::bus::CoreMsg;
 use crate::config::{Config, FsyncPolicy};
 use crate::net::listener;
-use crate::net::mailbox::{CoreMsg, Mailbox};
+use crate::net::mailbox::Mailbox;
 use crate::net::reactor::{Listeners, Reactor, Settings};
 use crate::router::Router;
 use crate::store::embedded::{EmbeddedStore, Fsync, Options};
@@ -115,6 +116,7 @@ impl Server {
             router.clone(),
             ApiOptions {
                 page_size: cfg.page_size as usize,
+                page_bytes: cfg.page_bytes as usize,
                 token_ttl: cfg.token_ttl,
                 admin_key: cfg.admin_key.clone(),
                 cmsgid_window: cfg.cmsgid_window,
@@ -151,7 +153,7 @@ impl Server {
                 max_body: cfg.max_body,
                 heartbeat: cfg.heartbeat,
                 poll_timeout: cfg.poll_timeout,
-                page_size: cfg.page_size as usize,
+                send_timeout: cfg.send_timeout,
             };
             let listeners = Listeners {
                 public: l,

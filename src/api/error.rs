@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use crate::api::codec::CodecError;
 use crate::auth::AuthError;
-use crate::http::response::{write_response, CONTENT_JSON};
+pub use crate::http::response::error_response;
 use crate::store::StoreError;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -56,18 +56,6 @@ impl ApiError {
     pub fn response(&self, keep_alive: bool) -> Vec<u8> {
         error_response(self.status(), self.msg(), keep_alive)
     }
-}
-
-/// An error response for any status: used by the API and by the HTTP layer
-/// (400, 408, 413, 431, ...), so every error has the same body.
-pub fn error_response(status: u16, msg: &str, keep_alive: bool) -> Vec<u8> {
-    let mut body = format!(r#"{{"type":"error","code":{status},"msg":"#).into_bytes();
-    // Serialising a str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut body, msg);
-    body.push(b'}');
-    let mut out = Vec::with_capacity(160 + body.len());
-    write_response(&mut out, status, CONTENT_JSON, &body, keep_alive);
-    out
 }
 
 impl From<StoreError> for ApiError {

@@ -7,15 +7,17 @@ use subtle::ConstantTimeEq;
 
 use crate::api::codec::{decode_body, Fields};
 use crate::api::error::ApiError;
-use crate::api::frame;
-use crate::api::{Reply, Request, Sub};
+use crate::api::Request;
 use crate::auth;
+use crate::bus::{Reply, Sub, SubKey, Subscribed};
+use crate::delivery::frame;
+use crate::delivery::wire::Kind;
 use crate::http::query;
-use crate::http::request::{header_value, Method};
+use crate::http::request::{header_value, Head, Method};
 use crate::http::response::{write_response, CONTENT_JSON};
-use crate::router::{Router, SubKey};
+use crate::router::Router;
 use crate::store::{
-    unix_now, Message, MsgId, NewMessage, Once, Store, TokenInfo, Uid, DATATYPE_GROUP,
+    unix_now, Limit, MsgId, NewMessage, Once, Page, Store, TokenInfo, Uid, DATATYPE_GROUP,
     DATATYPE_SINGLE,
 };
 
@@ -43,6 +45,8 @@ const MAX_ADMIN_BATCH: u64 = 10_000;
 pub struct Options {
     /// Most messages in one frame, poll answer or pull answer.
     pub page_size: usize,
+    /// Most bytes of messages in one of them (one larger message goes alone).
+    pub page_bytes: usize,
     /// Seconds a login token stays valid.
     pub token_ttl: u64,
     /// What the admin listener requires in `X-Admin-Key`, if anything.
@@ -128,13 +132,21 @@ impl Api {
         }
     }
 
-    /// Stored messages of a subscriber from `from` on, one page; `None` if
-    /// the store cannot be read now.
-    pub fn backfill(&self, sub: &Sub) -> Option<Vec<Message>> {
+    /// A subscriber's next page of stored messages, from `sub.next` on;
+    /// `None` if the store cannot be read now.
+    pub fn page(&self, sub: &Sub) -> Option<Page> {
         let appid = self.router.app_name(sub.app);
         self.store
-            .read(&appid, sub.uid, sub.next, self.limits.page_size)
+            .page(&appid, sub.uid, sub.next, self.limit())
             .ok()
+    }
+
+    /// How much one frame, poll answer or pull answer holds.
+    fn limit(&self) -> Limit {
+        Limit {
+            count: self.limits.page_size,
+            bytes: self.limits.page_bytes,
+        }
     }
 
     fn route(&self, origin: SubKey, req: &Request) -> Result<Reply, ApiError> {
@@ -147,12 +159,7 @@ impl Api {
         let keep_alive = req.head.keep_alive;
         if let Endpoint::Stream | Endpoint::Poll = endpoint {
             let query = req.head.query(&req.raw);
-            return self.subscribe(
-                origin,
-                query,
-                matches!(endpoint, Endpoint::Stream),
-                keep_alive,
-            );
+            return self.subscribe(origin, query, subscription_kind(&endpoint, &req.head));
         }
         let f = decode_body(req.body(), req.head.body)?;
         let body = match endpoint {
@@ -321,10 +328,8 @@ impl Api {
         let uid = f.u64("uid")?;
         self.check_token(f, &appid, uid)?;
         let acked = self.store.acked(&appid, uid)?;
-        let msgs = self
-            .store
-            .read(&appid, uid, acked + 1, self.limits.page_size)?;
-        Ok(frame::pull_body(&msgs, acked, uid))
+        let page = self.store.page(&appid, uid, acked + 1, self.limit())?;
+        Ok(frame::pull_body(&page.msgs, acked, uid))
     }
 
     fn ack(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
@@ -339,7 +344,13 @@ impl Api {
         let appid = appid(f)?;
         let uid = f.u64("uid")?;
         let selector = self.check_token(f, &appid, uid)?;
-        self.store.delete_token(&selector)?;
+        self.store.delete_token(&appid, uid, &selector)?;
+        if !self.store.announces() {
+            // The store does not tell every node itself: end this node's
+            // subscriptions held with the token.
+            let app = self.router.app_key(&appid);
+            self.router.revoke(app, uid, auth::selector_tag(&selector));
+        }
         Ok(object(&[("uid", Num(uid)), ("msg", Str("ok"))]))
     }
 
@@ -392,13 +403,7 @@ impl Api {
     /// `/cget/stream` and `/cget/poll`: authenticate from the query,
     /// subscribe, then read what is stored (subscribing first means nothing
     /// committed in between can be missed: it is either read or delivered).
-    fn subscribe(
-        &self,
-        origin: SubKey,
-        query_str: &[u8],
-        stream: bool,
-        keep_alive: bool,
-    ) -> Result<Reply, ApiError> {
+    fn subscribe(&self, origin: SubKey, query_str: &[u8], kind: Kind) -> Result<Reply, ApiError> {
         let param = |name: &str| -> Result<Option<String>, ApiError> {
             query::field(query_str, name)
                 .map_err(|_| ApiError::BadRequest(format!("bad escape in '{name}'").into()))
@@ -417,44 +422,44 @@ impl Api {
                 .max(1),
         };
         let token = param("token")?.unwrap_or_default();
-        let refuse = |frame: &'static [u8]| {
-            if stream {
-                Reply::StreamRefused { frame, keep_alive }
-            } else {
+        let refuse = |frame: &'static [u8]| match kind {
+            Kind::Poll { keep_alive } => {
                 let mut bytes = Vec::with_capacity(200);
                 write_response(&mut bytes, 200, CONTENT_JSON, frame, keep_alive);
                 Reply::Http { bytes, keep_alive }
             }
+            stream => Reply::StreamRefused {
+                frame,
+                kind: stream,
+                keep_alive: stream == Kind::Chunked,
+            },
         };
-        let appid = match self.token_owner(&token)? {
-            Some(info) if info.uid == uid => info.appid,
+        let info = match self.token_owner(&token)? {
+            Some(info) if info.uid == uid => info,
             _ => return Ok(refuse(frame::TOKEN_ERROR)),
         };
         let sub = Sub {
-            app: self.router.app_key(&appid),
+            app: self.router.app_key(&info.appid),
             uid,
             next: seq,
         };
-        if self.router.subscribe(sub.app, uid, origin).is_err() {
+        let tag = auth::selector_tag(&token[..auth::SELECTOR_HEX]);
+        if self.router.subscribe(sub.app, uid, origin, tag).is_err() {
             return Ok(refuse(frame::TOO_MANY));
         }
-        let backlog = match self.store.read(&appid, uid, seq, self.limits.page_size) {
-            Ok(msgs) => msgs,
+        let page = match self.store.page(&info.appid, uid, seq, self.limit()) {
+            Ok(page) => page,
             Err(e) => {
                 self.router.unsubscribe(sub.app, uid, origin);
                 return Err(e.into());
             }
         };
-        Ok(if stream {
-            let more = backlog.len() >= self.limits.page_size;
-            Reply::Stream { sub, backlog, more }
-        } else {
-            Reply::Poll {
-                sub,
-                backlog,
-                keep_alive,
-            }
-        })
+        Ok(Reply::Subscribed(Subscribed {
+            sub,
+            kind,
+            page,
+            expires_at: info.expires_at,
+        }))
     }
 
     /// Checks the request's `token` acts for `uid` of `appid`; returns its
@@ -475,9 +480,21 @@ impl Api {
         let Some((selector, verifier)) = auth::split_token(token) else {
             return Ok(None);
         };
-        Ok(self.store.get_token(selector)?.filter(|info| {
-            auth::verifier_matches(verifier, &info.verifier) && info.expires_at > unix_now()
-        }))
+        Ok(self
+            .store
+            .get_token(selector)?
+            .filter(|info| auth::verifier_matches(verifier, &info.verifier)))
+    }
+}
+
+/// How a `/cget/...` request subscribes: a held poll, or a stream framed
+/// for its HTTP version.
+fn subscription_kind(endpoint: &Endpoint, head: &Head) -> Kind {
+    match endpoint {
+        Endpoint::Poll => Kind::Poll {
+            keep_alive: head.keep_alive,
+        },
+        _ => Kind::stream(head.http10),
     }
 }
 

@@ -7,14 +7,11 @@
 
 pub mod codec;
 pub mod error;
-pub mod frame;
 mod handlers;
 
 pub use handlers::{Api, Options};
 
 use crate::http::request::Head;
-use crate::router::AppKey;
-use crate::store::{Message, MsgId, Uid};
 
 /// One complete request, owned, on its way to a worker.
 pub struct Request {
@@ -31,42 +28,4 @@ impl Request {
         let start = self.head.head_len;
         &self.raw[start..start + self.head.content_length]
     }
-}
-
-/// What a subscribing connection (stream or held poll) listens for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sub {
-    pub app: AppKey,
-    pub uid: Uid,
-    /// The next msgid this connection owes its client.
-    pub next: MsgId,
-}
-
-/// A worker's answer, carried back to the connection's reactor.
-pub enum Reply {
-    /// A complete HTTP response; the connection closes after it unless
-    /// `keep_alive`.
-    Http { bytes: Vec<u8>, keep_alive: bool },
-    /// A stream is open and subscribed: write the chunked head, then the
-    /// stored messages from `backlog` (possibly empty); `more` says the
-    /// backlog was cut at the page size and the reactor should ask again.
-    Stream {
-        sub: Sub,
-        backlog: Vec<Message>,
-        more: bool,
-    },
-    /// A stream that ends as soon as it starts with this frame (401, 429).
-    StreamRefused {
-        frame: &'static [u8],
-        keep_alive: bool,
-    },
-    /// A long-poll is subscribed: the reactor answers at once from
-    /// `backlog` (the stored messages from `sub.next` on) as a stream would
-    /// send them, or holds the poll until a message arrives or the poll
-    /// timeout passes.
-    Poll {
-        sub: Sub,
-        backlog: Vec<Message>,
-        keep_alive: bool,
-    },
 }

@@ -135,6 +135,8 @@ pub struct Head {
     /// `Expect: 100-continue` on an HTTP/1.1 request (ignored for 1.0, as
     /// RFC 9110 requires).
     pub expect_continue: bool,
+    /// An HTTP/1.0 request: its answers know no chunked coding.
+    pub http10: bool,
     pub body: Body,
 }
 
@@ -256,6 +258,7 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, HttpError
             keep_alive_token && !close
         },
         expect_continue: expect_continue && http11,
+        http10: !http11,
         body: body.unwrap_or(Body::Other),
     }))
 }

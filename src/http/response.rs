@@ -92,16 +92,37 @@ pub fn write_response_head(
     });
 }
 
-/// Head of a chunked stream response (200, `Transfer-Encoding: chunked`,
-/// JSON, `Cache-Control: no-cache`). Chunks follow via `http::chunked`.
-pub fn write_stream_head(out: &mut Vec<u8>) {
+/// Head of a stream response (200, JSON, `Cache-Control: no-cache`):
+/// `Transfer-Encoding: chunked` (chunks follow via `http::chunked`), or for
+/// an HTTP/1.0 client, which knows no chunked coding, a body that the
+/// close ends.
+pub fn write_stream_head(out: &mut Vec<u8>, chunked: bool) {
     write_status_line(out, 200);
-    out.extend_from_slice(
-        b"Content-Type: application/json\r\n\
-          Transfer-Encoding: chunked\r\n\
-          Cache-Control: no-cache\r\n\
-          \r\n",
-    );
+    out.extend_from_slice(b"Content-Type: application/json\r\nCache-Control: no-cache\r\n");
+    out.extend_from_slice(if chunked {
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    } else {
+        b"Connection: close\r\n\r\n"
+    });
+}
+
+/// An error response for any status, with the one JSON error body every
+/// failure has: `{"type":"error","code":<status>,"msg":"..."}`. Used by the
+/// API and by the HTTP layer (400, 408, 413, 431, ...).
+pub fn error_response(status: u16, msg: &str, keep_alive: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(200 + msg.len());
+    write_error(&mut out, status, msg, keep_alive);
+    out
+}
+
+/// Appends [`error_response`]'s bytes to `out`.
+pub fn write_error(out: &mut Vec<u8>, status: u16, msg: &str, keep_alive: bool) {
+    let mut body = Vec::with_capacity(48 + msg.len());
+    let _ = write!(body, r#"{{"type":"error","code":{status},"msg":"#);
+    // Serialising a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut body, msg);
+    body.push(b'}');
+    write_response(out, status, CONTENT_JSON, &body, keep_alive);
 }
 
 fn write_status_line(out: &mut Vec<u8>, status: u16) {
@@ -187,10 +208,16 @@ mod tests {
     #[test]
     fn stream_head() {
         let mut out = Vec::new();
-        write_stream_head(&mut out);
+        write_stream_head(&mut out, true);
         assert_eq!(
             out,
-            b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        out.clear();
+        write_stream_head(&mut out, false);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
         );
     }
 

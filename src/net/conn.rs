@@ -3,22 +3,18 @@
 //! A connection is a small enum in the reactor's slab. It holds no heap
 //! memory while idle: `inbuf` is only filled while a request is partial (or
 //! pipelined requests wait their turn), `out` only while the socket refuses
-//! bytes. Its size is pinned by a test below.
+//! bytes. Its size is pinned by a test below. What a subscriber may queue
+//! is bounded by the delivery layer's watermarks, not here: a connection is
+//! never closed for being slow, only for making no progress at all (the
+//! reactor's send timeout).
 
 use std::io::{self, IoSlice, Read, Write};
 
 use mio::net::TcpStream;
 
-use crate::api::Sub;
+use crate::delivery::subscriber::Subscriber;
 use crate::net::timer::{Secs, NEVER};
 use crate::store::MsgId;
-
-/// Most bytes queued for a connection whose socket is not taking them, on
-/// top of the kernel's send buffer (which on its own holds megabytes). A
-/// subscriber further behind than this is closed: it resumes from its last
-/// msgid on reconnect, which costs the server nothing, where a large queue
-/// would cost memory for every slow client. 64 KiB is some 250 frames.
-pub const MAX_OUT: usize = 64 * 1024;
 
 pub struct Conn {
     pub sock: TcpStream,
@@ -30,6 +26,9 @@ pub struct Conn {
     pub deadline: Secs,
     /// The tick of this connection's live timer-wheel entry; `NEVER` if none.
     pub armed_at: Secs,
+    /// The last tick at which queued output made progress (or there was
+    /// none): the send timeout counts from here.
+    pub progress_at: Secs,
     /// Readiness seen from edge-triggered events, cleared on `WouldBlock`.
     pub readable: bool,
     /// The request being read asked for `100 Continue` and got it.
@@ -51,48 +50,17 @@ pub enum State {
     /// Call: readable. Next: `Waiting`, or `Linger` on a bad request.
     Reading,
     /// A request is at a worker; `seen` is the highest live msgid delivered
-    /// meanwhile (a stream or poll subscribes before its answer arrives).
-    /// Call: `CoreMsg::Reply`. Next: `Reading`, `Stream`, `Poll`, `Linger`.
-    Waiting { seen: MsgId },
-    /// An open chunked stream. Call: deliveries, backfills, heartbeat.
-    /// Next: closed.
-    Stream(Subscriber),
-    /// A held long-poll. Call: a delivery or the poll timeout.
-    /// Next: `Reading`.
-    Poll(Subscriber),
+    /// meanwhile (a stream or poll subscribes before its answer arrives),
+    /// `revoked` says its token was logged out meanwhile.
+    /// Call: `CoreMsg::Reply`. Next: `Reading`, `Subscribed`, `Linger`.
+    Waiting { seen: MsgId, revoked: bool },
+    /// An open stream or held poll; the subscriber says what it is owed.
+    /// Call: deliveries, pages, writable, timer, revocation, shutdown.
+    /// Next: `Reading` (a poll answered), `Linger` (a stream ended).
+    Subscribed(Subscriber),
     /// Answered and shut for writing; draining the client's bytes so it can
     /// read the answer instead of a reset. Call: EOF or deadline. Next: closed.
     Linger,
-}
-
-/// A stream or held poll: what it owes its client.
-#[derive(Clone, Copy, Debug)]
-pub struct Subscriber {
-    /// `sub.next` is the next msgid the client must get; never goes back.
-    pub sub: Sub,
-    /// The highest msgid announced live; above `sub.next - 1` means a gap
-    /// that a backfill from the store must fill.
-    pub seen: MsgId,
-    /// A backfill is at a worker; live messages wait for it.
-    pub backfilling: bool,
-    /// Keep the connection after answering (polls).
-    pub keep_alive: bool,
-}
-
-impl Subscriber {
-    pub fn new(sub: Sub, seen: MsgId, keep_alive: bool) -> Subscriber {
-        Subscriber {
-            sub,
-            seen,
-            backfilling: false,
-            keep_alive,
-        }
-    }
-
-    /// Whether messages are known to exist that the client has not got.
-    pub fn behind(&self) -> bool {
-        self.seen >= self.sub.next
-    }
 }
 
 /// What a read brought.
@@ -113,6 +81,7 @@ impl Conn {
             state: State::Reading,
             deadline: NEVER,
             armed_at: NEVER,
+            progress_at: 0,
             readable: false,
             continue_sent: false,
             close_after_flush: false,
@@ -141,15 +110,20 @@ impl Conn {
 
     /// Writes `parts` in order, with one vectored write when the socket takes
     /// them all (the common case: nothing is copied); what it does not take
-    /// is queued. Returns false if the connection failed or its queue
-    /// overflowed: the caller closes it.
-    pub fn send(&mut self, parts: &[&[u8]]) -> bool {
+    /// is queued, whatever its size (callers bound what they produce).
+    /// Returns how many bytes went to the socket, or `None` if the
+    /// connection failed.
+    pub fn send(&mut self, parts: &[&[u8]]) -> Option<usize> {
         let mut written = 0;
         if self.out.is_empty() {
-            match write_parts(&mut self.sock, parts) {
-                Ok(n) => written = n,
-                Err(_) => return false,
-            }
+            written = write_parts(&mut self.sock, parts).ok()?;
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if written < total && self.out_pos as usize * 2 >= self.out.len() {
+            // Most of the queue went: drop the sent prefix before adding,
+            // so a queue that never quite empties does not grow forever.
+            self.out.drain(..self.out_pos as usize);
+            self.out_pos = 0;
         }
         let mut skip = written;
         for part in parts {
@@ -160,28 +134,38 @@ impl Conn {
             self.out.extend_from_slice(&part[skip..]);
             skip = 0;
         }
-        self.out.len() - self.out_pos as usize <= MAX_OUT
+        Some(written)
     }
 
-    /// Writes queued bytes. Returns false if the connection failed.
-    pub fn flush(&mut self) -> bool {
+    /// Writes queued bytes. Returns how many went, or `None` if the
+    /// connection failed.
+    pub fn flush(&mut self) -> Option<usize> {
+        let mut written = 0;
         while (self.out_pos as usize) < self.out.len() {
             match self.sock.write(&self.out[self.out_pos as usize..]) {
-                Ok(0) => return false,
-                Ok(n) => self.out_pos += n as u32,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Ok(0) => return None,
+                Ok(n) => {
+                    self.out_pos += n as u32;
+                    written += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(written),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
+                Err(_) => return None,
             }
         }
         // Everything went: an idle connection keeps no buffer.
         self.out = Vec::new();
         self.out_pos = 0;
-        true
+        Some(written)
     }
 
     pub fn out_empty(&self) -> bool {
         self.out.is_empty()
+    }
+
+    /// Bytes waiting for the socket.
+    pub fn queued(&self) -> usize {
+        self.out.len() - self.out_pos as usize
     }
 }
 
@@ -224,10 +208,10 @@ mod tests {
     /// is a decision, not an accident: change this number on purpose.
     #[test]
     fn conn_size_is_pinned() {
-        assert_eq!(std::mem::size_of::<State>(), 48);
+        assert_eq!(std::mem::size_of::<State>(), 40);
         // mio's sockets carry a selector id in debug builds only.
         let sock = if cfg!(debug_assertions) { 8 } else { 0 };
-        assert_eq!(std::mem::size_of::<Conn>(), 128 + sock);
+        assert_eq!(std::mem::size_of::<Conn>(), 120 + sock);
     }
 
     /// A writer that takes at most `cap` bytes per call, then blocks.

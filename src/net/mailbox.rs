@@ -11,9 +11,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::Waker;
 
-use crate::api::frame::LiveMsg;
-use crate::api::Reply;
-use crate::store::{Message, MsgId};
+use crate::bus::CoreMsg;
 
 /// How many messages may wait in one reactor's inbox. Replies block their
 /// worker when it is full (back-pressure on the API); live deliveries never
@@ -21,39 +19,6 @@ use crate::store::{Message, MsgId};
 /// its subscribers up from the store (see [`Mailbox::deliver`]). 16 Ki
 /// entries absorb a fan-out burst of that many connections per core.
 pub const INBOX_CAPACITY: usize = 16 * 1024;
-
-/// Names one connection of one reactor; `gen` tells a reused slab slot from
-/// the connection a message was meant for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnRef {
-    pub slot: u32,
-    pub gen: u32,
-}
-
-/// One live message for one subscriber.
-#[derive(Clone, Copy, Debug)]
-pub struct Target {
-    pub conn: ConnRef,
-    pub msgid: MsgId,
-}
-
-pub enum CoreMsg {
-    /// A worker's answer to a connection's request.
-    Reply { conn: ConnRef, reply: Reply },
-    /// A live message for some of this reactor's subscribers.
-    Deliver { msg: Arc<LiveMsg>, to: Vec<Target> },
-    /// Stored messages read for a subscriber that asked to catch up.
-    /// Stored messages read for a subscriber that asked to catch up;
-    /// `upto` is echoed from the request. `None`: the store could not be
-    /// read; the reactor ends the subscription and the client resumes.
-    Backfill {
-        conn: ConnRef,
-        upto: MsgId,
-        msgs: Option<Vec<Message>>,
-    },
-    /// Stop accepting, end streams cleanly, exit the loop.
-    Shutdown,
-}
 
 pub struct Mailbox {
     tx: Sender<CoreMsg>,

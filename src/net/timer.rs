@@ -16,6 +16,15 @@ pub type Secs = u32;
 /// Deadline of a connection with nothing to time out.
 pub const NEVER: Secs = Secs::MAX;
 
+/// The tick at which a timeout of `secs` seconds, started at tick `now`,
+/// has surely passed. `now` is the current second rounded down, so the
+/// real start may be up to a second later than `now`: the deadline is one
+/// tick further, which makes every timeout last at least `secs` and at
+/// most `secs + 1` seconds (the loop wakes on each tick's boundary).
+pub fn after(now: Secs, secs: Secs) -> Secs {
+    now.saturating_add(secs).saturating_add(1).min(NEVER - 1)
+}
+
 /// Slots in the wheel: deadlines further out than this wrap around and are
 /// re-armed when their slot comes by early. 256 s covers every default
 /// timeout (heartbeat and poll 30 s, keep-alive 60 s) in one lap.
@@ -121,6 +130,15 @@ mod tests {
         fired(&mut w, 10);
         assert_eq!(w.arm(3, 1), 11);
         assert_eq!(fired(&mut w, 11), vec![(11, 1)]);
+    }
+
+    #[test]
+    fn timeouts_round_up_to_a_whole_tick() {
+        // Started anywhere inside tick 10 (10.0 .. 10.999 s): a 2 s
+        // timeout must not fire before 12.999 s, so at tick 13.
+        assert_eq!(after(10, 2), 13);
+        assert_eq!(after(0, 0), 1);
+        assert_eq!(after(NEVER - 5, 10), NEVER - 1, "saturates below NEVER");
     }
 
     #[test]

@@ -12,25 +12,25 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::api::frame::LiveMsg;
-use crate::net::mailbox::{ConnRef, CoreMsg, Mailbox, Target};
+pub use crate::bus::{AppKey, SubKey};
+use crate::bus::{CoreMsg, Target};
+use crate::delivery::frame::LiveMsg;
+use crate::net::mailbox::Mailbox;
 use crate::store::{MsgId, NewMessage, Uid};
-
-/// A small number naming an appid inside this process (interned once).
-pub type AppKey = u32;
 
 /// Lock shards of the registry. A power of two well above the number of
 /// worker threads, so two publishers rarely contend for one shard.
 const SHARDS: usize = 64;
 
 /// One lock's share of the registry: each user's subscriptions.
-type Shard = Mutex<HashMap<(AppKey, Uid), Vec<SubKey>>>;
+type Shard = Mutex<HashMap<(AppKey, Uid), Vec<Entry>>>;
 
-/// One subscription: a connection on a reactor.
+/// One subscription, and the token it was opened with (its selector as a
+/// number), so that a logout ends exactly the subscriptions of that token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SubKey {
-    pub core: u16,
-    pub conn: ConnRef,
+struct Entry {
+    sub: SubKey,
+    token: u64,
 }
 
 /// Why a subscription was refused.
@@ -99,7 +99,15 @@ impl Router {
         read(&self.apps).names[key as usize].clone()
     }
 
-    pub fn subscribe(&self, app: AppKey, uid: Uid, sub: SubKey) -> Result<(), SubscribeError> {
+    /// Registers a subscription of `uid` opened with the token whose
+    /// selector is `token`.
+    pub fn subscribe(
+        &self,
+        app: AppKey,
+        uid: Uid,
+        sub: SubKey,
+        token: u64,
+    ) -> Result<(), SubscribeError> {
         let mut shard = lock(self.shard(app, uid));
         let subs = shard.entry((app, uid)).or_default();
         if subs.len() >= self.per_user {
@@ -109,20 +117,49 @@ impl Router {
             self.total.fetch_sub(1, Ordering::Relaxed);
             return Err(SubscribeError::TooMany);
         }
-        subs.push(sub);
+        subs.push(Entry { sub, token });
         Ok(())
     }
 
     pub fn unsubscribe(&self, app: AppKey, uid: Uid, sub: SubKey) {
         let mut shard = lock(self.shard(app, uid));
         if let Some(subs) = shard.get_mut(&(app, uid)) {
-            if let Some(i) = subs.iter().position(|s| *s == sub) {
+            if let Some(i) = subs.iter().position(|e| e.sub == sub) {
                 subs.swap_remove(i);
                 self.total.fetch_sub(1, Ordering::Relaxed);
             }
             if subs.is_empty() {
                 shard.remove(&(app, uid));
             }
+        }
+    }
+
+    /// Ends every subscription of `uid` opened with the token whose selector
+    /// is `token` (it was logged out): each is forgotten here and its
+    /// reactor told to end it with a `401` frame.
+    pub fn revoke(&self, app: AppKey, uid: Uid, token: u64) {
+        let revoked: Vec<SubKey> = {
+            let mut shard = lock(self.shard(app, uid));
+            let Some(subs) = shard.get_mut(&(app, uid)) else {
+                return;
+            };
+            let before = subs.len();
+            let mut gone = Vec::new();
+            subs.retain(|e| {
+                let keep = e.token != token;
+                if !keep {
+                    gone.push(e.sub);
+                }
+                keep
+            });
+            self.total.fetch_sub(before - subs.len(), Ordering::Relaxed);
+            if subs.is_empty() {
+                shard.remove(&(app, uid));
+            }
+            gone
+        };
+        for s in revoked {
+            self.mailboxes[usize::from(s.core)].send(CoreMsg::Revoke { conn: s.conn });
         }
     }
 
@@ -140,9 +177,9 @@ impl Router {
         for &(uid, msgid) in receivers {
             let shard = lock(self.shard(app, uid));
             if let Some(subs) = shard.get(&(app, uid)) {
-                for s in subs {
-                    per_core[usize::from(s.core)].push(Target {
-                        conn: s.conn,
+                for e in subs {
+                    per_core[usize::from(e.sub.core)].push(Target {
+                        conn: e.sub.conn,
                         msgid,
                     });
                     any = true;
@@ -192,6 +229,7 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::ConnRef;
     use crate::net::mailbox::INBOX_CAPACITY;
     use crossbeam_channel::Receiver;
 
@@ -245,9 +283,9 @@ mod tests {
     fn publish_reaches_every_subscription_batched_per_core() {
         let (r, inboxes, _polls) = router(2, 16, 100);
         let app = r.app_key("test");
-        r.subscribe(app, 2, sub(0, 10)).unwrap();
-        r.subscribe(app, 2, sub(1, 11)).unwrap();
-        r.subscribe(app, 3, sub(1, 12)).unwrap();
+        r.subscribe(app, 2, sub(0, 10), 7).unwrap();
+        r.subscribe(app, 2, sub(1, 11), 7).unwrap();
+        r.subscribe(app, 3, sub(1, 12), 7).unwrap();
         r.publish(app, &[(2, 7), (3, 4), (9, 1)], &msg());
         assert_eq!(delivered(&inboxes[0]), vec![(10, 7)]);
         assert_eq!(delivered(&inboxes[1]), vec![(11, 7), (12, 4)]);
@@ -263,9 +301,9 @@ mod tests {
     fn unsubscribe_stops_delivery_and_frees_the_slot() {
         let (r, inboxes, _polls) = router(1, 1, 100);
         let app = r.app_key("test");
-        r.subscribe(app, 2, sub(0, 1)).unwrap();
+        r.subscribe(app, 2, sub(0, 1), 7).unwrap();
         assert_eq!(
-            r.subscribe(app, 2, sub(0, 2)),
+            r.subscribe(app, 2, sub(0, 2), 7),
             Err(SubscribeError::TooManyForUser)
         );
         r.unsubscribe(app, 2, sub(0, 1));
@@ -273,16 +311,19 @@ mod tests {
         assert_eq!(r.subscriptions(), 0);
         r.publish(app, &[(2, 1)], &msg());
         assert!(delivered(&inboxes[0]).is_empty());
-        r.subscribe(app, 2, sub(0, 2)).unwrap();
+        r.subscribe(app, 2, sub(0, 2), 7).unwrap();
     }
 
     #[test]
     fn the_global_limit_holds() {
         let (r, _inboxes, _polls) = router(1, 16, 2);
         let app = r.app_key("test");
-        r.subscribe(app, 1, sub(0, 1)).unwrap();
-        r.subscribe(app, 2, sub(0, 2)).unwrap();
-        assert_eq!(r.subscribe(app, 3, sub(0, 3)), Err(SubscribeError::TooMany));
+        r.subscribe(app, 1, sub(0, 1), 7).unwrap();
+        r.subscribe(app, 2, sub(0, 2), 7).unwrap();
+        assert_eq!(
+            r.subscribe(app, 3, sub(0, 3), 7),
+            Err(SubscribeError::TooMany)
+        );
         assert_eq!(r.subscriptions(), 2);
     }
 
@@ -290,7 +331,7 @@ mod tests {
     fn a_full_inbox_flags_the_reactor_as_lagged() {
         let (r, inboxes, _polls) = router(1, 16, 100);
         let app = r.app_key("test");
-        r.subscribe(app, 2, sub(0, 1)).unwrap();
+        r.subscribe(app, 2, sub(0, 1), 7).unwrap();
         let mailbox = r.mailbox(0);
         for i in 0..INBOX_CAPACITY as u64 {
             r.publish(app, &[(2, i + 1)], &msg());

@@ -59,6 +59,56 @@ pub struct Message {
     pub content: Arc<str>,
 }
 
+/// How much one read of an inbox may return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// Most messages.
+    pub count: usize,
+    /// Most bytes, counted as each message's stored size (its content plus
+    /// a few dozen bytes of ids). The first message is returned whatever
+    /// its size: one message larger than the cap goes alone.
+    pub bytes: usize,
+}
+
+impl Limit {
+    /// A limit on the count alone.
+    pub fn count(count: usize) -> Limit {
+        Limit {
+            count,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// One read of an inbox.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// Stored messages from the asked msgid on, in msgid order, within the
+    /// [`Limit`].
+    pub msgs: Vec<Message>,
+    /// The inbox's last msgid (0 if it never got one), read together with
+    /// `msgs`: anything in between that is not in `msgs` and not after the
+    /// page's end is no longer stored.
+    pub last: MsgId,
+}
+
+impl Page {
+    /// Whether more is stored (or was once) after this page.
+    pub fn more_after(&self, from: MsgId) -> bool {
+        let end = self.msgs.last().map_or(from, |m| m.msgid + 1);
+        end <= self.last
+    }
+}
+
+/// The size a message counts for in a [`Limit`]: what it adds to a frame,
+/// roughly (content, ids, field names).
+pub fn counted_size(content: &str) -> usize {
+    content.len() + MSG_OVERHEAD
+}
+
+/// Bytes a message adds to a frame beyond its content (field names, ids).
+const MSG_OVERHEAD: usize = 64;
+
 /// What a login token stands for.
 ///
 /// A token is `selector || verifier` (hex). The store is keyed by the
@@ -131,8 +181,10 @@ pub trait Store: Send + Sync + 'static {
     /// caller's to check.
     fn get_token(&self, selector: &str) -> Result<Option<TokenInfo>>;
 
-    /// Forgets a token (logout). Forgetting an unknown token is not an error.
-    fn delete_token(&self, selector: &str) -> Result<()>;
+    /// Forgets `uid`'s token (logout). Forgetting an unknown token is not an
+    /// error. A store that [announces](Store::announces) also tells every
+    /// node, whose router then ends the subscriptions held with it.
+    fn delete_token(&self, appid: &str, uid: Uid, selector: &str) -> Result<()>;
 
     /// Appends `msg` to the inbox of every uid in `to`, atomically as a whole:
     /// either every receiver gets it or none does. Returns the msgid each
@@ -153,9 +205,16 @@ pub trait Store: Send + Sync + 'static {
         once: &Once,
     ) -> Result<Vec<Option<MsgId>>>;
 
+    /// Stored messages of `uid`'s inbox with msgid >= `from`, in msgid
+    /// order, within `limit`, and the inbox's last msgid, read at one
+    /// instant.
+    fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page>;
+
     /// Up to `limit` stored messages of `uid`'s inbox with msgid >= `from`, in
     /// msgid order.
-    fn read(&self, appid: &str, uid: Uid, from: MsgId, limit: usize) -> Result<Vec<Message>>;
+    fn read(&self, appid: &str, uid: Uid, from: MsgId, limit: usize) -> Result<Vec<Message>> {
+        Ok(self.page(appid, uid, from, Limit::count(limit))?.msgs)
+    }
 
     /// The user's ack position: every msgid <= it has been received. 0 at first.
     fn acked(&self, appid: &str, uid: Uid) -> Result<MsgId>;

@@ -11,11 +11,9 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::api::error::error_response;
-use crate::api::{Api, Reply, Request, Sub};
-use crate::net::mailbox::CoreMsg;
-use crate::router::SubKey;
-use crate::store::MsgId;
+use crate::api::{Api, Request};
+use crate::bus::{CoreMsg, Reply, Sub, SubKey};
+use crate::http::response::error_response;
 
 /// Jobs that may wait for a worker. When it is full, reactors answer 503 at
 /// once instead of queueing without bound: past this many, a client would
@@ -25,13 +23,8 @@ pub const QUEUE_CAPACITY: usize = 64 * 1024;
 pub enum Job {
     /// A complete request from a connection.
     Request { origin: SubKey, req: Request },
-    /// A subscriber needs its stored messages from `sub.next` on; it knew
-    /// msgids up to `upto` exist when it asked.
-    Backfill {
-        origin: SubKey,
-        sub: Sub,
-        upto: MsgId,
-    },
+    /// A subscriber asks for the page of stored messages from `sub.next` on.
+    Page { origin: SubKey, sub: Sub },
 }
 
 pub fn queue() -> (Sender<Job>, Receiver<Job>) {
@@ -71,10 +64,10 @@ fn run(api: &Api, jobs: &Receiver<Job>) {
                     },
                 )
             }
-            Job::Backfill { origin, sub, upto } => {
-                let msgs = catch_unwind(AssertUnwindSafe(|| api.backfill(&sub))).unwrap_or(None);
+            Job::Page { origin, sub } => {
+                let page = catch_unwind(AssertUnwindSafe(|| api.page(&sub))).unwrap_or(None);
                 let conn = origin.conn;
-                (origin, CoreMsg::Backfill { conn, upto, msgs })
+                (origin, CoreMsg::Page { conn, page })
             }
         };
         api.router().mailbox(origin.core).send(msg);

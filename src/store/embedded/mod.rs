@@ -106,7 +106,7 @@ use crossbeam_channel::{RecvTimeoutError, Sender};
 use self::log::{Log, Record};
 use self::state::State;
 use super::{
-    unix_now, Gid, Message, MsgId, NewMessage, Once, Result, Store, StoreError, TokenInfo, Uid,
+    unix_now, Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store, StoreError, TokenInfo, Uid,
 };
 
 /// When the log is fsynced.
@@ -519,7 +519,7 @@ impl Store for EmbeddedStore {
         Ok(self.lock()?.state.get_token(selector))
     }
 
-    fn delete_token(&self, selector: &str) -> Result<()> {
+    fn delete_token(&self, _appid: &str, _uid: Uid, selector: &str) -> Result<()> {
         let mut inner = self.lock()?;
         if !inner.state.has_token(selector) {
             return Ok(());
@@ -559,8 +559,8 @@ impl Store for EmbeddedStore {
         Ok(ids.into_iter().map(Some).collect())
     }
 
-    fn read(&self, appid: &str, uid: Uid, from: MsgId, limit: usize) -> Result<Vec<Message>> {
-        self.lock()?.state.read(appid, uid, from, limit)
+    fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
+        self.lock()?.state.page(appid, uid, from, limit)
     }
 
     fn acked(&self, appid: &str, uid: Uid) -> Result<MsgId> {

@@ -13,7 +13,7 @@ use std::io;
 use std::sync::Arc;
 
 use super::log::Record;
-use crate::store::{Gid, Message, MsgId, StoreError, TokenInfo, Uid};
+use crate::store::{counted_size, Gid, Limit, Message, MsgId, Page, StoreError, TokenInfo, Uid};
 
 /// Tokens that expired more than this long ago are dropped by compaction.
 const TOKEN_GRACE_SECS: u64 = 24 * 3600;
@@ -265,21 +265,31 @@ impl State {
         self.once.len()
     }
 
-    /// Up to `limit` stored messages with msgid >= `from`, in order.
-    pub fn read(
+    /// Stored messages with msgid >= `from`, in order, within `limit`, and
+    /// the inbox's last msgid.
+    pub fn page(
         &self,
         appid: &str,
         uid: Uid,
         from: MsgId,
-        limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
-        let inbox = &self.user(appid, uid)?.inbox;
-        let start = inbox.partition_point(|e| e.msg.msgid < from);
-        Ok(inbox
-            .range(start..)
-            .take(limit)
-            .map(|e| e.msg.clone())
-            .collect())
+        limit: Limit,
+    ) -> Result<Page, StoreError> {
+        let user = self.user(appid, uid)?;
+        let start = user.inbox.partition_point(|e| e.msg.msgid < from);
+        let mut msgs = Vec::new();
+        let mut size = 0usize;
+        for e in user.inbox.range(start..).take(limit.count) {
+            size = size.saturating_add(counted_size(&e.msg.content));
+            // The first goes whatever its size.
+            if !msgs.is_empty() && size > limit.bytes {
+                break;
+            }
+            msgs.push(e.msg.clone());
+        }
+        Ok(Page {
+            msgs,
+            last: user.next_msgid - 1,
+        })
     }
 
     pub fn acked(&self, appid: &str, uid: Uid) -> Result<MsgId, StoreError> {

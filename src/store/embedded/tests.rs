@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
-use crate::store::{DATATYPE_GROUP, DATATYPE_SINGLE};
+use crate::store::{Message, DATATYPE_GROUP, DATATYPE_SINGLE};
 
 const APP: &str = "test";
 
@@ -93,7 +93,7 @@ fn populate(s: &EmbeddedStore) {
     s.ack(APP, 2, 1).unwrap();
     s.put_token("sel1", &token(1, 100)).unwrap();
     s.put_token("sel2", &token(2, 200)).unwrap();
-    s.delete_token("sel2").unwrap();
+    s.delete_token("app", 1, "sel2").unwrap();
 }
 
 const NAMES: &[&str] = &["alice", "bob", "carol", "nobody"];
@@ -173,11 +173,11 @@ fn tokens() {
     );
     s.put_token("x", &token(2, 50)).unwrap();
     assert_eq!(s.get_token("x").unwrap(), Some(token(2, 50)));
-    s.delete_token("x").unwrap();
+    s.delete_token("app", 1, "x").unwrap();
     assert_eq!(s.get_token("x").unwrap(), None);
     let len = s.log_len().unwrap();
-    s.delete_token("x").unwrap();
-    s.delete_token("never").unwrap();
+    s.delete_token("app", 1, "x").unwrap();
+    s.delete_token("app", 1, "never").unwrap();
     assert_eq!(
         s.log_len().unwrap(),
         len,

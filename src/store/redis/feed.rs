@@ -1,6 +1,7 @@
 //! The live feed: one thread per server process subscribed to the
 //! announcement channel, handing every announced append to the router, and
-//! to the logout channel, dropping logged-out tokens from the token cache.
+//! to the logout channel, dropping logged-out tokens from the token cache
+//! and ending the subscriptions held with them.
 //!
 //! Announcements come in the order Redis ran the appends, so per user in
 //! msgid order. When the subscription breaks (Redis restarted, network) the
@@ -16,8 +17,9 @@ use std::time::Duration;
 use crate::router::Router;
 use crate::store::NewMessage;
 
-use super::keys::{Announce, DELIVER_CHANNEL, UNTOKEN_CHANNEL};
+use super::keys::{parse_untoken, Announce, DELIVER_CHANNEL, UNTOKEN_CHANNEL};
 use super::RedisStore;
+use crate::auth;
 
 /// How often the blocked read wakes to check for shutdown.
 const STOP_CHECK: Duration = Duration::from_millis(200);
@@ -107,15 +109,25 @@ fn run(
         while !stop.load(Ordering::Acquire) {
             match pubsub.get_message() {
                 Ok(msg) if msg.get_channel_name() == UNTOKEN_CHANNEL => {
-                    if let Ok(selector) = std::str::from_utf8(msg.get_payload_bytes()) {
-                        store.tokens().forget(selector);
-                    }
+                    untoken(store, router, msg.get_payload_bytes());
                 }
                 Ok(msg) => deliver(router, msg.get_payload_bytes()),
                 Err(e) if e.is_timeout() => {}
                 Err(_) => break,
             }
         }
+    }
+}
+
+/// A logout on some node: the token leaves the cache, and the
+/// subscriptions held with it here end.
+fn untoken(store: &RedisStore, router: &Router, payload: &[u8]) {
+    let Some((owner, selector)) = parse_untoken(payload) else {
+        return;
+    };
+    store.tokens().forget(&selector);
+    if let Some((appid, uid)) = owner {
+        router.revoke(router.app_key(&appid), uid, auth::selector_tag(&selector));
     }
 }
 

@@ -8,9 +8,26 @@ use crate::store::{Gid, Message, MsgId, NewMessage, Uid};
 
 /// The pub/sub channel on which every append is announced to every node.
 pub const DELIVER_CHANNEL: &str = "hs:deliver";
-/// The pub/sub channel on which logouts announce a token's selector, so
-/// every node drops it from its token cache.
+/// The pub/sub channel on which logouts announce a token (see [`untoken`]),
+/// so every node drops it from its token cache and ends the subscriptions
+/// held with it.
 pub const UNTOKEN_CHANNEL: &str = "hs:untoken";
+
+/// A logout's announcement on [`UNTOKEN_CHANNEL`]: `[appid, uid, selector]`.
+pub fn untoken(appid: &str, uid: Uid, selector: &str) -> String {
+    serde_json::json!([appid, uid, selector]).to_string()
+}
+
+/// An announcement read back: `(appid, uid, selector)`. Servers before
+/// subscriptions ended on logout announced the bare selector: `None`
+/// owner then.
+pub fn parse_untoken(payload: &[u8]) -> Option<(Option<(String, Uid)>, String)> {
+    if let Ok((appid, uid, selector)) = serde_json::from_slice::<(String, Uid, String)>(payload) {
+        return Some((Some((appid, uid)), selector));
+    }
+    let selector = std::str::from_utf8(payload).ok()?;
+    Some((None, selector.to_owned()))
+}
 
 /// `hs:{a:APPID}:uids`: the last uid given out in an app (INCR).
 pub fn uid_counter(appid: &str) -> String {

@@ -24,7 +24,7 @@ use std::time::Duration;
 use redis::{ConnectionLike, RedisResult, Script};
 
 use crate::store::{
-    unix_now, Gid, Message, MsgId, NewMessage, Once, Result, Store, StoreError, TokenInfo, Uid,
+    unix_now, Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store, StoreError, TokenInfo, Uid,
 };
 
 pub use keys::DELIVER_CHANNEL;
@@ -48,6 +48,7 @@ pub struct RedisStore {
     inbox_cap: usize,
     append: Script,
     ack: Script,
+    page: Script,
 }
 
 impl RedisStore {
@@ -59,6 +60,7 @@ impl RedisStore {
             tokens: tokens::TokenCache::new(),
             append: Script::new(scripts::APPEND),
             ack: Script::new(scripts::ACK),
+            page: Script::new(scripts::PAGE),
         };
         store.pool.with(|c| redis::cmd("PING").query::<String>(c))?;
         Ok(store)
@@ -285,7 +287,8 @@ impl Store for RedisStore {
 
     /// Deletes the token, then tells every process (this one at once) to
     /// drop it from its token cache.
-    fn delete_token(&self, selector: &str) -> Result<()> {
+    fn delete_token(&self, appid: &str, uid: Uid, selector: &str) -> Result<()> {
+        let untoken = keys::untoken(appid, uid, selector);
         self.with(|c| {
             redis::pipe()
                 .cmd("DEL")
@@ -293,7 +296,7 @@ impl Store for RedisStore {
                 .ignore()
                 .cmd("PUBLISH")
                 .arg(keys::UNTOKEN_CHANNEL)
-                .arg(selector)
+                .arg(&untoken)
                 .ignore()
                 .exec(c)
         })?;
@@ -319,31 +322,28 @@ impl Store for RedisStore {
         self.append_scripts(appid, to, msg, Some(once))
     }
 
-    fn read(&self, appid: &str, uid: Uid, from: MsgId, limit: usize) -> Result<Vec<Message>> {
-        let (exists, members): (bool, Vec<Vec<u8>>) = self.with(|c| {
-            redis::pipe()
-                .cmd("EXISTS")
-                .arg(keys::user(appid, uid))
-                .cmd("ZRANGEBYSCORE")
-                .arg(keys::inbox(appid, uid))
+    fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
+        // Lua numbers are doubles: a cap past 2^53 means "no cap" anyway.
+        let bytes = limit.bytes.min(1 << 53);
+        let answer: redis::Value = self.with(|c| {
+            self.page
+                .key(keys::user(appid, uid))
+                .key(keys::inbox(appid, uid))
                 .arg(from)
-                .arg("+inf")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit)
-                .query(c)
+                .arg(limit.count)
+                .arg(bytes)
+                .invoke(c)
         })?;
-        if !exists {
-            return Err(StoreError::NoSuchUser(uid));
-        }
-        members
+        let corrupt = || StoreError::Unavailable(format!("a corrupt page of the inbox of {uid}"));
+        let (last, members): (MsgId, Vec<Vec<u8>>) = match answer {
+            redis::Value::Int(-1) => return Err(StoreError::NoSuchUser(uid)),
+            v => redis::from_redis_value(v).map_err(|_| corrupt())?,
+        };
+        let msgs = members
             .iter()
-            .map(|m| {
-                keys::decode_member(m).ok_or_else(|| {
-                    StoreError::Unavailable(format!("a corrupt message in the inbox of {uid}"))
-                })
-            })
-            .collect()
+            .map(|m| keys::decode_member(m).ok_or_else(corrupt))
+            .collect::<Result<_>>()?;
+        Ok(Page { msgs, last })
     }
 
     fn acked(&self, appid: &str, uid: Uid) -> Result<MsgId> {

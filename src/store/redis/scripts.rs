@@ -44,3 +44,23 @@ if e > cur then
 end
 return cur
 "#;
+
+/// Reads one page of an inbox and its last msgid at one instant.
+///
+/// KEYS[1] user hash, KEYS[2] inbox. ARGV[1] first msgid, ARGV[2] most
+/// messages, ARGV[3] most bytes (each member counts its length; the first
+/// is returned whatever its size). Returns `{last msgid, members}`, or -1
+/// if the user does not exist. Cutting by bytes here keeps a page of large
+/// messages from crossing the wire whole to be cut client-side.
+pub const PAGE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local last = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local ms = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+local cap, size, out = tonumber(ARGV[3]), 0, {}
+for i, m in ipairs(ms) do
+  size = size + #m
+  if i > 1 and size > cap then break end
+  out[i] = m
+end
+return {last, out}
+"#;

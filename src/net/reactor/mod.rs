@@ -6,6 +6,10 @@
 //! `WouldBlock`, with a cap on work per connection per wake-up. Complete
 //! requests go to the worker pool; answers and live messages come back
 //! through the reactor's [`Mailbox`]. A reactor never blocks on storage.
+//!
+//! What a stream or held poll is owed is not decided here: each has a
+//! [`Subscriber`](crate::delivery::subscriber::Subscriber), fed by
+//! `deliver.rs` with what happens and obeyed for what to write.
 
 use std::io;
 use std::sync::Arc;
@@ -16,17 +20,16 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::api::error::error_response;
-use crate::api::frame::{self, LiveMsg, LiveSuffix};
-use crate::api::{Reply, Request};
-use crate::http::chunked::{push_chunk, ChunkHeader, CHUNK_TRAILER, LAST_CHUNK};
+mod deliver;
+
+use crate::api::Request;
+use crate::bus::{ConnRef, CoreMsg, SubKey};
 use crate::http::request::{parse_head, Head, HttpError};
-use crate::http::response::{write_response, write_stream_head, CONTENT_JSON, CONTINUE};
-use crate::net::conn::{Conn, Input, State, Subscriber};
-use crate::net::mailbox::{ConnRef, CoreMsg, Mailbox, Target};
-use crate::net::timer::{Secs, TimerWheel, NEVER};
-use crate::router::{Router, SubKey};
-use crate::store::{Message, MsgId};
+use crate::http::response::{error_response, CONTINUE};
+use crate::net::conn::{Conn, Input, State};
+use crate::net::mailbox::Mailbox;
+use crate::net::timer::{after, Secs, TimerWheel, NEVER};
+use crate::router::Router;
 use crate::worker::Job;
 
 const LISTENER: Token = Token(0);
@@ -61,6 +64,13 @@ const KEEPALIVE_TIMEOUT: Secs = 60;
 const LINGER_TIMEOUT: Secs = 5;
 /// Seconds accepting pauses after the process ran out of file descriptors.
 const EMFILE_PAUSE: Secs = 1;
+/// Bytes a held poll reads ahead of its answer: requests pipelined behind
+/// it are kept and answered in order after it. Beyond this the reactor
+/// stops reading until the poll is answered (the kernel holds the rest).
+const PIPELINE_AHEAD: usize = 16 * 1024;
+/// Seconds a stopping server gives its connections to take their last
+/// answers and frames before it exits anyway.
+const SHUTDOWN_DRAIN: Secs = 5;
 
 /// What a reactor is told at start.
 #[derive(Clone, Debug)]
@@ -71,7 +81,9 @@ pub struct Settings {
     pub max_body: usize,
     pub heartbeat: Secs,
     pub poll_timeout: Secs,
-    pub page_size: usize,
+    /// Seconds queued output may make no progress before the connection
+    /// is closed.
+    pub send_timeout: Secs,
 }
 
 /// The sockets a reactor accepts on.
@@ -88,7 +100,7 @@ enum Accepting {
     Full,
     /// Out of file descriptors; retries at this tick.
     Until(Secs),
-    /// Shutting down.
+    /// Shutting down: the listeners are gone.
     Closed,
 }
 
@@ -111,7 +123,8 @@ pub struct Reactor {
     spare: Vec<Vec<u8>>,
     /// Connections with work left after their per-wake-up cap.
     again: Vec<usize>,
-    stopping: bool,
+    /// Set by `Shutdown`: the tick by which the loop exits, drained or not.
+    stopping: Option<Secs>,
 }
 
 impl Reactor {
@@ -152,15 +165,16 @@ impl Reactor {
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             spare: Vec::new(),
             again: Vec::new(),
-            stopping: false,
+            stopping: None,
         })
     }
 
-    /// Runs until a `Shutdown` message arrives.
+    /// Runs until a `Shutdown` message arrives and every connection has had
+    /// its last answer (or the drain time is up).
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut inbox_left = false;
-        while !self.stopping {
+        while !self.drained() {
             let accept_now = matches!(self.accepting, Accepting::Until(t) if t <= self.now);
             let timeout = if inbox_left || accept_now || !self.again.is_empty() {
                 Duration::ZERO
@@ -213,8 +227,18 @@ impl Reactor {
                 }
             }
         }
-        self.shutdown();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key);
+        }
         Ok(())
+    }
+
+    /// Whether a stopping reactor is done: every connection is gone, or
+    /// the drain time is up.
+    fn drained(&self) -> bool {
+        self.stopping
+            .is_some_and(|until| self.conns.is_empty() || self.now >= until)
     }
 
     // ---- accepting ----
@@ -260,7 +284,7 @@ impl Reactor {
                     let mut conn = Conn::new(sock, self.next_gen);
                     conn.admin = admin;
                     entry.insert(conn);
-                    self.set_deadline(key, self.now + KEEPALIVE_TIMEOUT);
+                    self.set_deadline(key, after(self.now, KEEPALIVE_TIMEOUT));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) if admin => return,
@@ -284,21 +308,79 @@ impl Reactor {
 
     /// Does what a connection's readiness and state allow.
     fn drive(&mut self, key: usize) {
-        let conn = &mut self.conns[key];
-        if !conn.out_empty() && !conn.flush() {
-            return self.close(key);
+        if !self.flush(key) {
+            return;
         }
-        if conn.out_empty() && conn.close_after_flush {
-            return self.linger(key);
+        let conn = &self.conns[key];
+        if conn.close_after_flush {
+            if conn.out_empty() {
+                self.linger(key);
+            }
+            return;
         }
+        if let State::Subscribed(_) = conn.state {
+            // The socket may have drained below the low-water mark.
+            if !self.pump(key) {
+                return;
+            }
+        }
+        let conn = &self.conns[key];
         if !conn.readable {
             return;
         }
-        match conn.state {
+        match &conn.state {
             State::Reading => self.read_request(key),
             // The request's answer comes first; the rest waits in the kernel.
             State::Waiting { .. } => {}
-            State::Stream(_) | State::Poll(_) | State::Linger => self.discard_input(key),
+            State::Subscribed(s) if s.kind().is_poll() => self.read_ahead(key),
+            State::Subscribed(_) | State::Linger => self.discard_input(key),
+        }
+    }
+
+    /// Writes what is queued. Returns false if that closed the connection.
+    fn flush(&mut self, key: usize) -> bool {
+        let conn = &mut self.conns[key];
+        if conn.out_empty() {
+            return true;
+        }
+        match conn.flush() {
+            None => {
+                self.close(key);
+                false
+            }
+            Some(n) => {
+                if n > 0 {
+                    conn.progress_at = self.now;
+                }
+                if conn.out_empty() {
+                    // The state's own deadline applies again.
+                    self.rearm(key);
+                }
+                true
+            }
+        }
+    }
+
+    /// Writes `parts` to a connection, queueing what the socket refuses.
+    /// Returns false if the connection failed (and was closed).
+    fn write(&mut self, key: usize, parts: &[&[u8]]) -> bool {
+        let conn = &mut self.conns[key];
+        let was_empty = conn.out_empty();
+        match conn.send(parts) {
+            None => {
+                self.close(key);
+                false
+            }
+            Some(n) => {
+                if n > 0 || was_empty {
+                    conn.progress_at = self.now;
+                }
+                if was_empty && !conn.out_empty() {
+                    // Watch that the queue makes progress.
+                    self.rearm(key);
+                }
+                true
+            }
         }
     }
 
@@ -334,7 +416,7 @@ impl Reactor {
                         let mut buf = take_buffer(&mut self.spare);
                         buf.extend_from_slice(&self.scratch[..n]);
                         self.conns[key].inbuf = buf;
-                        self.set_deadline(key, self.now + REQUEST_TIMEOUT);
+                        self.set_deadline(key, after(self.now, REQUEST_TIMEOUT));
                         self.maybe_continue(key, head);
                     }
                 }
@@ -375,9 +457,7 @@ impl Reactor {
         let conn = &mut self.conns[key];
         if head.is_some_and(|h| h.expect_continue) && !conn.continue_sent {
             conn.continue_sent = true;
-            if !conn.send(&[CONTINUE]) {
-                self.close(key);
-            }
+            self.write(key, &[CONTINUE]);
         }
     }
 
@@ -389,7 +469,10 @@ impl Reactor {
         conn.armed_at = NEVER; // entries under the old gen are stale now
         conn.deadline = NEVER;
         conn.continue_sent = false;
-        conn.state = State::Waiting { seen: 0 };
+        conn.state = State::Waiting {
+            seen: 0,
+            revoked: false,
+        };
         let admin = conn.admin;
         let origin = self.sub_key(key);
         let job = Job::Request {
@@ -411,22 +494,24 @@ impl Reactor {
 
     /// Writes a whole response and moves on: next request, or close.
     fn answer(&mut self, key: usize, bytes: &[u8], keep_alive: bool) {
-        if !self.conns[key].send(&[bytes]) {
-            return self.close(key);
+        if self.write(key, &[bytes]) {
+            self.finish_request(key, keep_alive);
         }
-        self.finish_request(key, keep_alive);
     }
 
+    /// The request (or subscription) is answered: on to the next request,
+    /// or close once the answer is out (always, when stopping).
     fn finish_request(&mut self, key: usize, keep_alive: bool) {
+        let stopping = self.stopping.is_some();
         let conn = &mut self.conns[key];
-        if !keep_alive {
+        conn.state = State::Reading;
+        if !keep_alive || stopping {
             conn.close_after_flush = true;
             if conn.out_empty() {
                 self.linger(key);
             }
             return;
         }
-        conn.state = State::Reading;
         let deadline = if conn.inbuf.is_empty() {
             KEEPALIVE_TIMEOUT
         } else {
@@ -436,7 +521,7 @@ impl Reactor {
             // Pipelined requests, or bytes left in the kernel.
             self.again.push(key);
         }
-        self.set_deadline(key, self.now + deadline);
+        self.set_deadline(key, after(self.now, deadline));
     }
 
     /// Shuts the write side and drains what the client still sends, so it
@@ -448,8 +533,30 @@ impl Reactor {
         conn.close_after_flush = false;
         let _ = conn.sock.shutdown(std::net::Shutdown::Write);
         give_buffer(&mut self.spare, std::mem::take(&mut conn.inbuf));
-        self.set_deadline(key, self.now + LINGER_TIMEOUT);
+        self.set_deadline(key, after(self.now, LINGER_TIMEOUT));
         self.discard_input(key);
+    }
+
+    /// Reads what a client pipelines behind its held poll into the
+    /// connection's buffer, up to [`PIPELINE_AHEAD`]; it is parsed once
+    /// the poll is answered. EOF closes the connection (and the poll).
+    fn read_ahead(&mut self, key: usize) {
+        for _ in 0..READS_PER_WAKE {
+            let conn = &mut self.conns[key];
+            if conn.inbuf.len() >= PIPELINE_AHEAD {
+                return; // the rest waits in the kernel
+            }
+            let n = match conn.read(&mut self.scratch) {
+                Input::Data(n) => n,
+                Input::Drained => return,
+                Input::Closed => return self.close(key),
+            };
+            if conn.inbuf.is_empty() {
+                conn.inbuf = take_buffer(&mut self.spare);
+            }
+            conn.inbuf.extend_from_slice(&self.scratch[..n]);
+        }
+        self.again.push(key);
     }
 
     /// Reads and drops input (streams, held polls, lingering closes); EOF
@@ -480,9 +587,9 @@ impl Reactor {
 
     /// Removes a stream's or held poll's subscription from the router.
     fn unsubscribe(&mut self, key: usize) {
-        if let State::Stream(s) | State::Poll(s) = self.conns[key].state {
-            self.router
-                .unsubscribe(s.sub.app, s.sub.uid, self.sub_key(key));
+        if let State::Subscribed(s) = &self.conns[key].state {
+            let (app, uid) = (s.app, s.uid);
+            self.router.unsubscribe(app, uid, self.sub_key(key));
         }
     }
 
@@ -507,9 +614,23 @@ impl Reactor {
 
     // ---- timers ----
 
+    /// Sets the tick at which the connection's state times out.
     fn set_deadline(&mut self, key: usize, at: Secs) {
+        self.conns[key].deadline = at;
+        self.rearm(key);
+    }
+
+    /// Makes sure the wheel fires for this connection by its deadline, and
+    /// while output is queued, by the tick its send timeout would pass.
+    /// Moving a deadline later costs nothing: the entry fires early and is
+    /// re-armed.
+    fn rearm(&mut self, key: usize) {
+        let send_timeout = self.set.send_timeout;
         let conn = &mut self.conns[key];
-        conn.deadline = at;
+        let mut at = conn.deadline;
+        if !conn.out_empty() {
+            at = at.min(after(conn.progress_at, send_timeout));
+        }
         if at < conn.armed_at {
             let r = ConnRef {
                 slot: key as u32,
@@ -526,9 +647,19 @@ impl Reactor {
             return; // a stale entry: a newer one is armed
         }
         conn.armed_at = NEVER;
+        if !conn.out_empty() {
+            // While output is queued only the send timeout applies: a
+            // connection is never closed for being slow, only for being
+            // stuck. The state's own deadline applies once it drains.
+            if self.now >= after(conn.progress_at, self.set.send_timeout) {
+                return self.close(key);
+            }
+            if !matches!(conn.state, State::Subscribed(_)) {
+                return self.rearm(key);
+            }
+        }
         if conn.deadline > self.now {
-            let at = conn.deadline;
-            return self.set_deadline(key, at);
+            return self.rearm(key);
         }
         match conn.state {
             State::Reading if conn.inbuf.is_empty() => self.close(key),
@@ -537,9 +668,7 @@ impl Reactor {
                 self.answer(key, &bytes, false);
             }
             State::Waiting { .. } => {}
-            State::Stream(_) | State::Poll(_) => {
-                self.send_frame(key, &[frame::NOOP]);
-            }
+            State::Subscribed(_) => self.subscriber_timer(key),
             State::Linger => self.close(key),
         }
     }
@@ -563,243 +692,26 @@ impl Reactor {
                         self.deliver(&msg, t);
                     }
                 }
-                CoreMsg::Backfill { conn, upto, msgs } => self.on_backfill(conn, upto, msgs),
-                CoreMsg::Shutdown => self.stopping = true,
+                CoreMsg::Page { conn, page } => self.on_page(conn, page),
+                CoreMsg::Revoke { conn } => self.on_revoke(conn),
+                CoreMsg::Shutdown => self.begin_shutdown(),
             }
         }
-        true
-    }
-
-    fn on_reply(&mut self, r: ConnRef, reply: Reply) {
-        let Some(key) = self.lookup(r) else {
-            // The connection went away while its request was at a worker;
-            // a subscription made for it must not outlive it.
-            if let Reply::Stream { sub, .. } | Reply::Poll { sub, .. } = reply {
-                let origin = SubKey {
-                    core: self.set.core,
-                    conn: r,
-                };
-                self.router.unsubscribe(sub.app, sub.uid, origin);
-            }
-            return;
-        };
-        let seen = match self.conns[key].state {
-            State::Waiting { seen } => seen,
-            _ => 0,
-        };
-        match reply {
-            Reply::Http { bytes, keep_alive } => self.answer(key, &bytes, keep_alive),
-            Reply::StreamRefused { frame, keep_alive } => {
-                let mut bytes = Vec::with_capacity(256);
-                write_stream_head(&mut bytes);
-                push_chunk(&mut bytes, frame);
-                bytes.extend_from_slice(LAST_CHUNK);
-                self.answer(key, &bytes, keep_alive);
-            }
-            Reply::Stream { sub, backlog, more } => {
-                // The state first: closing a Stream drops its subscription.
-                self.conns[key].state = State::Stream(Subscriber::new(sub, seen, true));
-                let mut head = Vec::with_capacity(160);
-                write_stream_head(&mut head);
-                if !self.conns[key].send(&[&head]) {
-                    return self.close(key);
-                }
-                self.set_deadline(key, self.now + self.set.heartbeat);
-                if self.write_batch(key, backlog) {
-                    self.catch_up(key, more);
-                }
-            }
-            Reply::Poll {
-                sub,
-                backlog,
-                keep_alive,
-            } => {
-                self.conns[key].state = State::Poll(Subscriber::new(sub, seen, keep_alive));
-                self.set_deadline(key, self.now + self.set.poll_timeout);
-                if self.write_batch(key, backlog) {
-                    self.catch_up(key, false);
-                }
-            }
-        }
-    }
-
-    /// A live message for one subscriber.
-    fn deliver(&mut self, msg: &LiveMsg, t: Target) {
-        let Some(key) = self.lookup(t.conn) else {
-            return;
-        };
-        let s = match &mut self.conns[key].state {
-            State::Waiting { seen } => {
-                *seen = (*seen).max(t.msgid);
-                return;
-            }
-            State::Stream(s) | State::Poll(s) => s,
-            _ => return,
-        };
-        if t.msgid < s.sub.next {
-            return; // already sent (by a backfill): never twice
-        }
-        if t.msgid > s.sub.next || s.backfilling {
-            // A gap: messages before this one must come from the store first.
-            s.seen = s.seen.max(t.msgid);
-            return self.catch_up(key, false);
-        }
-        s.sub.next += 1;
-        let suffix = LiveSuffix::new(t.msgid, s.sub.uid);
-        self.send_frame(key, &[frame::DATA_OPEN, msg.prefix(), suffix.as_bytes()]);
-    }
-
-    /// Stored messages a worker read from `sub.next` on, for a subscriber
-    /// that was behind; `upto` is what it knew existed when it asked.
-    fn on_backfill(&mut self, r: ConnRef, upto: MsgId, msgs: Option<Vec<Message>>) {
-        let Some(key) = self.lookup(r) else { return };
-        let (State::Stream(s) | State::Poll(s)) = &mut self.conns[key].state else {
-            return;
-        };
-        s.backfilling = false;
-        let Some(msgs) = msgs else {
-            // The store failed (or lost this user): end the subscription
-            // cleanly; the client comes back by seq and hears why (503, or
-            // a 401 frame if its token is gone too).
-            return self.end_subscription(key);
-        };
-        let more = msgs.len() >= self.set.page_size;
-        if !self.write_batch(key, msgs) {
-            return;
-        }
-        if let State::Stream(s) | State::Poll(s) = &self.conns[key].state {
-            // Everything up to `upto` was committed before the read, so what
-            // the read did not find is no longer stored (acked elsewhere, or
-            // dropped by the inbox cap): say so, and move past it.
-            if !more && s.sub.next <= upto && !self.skip_to(key, upto) {
-                return;
-            }
-        }
-        self.catch_up(key, more);
-    }
-
-    /// Sends stored messages the client is owed to a stream or held poll.
-    /// Returns false if that ended the subscription (a poll was answered or
-    /// the connection closed).
-    fn write_batch(&mut self, key: usize, mut msgs: Vec<Message>) -> bool {
-        let (State::Stream(s) | State::Poll(s)) = &mut self.conns[key].state else {
-            return false;
-        };
-        msgs.retain(|m| m.msgid >= s.sub.next);
-        let Some(first) = msgs.first() else {
-            return true;
-        };
-        if first.msgid > s.sub.next && !self.skip_to(key, first.msgid - 1) {
-            return false;
-        }
-        let (State::Stream(s) | State::Poll(s)) = &mut self.conns[key].state else {
-            return false;
-        };
-        s.sub.next = msgs.last().map_or(s.sub.next, |m| m.msgid + 1);
-        let mut body = Vec::with_capacity(128 * msgs.len());
-        frame::data_frame(&mut body, &msgs, s.sub.uid);
-        self.send_frame(key, &[&body])
-    }
-
-    /// Sends one frame (made of `parts`) to a subscriber: a chunk on a
-    /// stream, which goes on (true); the whole answer of a held poll, which
-    /// ends it (false).
-    fn send_frame(&mut self, key: usize, parts: &[&[u8]]) -> bool {
-        let keep_alive = match self.conns[key].state {
-            State::Stream(_) => return self.send_chunk(key, parts),
-            State::Poll(s) => s.keep_alive,
-            _ => return false,
-        };
-        self.unsubscribe(key);
-        let body = parts.concat();
-        let mut bytes = Vec::with_capacity(160 + body.len());
-        write_response(&mut bytes, 200, CONTENT_JSON, &body, keep_alive);
-        self.answer(key, &bytes, keep_alive);
-        false
-    }
-
-    /// Tells a subscriber that msgids up to `endid` are gone (a `trimmed`
-    /// frame) and moves it past them. A stream goes on (true); a held poll
-    /// is answered with the frame and ends (false).
-    fn skip_to(&mut self, key: usize, endid: MsgId) -> bool {
-        let (State::Stream(s) | State::Poll(s)) = &mut self.conns[key].state else {
-            return false;
-        };
-        s.sub.next = endid + 1;
-        let mut body = Vec::with_capacity(64);
-        frame::trimmed_frame(&mut body, endid, s.sub.uid);
-        self.send_frame(key, &[&body])
-    }
-
-    /// Ends a stream with its last chunk, or answers a held poll with 503,
-    /// then closes the connection lingering.
-    fn end_subscription(&mut self, key: usize) {
-        self.unsubscribe(key);
-        let bytes = match self.conns[key].state {
-            State::Stream(_) => LAST_CHUNK.to_vec(),
-            _ => error_response(503, "store unavailable", false),
-        };
-        self.answer(key, &bytes, false);
-    }
-
-    /// Asks a worker for the stored messages a subscriber is owed: when
-    /// `more` may be stored, or when a live message showed a gap. One
-    /// backfill at a time; live messages meanwhile only raise `seen`.
-    fn catch_up(&mut self, key: usize, more: bool) {
-        let origin = self.sub_key(key);
-        let (State::Stream(s) | State::Poll(s)) = &mut self.conns[key].state else {
-            return;
-        };
-        if s.backfilling || !(more || s.behind()) {
-            return;
-        }
-        s.backfilling = true;
-        let job = Job::Backfill {
-            origin,
-            sub: s.sub,
-            upto: s.seen,
-        };
-        if self.jobs.try_send(job).is_err() {
-            // The workers are swamped: end it; the client resumes by seq.
-            self.close(key);
-        }
-    }
-
-    /// Deliveries were dropped (the inbox was full): every subscriber asks
-    /// the store for what it may have missed.
-    fn catch_up_everyone(&mut self) {
-        let keys: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.state, State::Stream(_) | State::Poll(_)))
-            .map(|(k, _)| k)
-            .collect();
-        for key in keys {
-            self.catch_up(key, true);
-        }
-    }
-
-    /// Writes one chunk made of `parts` with one vectored write: the chunk
-    /// header from the stack, the payload where it already is. Resets the
-    /// heartbeat. Returns false if the connection was closed.
-    fn send_chunk(&mut self, key: usize, parts: &[&[u8]]) -> bool {
-        let len = parts.iter().map(|p| p.len()).sum();
-        let header = ChunkHeader::new(len);
-        let mut all: [&[u8]; 6] = [&[]; 6];
-        all[0] = header.as_bytes();
-        all[1..=parts.len()].copy_from_slice(parts);
-        all[parts.len() + 1] = CHUNK_TRAILER;
-        if !self.conns[key].send(&all[..parts.len() + 2]) {
-            self.close(key);
-            return false;
-        }
-        self.set_deadline(key, self.now + self.set.heartbeat);
         true
     }
 
     // ---- shutdown ----
 
-    fn shutdown(&mut self) {
+    /// Stops accepting and gives everyone their last word: held polls
+    /// answer `noop`, streams end with their last chunk, idle connections
+    /// close, requests at a worker get their answer (then close). The loop
+    /// then runs until every connection is gone or [`SHUTDOWN_DRAIN`]
+    /// seconds have passed.
+    fn begin_shutdown(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.stopping = Some(after(self.now, SHUTDOWN_DRAIN));
         for mut l in [self.listener.take(), self.admin.take()]
             .into_iter()
             .flatten()
@@ -809,12 +721,13 @@ impl Reactor {
         self.accepting = Accepting::Closed;
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            if let State::Stream(_) = self.conns[key].state {
-                // End the chunked body so the client sees a clean end.
-                let _ = self.conns[key].send(&[LAST_CHUNK]);
-                let _ = self.conns[key].flush();
+            let conn = &self.conns[key];
+            match conn.state {
+                State::Subscribed(_) => self.end_subscriber(key),
+                State::Reading if conn.out_empty() => self.close(key),
+                State::Reading => self.conns[key].close_after_flush = true,
+                State::Waiting { .. } | State::Linger => {}
             }
-            self.close(key);
         }
     }
 }

@@ -1,0 +1,197 @@
+//! How a subscriber's frames go on the wire: one chunk each on an HTTP/1.1
+//! stream, back to back on an HTTP/1.0 stream (whose body ends with the
+//! connection, as RFC 9112 requires: a 1.0 client knows no chunked
+//! coding), and as a whole response for a held poll.
+//!
+//! Pure bytes: the reactor writes a frame as `head`, the frame's parts
+//! where they already are, and `tail`, in one vectored write.
+
+use crate::delivery::subscriber::Step;
+use crate::http::chunked::{ChunkHeader, CHUNK_TRAILER, LAST_CHUNK};
+use crate::http::response::{write_response_head, write_stream_head, CONTENT_JSON};
+
+/// The kind of subscription, and so its framing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// An HTTP/1.1 stream: `Transfer-Encoding: chunked`, a chunk a frame,
+    /// the last chunk at the end.
+    Chunked,
+    /// An HTTP/1.0 stream: frames back to back; the close ends the body.
+    Raw,
+    /// A held long-poll: its first frame is the whole answer.
+    Poll { keep_alive: bool },
+}
+
+/// What goes around one frame.
+#[derive(Debug)]
+pub struct Wire {
+    head: Head,
+    tail: &'static [u8],
+}
+
+#[derive(Debug)]
+enum Head {
+    Chunk(ChunkHeader),
+    Nothing,
+    /// A poll's response head (status line, `Content-Length`).
+    Answer(Vec<u8>),
+}
+
+impl Kind {
+    /// A stream for a request of this HTTP version.
+    pub fn stream(http10: bool) -> Kind {
+        if http10 {
+            Kind::Raw
+        } else {
+            Kind::Chunked
+        }
+    }
+
+    pub fn is_poll(self) -> bool {
+        matches!(self, Kind::Poll { .. })
+    }
+
+    /// Appends the response head a stream starts with (polls have none of
+    /// their own: each answer carries its head).
+    pub fn write_head(self, out: &mut Vec<u8>) {
+        match self {
+            Kind::Chunked => write_stream_head(out, true),
+            Kind::Raw => write_stream_head(out, false),
+            Kind::Poll { .. } => {}
+        }
+    }
+
+    /// What goes around a frame of `len` bytes (not 0).
+    pub fn wire(self, len: usize) -> Wire {
+        match self {
+            Kind::Chunked => Wire {
+                head: Head::Chunk(ChunkHeader::new(len)),
+                tail: CHUNK_TRAILER,
+            },
+            Kind::Raw => Wire {
+                head: Head::Nothing,
+                tail: b"",
+            },
+            Kind::Poll { keep_alive } => {
+                let mut head = Vec::with_capacity(160);
+                write_response_head(&mut head, 200, CONTENT_JSON, len, keep_alive);
+                Wire {
+                    head: Head::Answer(head),
+                    tail: b"",
+                }
+            }
+        }
+    }
+
+    /// Whether the subscription goes on after a frame.
+    pub fn step(self) -> Step {
+        match self {
+            Kind::Poll { keep_alive } => Step::Done { keep_alive },
+            Kind::Chunked | Kind::Raw => Step::Continue,
+        }
+    }
+
+    /// Appends what ends a stream's body: the last chunk of a chunked one.
+    /// An HTTP/1.0 stream ends with the close; a poll with its answer.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if let Kind::Chunked = self {
+            out.extend_from_slice(LAST_CHUNK);
+        }
+    }
+
+    /// Appends how the subscription ends when the server cannot serve it:
+    /// a stream ends its body (the client resumes by seq), a poll answers
+    /// with the error.
+    pub fn fail(self, status: u16, msg: &str, out: &mut Vec<u8>) -> Step {
+        match self {
+            Kind::Poll { .. } => {
+                crate::http::response::write_error(out, status, msg, false);
+            }
+            _ => self.finish(out),
+        }
+        Step::Done { keep_alive: false }
+    }
+}
+
+impl Wire {
+    pub fn head(&self) -> &[u8] {
+        match &self.head {
+            Head::Chunk(c) => c.as_bytes(),
+            Head::Nothing => b"",
+            Head::Answer(h) => h,
+        }
+    }
+
+    pub fn tail(&self) -> &'static [u8] {
+        self.tail
+    }
+
+    /// Appends the whole frame, `body` wrapped.
+    pub fn write(&self, body: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(self.head());
+        out.extend_from_slice(body);
+        out.extend_from_slice(self.tail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_frames_its_way() {
+        // (kind, frame, expected bytes, step after it)
+        let cases: &[(Kind, &[u8], &[u8], Step)] = &[
+            (Kind::Chunked, b"{}\n", b"3\r\n{}\n\r\n", Step::Continue),
+            (Kind::Raw, b"{}\n", b"{}\n", Step::Continue),
+            (
+                Kind::Poll { keep_alive: true },
+                b"{}\n",
+                b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n{}\n",
+                Step::Done { keep_alive: true },
+            ),
+            (
+                Kind::Poll { keep_alive: false },
+                b"x",
+                b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+                Step::Done { keep_alive: false },
+            ),
+        ];
+        for &(kind, body, want, step) in cases {
+            let mut out = Vec::new();
+            kind.wire(body.len()).write(body, &mut out);
+            assert_eq!(out, want, "{kind:?}: {}", String::from_utf8_lossy(&out));
+            assert_eq!(kind.step(), step, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn heads_and_ends() {
+        let mut chunked = Vec::new();
+        Kind::stream(false).write_head(&mut chunked);
+        assert!(chunked
+            .windows(26)
+            .any(|w| w == b"Transfer-Encoding: chunked"));
+        Kind::Chunked.finish(&mut chunked);
+        assert!(chunked.ends_with(LAST_CHUNK));
+
+        let mut raw = Vec::new();
+        Kind::stream(true).write_head(&mut raw);
+        let text = String::from_utf8(raw.clone()).unwrap();
+        assert!(!text.contains("Transfer-Encoding"), "{text}");
+        assert!(text.contains("Connection: close\r\n"), "{text}");
+        Kind::Raw.finish(&mut raw);
+        assert_eq!(
+            raw,
+            text.as_bytes(),
+            "a 1.0 stream ends with the close alone"
+        );
+
+        let mut poll = Vec::new();
+        Kind::Poll { keep_alive: true }.write_head(&mut poll);
+        assert!(poll.is_empty());
+        let step = Kind::Poll { keep_alive: true }.fail(503, "store unavailable", &mut poll);
+        assert!(poll.starts_with(b"HTTP/1.1 503 "), "{poll:?}");
+        assert_eq!(step, Step::Done { keep_alive: false });
+    }
+}
