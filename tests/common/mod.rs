@@ -139,6 +139,8 @@ pub struct Opts {
     /// `Some(key)`: run the admin listener on a free loopback port, with
     /// `--admin-key` when the key is not empty.
     admin: Option<String>,
+    /// Any other flags, as given to [`Opts::flag`].
+    extra: Vec<String>,
 }
 
 impl Opts {
@@ -187,6 +189,12 @@ impl Opts {
         self.admin = Some(key.to_string());
         self
     }
+    /// Any other server flag, e.g. `.flag("--page-bytes", 4096)`.
+    pub fn flag(mut self, name: &str, value: impl ToString) -> Self {
+        self.extra.push(name.to_string());
+        self.extra.push(value.to_string());
+        self
+    }
 
     fn args(&self) -> Vec<String> {
         let flags = [
@@ -216,6 +224,7 @@ impl Opts {
             .into_iter()
             .filter_map(|(flag, value)| value.map(|v| [flag.to_string(), v]))
             .flatten()
+            .chain(self.extra.iter().cloned())
             .collect()
     }
 }
@@ -304,6 +313,11 @@ impl Server {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The server's process id (for its memory use in /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is not running").id()
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -527,7 +541,19 @@ impl Head {
 pub struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Reads are paced to this many bytes per second (a slow link).
+    pace: Option<Pace>,
 }
+
+/// A reader's speed limit: it has read `read` bytes since `since`.
+struct Pace {
+    bytes_per_sec: u64,
+    since: Instant,
+    read: u64,
+}
+
+/// Most bytes a paced reader takes per read: small steps keep the pace even.
+const PACED_READ: usize = 8 * 1024;
 
 impl Conn {
     pub fn connect(addr: SocketAddr) -> Conn {
@@ -537,6 +563,30 @@ impl Conn {
         Conn {
             stream,
             buf: Vec::new(),
+            pace: None,
+        }
+    }
+
+    /// A client on a slow link: a receive buffer of `rcvbuf` bytes (set
+    /// before connecting, so the window is small from the start) and reads
+    /// paced to `bytes_per_sec`. The server's socket fills up and its own
+    /// flow control is what is tested.
+    pub fn connect_slow(addr: SocketAddr, rcvbuf: usize, bytes_per_sec: u64) -> Conn {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
+        sock.set_recv_buffer_size(rcvbuf).expect("set SO_RCVBUF");
+        sock.connect_timeout(&addr.into(), WAIT)
+            .unwrap_or_else(|e| panic!("connect to haoshuo at {addr}: {e}"));
+        let stream: TcpStream = sock.into();
+        stream.set_nodelay(true).expect("set TCP_NODELAY");
+        Conn {
+            stream,
+            buf: Vec::new(),
+            pace: Some(Pace {
+                bytes_per_sec,
+                since: Instant::now(),
+                read: 0,
+            }),
         }
     }
 
@@ -555,10 +605,21 @@ impl Conn {
             .set_read_timeout(Some(wait))
             .expect("set read timeout");
         let mut chunk = [0u8; 16 * 1024];
-        match self.stream.read(&mut chunk) {
+        let mut want = chunk.len();
+        if let Some(pace) = &self.pace {
+            // The link's speed: not before the bytes so far are "due".
+            let due =
+                pace.since + Duration::from_secs_f64(pace.read as f64 / pace.bytes_per_sec as f64);
+            thread::sleep(due.saturating_duration_since(Instant::now()));
+            want = PACED_READ;
+        }
+        match self.stream.read(&mut chunk[..want]) {
             Ok(0) => Err(ReadEnd::Eof),
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
+                if let Some(pace) = &mut self.pace {
+                    pace.read += n as u64;
+                }
                 Ok(())
             }
             Err(e) => match e.kind() {
@@ -615,6 +676,16 @@ impl Conn {
     /// Reads one chunk of a chunked body; an empty payload is the last chunk.
     fn read_chunk(&mut self, timeout: Duration) -> Result<Vec<u8>, ReadEnd> {
         self.read_item(Instant::now() + timeout, parse_chunk)
+    }
+
+    /// Reads one `\n`-terminated JSON frame of a close-delimited (HTTP/1.0)
+    /// stream body; `None` if none came within `timeout` or the body ended.
+    pub fn read_line(&mut self, timeout: Duration) -> Option<Value> {
+        let line = self.read_item(Instant::now() + timeout, |buf| {
+            let end = buf.iter().position(|&b| b == b'\n')?;
+            Some((end + 1, buf[..=end].to_vec()))
+        });
+        line.ok().map(|l| parse_frame(&l))
     }
 
     /// True once the server closes the connection within `timeout`; bytes
@@ -1238,13 +1309,18 @@ impl StreamClient {
     /// Sends `GET /cget/stream?<query>` and reads the head: `Ok` for a
     /// `200` chunked stream, `Err` with the whole response otherwise.
     pub fn connect(addr: SocketAddr, query: &str) -> Result<StreamClient, Response> {
+        Self::connect_on(Conn::connect(addr), query)
+    }
+
+    /// Like [`StreamClient::connect`], on a connection of the caller's
+    /// (e.g. [`Conn::connect_slow`]).
+    pub fn connect_on(mut conn: Conn, query: &str) -> Result<StreamClient, Response> {
         let param = |name: &str| {
             query
                 .split('&')
                 .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
                 .and_then(|v| v.parse::<u64>().ok())
         };
-        let mut conn = Conn::connect(addr);
         conn.send(&request_bytes(
             "GET",
             &format!("/cget/stream?{query}"),

@@ -59,6 +59,9 @@ impl Reactor {
         s.kind.write_head(&mut out);
         let step = if revoked {
             sub.on_revoked(&mut out)
+        } else if self.stopping.is_some() {
+            // Answered while the server stops: said goodbye at once.
+            sub.on_shutdown(&mut out)
         } else {
             sub.on_page(&s.page, &mut out)
         };
