@@ -21,6 +21,9 @@
 
 mod redis;
 pub use redis::RedisServer;
+mod proxy;
+#[allow(unused_imports)] // only tests/proxies.rs puts proxies in front
+pub use proxy::{Proxy, ProxyKind};
 
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
