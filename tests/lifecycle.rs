@@ -89,11 +89,17 @@ fn a_request_pipelined_behind_a_held_poll_is_answered_after_it(backend: Backend)
     );
     let pull = form_body(&pull_body(&alice));
     let pull = request_bytes("POST", "/pull", &[("Content-Type", FORM)], pull.as_bytes());
-    // Both requests in one write: the poll is held, the pull waits behind it.
-    conn.send(&[poll.as_slice(), pull.as_slice()].concat());
+    // The poll first; once it is held (it does not answer), the pull
+    // arrives behind it on the same connection.
+    conn.send(&poll);
     assert!(
         conn.try_read_response(QUIET).is_err(),
         "the held poll answered early"
+    );
+    conn.send(&pull);
+    assert!(
+        conn.try_read_response(QUIET).is_err(),
+        "answered before the held poll"
     );
     api.send(&bob, alice.uid, "hello");
     let answer = conn.read_response(WAIT);

@@ -6,7 +6,7 @@
 //! [`Router::publish`], which groups the deliveries by reactor and hands each
 //! reactor one batch through its [`Mailbox`]. The router never touches a
 //! socket or the store; ordering and gap repair are the reactor's (a
-//! subscriber tracks the next msgid it owes and backfills from the store).
+//! subscriber tracks the next msgid it owes and reads pages from the store).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -326,6 +326,11 @@ impl Reactor {
         }
         let conn = &self.conns[key];
         if !conn.readable {
+            // Requests read ahead (behind a held poll, or pipelined) are
+            // parsed even when the socket has nothing new.
+            if matches!(conn.state, State::Reading) && !conn.inbuf.is_empty() {
+                self.read_request(key);
+            }
             return;
         }
         match &conn.state {
