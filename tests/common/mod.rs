@@ -106,7 +106,9 @@ pub(crate) use backend_tests;
 // Server process
 // ---------------------------------------------------------------------------
 
-/// `--fsync` policy of the embedded store.
+/// When the store's log reaches the disk: `--fsync` of the embedded store;
+/// on the Redis backend, the `appendfsync` the harness starts its
+/// redis-server with (haoshuo's own `--fsync` does not apply to Redis).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fsync {
     Always,
@@ -136,6 +138,8 @@ pub struct Opts {
     inbox_cap: Option<u32>,
     max_conns: Option<u32>,
     fsync: Option<Fsync>,
+    token_ttl: Option<u64>,
+    token_cache_secs: Option<u64>,
     /// `Some(key)`: run the admin listener on a free loopback port, with
     /// `--admin-key` when the key is not empty.
     admin: Option<String>,
@@ -182,6 +186,16 @@ impl Opts {
         self.fsync = Some(policy);
         self
     }
+    /// `--token-ttl`: seconds a login token stays valid.
+    pub fn token_ttl(mut self, secs: u64) -> Self {
+        self.token_ttl = Some(secs);
+        self
+    }
+    /// `--token-cache-secs`: how long a Redis node trusts a cached token.
+    pub fn token_cache_secs(mut self, secs: u64) -> Self {
+        self.token_cache_secs = Some(secs);
+        self
+    }
     /// Turns the admin listener on; `key` may be empty for none.
     pub fn admin(mut self, key: &str) -> Self {
         self.admin = Some(key.to_string());
@@ -203,6 +217,11 @@ impl Opts {
             ("--max-conns", self.max_conns.map(|v| v.to_string())),
             ("--inbox-cap", self.inbox_cap.map(|v| v.to_string())),
             ("--fsync", self.fsync.map(|v| v.as_arg().to_string())),
+            ("--token-ttl", self.token_ttl.map(|v| v.to_string())),
+            (
+                "--token-cache-secs",
+                self.token_cache_secs.map(|v| v.to_string()),
+            ),
             (
                 "--admin-listen",
                 self.admin.as_ref().map(|_| "127.0.0.1:0".to_string()),
@@ -241,7 +260,8 @@ impl Server {
     pub fn start(backend: Backend, opts: Opts) -> Server {
         let dir = tempfile::tempdir().expect("create a temporary data dir");
         let log = Arc::new(Mutex::new(String::new()));
-        let redis = (backend == Backend::Redis).then(RedisServer::start);
+        let fsync = opts.fsync.unwrap_or(Fsync::Always);
+        let redis = (backend == Backend::Redis).then(|| RedisServer::start_with(fsync));
         let redis_url = redis.as_ref().map(RedisServer::url);
         let (child, addr, admin_addr) =
             spawn(backend, redis_url.as_deref(), &opts, dir.path(), &log);
