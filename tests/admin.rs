@@ -43,6 +43,7 @@ fn users(answer: (u16, Value), appid: &str) -> Vec<User> {
     list.iter()
         .map(|u| {
             assert_keys(u, &["uid", "username", "token"]);
+            check_token_shape(str_field(u, "token"));
             User {
                 appid: appid.to_string(),
                 name: str_field(u, "username").to_string(),

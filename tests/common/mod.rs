@@ -46,8 +46,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL_WAIT: Duration = Duration::from_secs(15);
 /// `Content-Type` of the form encoding.
 pub const FORM: &str = "application/x-www-form-urlencoded";
-/// A well-formed token that no login ever returns (in practice).
-pub const BAD_TOKEN: &str = "00000000000000000000000000000000";
+/// A well-formed token (48 lowercase hex characters, so it passes the shape
+/// check and is refused by the store lookup) that no login returns in
+/// practice.
+pub const BAD_TOKEN: &str = "000000000000000000000000000000000000000000000000";
+/// Characters of a token: a 16-hex selector and a 32-hex verifier
+/// (src/auth.rs), lowercase.
+pub const TOKEN_LEN: usize = 48;
 
 // ---------------------------------------------------------------------------
 // Backends
@@ -884,17 +889,25 @@ pub fn check_register(v: &Value, username: &str) -> u64 {
     num_field(v, "uid")
 }
 
-/// `/login`: `{"uid":N,"token":"<hex>"}`; returns (uid, token). The token
-/// is opaque to clients; ours is 48 hex characters (a 64-bit selector and a
-/// 128-bit secret), at least the original's 32.
+/// `/login`: `{"uid":N,"token":"<hex>"}`; returns (uid, token).
 pub fn check_login(v: &Value) -> (u64, String) {
     assert_keys(v, &["uid", "token"]);
     let token = str_field(v, "token");
-    assert!(
-        token.len() >= 32 && token.bytes().all(|b| b.is_ascii_hexdigit()),
-        "token must be at least 32 hex characters: {v}"
-    );
+    check_token_shape(token);
     (num_field(v, "uid"), token.to_string())
+}
+
+/// A token as the server hands it out: opaque to clients, ours is exactly
+/// 48 lowercase hex characters (a 64-bit selector and a 128-bit secret;
+/// README "Tokens", src/auth.rs).
+pub fn check_token_shape(token: &str) {
+    assert!(
+        token.len() == TOKEN_LEN
+            && token
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "a token must be {TOKEN_LEN} lowercase hex characters: {token:?}"
+    );
 }
 
 /// `/gre`: `{"uid":ownerid,"gname":"...","gid":N}`; returns the gid.
