@@ -1,9 +1,9 @@
 //! A real `redis-server` for the tests: its own free loopback port, its own
 //! temporary directory, AOF on (`appendfsync always` unless a test asks for
-//! `everysec`; either way a restart after SIGKILL keeps everything it
-//! answered, see docs/redis.md), stopped when dropped.
+//! `everysec`; docs/redis.md says what a restart after SIGKILL keeps with
+//! each), stopped when dropped.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -55,9 +55,10 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    /// Stops redis-server at once (SIGKILL). Nothing it answered is lost
-    /// with either `appendfsync` policy: it wrote its AOF before answering,
-    /// and the OS keeps what a killed process wrote.
+    /// Stops redis-server at once (SIGKILL). With either `appendfsync`
+    /// policy it wrote its AOF before answering and the OS keeps what a
+    /// killed process wrote, so nothing it answered is lost (under
+    /// `everysec`, unless a write was still postponed: docs/redis.md).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -94,12 +95,11 @@ impl RedisServer {
         );
         self.child = Some(child);
     }
-}
 
-impl RedisServer {
-    /// Runs one command on a fresh connection; returns the first line of
-    /// the reply (`:1`, `+OK`, `$5`, ...), for tests that change Redis
-    /// behind haoshuo's back.
+    /// Runs one command on a fresh connection and returns its reply: a
+    /// bulk string as its text, an array as its elements one per line,
+    /// anything else as its line (`:1`, `+OK`, `-ERR ...`). For tests that
+    /// look at or change Redis behind haoshuo's back.
     pub fn command(&self, args: &[&str]) -> String {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let mut s = TcpStream::connect_timeout(&addr, START_TIMEOUT)
@@ -111,14 +111,30 @@ impl RedisServer {
             req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
         }
         s.write_all(req.as_bytes()).expect("write to redis-server");
-        let mut reply = Vec::new();
-        let mut byte = [0u8; 1];
-        while !reply.ends_with(b"\r\n") {
-            s.read_exact(&mut byte).expect("read from redis-server");
-            reply.push(byte[0]);
+        read_reply(&mut BufReader::new(s))
+    }
+}
+
+/// One RESP reply, as [`RedisServer::command`] returns it.
+fn read_reply(r: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("read from redis-server");
+    let line = line
+        .strip_suffix("\r\n")
+        .unwrap_or_else(|| panic!("a redis reply line without CRLF: {line:?}"));
+    let count = || -> i64 { line[1..].parse().expect("a RESP length") };
+    match line.as_bytes().first() {
+        Some(b'$') if count() >= 0 => {
+            let mut bulk = vec![0u8; count() as usize + 2];
+            r.read_exact(&mut bulk).expect("read a bulk reply");
+            bulk.truncate(bulk.len() - 2);
+            String::from_utf8(bulk).expect("a UTF-8 bulk reply")
         }
-        reply.truncate(reply.len() - 2);
-        String::from_utf8(reply).expect("a redis reply line is UTF-8")
+        Some(b'*') if count() >= 0 => (0..count())
+            .map(|_| read_reply(r))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => line.to_string(),
     }
 }
 
