@@ -40,6 +40,12 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_REDIS_POOL")]
     pub redis_pool: Option<usize>,
 
+    /// Seconds a token read from Redis is trusted by this process without
+    /// asking Redis again (logouts reach the cache sooner, by announcement;
+    /// this bounds how long a missed announcement leaves a token usable).
+    #[arg(long, env = "HAOSHUO_TOKEN_CACHE_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub token_cache_secs: u64,
+
     /// Milliseconds a Redis connect, read or write may take before the API
     /// call answers 503.
     #[arg(long, env = "HAOSHUO_REDIS_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]

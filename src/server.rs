@@ -41,6 +41,7 @@ fn open_store(cfg: &Config) -> Result<Opened, String> {
             pool: cfg.redis_lanes(),
             timeout: Duration::from_millis(cfg.redis_timeout_ms),
             inbox_cap: cfg.inbox_cap,
+            token_cache: Duration::from_secs(cfg.token_cache_secs),
         };
         let store =
             Arc::new(RedisStore::open(&opts).map_err(|e| format!("opening Redis at {url}: {e}"))?);

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,8 +17,14 @@ use serde_json::json;
 const RECOVERY: Duration = Duration::from_secs(10);
 
 /// Posts until the answer is 200; panics after `RECOVERY`. Every failed
-/// try must be a proper 503 JSON error.
-fn post_until_ok(api: &Api, path: &str, body: &serde_json::Value) {
+/// try must be a proper 503 JSON error; each one is reported on `refused`
+/// if given.
+fn post_until_ok(
+    api: &Api,
+    path: &str,
+    body: &serde_json::Value,
+    refused: Option<&mpsc::Sender<()>>,
+) {
     let deadline = Instant::now() + RECOVERY;
     loop {
         let (status, answer) = api.post(path, body);
@@ -26,6 +33,9 @@ fn post_until_ok(api: &Api, path: &str, body: &serde_json::Value) {
         }
         assert_eq!(status, 503, "{path}: {answer}");
         assert_eq!(answer["code"], json!(503));
+        if let Some(tx) = refused {
+            let _ = tx.send(());
+        }
         assert!(
             Instant::now() < deadline,
             "{path} still 503 after {RECOVERY:?}"
@@ -59,7 +69,7 @@ fn redis_down_is_503_then_it_recovers_and_streams_resume() {
     }
 
     server.redis().restart();
-    post_until_ok(&api, "/p", &send_body(&alice, bob.uid, "after"));
+    post_until_ok(&api, "/p", &send_body(&alice, bob.uid, "after"), None);
     // The stream opened before the outage gets what was sent after it.
     let got = stream.collect(1, RECOVERY);
     assert_eq!(got, vec![Msg::single(&alice, bob.uid, 2, "after")]);
@@ -76,15 +86,19 @@ fn a_redis_restart_under_load_loses_and_duplicates_nothing() {
         .map(|i| api.user("app", &format!("sender{i}")))
         .collect();
 
+    // Every send answered 503 is reported here.
+    let (refused_tx, refused) = mpsc::channel();
     let threads: Vec<_> = senders
         .iter()
         .cloned()
         .map(|from| {
             let to = receiver.uid;
+            let refused_tx = refused_tx.clone();
             thread::spawn(move || {
                 for k in 0..EACH {
                     let body = send_body(&from, to, &format!("{}:{k}", from.name));
-                    post_until_ok(&api, "/p", &with_cmsgid(body, format!("{}-{k}", from.name)));
+                    let body = with_cmsgid(body, format!("{}-{k}", from.name));
+                    post_until_ok(&api, "/p", &body, Some(&refused_tx));
                 }
             })
         })
@@ -95,7 +109,17 @@ fn a_redis_restart_under_load_loses_and_duplicates_nothing() {
     while api.pull(&receiver).msgids().len() < 50 {
         assert!(Instant::now() < deadline, "the senders made no progress");
     }
-    server.redis().restart();
+    assert!(
+        refused.try_recv().is_err(),
+        "a send failed before the outage"
+    );
+    server.redis().kill();
+    // Redis stays down until a send has hit the outage: the retries below
+    // are what this test is about.
+    refused
+        .recv_timeout(WAIT)
+        .expect("no send was answered 503 while Redis was down");
+    server.redis().start_again();
     for t in threads {
         t.join().expect("a sender failed");
     }

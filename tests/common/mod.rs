@@ -49,8 +49,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL_WAIT: Duration = Duration::from_secs(15);
 /// `Content-Type` of the form encoding.
 pub const FORM: &str = "application/x-www-form-urlencoded";
-/// A well-formed token that no login ever returns (in practice).
-pub const BAD_TOKEN: &str = "00000000000000000000000000000000";
+/// A well-formed token (48 lowercase hex characters, so it passes the shape
+/// check and is refused by the store lookup) that no login returns in
+/// practice.
+pub const BAD_TOKEN: &str = "000000000000000000000000000000000000000000000000";
+/// Characters of a token: a 16-hex selector and a 32-hex verifier
+/// (src/auth.rs), lowercase.
+pub const TOKEN_LEN: usize = 48;
 
 // ---------------------------------------------------------------------------
 // Backends
@@ -109,7 +114,9 @@ pub(crate) use backend_tests;
 // Server process
 // ---------------------------------------------------------------------------
 
-/// `--fsync` policy of the embedded store.
+/// When the store's log reaches the disk: `--fsync` of the embedded store;
+/// on the Redis backend, the `appendfsync` the harness starts its
+/// redis-server with (haoshuo's own `--fsync` does not apply to Redis).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fsync {
     Always,
@@ -139,6 +146,8 @@ pub struct Opts {
     inbox_cap: Option<u32>,
     max_conns: Option<u32>,
     fsync: Option<Fsync>,
+    token_ttl: Option<u64>,
+    token_cache_secs: Option<u64>,
     /// `Some(key)`: run the admin listener on a free loopback port, with
     /// `--admin-key` when the key is not empty.
     admin: Option<String>,
@@ -187,6 +196,16 @@ impl Opts {
         self.fsync = Some(policy);
         self
     }
+    /// `--token-ttl`: seconds a login token stays valid.
+    pub fn token_ttl(mut self, secs: u64) -> Self {
+        self.token_ttl = Some(secs);
+        self
+    }
+    /// `--token-cache-secs`: how long a Redis node trusts a cached token.
+    pub fn token_cache_secs(mut self, secs: u64) -> Self {
+        self.token_cache_secs = Some(secs);
+        self
+    }
     /// Turns the admin listener on; `key` may be empty for none.
     pub fn admin(mut self, key: &str) -> Self {
         self.admin = Some(key.to_string());
@@ -214,6 +233,11 @@ impl Opts {
             ("--max-conns", self.max_conns.map(|v| v.to_string())),
             ("--inbox-cap", self.inbox_cap.map(|v| v.to_string())),
             ("--fsync", self.fsync.map(|v| v.as_arg().to_string())),
+            ("--token-ttl", self.token_ttl.map(|v| v.to_string())),
+            (
+                "--token-cache-secs",
+                self.token_cache_secs.map(|v| v.to_string()),
+            ),
             (
                 "--admin-listen",
                 self.admin.as_ref().map(|_| "127.0.0.1:0".to_string()),
@@ -253,7 +277,8 @@ impl Server {
     pub fn start(backend: Backend, opts: Opts) -> Server {
         let dir = tempfile::tempdir().expect("create a temporary data dir");
         let log = Arc::new(Mutex::new(String::new()));
-        let redis = (backend == Backend::Redis).then(RedisServer::start);
+        let fsync = opts.fsync.unwrap_or(Fsync::Always);
+        let redis = (backend == Backend::Redis).then(|| RedisServer::start_with(fsync));
         let redis_url = redis.as_ref().map(RedisServer::url);
         let (child, addr, admin_addr) =
             spawn(backend, redis_url.as_deref(), &opts, dir.path(), &log);
@@ -938,17 +963,25 @@ pub fn check_register(v: &Value, username: &str) -> u64 {
     num_field(v, "uid")
 }
 
-/// `/login`: `{"uid":N,"token":"<hex>"}`; returns (uid, token). The token
-/// is opaque to clients; ours is 48 hex characters (a 64-bit selector and a
-/// 128-bit secret), at least the original's 32.
+/// `/login`: `{"uid":N,"token":"<hex>"}`; returns (uid, token).
 pub fn check_login(v: &Value) -> (u64, String) {
     assert_keys(v, &["uid", "token"]);
     let token = str_field(v, "token");
-    assert!(
-        token.len() >= 32 && token.bytes().all(|b| b.is_ascii_hexdigit()),
-        "token must be at least 32 hex characters: {v}"
-    );
+    check_token_shape(token);
     (num_field(v, "uid"), token.to_string())
+}
+
+/// A token as the server hands it out: opaque to clients, ours is exactly
+/// 48 lowercase hex characters (a 64-bit selector and a 128-bit secret;
+/// README "Tokens", src/auth.rs).
+pub fn check_token_shape(token: &str) {
+    assert!(
+        token.len() == TOKEN_LEN
+            && token
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "a token must be {TOKEN_LEN} lowercase hex characters: {token:?}"
+    );
 }
 
 /// `/gre`: `{"uid":ownerid,"gname":"...","gid":N}`; returns the gid.

@@ -40,6 +40,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Most un-acked messages one inbox keeps (0: no limit).
     pub inbox_cap: usize,
+    /// How long a token read from Redis is trusted without asking again.
+    pub token_cache: Duration,
 }
 
 pub struct RedisStore {
@@ -57,7 +59,7 @@ impl RedisStore {
         let store = RedisStore {
             pool: pool::Pool::new(&opts.url, opts.pool, opts.timeout)?,
             inbox_cap: opts.inbox_cap,
-            tokens: tokens::TokenCache::new(),
+            tokens: tokens::TokenCache::new(opts.token_cache),
             append: Script::new(scripts::APPEND),
             ack: Script::new(scripts::ACK),
             page: Script::new(scripts::PAGE),

@@ -4,8 +4,9 @@
 //! Logout deletes the token in Redis and announces the selector on
 //! [`super::keys::UNTOKEN_CHANNEL`]; every process's feed drops it from its
 //! cache. If an announcement is lost (the feed was reconnecting), the feed
-//! clears the whole cache on reconnect, and [`TTL`] bounds what remains: a
-//! logged-out token works nowhere for longer than that.
+//! clears the whole cache on reconnect, and the cache's lifetime
+//! (`--token-cache-secs`) bounds what remains: a logged-out token works
+//! nowhere for longer than that.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use crate::store::TokenInfo;
 
-/// How long a cached token is trusted without asking Redis again.
-pub const TTL: Duration = Duration::from_secs(5);
 /// Lock shards: token checks run on every worker at once.
 const SHARDS: usize = 16;
 /// Entries per shard before the shard is emptied: a bound on memory (a
@@ -26,12 +25,15 @@ type Shard = Mutex<HashMap<String, (TokenInfo, Instant)>>;
 
 pub struct TokenCache {
     shards: Box<[Shard]>,
+    /// How long a cached token is trusted without asking Redis again.
+    ttl: Duration,
 }
 
 impl TokenCache {
-    pub fn new() -> TokenCache {
+    pub fn new(ttl: Duration) -> TokenCache {
         TokenCache {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            ttl,
         }
     }
 
@@ -39,7 +41,7 @@ impl TokenCache {
         let shard = lock(self.shard(selector));
         shard
             .get(selector)
-            .filter(|(_, at)| at.elapsed() < TTL)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
             .map(|(info, _)| info.clone())
     }
 
@@ -90,7 +92,7 @@ mod tests {
 
     #[test]
     fn put_get_forget_clear() {
-        let c = TokenCache::new();
+        let c = TokenCache::new(Duration::from_secs(5));
         assert_eq!(c.get("ab12"), None);
         c.put("ab12", &info(1));
         c.put("cd34", &info(2));
@@ -100,5 +102,15 @@ mod tests {
         assert_eq!(c.get("cd34").map(|i| i.uid), Some(2));
         c.clear();
         assert_eq!(c.get("cd34"), None);
+    }
+
+    #[test]
+    fn an_entry_lives_as_long_as_the_cache_was_told() {
+        let long = TokenCache::new(Duration::from_secs(300));
+        long.put("ab12", &info(1));
+        assert_eq!(long.get("ab12").map(|i| i.uid), Some(1));
+        let none = TokenCache::new(Duration::ZERO);
+        none.put("ab12", &info(1));
+        assert_eq!(none.get("ab12"), None);
     }
 }
