@@ -480,10 +480,9 @@ impl Api {
         let Some((selector, verifier)) = auth::split_token(token) else {
             return Ok(None);
         };
-        Ok(self
-            .store
-            .get_token(selector)?
-            .filter(|info| auth::verifier_matches(verifier, &info.verifier)))
+        Ok(self.store.get_token(selector)?.filter(|info| {
+            auth::verifier_matches(verifier, &info.verifier) && info.expires_at > unix_now()
+        }))
     }
 }
 
