@@ -213,6 +213,27 @@ fn timers_never_fire_early() {
 }
 
 #[test]
+fn a_busy_stream_gets_no_heartbeat() {
+    let srv = Server::start(Backend::Embedded, Opts::default().heartbeat(2));
+    let api = srv.api();
+    let alice = api.user("a", "alice");
+    let bob = api.user("a", "bob");
+    let mut stream = api.stream(&alice, 1);
+    // A message every half second for four seconds: never two quiet
+    // seconds, so never a noop.
+    for i in 1..=8 {
+        api.send(&bob, alice.uid, &format!("m{i}"));
+        let frame = stream.next_frame(WAIT).expect("a frame");
+        assert_ne!(frame, noop_frame(), "a heartbeat on a busy stream");
+        let quiet = stream.next_frame(Duration::from_millis(500));
+        assert_eq!(
+            quiet, None,
+            "a frame nobody sent: a heartbeat on a busy stream?"
+        );
+    }
+}
+
+#[test]
 fn a_logout_on_one_node_ends_a_stream_on_another() {
     let a = Server::start(Backend::Redis, Opts::default());
     let b = a.another_node();

@@ -102,7 +102,7 @@ impl Reactor {
                 let wire = kind.wire(body.iter().map(|p| p.len()).sum());
                 let parts = [wire.head(), body[0], body[1], body[2], wire.tail()];
                 if self.write(key, &parts) {
-                    self.follow(key, &[], kind.step());
+                    self.step(key, true, kind.step());
                 }
             }
         }
@@ -189,12 +189,18 @@ impl Reactor {
         if !bytes.is_empty() && !self.write(key, &[bytes]) {
             return false;
         }
+        self.step(key, !bytes.is_empty(), step)
+    }
+
+    /// Follows a subscriber's step once what it said (if anything: `wrote`)
+    /// is written.
+    fn step(&mut self, key: usize, wrote: bool, step: Step) -> bool {
         match step {
             Step::Continue => {
                 let State::Subscribed(s) = &self.conns[key].state else {
                     return false;
                 };
-                if !bytes.is_empty() && !s.kind().is_poll() {
+                if wrote && !s.kind().is_poll() {
                     // A frame went: the stream's heartbeat starts again.
                     let at = s.deadline(self.now, self.set.heartbeat);
                     self.set_deadline(key, at);
