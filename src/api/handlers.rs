@@ -159,7 +159,8 @@ impl Api {
         let keep_alive = req.head.keep_alive;
         if let Endpoint::Stream | Endpoint::Poll = endpoint {
             let query = req.head.query(&req.raw);
-            return self.subscribe(origin, query, subscription_kind(&endpoint, &req.head));
+            let kind = subscription_kind(&endpoint, &req.head);
+            return self.subscribe(origin, query, kind, keep_alive);
         }
         let f = decode_body(req.body(), req.head.body)?;
         let body = match endpoint {
@@ -403,7 +404,13 @@ impl Api {
     /// `/cget/stream` and `/cget/poll`: authenticate from the query,
     /// subscribe, then read what is stored (subscribing first means nothing
     /// committed in between can be missed: it is either read or delivered).
-    fn subscribe(&self, origin: SubKey, query_str: &[u8], kind: Kind) -> Result<Reply, ApiError> {
+    fn subscribe(
+        &self,
+        origin: SubKey,
+        query_str: &[u8],
+        kind: Kind,
+        keep_alive: bool,
+    ) -> Result<Reply, ApiError> {
         let param = |name: &str| -> Result<Option<String>, ApiError> {
             query::field(query_str, name)
                 .map_err(|_| ApiError::BadRequest(format!("bad escape in '{name}'").into()))
@@ -431,7 +438,7 @@ impl Api {
             stream => Reply::StreamRefused {
                 frame,
                 kind: stream,
-                keep_alive: stream == Kind::Chunked,
+                keep_alive,
             },
         };
         let info = match self.token_owner(&token)? {
