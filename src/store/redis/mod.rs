@@ -263,6 +263,7 @@ impl Store for RedisStore {
         if let Some(info) = self.tokens.get(selector) {
             return Ok(Some(info));
         }
+        let epoch = self.tokens.epoch();
         let fields: Vec<Option<String>> = self.with(|c| {
             redis::cmd("HMGET")
                 .arg(keys::token(selector))
@@ -283,7 +284,7 @@ impl Store for RedisStore {
             uid,
             expires_at,
         };
-        self.tokens.put(selector, &info);
+        self.tokens.put(selector, &info, epoch);
         Ok(Some(info))
     }
 

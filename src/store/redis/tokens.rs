@@ -9,6 +9,7 @@
 //! nowhere for longer than that.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,9 @@ const SHARD_LIMIT: usize = 16 * 1024;
 type Shard = Mutex<HashMap<String, (TokenInfo, Instant)>>;
 
 pub struct TokenCache {
+    /// Counts forgets (and clears): a lookup that began before one must not
+    /// cache what it read, which may be the very token just logged out.
+    forgets: AtomicU64,
     shards: Box<[Shard]>,
     /// How long a cached token is trusted without asking Redis again.
     ttl: Duration,
@@ -32,6 +36,7 @@ pub struct TokenCache {
 impl TokenCache {
     pub fn new(ttl: Duration) -> TokenCache {
         TokenCache {
+            forgets: AtomicU64::new(0),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             ttl,
         }
@@ -45,8 +50,20 @@ impl TokenCache {
             .map(|(info, _)| info.clone())
     }
 
-    pub fn put(&self, selector: &str, info: &TokenInfo) {
+    /// Where the count of forgets stands: read it before looking a token up
+    /// in Redis, and hand it to [`TokenCache::put`].
+    pub fn epoch(&self) -> u64 {
+        self.forgets.load(Ordering::Acquire)
+    }
+
+    /// Caches what a lookup read, unless a token was forgotten since the
+    /// lookup began (`epoch`): a logout's announcement that overtook the
+    /// lookup's answer must not be undone for the cache's lifetime.
+    pub fn put(&self, selector: &str, info: &TokenInfo, epoch: u64) {
         let mut shard = lock(self.shard(selector));
+        if self.forgets.load(Ordering::Acquire) != epoch {
+            return;
+        }
         if shard.len() >= SHARD_LIMIT {
             shard.clear();
         }
@@ -54,10 +71,14 @@ impl TokenCache {
     }
 
     pub fn forget(&self, selector: &str) {
-        lock(self.shard(selector)).remove(selector);
+        let mut shard = lock(self.shard(selector));
+        shard.remove(selector);
+        // Under the shard's lock, so a put of this selector sees it.
+        self.forgets.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn clear(&self) {
+        self.forgets.fetch_add(1, Ordering::AcqRel);
         for s in self.shards.iter() {
             lock(s).clear();
         }
@@ -94,8 +115,8 @@ mod tests {
     fn put_get_forget_clear() {
         let c = TokenCache::new(Duration::from_secs(5));
         assert_eq!(c.get("ab12"), None);
-        c.put("ab12", &info(1));
-        c.put("cd34", &info(2));
+        c.put("ab12", &info(1), 0);
+        c.put("cd34", &info(2), 0);
         assert_eq!(c.get("ab12").map(|i| i.uid), Some(1));
         c.forget("ab12");
         assert_eq!(c.get("ab12"), None);
@@ -105,12 +126,29 @@ mod tests {
     }
 
     #[test]
+    fn a_lookup_overtaken_by_a_logout_caches_nothing() {
+        let c = TokenCache::new(Duration::from_secs(300));
+        let before = c.epoch();
+        // The lookup reads the token from Redis; meanwhile a logout is
+        // announced and forgotten here; then the lookup would cache it.
+        c.forget("ab12");
+        c.put("ab12", &info(1), before);
+        assert_eq!(c.get("ab12"), None, "the logged-out token came back");
+        let before = c.epoch();
+        c.clear();
+        c.put("ab12", &info(1), before);
+        assert_eq!(c.get("ab12"), None, "cached across a clear");
+        c.put("ab12", &info(1), c.epoch());
+        assert_eq!(c.get("ab12").map(|i| i.uid), Some(1));
+    }
+
+    #[test]
     fn an_entry_lives_as_long_as_the_cache_was_told() {
         let long = TokenCache::new(Duration::from_secs(300));
-        long.put("ab12", &info(1));
+        long.put("ab12", &info(1), 0);
         assert_eq!(long.get("ab12").map(|i| i.uid), Some(1));
         let none = TokenCache::new(Duration::ZERO);
-        none.put("ab12", &info(1));
+        none.put("ab12", &info(1), 0);
         assert_eq!(none.get("ab12"), None);
     }
 }
