@@ -1,6 +1,11 @@
 //! The Redis key layout (see docs/redis.md) and the encoding of stored
 //! messages. Every key of one user (or group) carries the same hash tag, so a
 //! script touching a user's keys stays in one Redis Cluster slot.
+//!
+//! Appids, usernames and `cmsgid`s come from clients, so every such part is
+//! escaped ([`part`]): `:` separates parts and `{`/`}` delimit the hash tag,
+//! and without escaping appid `a` + name `b:c` and appid `a:b` + name `c`
+//! would share a key.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,41 +34,66 @@ pub fn parse_untoken(payload: &[u8]) -> Option<(Option<(String, Uid)>, String)> 
     Some((None, selector.to_owned()))
 }
 
+/// A client-given key part with `%`, `:`, `{` and `}` percent-escaped, so
+/// parts never run into each other or out of the hash tag. Names without
+/// those characters (nearly all) are their own key part, so keys written
+/// before this escaping still match.
+pub fn part(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.bytes().any(|b| matches!(b, b'%' | b':' | b'{' | b'}')) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
 /// `hs:{a:APPID}:uids`: the last uid given out in an app (INCR).
 pub fn uid_counter(appid: &str) -> String {
-    format!("hs:{{a:{appid}}}:uids")
+    format!("hs:{{a:{}}}:uids", part(appid))
 }
 
 /// `hs:{a:APPID}:gids`: the last gid given out in an app (INCR).
 pub fn gid_counter(appid: &str) -> String {
-    format!("hs:{{a:{appid}}}:gids")
+    format!("hs:{{a:{}}}:gids", part(appid))
 }
 
 /// `hs:{n:APPID:USERNAME}`: string, the uid of a username.
 pub fn username(appid: &str, name: &str) -> String {
-    format!("hs:{{n:{appid}:{name}}}")
+    format!("hs:{{n:{}:{}}}", part(appid), part(name))
 }
 
 /// `hs:{u:APPID:UID}`: hash `name`, `pass`, `seq` (last msgid), `ack`.
 pub fn user(appid: &str, uid: Uid) -> String {
-    format!("hs:{{u:{appid}:{uid}}}")
+    format!("hs:{{u:{}:{uid}}}", part(appid))
 }
 
 /// `hs:{u:APPID:UID}:inbox`: sorted set, score msgid, member
 /// `<msgid>:<message JSON>`.
 pub fn inbox(appid: &str, uid: Uid) -> String {
-    format!("hs:{{u:{appid}:{uid}}}:inbox")
+    format!("hs:{{u:{}:{uid}}}:inbox", part(appid))
 }
 
 /// `hs:{u:APPID:UID}:once:FROMID:CMSGID`: string, set while a send with
 /// that `cmsgid` is remembered for that receiver (expires by itself).
 pub fn once(appid: &str, uid: Uid, fromid: Uid, cmsgid: &str) -> String {
-    format!("hs:{{u:{appid}:{uid}}}:once:{fromid}:{cmsgid}")
+    format!(
+        "hs:{{u:{}:{uid}}}:once:{fromid}:{}",
+        part(appid),
+        part(cmsgid)
+    )
 }
 
 /// `hs:{g:APPID:GID}`: hash `owner`, `name`, `members` (comma-separated uids).
 pub fn group(appid: &str, gid: Gid) -> String {
-    format!("hs:{{g:{appid}:{gid}}}")
+    format!("hs:{{g:{}:{gid}}}", part(appid))
 }
 
 /// `hs:{t:SELECTOR}`: hash `v` (verifier), `a` (appid), `u` (uid), `e`
@@ -152,6 +182,25 @@ mod tests {
         assert_eq!(stored.c, "a:b \"c\" 好");
         assert!(decode_member(b"nocolon").is_none());
         assert!(decode_member(b"x:{}").is_none());
+    }
+
+    #[test]
+    fn client_parts_cannot_share_a_key_or_leave_the_hash_tag() {
+        // (appid, username) pairs that naive joining maps to one key.
+        assert_ne!(username("a", "b:c"), username("a:b", "c"));
+        assert_ne!(username("a%3A", "b"), username("a:", "b"));
+        assert_eq!(
+            username("app", "alice"),
+            "hs:{n:app:alice}",
+            "plain names unchanged"
+        );
+        for key in [username("x}y", "{z"), user("a}b", 1), inbox("{", 2)] {
+            let open = key.find('{').unwrap();
+            let close = key.find('}').unwrap();
+            assert_eq!(key[open + 1..].find('{'), None, "{key}");
+            assert!(close == key.rfind('}').unwrap(), "one hash tag: {key}");
+        }
+        assert_ne!(once("a", 1, 2, "k:1"), once("a", 1, 2, "k%3A1"));
     }
 
     #[test]
