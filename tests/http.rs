@@ -98,3 +98,62 @@ fn accepting_pauses_at_max_conns_and_resumes(backend: Backend) {
     drop(held.pop());
     assert_eq!(fourth.read_response(WAIT).status, 404);
 }
+
+/// RFC 9110/9112 MUSTs: a `Date` on every response, `Allow` on 405, a HEAD
+/// answered with the head alone (so a request pipelined behind it is
+/// read correctly), exactly one `Host` in 1.1, 414 for a request line
+/// longer than the head limit.
+#[test]
+fn http_musts() {
+    let server = Server::start(Backend::Embedded, Opts::default());
+    let api = server.api();
+    let alice = api.user("a", "alice");
+    let mut conn = Conn::connect(server.addr());
+
+    conn.send(&request_bytes("GET", "/p", &[], b""));
+    let r = conn.read_response(WAIT);
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    let date = r.header("date").expect("a Date header");
+    assert!(date.ends_with(" GMT") && date.len() == 29, "{date:?}");
+
+    conn.send(&request_bytes("POST", "/cget/poll", &[], b""));
+    let r = conn.read_response(WAIT);
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+
+    // HEAD of a POST endpoint: 405 without a body; of the stream: its head,
+    // without subscribing. Then a pipelined GET on the same connection.
+    let query = sub_query(1, alice.uid, &alice.token);
+    let stream_path = format!("/cget/stream?{query}");
+    let pipelined = [
+        request_bytes("HEAD", "/p", &[], b""),
+        request_bytes("HEAD", &stream_path, &[], b""),
+        request_bytes("GET", "/nope", &[], b""),
+    ]
+    .concat();
+    conn.send(&pipelined);
+    let head = conn.read_head(WAIT).expect("the HEAD /p answer");
+    assert_eq!(head.status, 405);
+    assert_eq!(head.header("allow"), Some("POST"));
+    let head = conn.read_head(WAIT).expect("the HEAD stream answer");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-type"), Some("application/json"));
+    // The next bytes are the GET's answer, not a body of the HEADs.
+    let r = conn.read_response(WAIT);
+    assert_eq!(r.status, 404, "the answers desynchronised");
+
+    for (raw, status) in [
+        (&b"GET /nope HTTP/1.1\r\n\r\n"[..], 400),
+        (b"GET /nope HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    ] {
+        let mut conn = Conn::connect(server.addr());
+        conn.send(raw);
+        let r = conn.read_response(WAIT);
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(raw));
+        assert!(r.json()["msg"].as_str().unwrap().contains("Host"));
+    }
+    let mut conn = Conn::connect(server.addr());
+    conn.send(format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000)).as_bytes());
+    assert_eq!(conn.read_response(WAIT).status, 414);
+}

@@ -5,7 +5,9 @@ use std::borrow::Cow;
 
 use crate::api::codec::CodecError;
 use crate::auth::AuthError;
+use crate::http::request::Method;
 pub use crate::http::response::error_response;
+use crate::http::response::write_error_with;
 use crate::store::StoreError;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -18,8 +20,8 @@ pub enum ApiError {
     Forbidden(&'static str),
     /// 404: unknown user, group or path.
     NotFound(Cow<'static, str>),
-    /// 405: the path exists, the method does not.
-    MethodNotAllowed,
+    /// 405: the path exists, the method does not; it takes this one.
+    MethodNotAllowed(Method),
     /// 409: the username is taken.
     Conflict(&'static str),
     /// 503: the store cannot be reached; nothing was written.
@@ -35,7 +37,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => 401,
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
-            ApiError::MethodNotAllowed => 405,
+            ApiError::MethodNotAllowed(_) => 405,
             ApiError::Conflict(_) => 409,
             ApiError::Unavailable => 503,
             ApiError::Internal => 500,
@@ -46,15 +48,23 @@ impl ApiError {
         match self {
             ApiError::BadRequest(m) | ApiError::NotFound(m) => m,
             ApiError::Unauthorized(m) | ApiError::Forbidden(m) | ApiError::Conflict(m) => m,
-            ApiError::MethodNotAllowed => "method not allowed",
+            ApiError::MethodNotAllowed(_) => "method not allowed",
             ApiError::Unavailable => "store unavailable",
             ApiError::Internal => "internal error",
         }
     }
 
-    /// The whole HTTP response for this error.
+    /// The whole HTTP response for this error (a 405 says in `Allow` which
+    /// methods the path takes, as RFC 9110 requires).
     pub fn response(&self, keep_alive: bool) -> Vec<u8> {
-        error_response(self.status(), self.msg(), keep_alive)
+        let allow: &[u8] = match self {
+            ApiError::MethodNotAllowed(Method::Get) => b"Allow: GET, HEAD\r\n",
+            ApiError::MethodNotAllowed(_) => b"Allow: POST\r\n",
+            _ => b"",
+        };
+        let mut out = Vec::with_capacity(200);
+        write_error_with(&mut out, self.status(), self.msg(), keep_alive, allow);
+        out
     }
 }
 

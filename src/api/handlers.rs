@@ -14,7 +14,7 @@ use crate::delivery::frame;
 use crate::delivery::wire::Kind;
 use crate::http::query;
 use crate::http::request::{header_value, Head, Method};
-use crate::http::response::{write_response, CONTENT_JSON};
+use crate::http::response::{head_only, write_response, write_response_head, CONTENT_JSON};
 use crate::router::Router;
 use crate::store::{
     unix_now, Limit, MsgId, NewMessage, Once, Page, Store, TokenInfo, Uid, DATATYPE_GROUP,
@@ -123,13 +123,19 @@ impl Api {
     /// Runs one request for the connection `origin` names.
     pub fn handle(&self, origin: SubKey, req: &Request) -> Reply {
         let keep_alive = req.head.keep_alive;
-        match self.route(origin, req) {
+        let mut reply = match self.route(origin, req) {
             Ok(reply) => reply,
             Err(e) => Reply::Http {
                 bytes: e.response(keep_alive),
                 keep_alive,
             },
+        };
+        if let (Method::Head, Reply::Http { bytes, .. }) = (req.head.method, &mut reply) {
+            // A HEAD is answered with the head alone: a body would be read
+            // as the start of the next response.
+            head_only(bytes);
         }
+        reply
     }
 
     /// A subscriber's next page of stored messages, from `sub.next` on;
@@ -153,10 +159,12 @@ impl Api {
         let path = req.head.path(&req.raw);
         let (endpoint, method) = Endpoint::parse(path, req.admin)
             .ok_or_else(|| ApiError::NotFound("no such path".into()))?;
-        if req.head.method != method {
-            return Err(ApiError::MethodNotAllowed);
-        }
         let keep_alive = req.head.keep_alive;
+        match (req.head.method, method) {
+            (Method::Head, Method::Get) => return Ok(head_of(&endpoint, &req.head)),
+            (sent, wanted) if sent != wanted => return Err(ApiError::MethodNotAllowed(wanted)),
+            _ => {}
+        }
         if let Endpoint::Stream | Endpoint::Poll = endpoint {
             let query = req.head.query(&req.raw);
             let kind = subscription_kind(&endpoint, &req.head);
@@ -490,6 +498,24 @@ impl Api {
         Ok(self.store.get_token(selector)?.filter(|info| {
             auth::verifier_matches(verifier, &info.verifier) && info.expires_at > unix_now()
         }))
+    }
+}
+
+/// What a `HEAD` of `/cget/stream` or `/cget/poll` is answered: the head
+/// its `GET` would start with, without subscribing (a poll's length is
+/// not known before it is answered, so it says 0).
+fn head_of(endpoint: &Endpoint, head: &Head) -> Reply {
+    let kind = subscription_kind(endpoint, head);
+    let mut bytes = Vec::with_capacity(200);
+    match kind {
+        Kind::Poll { keep_alive } => {
+            write_response_head(&mut bytes, 200, CONTENT_JSON, 0, keep_alive);
+        }
+        stream => stream.write_head(&mut bytes),
+    }
+    Reply::Http {
+        bytes,
+        keep_alive: head.keep_alive && kind != Kind::Raw,
     }
 }
 

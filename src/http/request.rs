@@ -25,6 +25,8 @@ pub const MAX_HEADERS: usize = 32;
 pub enum HttpError {
     #[error("request head too large")]
     HeadTooLarge,
+    #[error("request line too long")]
+    LineTooLong,
     #[error("too many headers")]
     TooManyHeaders,
     #[error("chunked request bodies are not supported")]
@@ -44,6 +46,7 @@ impl HttpError {
     pub fn status(&self) -> u16 {
         match self {
             HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
+            HttpError::LineTooLong => 414,
             HttpError::LengthRequired => 411,
             HttpError::BodyTooLarge => 413,
             HttpError::ExpectationFailed => 417,
@@ -56,6 +59,7 @@ impl HttpError {
     pub fn reason(&self) -> &'static str {
         match self {
             HttpError::HeadTooLarge => "request head too large",
+            HttpError::LineTooLong => "request line too long",
             HttpError::TooManyHeaders => "too many headers",
             HttpError::LengthRequired => "chunked request bodies are not supported",
             HttpError::BodyTooLarge => "request body too large",
@@ -168,7 +172,13 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, HttpError
     let head_len = match req.parse(window) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-            return Err(HttpError::HeadTooLarge)
+            // Not even the request line ended within the limit: its target
+            // is what is too long (414), not the headers (431).
+            return Err(if window.contains(&b'\n') {
+                HttpError::HeadTooLarge
+            } else {
+                HttpError::LineTooLong
+            });
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(map_httparse(e, window)),
@@ -206,10 +216,13 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, HttpError
     let mut keep_alive_token = false;
     let mut expect_continue = false;
     let mut body: Option<Body> = None;
+    let mut hosts = 0;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             if content_length.is_some() {
                 return Err(HttpError::BadRequest("duplicate Content-Length"));
             }
@@ -246,6 +259,12 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, HttpError
         (false, n) => n.unwrap_or(0),
     };
     let http11 = version == 1;
+    // RFC 9112 §3.2: a 1.1 request has exactly one Host; a 1.0 one at most.
+    if hosts > 1 || (http11 && hosts == 0) {
+        return Err(HttpError::BadRequest(
+            "a request needs exactly one Host header",
+        ));
+    }
     Ok(Some(Head {
         method,
         path: Span::new(path),
@@ -379,30 +398,30 @@ mod tests {
         #[rustfmt::skip]
         let cases: &[(&[u8], &str)] = &[
             (b"GET /api/poll?uid=7&x=a%20b HTTP/1.1\r\nHost: h\r\n\r\n", "Get /api/poll ?uid=7&x=a%20b cl=0 ka Other"),
-            (b"GET / HTTP/1.1\r\n\r\n", "Get / ? cl=0 ka Other"),
-            (b"GET /a? HTTP/1.1\r\n\r\n", "Get /a ? cl=0 ka Other"),
+            (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", "Get / ? cl=0 ka Other"),
+            (b"GET /a? HTTP/1.1\r\nHost: h\r\n\r\n", "Get /a ? cl=0 ka Other"),
             (b"POST /api/send HTTP/1.1\r\nHost: h\r\nContent-Type: application/x-www-form-urlencoded; charset=UTF-8\r\nContent-Length: 12\r\n\r\nhaoshuo=%7B}",
                 "Post /api/send ? cl=12 ka Form"),
-            (b"POST /j HTTP/1.1\r\ncontent-type: Application/JSON\r\ncontent-length: 2\r\n\r\n{}", "Post /j ? cl=2 ka Json"),
-            (b"POST /j HTTP/1.1\r\nContent-Type:application/json;charset=utf-8\r\n\r\n", "Post /j ? cl=0 ka Json"),
-            (b"POST /t HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n", "Post /t ? cl=0 ka Other"),
-            (b"HEAD /h HTTP/1.1\r\n\r\n", "Head /h ? cl=0 ka Other"),
-            (b"DELETE /d HTTP/1.1\r\n\r\n", "Other /d ? cl=0 ka Other"),
-            (b"get /d HTTP/1.1\r\n\r\n", "Other /d ? cl=0 ka Other"),
+            (b"POST /j HTTP/1.1\r\nHost: h\r\ncontent-type: Application/JSON\r\ncontent-length: 2\r\n\r\n{}", "Post /j ? cl=2 ka Json"),
+            (b"POST /j HTTP/1.1\r\nHost: h\r\nContent-Type:application/json;charset=utf-8\r\n\r\n", "Post /j ? cl=0 ka Json"),
+            (b"POST /t HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n", "Post /t ? cl=0 ka Other"),
+            (b"HEAD /h HTTP/1.1\r\nHost: h\r\n\r\n", "Head /h ? cl=0 ka Other"),
+            (b"DELETE /d HTTP/1.1\r\nHost: h\r\n\r\n", "Other /d ? cl=0 ka Other"),
+            (b"get /d HTTP/1.1\r\nHost: h\r\n\r\n", "Other /d ? cl=0 ka Other"),
             // Leading blank lines are skipped; offsets still index the input.
-            (b"\r\nGET /x?y HTTP/1.1\r\n\r\n", "Get /x ?y cl=0 ka Other"),
+            (b"\r\nGET /x?y HTTP/1.1\r\nHost: h\r\n\r\n", "Get /x ?y cl=0 ka Other"),
             // Keep-alive semantics.
-            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", "Get / ? cl=0 close Other"),
-            (b"GET / HTTP/1.1\r\nConnection: Upgrade, CLOSE\r\n\r\n", "Get / ? cl=0 close Other"),
-            (b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n", "Get / ? cl=0 ka Other"),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", "Get / ? cl=0 close Other"),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, CLOSE\r\n\r\n", "Get / ? cl=0 close Other"),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n", "Get / ? cl=0 ka Other"),
             (b"GET / HTTP/1.0\r\n\r\n", "Get / ? cl=0 close Other"),
             (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", "Get / ? cl=0 ka Other"),
             (b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", "Get / ? cl=0 close Other"),
             // Expect: honoured on 1.1, ignored on 1.0.
-            (b"POST /e HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 5\r\n\r\n", "Post /e ? cl=5 ka 100 Other"),
+            (b"POST /e HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nContent-Length: 5\r\n\r\n", "Post /e ? cl=5 ka 100 Other"),
             (b"POST /e HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", "Post /e ? cl=5 close Other"),
             // Content-Length exactly at the limit is fine.
-            (b"POST /m HTTP/1.1\r\nContent-Length: 65536\r\n\r\n", "Post /m ? cl=65536 ka Other"),
+            (b"POST /m HTTP/1.1\r\nHost: h\r\nContent-Length: 65536\r\n\r\n", "Post /m ? cl=65536 ka Other"),
         ];
         for &(input, want) in cases {
             assert_eq!(summary(input), want);
@@ -412,7 +431,7 @@ mod tests {
     #[test]
     fn rejects_bad_heads() {
         let many_headers: Vec<u8> = {
-            let mut v = b"GET / HTTP/1.1\r\n".to_vec();
+            let mut v = b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec();
             for i in 0..=MAX_HEADERS {
                 v.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
             }
@@ -420,12 +439,17 @@ mod tests {
             v
         };
         let oversize: Vec<u8> = {
-            let mut v = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+            let mut v = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: ".to_vec();
+            v.resize(MAX_HEAD_BYTES + 1, b'a');
+            v
+        };
+        let long_line: Vec<u8> = {
+            let mut v = b"GET /".to_vec();
             v.resize(MAX_HEAD_BYTES + 1, b'a');
             v
         };
         let oversize_complete: Vec<u8> = {
-            let mut v = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+            let mut v = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: ".to_vec();
             v.resize(MAX_HEAD_BYTES, b'a');
             v.extend_from_slice(b"\r\n\r\n");
             v
@@ -433,31 +457,35 @@ mod tests {
         #[rustfmt::skip]
         let cases: &[(&[u8], u16)] = &[
             (&oversize, 431),
+            (&long_line, 414),
+            (b"GET / HTTP/1.1\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n", 400),
             (&oversize_complete, 431),
             (&many_headers, 431),
-            (b"POST / HTTP/1.1\r\nContent-Length: 65537\r\n\r\n", 413),
-            (b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999999\r\n\r\n", 413),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nContent-Length: 1,2\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nContent-Length:\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nExpect: something\r\n\r\n", 417),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 65537\r\n\r\n", 413),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999999999\r\n\r\n", 413),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1,2\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length:\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nExpect: something\r\n\r\n", 417),
             (b"GET / HTTP/2.0\r\n\r\n", 505),
             (b"GET / HTTP/1.2\r\n\r\n", 505),
             (b"GET / HTTP/2", 505),
             (b"GET / FTP/1.1\r\n\r\n", 400),
             (b"GET /\r\n\r\n", 400),
-            (b"GET  / HTTP/1.1\r\n\r\n", 400),
+            (b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n", 400),
             (b"GET / HTTP/1.1 extra\r\n\r\n", 400),
-            (b"G(T / HTTP/1.1\r\n\r\n", 400),
-            (b"GET http://h/ HTTP/1.1\r\n\r\n", 400),
-            (b"GET / HTTP/1.1\r\nBad Name: v\r\n\r\n", 400),
-            (b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n", 400),
-            (b"GET / HTTP/1.1\r\nContent-Type: a\r\nContent-Type: b\r\n\r\n", 400),
+            (b"G(T / HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+            (b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nBad Name: v\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x01b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Type: a\r\nContent-Type: b\r\n\r\n", 400),
         ];
         for &(input, status) in cases {
             let got = parse_head(input, MAX_BODY);
@@ -472,7 +500,7 @@ mod tests {
     fn every_prefix_is_incomplete() {
         let reqs: [&[u8]; 3] = [
             b"GET /api/poll?uid=1 HTTP/1.1\r\nHost: example\r\nConnection: keep-alive\r\n\r\n",
-            b"POST /api/send HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+            b"POST /api/send HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
             b"GET / HTTP/1.0\n\n",
         ];
         for req in reqs {
@@ -486,7 +514,7 @@ mod tests {
 
     #[test]
     fn pipelined_requests() {
-        let buf = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /b?q=1 HTTP/1.1\r\n\r\n";
+        let buf = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloGET /b?q=1 HTTP/1.1\r\nHost: h\r\n\r\n";
         let first = parse_head(buf, MAX_BODY).unwrap().unwrap();
         assert_eq!(first.path(buf), b"/a");
         assert_eq!(&buf[first.head_len..first.total_len()], b"hello");
@@ -501,22 +529,22 @@ mod tests {
     #[test]
     fn limit_boundaries() {
         // Partial head exactly at the limit: still waiting; one more byte: 431.
-        let mut v = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        let mut v = b"GET / HTTP/1.1\r\nHost: h\r\nX: ".to_vec();
         v.resize(MAX_HEAD_BYTES, b'a');
         assert_eq!(parse_head(&v, MAX_BODY), Ok(None));
         v.push(b'a');
         assert_eq!(parse_head(&v, MAX_BODY), Err(HttpError::HeadTooLarge));
         // Complete head of exactly MAX_HEAD_BYTES is accepted.
-        let mut v = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        let mut v = b"GET / HTTP/1.1\r\nHost: h\r\nX: ".to_vec();
         v.resize(MAX_HEAD_BYTES - 4, b'a');
         v.extend_from_slice(b"\r\n\r\n");
         assert_eq!(
             parse_head(&v, MAX_BODY).unwrap().unwrap().head_len,
             MAX_HEAD_BYTES
         );
-        // Exactly MAX_HEADERS headers are accepted.
-        let mut v = b"GET / HTTP/1.1\r\n".to_vec();
-        for i in 0..MAX_HEADERS {
+        // Exactly MAX_HEADERS headers are accepted (Host is one of them).
+        let mut v = b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec();
+        for i in 1..MAX_HEADERS {
             v.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
         }
         v.extend_from_slice(b"\r\n");
@@ -530,7 +558,7 @@ mod tests {
 
     #[test]
     fn header_value_finds_a_header_by_any_case() {
-        let req = b"POST /admin/users HTTP/1.1\r\nX-Admin-Key: k1\r\nContent-Length: 0\r\n\r\n";
+        let req = b"POST /admin/users HTTP/1.1\r\nHost: h\r\nX-Admin-Key: k1\r\nContent-Length: 0\r\n\r\n";
         let cases: &[(&str, Option<&[u8]>)] = &[
             ("x-admin-key", Some(b"k1")),
             ("X-ADMIN-KEY", Some(b"k1")),

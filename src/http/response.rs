@@ -5,6 +5,8 @@
 
 use std::io::Write;
 
+use crate::http::date::write_date;
+
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 pub const CONTENT_JSON: &str = "application/json";
 
@@ -25,6 +27,7 @@ pub fn reason(status: u16) -> &'static str {
         409 => "Conflict",
         411 => "Length Required",
         413 => "Content Too Large",
+        414 => "URI Too Long",
         415 => "Unsupported Media Type",
         417 => "Expectation Failed",
         429 => "Too Many Requests",
@@ -53,7 +56,20 @@ pub fn write_response(
     body: &[u8],
     keep_alive: bool,
 ) {
-    write_response_head(out, status, content_type, body.len(), keep_alive);
+    write_response_with(out, status, content_type, body, keep_alive, b"");
+}
+
+/// [`write_response`] with `extra` header lines (each ending in CRLF, e.g.
+/// `Allow: POST\r\n`) after the fixed ones.
+pub fn write_response_with(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+    extra: &[u8],
+) {
+    write_head(out, status, content_type, body.len(), keep_alive, extra);
     debug_assert!(body.is_empty() || !no_body_status(status));
     if !no_body_status(status) {
         out.extend_from_slice(body);
@@ -70,6 +86,17 @@ pub fn write_response_head(
     content_length: usize,
     keep_alive: bool,
 ) {
+    write_head(out, status, content_type, content_length, keep_alive, b"");
+}
+
+fn write_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    content_length: usize,
+    keep_alive: bool,
+    extra: &[u8],
+) {
     debug_assert!((100..=999).contains(&status));
     debug_assert!(!content_type.bytes().any(|b| b == b'\r' || b == b'\n'));
     write_status_line(out, status);
@@ -83,6 +110,7 @@ pub fn write_response_head(
         out.extend_from_slice(itoa::Buffer::new().format(content_length).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(extra);
     // Said either way: HTTP/1.0 clients (ab -k) only keep a connection
     // whose response says so.
     out.extend_from_slice(if keep_alive {
@@ -117,12 +145,25 @@ pub fn error_response(status: u16, msg: &str, keep_alive: bool) -> Vec<u8> {
 
 /// Appends [`error_response`]'s bytes to `out`.
 pub fn write_error(out: &mut Vec<u8>, status: u16, msg: &str, keep_alive: bool) {
+    write_error_with(out, status, msg, keep_alive, b"");
+}
+
+/// [`write_error`] with `extra` header lines (e.g. `Allow` on a 405).
+pub fn write_error_with(out: &mut Vec<u8>, status: u16, msg: &str, keep_alive: bool, extra: &[u8]) {
     let mut body = Vec::with_capacity(48 + msg.len());
     let _ = write!(body, r#"{{"type":"error","code":{status},"msg":"#);
     // Serialising a str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut body, msg);
     body.push(b'}');
-    write_response(out, status, CONTENT_JSON, &body, keep_alive);
+    write_response_with(out, status, CONTENT_JSON, &body, keep_alive, extra);
+}
+
+/// The head of a response (up to and including its blank line): what a
+/// `HEAD` request gets of the response its `GET` would get.
+pub fn head_only(response: &mut Vec<u8>) {
+    if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+        response.truncate(end + 4);
+    }
 }
 
 fn write_status_line(out: &mut Vec<u8>, status: u16) {
@@ -132,6 +173,7 @@ fn write_status_line(out: &mut Vec<u8>, status: u16) {
         "HTTP/1.1 {status} {}\r\nServer: haoshuo\r\n",
         reason(status)
     );
+    write_date(out);
 }
 
 fn no_body_status(status: u16) -> bool {
@@ -141,6 +183,16 @@ fn no_body_status(status: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The response without its `Date` line, which must be there once.
+    fn dateless(out: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let start = text.find("\r\nDate: ").expect("a Date header") + 2;
+        let end = start + text[start..].find("\r\n").unwrap() + 2;
+        assert_eq!(end - start, "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n".len());
+        assert!(!text[end..].contains("\r\nDate: "), "one Date header");
+        [&out[..start], &out[end..]].concat()
+    }
 
     #[test]
     fn full_responses() {
@@ -187,7 +239,7 @@ mod tests {
             let mut out = b"prefix".to_vec();
             write_response(&mut out, status, ct, body, ka);
             assert_eq!(
-                &out[6..],
+                &dateless(&out)[6..],
                 want,
                 "{status}: {}",
                 String::from_utf8_lossy(&out)
@@ -196,11 +248,11 @@ mod tests {
     }
 
     #[test]
-    fn head_only() {
+    fn response_head_alone() {
         let mut out = Vec::new();
         write_response_head(&mut out, 200, CONTENT_JSON, 1234, true);
         assert_eq!(
-            out,
+            dateless(&out),
             b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nContent-Length: 1234\r\nConnection: keep-alive\r\n\r\n"
         );
     }
@@ -210,15 +262,40 @@ mod tests {
         let mut out = Vec::new();
         write_stream_head(&mut out, true);
         assert_eq!(
-            out,
+            dateless(&out),
             b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
         out.clear();
         write_stream_head(&mut out, false);
         assert_eq!(
-            out,
+            dateless(&out),
             b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn extra_headers_and_head_only() {
+        let mut out = Vec::new();
+        write_error_with(
+            &mut out,
+            405,
+            "method not allowed",
+            true,
+            b"Allow: POST\r\n",
+        );
+        let text = String::from_utf8(dateless(&out)).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\r\nAllow: POST\r\nConnection: keep-alive\r\n\r\n{"),
+            "{text}"
+        );
+        let len = out.len();
+        head_only(&mut out);
+        assert!(out.ends_with(b"\r\n\r\n") && out.len() < len);
+        assert!(String::from_utf8_lossy(&out).contains("Content-Length: "));
     }
 
     #[test]
@@ -230,6 +307,7 @@ mod tests {
             (405, "Method Not Allowed"),
             (411, "Length Required"),
             (413, "Content Too Large"),
+            (414, "URI Too Long"),
             (417, "Expectation Failed"),
             (431, "Request Header Fields Too Large"),
             (505, "HTTP Version Not Supported"),
