@@ -117,9 +117,16 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
 
-    /// Key the admin listener requires in an `X-Admin-Key` header.
+    /// Key the admin listener requires in an `X-Admin-Key` header (at
+    /// least 16 bytes).
     #[arg(long, env = "HAOSHUO_ADMIN_KEY")]
     pub admin_key: Option<String>,
+
+    /// Share the listening port with other processes already bound to it
+    /// (several nodes on one Redis). Without it the server refuses to start
+    /// on an address another process serves.
+    #[arg(long, env = "HAOSHUO_REUSEPORT")]
+    pub reuseport: bool,
 
     /// When the embedded store's log reaches the disk.
     #[arg(long, env = "HAOSHUO_FSYNC", value_enum, default_value_t = FsyncPolicy::Everysec)]

@@ -66,6 +66,42 @@ fn open_store(cfg: &Config) -> Result<Opened, String> {
     })
 }
 
+/// Shortest admin key accepted: a key is a password that never needs to be
+/// typed, so anything short is a mistake (an empty one turned the check off).
+const MIN_ADMIN_KEY: usize = 16;
+
+/// Refuses to start with settings that would quietly be unsafe.
+fn check_unsafe(cfg: &Config) -> Result<(), String> {
+    if let Some(key) = &cfg.admin_key {
+        if key.len() < MIN_ADMIN_KEY {
+            return Err(format!(
+                "--admin-key must be at least {MIN_ADMIN_KEY} bytes (it has {})",
+                key.len()
+            ));
+        }
+    }
+    if let Some(a) = cfg.admin_listen {
+        if !a.ip().is_loopback() && cfg.admin_key.is_none() {
+            return Err(format!(
+                "--admin-listen {a} is not a loopback address: set --admin-key too"
+            ));
+        }
+    }
+    if !cfg.reuseport {
+        let addrs = [Some(cfg.listen), cfg.admin_listen];
+        for addr in addrs.into_iter().flatten().filter(|a| a.port() != 0) {
+            listener::check_free(addr).map_err(|e| match e.kind() {
+                std::io::ErrorKind::AddrInUse => format!(
+                    "{addr} is already served by another process; pass --reuseport \
+                     to share it on purpose (several nodes on one Redis)"
+                ),
+                _ => format!("binding {addr}: {e}"),
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
@@ -82,13 +118,7 @@ pub struct Server {
 impl Server {
     /// Opens the store, binds the port and starts every thread.
     pub fn start(cfg: &Config) -> Result<Server, String> {
-        if let Some(a) = cfg.admin_listen {
-            if !a.ip().is_loopback() && cfg.admin_key.is_none() {
-                return Err(format!(
-                    "--admin-listen {a} is not a loopback address: set --admin-key too"
-                ));
-            }
-        }
+        check_unsafe(cfg)?;
         let Opened {
             store,
             redis,

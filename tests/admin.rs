@@ -172,3 +172,20 @@ fn off_loopback_without_a_key_is_refused_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--admin-key"), "{err}");
 }
+
+#[test]
+fn a_short_or_empty_admin_key_is_refused_at_start() {
+    for key in ["", "short-key-15byt"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_haoshuo"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--admin-key", key])
+            .arg("--data-dir")
+            .arg(tempfile::tempdir().unwrap().path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run haoshuo");
+        assert!(!out.status.success(), "started with admin key {key:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("at least 16 bytes"), "{err}");
+    }
+}

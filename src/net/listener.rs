@@ -25,6 +25,17 @@ pub fn bind(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
+/// Fails with `AddrInUse` if another socket already listens on `addr`.
+/// Our listeners share their port with `SO_REUSEPORT`, which would also let
+/// a second server start on an address already served and silently take
+/// half its connections; a plain bind first tells the two cases apart.
+pub fn check_free(addr: SocketAddr) -> io::Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // TIME_WAIT leftovers of an earlier run are no reason to refuse.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())
+}
+
 /// Raises the soft open-file limit to the hard limit; returns (soft, hard)
 /// as they are afterwards.
 pub fn raise_nofile_limit() -> io::Result<(libc::rlim_t, libc::rlim_t)> {

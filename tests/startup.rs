@@ -1,0 +1,74 @@
+//! What the server refuses at start: an address another process already
+//! serves (unless `--reuseport` says the sharing is meant).
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+
+/// Starts the binary with `args` on its own data dir; returns the child
+/// and its first stdout line (or `None` if it exited or printed nothing
+/// within WAIT).
+fn start(args: &[&str]) -> (Child, Option<String>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_haoshuo"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run haoshuo");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(WAIT).ok().filter(|l| !l.is_empty());
+    (child, line, dir)
+}
+
+#[test]
+fn a_second_server_on_a_served_address_is_refused() {
+    let first = Server::start(Backend::Embedded, Opts::default());
+    let addr = first.addr().to_string();
+    let (mut second, line, _dir) = start(&["--listen", &addr]);
+    let status = second.wait().expect("the second server exits");
+    assert!(line.is_none(), "a second server started: {line:?}");
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("already served") && err.contains("--reuseport"),
+        "{err}"
+    );
+    // The first one is undisturbed.
+    first.api().user("a", "alice");
+}
+
+#[test]
+fn reuseport_shares_the_address_on_purpose() {
+    let (mut first, line, _d1) = start(&["--listen", "127.0.0.1:0", "--reuseport"]);
+    let line = line.expect("the first server starts");
+    let addr = line
+        .split_whitespace()
+        .skip_while(|w| *w != "on")
+        .nth(1)
+        .expect("its address")
+        .to_string();
+    let (mut second, line2, _d2) = start(&["--listen", &addr, "--reuseport"]);
+    let started = line2.is_some_and(|l| l.contains(&addr));
+    let _ = first.kill();
+    let _ = second.kill();
+    let _ = (first.wait(), second.wait());
+    assert!(
+        started,
+        "--reuseport did not let a second server share {addr}"
+    );
+}
