@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 common::backend_tests!(
     a_retried_send_is_stored_once,
     a_retried_group_send_is_stored_once_per_member,
+    a_cmsgid_names_one_message_of_its_sender,
     bad_cmsgids_are_400,
     a_retry_after_kill_9_is_not_a_duplicate,
 );
@@ -67,6 +68,45 @@ fn a_retried_group_send_is_stored_once_per_member(backend: Backend) {
     }
 }
 
+/// The key is (appid, fromid, cmsgid) in both stores: the same cmsgid
+/// with another receiver, kind or content is refused with 409 and stores
+/// nothing, while a retry of the same message is still `ok`.
+fn a_cmsgid_names_one_message_of_its_sender(backend: Backend) {
+    let server = Server::start(backend, Opts::default());
+    let api = server.api();
+    let (alice, bob, carol) = (
+        api.user("app", "alice"),
+        api.user("app", "bob"),
+        api.user("app", "carol"),
+    );
+    let gid = api.group(&alice, "team", &[bob.uid]);
+    check_ok(&api.ok("/p", &with_cmsgid(send_body(&alice, bob.uid, "hi"), "k1")));
+    let reused = [
+        ("/p", send_body(&alice, carol.uid, "hi")),
+        ("/p", send_body(&alice, bob.uid, "hi!")),
+        ("/gp", gsend_body(&alice, gid, "hi")),
+    ];
+    for (path, body) in reused {
+        let answer = api.post(path, &with_cmsgid(body.clone(), "k1"));
+        expect_error(answer.clone(), 409);
+        assert_eq!(
+            answer.1["msg"], "cmsgid reused for a different message",
+            "{path} {body}"
+        );
+    }
+    // The retry of the first message is still recognised.
+    check_ok(&api.ok("/p", &with_cmsgid(send_body(&alice, bob.uid, "hi"), "k1")));
+    assert_eq!(api.pull(&bob).contents(), ["hi"]);
+    assert!(
+        api.pull(&carol).msgids().is_empty(),
+        "carol got the reused cmsgid"
+    );
+    assert!(
+        api.pull(&alice).msgids().is_empty(),
+        "the group got the reused cmsgid"
+    );
+}
+
 fn bad_cmsgids_are_400(backend: Backend) {
     let server = Server::start(backend, Opts::default());
     let api = server.api();
@@ -89,6 +129,9 @@ fn a_retry_after_kill_9_is_not_a_duplicate(backend: Backend) {
     server.restart_same_dir();
     let api = server.api();
     check_ok(&api.ok("/p", &send));
+    // What the cmsgid names survives too.
+    let other = with_cmsgid(send_body(&alice, bob.uid, "other"), "k-9");
+    expect_error(api.post("/p", &other), 409);
     let pulled = api.pull(&bob);
     assert_eq!(pulled.msgids(), [1]);
     assert_eq!(pulled.contents(), ["survives"]);

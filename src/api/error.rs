@@ -72,6 +72,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::UsernameTaken => ApiError::Conflict("username taken"),
+            StoreError::CmsgidReused => ApiError::Conflict("cmsgid reused for a different message"),
             StoreError::NoSuchUser(uid) => ApiError::NotFound(format!("no such user {uid}").into()),
             StoreError::NoSuchGroup(gid) => {
                 ApiError::NotFound(format!("no such group {gid}").into())

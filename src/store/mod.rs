@@ -41,12 +41,29 @@ pub struct NewMessage {
 }
 
 /// A client's own id for one send (`cmsgid`), so that a retry of the same
-/// send stores nothing new: sends are recognised by (appid, fromid, cmsgid).
+/// send stores nothing new: sends are recognised by (appid, fromid, cmsgid),
+/// in both stores, and the same key with another message is refused
+/// ([`StoreError::CmsgidReused`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Once<'a> {
     pub cmsgid: &'a str,
     /// Unix seconds until which a retry is recognised.
     pub until: u64,
+}
+
+/// What makes two sends with one `cmsgid` the same message: where it goes,
+/// its kind and its content, hashed (BLAKE2b, 128 bits: stable across
+/// processes and versions, and no sender can make two messages collide).
+pub fn fingerprint(msg: &NewMessage) -> String {
+    use blake2::digest::{Update, VariableOutput};
+    let mut h = blake2::Blake2bVar::new(16).expect("16 is a valid BLAKE2b output size");
+    h.update(&msg.toid.to_le_bytes());
+    h.update(&[msg.datatype]);
+    h.update(msg.content.as_bytes());
+    let mut out = [0u8; 16];
+    h.finalize_variable(&mut out)
+        .expect("the buffer is the output size");
+    out.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A message as it sits in one receiver's inbox.
@@ -133,6 +150,9 @@ pub enum StoreError {
     NoSuchUser(Uid),
     #[error("no such group {0}")]
     NoSuchGroup(Gid),
+    /// A `cmsgid` already named another message from this sender.
+    #[error("cmsgid reused for a different message")]
+    CmsgidReused,
     /// The backend cannot be reached or cannot write; nothing was half written.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -192,9 +212,11 @@ pub trait Store: Send + Sync + 'static {
     /// (`NoSuchUser` otherwise, nothing written).
     fn append(&self, appid: &str, to: &[Uid], msg: &NewMessage) -> Result<Vec<MsgId>>;
 
-    /// Like [`Store::append`], but idempotent: a receiver that already got a
-    /// message with this (fromid, `once.cmsgid`) before `once.until` gets
-    /// nothing new, and its entry in the answer is `None`. A retry after a
+    /// Like [`Store::append`], but idempotent: a send with this (appid,
+    /// fromid, `once.cmsgid`) recognised before `once.until` stores nothing
+    /// new for a receiver that has it (its entry in the answer is `None`);
+    /// the same key with a different message ([`fingerprint`]) fails with
+    /// `CmsgidReused` and stores nothing. A retry after a
     /// send that failed part way (possible with Redis, see docs/redis.md)
     /// completes it without duplicating what was done.
     fn append_once(

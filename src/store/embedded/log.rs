@@ -71,6 +71,10 @@ pub(crate) enum Record<'a> {
         k: Option<Cow<'a, str>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         x: Option<u64>,
+        /// The message's fingerprint, with `k` (absent in logs written
+        /// before cmsgids were checked against their message).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        h: Option<Cow<'a, str>>,
     },
     /// A send with `cmsgid` `k` from `f` is recognised until `x` (written
     /// by compaction, whose `msg` records carry no `k`).
@@ -80,6 +84,8 @@ pub(crate) enum Record<'a> {
         f: Uid,
         k: Cow<'a, str>,
         x: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        h: Option<Cow<'a, str>>,
     },
     /// A user's ack position moved forward to `id`.
     #[serde(rename = "ack")]
@@ -380,6 +386,7 @@ mod tests {
             c: "hi".into(),
             k: None,
             x: None,
+            h: None,
         };
         let mut buf = Vec::new();
         encode(&rec, &mut buf);
@@ -435,12 +442,14 @@ mod tests {
                 c: "c".into(),
                 k: Some("client-7".into()),
                 x: Some(1000),
+                h: Some("00ff".into()),
             },
             Record::Once {
                 a: "x".into(),
                 f: 1,
                 k: "client-8".into(),
                 x: 2000,
+                h: None,
             },
         ];
         let mut buf = Vec::new();

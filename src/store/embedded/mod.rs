@@ -104,9 +104,10 @@ use std::time::Duration;
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
 use self::log::{Log, Record};
-use self::state::State;
+use self::state::{OnceSeen, State};
 use super::{
-    unix_now, Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store, StoreError, TokenInfo, Uid,
+    fingerprint, unix_now, Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store, StoreError,
+    TokenInfo, Uid,
 };
 
 /// When the log is fsynced.
@@ -377,11 +378,12 @@ impl Inner {
         appid: &str,
         to: &[Uid],
         msg: &NewMessage,
-        once: Option<&Once>,
+        once: Option<(&Once, &str)>,
     ) -> Result<Vec<MsgId>> {
         if to.is_empty() {
             return Ok(Vec::new());
         }
+        let (once, print) = (once.map(|o| o.0), once.map(|o| o.1));
         let ids = self.state.check_append(appid, to)?;
         self.commit(&Record::Msg {
             a: Cow::Borrowed(appid),
@@ -393,6 +395,7 @@ impl Inner {
             c: Cow::Borrowed(&msg.content),
             k: once.map(|o| Cow::Borrowed(o.cmsgid)),
             x: once.map(|o| o.until),
+            h: print.map(Cow::Borrowed),
         })?;
         self.state.add_message(
             appid,
@@ -404,7 +407,8 @@ impl Inner {
             &msg.content,
         );
         if let Some(o) = once {
-            self.state.add_once(appid, msg.fromid, o.cmsgid, o.until);
+            self.state
+                .add_once(appid, msg.fromid, o.cmsgid, o.until, print);
         }
         self.after_write();
         Ok(ids)
@@ -545,9 +549,15 @@ impl Store for EmbeddedStore {
         once: &Once,
     ) -> Result<Vec<Option<MsgId>>> {
         let now = unix_now();
+        let print = fingerprint(msg);
         let mut inner = self.lock()?;
-        if inner.state.seen_once(appid, msg.fromid, once.cmsgid, now) {
-            return Ok(vec![None; to.len()]);
+        match inner
+            .state
+            .seen_once(appid, msg.fromid, once.cmsgid, &print, now)
+        {
+            OnceSeen::New => {}
+            OnceSeen::Same => return Ok(vec![None; to.len()]),
+            OnceSeen::Other => return Err(StoreError::CmsgidReused),
         }
         // Forget expired sends now and then, not on every call: the map only
         // grows by what is sent within one window.
@@ -555,7 +565,7 @@ impl Store for EmbeddedStore {
             inner.state.purge_once(now);
             inner.once_purge_at = (inner.state.once_len() * 2).max(ONCE_PURGE_MIN);
         }
-        let ids = inner.append(appid, to, msg, Some(once))?;
+        let ids = inner.append(appid, to, msg, Some((once, &print)))?;
         Ok(ids.into_iter().map(Some).collect())
     }
 

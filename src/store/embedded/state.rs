@@ -67,6 +67,20 @@ impl App {
     }
 }
 
+/// A send's `cmsgid` as the store knows it: (appid, fromid, cmsgid).
+type OnceKey = (String, Uid, String);
+
+/// What the store remembers of a send's `cmsgid`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OnceSeen {
+    /// Not sent (or no longer recognised).
+    New,
+    /// Sent, with the same message: a retry.
+    Same,
+    /// Sent, with another message.
+    Other,
+}
+
 #[derive(Clone, Default)]
 pub(crate) struct State {
     apps: HashMap<String, App>,
@@ -75,8 +89,9 @@ pub(crate) struct State {
     /// Sequence number of the next append.
     next_seq: u64,
     /// Sends with a `cmsgid`: (appid, fromid, cmsgid) -> until when a retry
-    /// is recognised (unix seconds).
-    once: HashMap<(String, Uid, String), u64>,
+    /// is recognised (unix seconds), and the message's fingerprint (`None`
+    /// when replayed from a log written before fingerprints).
+    once: HashMap<OnceKey, (u64, Option<Box<str>>)>,
     /// Most un-acked messages an inbox keeps (0: no limit); the oldest go.
     inbox_cap: usize,
 }
@@ -242,23 +257,44 @@ impl State {
         }
     }
 
-    /// Whether a send from `fromid` with `cmsgid` was stored and is still
-    /// recognised at `now`.
-    pub fn seen_once(&self, appid: &str, fromid: Uid, cmsgid: &str, now: u64) -> bool {
+    /// Whether a send from `fromid` with `cmsgid` is still recognised at
+    /// `now`, and whether it was the message with fingerprint `print`.
+    pub fn seen_once(
+        &self,
+        appid: &str,
+        fromid: Uid,
+        cmsgid: &str,
+        print: &str,
+        now: u64,
+    ) -> OnceSeen {
         // The key is owned; a lookup by borrowed parts would need a custom
         // key type, and a send with cmsgid already costs an allocation.
         let key = (appid.to_owned(), fromid, cmsgid.to_owned());
-        self.once.get(&key).is_some_and(|&until| until > now)
+        match self.once.get(&key) {
+            Some((until, _)) if *until <= now => OnceSeen::New,
+            None => OnceSeen::New,
+            Some((_, Some(seen))) if &**seen != print => OnceSeen::Other,
+            Some(_) => OnceSeen::Same,
+        }
     }
 
-    pub fn add_once(&mut self, appid: &str, fromid: Uid, cmsgid: &str, until: u64) {
-        self.once
-            .insert((appid.to_owned(), fromid, cmsgid.to_owned()), until);
+    pub fn add_once(
+        &mut self,
+        appid: &str,
+        fromid: Uid,
+        cmsgid: &str,
+        until: u64,
+        print: Option<&str>,
+    ) {
+        self.once.insert(
+            (appid.to_owned(), fromid, cmsgid.to_owned()),
+            (until, print.map(Box::from)),
+        );
     }
 
     /// Forgets sends no longer recognised at `now`.
     pub fn purge_once(&mut self, now: u64) {
-        self.once.retain(|_, &mut until| until > now);
+        self.once.retain(|_, (until, _)| *until > now);
     }
 
     pub fn once_len(&self) -> usize {
@@ -376,9 +412,10 @@ impl State {
                 c,
                 k,
                 x,
+                h,
             } => {
                 if let (Some(k), Some(x)) = (&k, x) {
-                    self.add_once(&a, f, k, x);
+                    self.add_once(&a, f, k, x, h.as_deref());
                 }
                 if to.len() != ids.len() {
                     return Err(format!("{} receivers but {} msgids", to.len(), ids.len()));
@@ -396,7 +433,7 @@ impl State {
                 }
                 self.add_message(&a, &to, &ids, f, t, d, &Arc::from(c))
             }
-            Record::Once { a, f, k, x } => self.add_once(&a, f, &k, x),
+            Record::Once { a, f, k, x, h } => self.add_once(&a, f, &k, x, h.as_deref()),
             Record::Ack { a, u, id } => {
                 self.user(&a, u).map_err(|e| e.to_string())?;
                 self.set_ack(&a, u, id);
@@ -478,14 +515,16 @@ impl State {
                 c: Cow::Borrowed(&m.content),
                 k: None,
                 x: None,
+                h: None,
             })?;
         }
-        for ((a, f, k), &x) in &self.once {
+        for ((a, f, k), (x, h)) in &self.once {
             emit(&Record::Once {
                 a: Cow::Borrowed(a),
                 f: *f,
                 k: Cow::Borrowed(k),
-                x,
+                x: *x,
+                h: h.as_deref().map(Cow::Borrowed),
             })?;
         }
         for &(a, app) in &apps {

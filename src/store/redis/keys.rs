@@ -91,6 +91,12 @@ pub fn once(appid: &str, uid: Uid, fromid: Uid, cmsgid: &str) -> String {
     )
 }
 
+/// `hs:{u:APPID:FROMID}:sent:CMSGID`: string, the fingerprint of the
+/// message a sender's `cmsgid` names, while it is remembered.
+pub fn sent(appid: &str, fromid: Uid, cmsgid: &str) -> String {
+    format!("hs:{{u:{}:{fromid}}}:sent:{}", part(appid), part(cmsgid))
+}
+
 /// `hs:{g:APPID:GID}`: hash `owner`, `name`, `members` (comma-separated uids).
 pub fn group(appid: &str, gid: Gid) -> String {
     format!("hs:{{g:{}:{gid}}}", part(appid))

@@ -24,7 +24,8 @@ use std::time::Duration;
 use redis::{ConnectionLike, RedisResult, Script};
 
 use crate::store::{
-    unix_now, Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store, StoreError, TokenInfo, Uid,
+    fingerprint, unix_now, Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store, StoreError,
+    TokenInfo, Uid,
 };
 
 pub use keys::DELIVER_CHANNEL;
@@ -51,6 +52,7 @@ pub struct RedisStore {
     append: Script,
     ack: Script,
     page: Script,
+    sent: Script,
 }
 
 impl RedisStore {
@@ -63,6 +65,7 @@ impl RedisStore {
             append: Script::new(scripts::APPEND),
             ack: Script::new(scripts::ACK),
             page: Script::new(scripts::PAGE),
+            sent: Script::new(scripts::SENT),
         };
         store.pool.with(|c| redis::cmd("PING").query::<String>(c))?;
         Ok(store)
@@ -99,6 +102,21 @@ impl RedisStore {
         let stored = serde_json::to_string(&keys::Stored::of(msg))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let ttl = once.map_or(0, |o| o.until.saturating_sub(unix_now()).max(1));
+        if let Some(o) = once {
+            // The cmsgid is the sender's: claim it for this message first
+            // (a retry of the same message goes on, and completes whatever
+            // receivers a failed first try left out).
+            let seen: i64 = self.with(|c| {
+                self.sent
+                    .key(keys::sent(appid, msg.fromid, o.cmsgid))
+                    .arg(fingerprint(msg))
+                    .arg(ttl)
+                    .invoke(c)
+            })?;
+            if seen == 2 {
+                return Err(StoreError::CmsgidReused);
+            }
+        }
         let ids: Vec<i64> = self.with(|c| {
             let mut p = redis::pipe();
             for &uid in to {

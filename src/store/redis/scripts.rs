@@ -64,3 +64,16 @@ for i, m in ipairs(ms) do
 end
 return {last, out}
 "#;
+
+/// Claims a sender's `cmsgid` for one message, or says whom it names.
+///
+/// KEYS[1] the sender's `sent` key (in the sender's slot). ARGV[1] the
+/// message's fingerprint, ARGV[2] seconds it is remembered. Returns 0 if
+/// the cmsgid is new (now claimed), 1 if it names this same message (a
+/// retry), 2 if it names another message. Time does not move inside a
+/// script, so the key cannot expire between the SET and the GET.
+pub const SENT: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 2
+"#;
