@@ -107,6 +107,23 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_TOKEN_TTL", default_value_t = 30 * 24 * 3600)]
     pub token_ttl: u64,
 
+    /// Most password hashes (argon2id, tens of ms of CPU each) computed at
+    /// once by `/re` and `/login`; beyond it they answer 429 at once, so
+    /// the other endpoints never wait. Default: one per core.
+    #[arg(long, env = "HAOSHUO_HASH_CONCURRENCY")]
+    pub hash_concurrency: Option<usize>,
+
+    /// `/re` and `/login` calls a minute from one client address (a
+    /// burst of as many is allowed; 0: no limit). Behind a proxy every
+    /// client has the proxy's address: raise it there.
+    #[arg(long, env = "HAOSHUO_AUTH_PER_IP", default_value_t = 120)]
+    pub auth_per_ip: u32,
+
+    /// `/login` calls a minute for one (appid, username), wherever they
+    /// come from: a bound on password guessing (0: no limit).
+    #[arg(long, env = "HAOSHUO_LOGIN_PER_USER", default_value_t = 10)]
+    pub login_per_user: u32,
+
     /// Seconds a send's `cmsgid` is remembered: a retry of `/p` or `/gp`
     /// with the same (appid, fromid, cmsgid) within it stores nothing new.
     #[arg(long, env = "HAOSHUO_CMSGID_WINDOW", default_value_t = 600)]
@@ -144,6 +161,12 @@ impl Config {
     pub fn workers(&self) -> usize {
         let per_core = if self.redis.is_some() { 16 } else { 2 };
         self.workers.unwrap_or_else(|| per_core * cores()).max(1)
+    }
+
+    /// Concurrent password hashes: one per core unless set; the workers
+    /// (two per core at least) always keep some free for other calls.
+    pub fn hash_concurrency(&self) -> usize {
+        self.hash_concurrency.unwrap_or_else(cores).max(1)
     }
 
     /// Redis connections (pipelining lanes); default: one per core.

@@ -151,6 +151,9 @@ impl Server {
                 token_ttl: cfg.token_ttl,
                 admin_key: cfg.admin_key.clone(),
                 cmsgid_window: cfg.cmsgid_window,
+                hash_concurrency: cfg.hash_concurrency(),
+                auth_per_ip: cfg.auth_per_ip,
+                login_per_user: cfg.login_per_user,
             },
         ));
         let feed = match &redis {

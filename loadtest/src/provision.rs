@@ -2,7 +2,8 @@
 //! in bulk through the server's admin listener (`POST /admin/users`), or,
 //! against a server without one, by `/re` + `/login` of each user
 //! (`--provision login`, password `p`; slow: the server hashes passwords
-//! with argon2 on purpose).
+//! with argon2 on purpose, and rate-limits `/re` and `/login` per address:
+//! start it with `--auth-per-ip 0` for this).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

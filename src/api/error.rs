@@ -24,6 +24,8 @@ pub enum ApiError {
     MethodNotAllowed(Method),
     /// 409: the username is taken.
     Conflict(&'static str),
+    /// 429: a limit; the client may try again after this many seconds.
+    TooMany(&'static str, u64),
     /// 503: the store cannot be reached; nothing was written.
     Unavailable,
     /// 500: a bug or an OS failure outside the store (e.g. no randomness).
@@ -39,6 +41,7 @@ impl ApiError {
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::Conflict(_) => 409,
+            ApiError::TooMany(..) => 429,
             ApiError::Unavailable => 503,
             ApiError::Internal => 500,
         }
@@ -48,6 +51,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(m) | ApiError::NotFound(m) => m,
             ApiError::Unauthorized(m) | ApiError::Forbidden(m) | ApiError::Conflict(m) => m,
+            ApiError::TooMany(m, _) => m,
             ApiError::MethodNotAllowed(_) => "method not allowed",
             ApiError::Unavailable => "store unavailable",
             ApiError::Internal => "internal error",
@@ -55,15 +59,17 @@ impl ApiError {
     }
 
     /// The whole HTTP response for this error (a 405 says in `Allow` which
-    /// methods the path takes, as RFC 9110 requires).
+    /// methods the path takes, as RFC 9110 requires; a 429 in `Retry-After`
+    /// when to come back).
     pub fn response(&self, keep_alive: bool) -> Vec<u8> {
-        let allow: &[u8] = match self {
-            ApiError::MethodNotAllowed(Method::Get) => b"Allow: GET, HEAD\r\n",
-            ApiError::MethodNotAllowed(_) => b"Allow: POST\r\n",
-            _ => b"",
+        let extra: Vec<u8> = match self {
+            ApiError::MethodNotAllowed(Method::Get) => b"Allow: GET, HEAD\r\n".to_vec(),
+            ApiError::MethodNotAllowed(_) => b"Allow: POST\r\n".to_vec(),
+            ApiError::TooMany(_, secs) => format!("Retry-After: {secs}\r\n").into_bytes(),
+            _ => Vec::new(),
         };
         let mut out = Vec::with_capacity(200);
-        write_error_with(&mut out, self.status(), self.msg(), keep_alive, allow);
+        write_error_with(&mut out, self.status(), self.msg(), keep_alive, &extra);
         out
     }
 }

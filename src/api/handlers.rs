@@ -2,11 +2,13 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 
 use crate::api::codec::{decode_body, Fields};
 use crate::api::error::ApiError;
+use crate::api::limits::{HashGate, HashPermit, RateLimit};
 use crate::api::Request;
 use crate::auth;
 use crate::bus::{Reply, Sub, SubKey, Subscribed};
@@ -53,15 +55,25 @@ pub struct Options {
     pub admin_key: Option<String>,
     /// Seconds a send's `cmsgid` is remembered, so a retry stores nothing.
     pub cmsgid_window: u64,
+    /// Most password hashes computed at once (`/re`, `/login`).
+    pub hash_concurrency: usize,
+    /// `/re` and `/login` calls a minute per client address (0: no limit).
+    pub auth_per_ip: u32,
+    /// `/login` calls a minute per (appid, username) (0: no limit).
+    pub login_per_user: u32,
 }
 
 pub struct Api {
     store: Arc<dyn Store>,
     router: Arc<Router>,
     limits: Options,
-    /// A real argon2id hash to verify against when the username is unknown,
-    /// so a failed login takes as long whether or not the user exists.
+    /// A real argon2id hash to verify against when the username is unknown
+    /// (or has no password), so a failed login takes as long whether or not
+    /// the user exists.
     dummy_hash: String,
+    hashing: HashGate,
+    per_ip: RateLimit,
+    per_user: RateLimit,
 }
 
 /// Endpoints and the one method each takes.
@@ -111,6 +123,9 @@ impl Api {
         Api {
             store,
             router,
+            hashing: HashGate::new(limits.hash_concurrency),
+            per_ip: RateLimit::new(limits.auth_per_ip),
+            per_user: RateLimit::new(limits.login_per_user),
             limits,
             dummy_hash,
         }
@@ -172,9 +187,9 @@ impl Api {
         }
         let f = decode_body(req.body(), req.head.body)?;
         let body = match endpoint {
-            Endpoint::Re => self.re(&f)?,
+            Endpoint::Re => self.re(req, &f)?,
             Endpoint::Gre => self.gre(&f)?,
-            Endpoint::Login => self.login(&f)?,
+            Endpoint::Login => self.login(req, &f)?,
             Endpoint::P => self.p(&f)?,
             Endpoint::Gp => self.gp(&f)?,
             Endpoint::Pull => self.pull(&f)?,
@@ -188,29 +203,64 @@ impl Api {
         Ok(Reply::Http { bytes, keep_alive })
     }
 
-    fn re(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
+    fn re(&self, req: &Request, f: &Fields) -> Result<Vec<u8>, ApiError> {
+        self.limit_peer(req)?;
         let appid = appid(f)?;
         let username = bounded(f, "username", MAX_USERNAME)?;
         let pass = bounded(f, "pass", MAX_PASS)?;
-        let hash = auth::hash_password(&pass)?;
+        // A taken name costs no hashing (create_user checks again).
+        if self.store.find_user(&appid, &username)?.is_some() {
+            return Err(ApiError::Conflict("username taken"));
+        }
+        let hash = {
+            let _slot = self.hash_slot()?;
+            auth::hash_password(&pass)?
+        };
         let uid = self.store.create_user(&appid, &username, &hash)?;
         Ok(object(&[("uid", Num(uid)), ("username", Str(&username))]))
     }
 
-    fn login(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
+    fn login(&self, req: &Request, f: &Fields) -> Result<Vec<u8>, ApiError> {
+        self.limit_peer(req)?;
         let appid = appid(f)?;
         let username = bounded(f, "username", MAX_USERNAME)?;
         let pass = bounded(f, "pass", MAX_PASS)?;
-        let user = self.store.find_user(&appid, &username)?;
-        let (uid, hash) = match &user {
-            Some((uid, hash)) => (*uid, hash.as_str()),
-            None => (0, self.dummy_hash.as_str()),
-        };
-        if !auth::verify_password(&pass, hash) || user.is_none() {
-            return Err(ApiError::Unauthorized("wrong username or password"));
+        let who = format!("{}:{appid}{username}", appid.len());
+        if let Err(wait) = self.per_user.take(&who, Instant::now()) {
+            return Err(too_many("too many logins for this user", wait));
         }
+        let user = self.store.find_user(&appid, &username)?;
+        // An unknown user, or one made without a password (admin), is
+        // checked against the dummy hash: as slow as a real one.
+        let (uid, hash) = match &user {
+            Some((uid, hash)) if hash != auth::NO_PASSWORD => (Some(*uid), hash.as_str()),
+            _ => (None, self.dummy_hash.as_str()),
+        };
+        let ok = {
+            let _slot = self.hash_slot()?;
+            auth::verify_password(&pass, hash)
+        };
+        let Some(uid) = uid.filter(|_| ok) else {
+            return Err(ApiError::Unauthorized("wrong username or password"));
+        };
         let token = self.issue_token(&appid, uid)?;
         Ok(object(&[("uid", Num(uid)), ("token", Str(&token))]))
+    }
+
+    /// Takes a token of the client address's rate limit.
+    fn limit_peer(&self, req: &Request) -> Result<(), ApiError> {
+        let Some(ip) = req.peer else { return Ok(()) };
+        self.per_ip
+            .take(&ip.to_string(), Instant::now())
+            .map_err(|wait| too_many("too many requests from this address", wait))
+    }
+
+    /// A slot to hash a password in, or 429 at once when all are taken:
+    /// no other endpoint ever waits behind password hashing.
+    fn hash_slot(&self) -> Result<HashPermit<'_>, ApiError> {
+        self.hashing
+            .enter()
+            .ok_or(ApiError::TooMany("password hashing is busy", 1))
     }
 
     /// Makes and stores a new token for `uid`; returns it as clients see it.
@@ -517,6 +567,11 @@ fn head_of(endpoint: &Endpoint, head: &Head) -> Reply {
         bytes,
         keep_alive: head.keep_alive && kind != Kind::Raw,
     }
+}
+
+/// A 429 that says to come back in `wait` (whole seconds, at least one).
+fn too_many(msg: &'static str, wait: Duration) -> ApiError {
+    ApiError::TooMany(msg, wait.as_secs_f64().ceil().max(1.0) as u64)
 }
 
 /// How a `/cget/...` request subscribes: a held poll, or a stream framed

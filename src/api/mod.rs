@@ -8,10 +8,19 @@
 pub mod codec;
 pub mod error;
 mod handlers;
+pub mod limits;
 
 pub use handlers::{Api, Options};
 
+use std::net::IpAddr;
+
 use crate::http::request::Head;
+
+/// Whether the endpoint at `path` needs the client's address (its rate
+/// limits are per address): the reactor asks the socket only for these.
+pub fn needs_peer(path: &[u8]) -> bool {
+    matches!(path, b"/login" | b"/re")
+}
 
 /// One complete request, owned, on its way to a worker.
 pub struct Request {
@@ -21,6 +30,8 @@ pub struct Request {
     pub head: Head,
     /// Came in on the admin listener: only `/admin/...` paths are served.
     pub admin: bool,
+    /// The client's address, where [`needs_peer`] says it matters.
+    pub peer: Option<IpAddr>,
 }
 
 impl Request {

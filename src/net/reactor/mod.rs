@@ -479,10 +479,20 @@ impl Reactor {
             revoked: false,
         };
         let admin = conn.admin;
+        let peer = if crate::api::needs_peer(head.path(&raw)) {
+            conn.sock.peer_addr().ok().map(|a| a.ip())
+        } else {
+            None
+        };
         let origin = self.sub_key(key);
         let job = Job::Request {
             origin,
-            req: Request { raw, head, admin },
+            req: Request {
+                raw,
+                head,
+                admin,
+                peer,
+            },
         };
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.jobs.try_send(job)
         {

@@ -1,0 +1,118 @@
+//! Limits that keep one hostile client from hurting everyone: password
+//! hashing is bounded and answers 429 at once when busy, `/re` and `/login`
+//! are rate-limited per client address and `/login` per username.
+
+mod common;
+
+use common::*;
+use std::thread;
+use std::time::Instant;
+
+/// A 429 with `Retry-After` of at least a second, and this message.
+fn expect_429(answer: (u16, serde_json::Value), msg: &str) {
+    assert_eq!(answer.0, 429, "{}", answer.1);
+    assert_eq!(answer.1["msg"], msg);
+}
+
+#[test]
+fn logins_are_limited_per_username() {
+    let srv = Server::start(
+        Backend::Embedded,
+        Opts::default().flag("--login-per-user", 3),
+    );
+    let api = srv.api();
+    let alice = api.user("a", "alice"); // one login of alice's
+    let bob = api.user("a", "bob");
+    for _ in 0..2 {
+        expect_error(api.post("/login", &login_body("a", "alice", "guess")), 401);
+    }
+    // The fourth within the minute, right password or not.
+    expect_429(
+        api.post("/login", &login_body("a", "alice", &alice.pass())),
+        "too many logins for this user",
+    );
+    // Another user, and the same name in another appid, are not affected.
+    api.login("a", "bob", &bob.pass());
+    api.user("other", "alice");
+    // The Retry-After header says when.
+    let mut conn = Conn::connect(srv.addr());
+    let body = form_body(&login_body("a", "alice", "guess"));
+    conn.send(&request_bytes(
+        "POST",
+        "/login",
+        &[("Content-Type", FORM)],
+        body.as_bytes(),
+    ));
+    let r = conn.read_response(WAIT);
+    assert_eq!(r.status, 429);
+    let secs: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&secs), "Retry-After {secs}");
+}
+
+#[test]
+fn re_and_login_are_limited_per_address() {
+    let srv = Server::start(Backend::Embedded, Opts::default().flag("--auth-per-ip", 4));
+    let api = srv.api();
+    let u1 = api.user("a", "u1"); // /re + /login
+    api.register("a", "u2", "pw");
+    expect_error(api.post("/login", &login_body("a", "u2", "bad")), 401);
+    expect_429(
+        api.post("/re", &register_body("a", "u3", "pw")),
+        "too many requests from this address",
+    );
+    expect_429(
+        api.post("/login", &login_body("a", "u2", "pw")),
+        "too many requests from this address",
+    );
+    // Nothing else is limited.
+    assert!(api.pull(&u1).msgids().is_empty());
+}
+
+#[test]
+fn busy_hashing_answers_429_at_once_and_blocks_nothing_else() {
+    let srv = Server::start(
+        Backend::Embedded,
+        Opts::default()
+            .workers(4)
+            .flag("--hash-concurrency", 1)
+            .flag("--login-per-user", 0)
+            .flag("--auth-per-ip", 0),
+    );
+    let api = srv.api();
+    let alice = api.user("a", "alice");
+    let deadline = Instant::now() + WAIT;
+    let mut busy = 0;
+    while busy == 0 && Instant::now() < deadline {
+        // Eight logins for unknown users at once, on one hashing slot.
+        let answers: Vec<(u16, serde_json::Value)> = thread::scope(|s| {
+            let calls: Vec<_> = (0..8)
+                .map(|i| {
+                    s.spawn(move || {
+                        api.post("/login", &login_body("a", &format!("nobody{i}"), "x"))
+                    })
+                })
+                .collect();
+            // Meanwhile other endpoints answer.
+            assert!(api.pull(&alice).msgids().is_empty());
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        for (status, body) in answers {
+            match status {
+                401 => {}
+                429 => {
+                    assert_eq!(body["msg"], "password hashing is busy");
+                    busy += 1;
+                }
+                other => panic!("login answered {other}: {body}"),
+            }
+        }
+    }
+    assert!(
+        busy > 0,
+        "eight concurrent logins never found the one slot taken"
+    );
+}
