@@ -100,7 +100,7 @@ pub struct Config {
     /// Most un-acked messages one user's inbox keeps (0: no limit). Beyond
     /// it the oldest are dropped, and a client asking for them is told with
     /// a `trimmed` frame.
-    #[arg(long, env = "HAOSHUO_INBOX_CAP", default_value_t = 0)]
+    #[arg(long, env = "HAOSHUO_INBOX_CAP", default_value_t = 10_000)]
     pub inbox_cap: usize,
 
     /// Seconds a login token stays valid.
@@ -123,6 +123,16 @@ pub struct Config {
     /// come from: a bound on password guessing (0: no limit).
     #[arg(long, env = "HAOSHUO_LOGIN_PER_USER", default_value_t = 10)]
     pub login_per_user: u32,
+
+    /// Messages a second one sender (appid, fromid) may send with `/p` and
+    /// `/gp`, ten seconds' worth at once; beyond it 429 (0: no limit).
+    #[arg(long, env = "HAOSHUO_SEND_RATE", default_value_t = 100)]
+    pub send_rate: u32,
+
+    /// Most members of one group (each group message is written once per
+    /// member).
+    #[arg(long, env = "HAOSHUO_MAX_GROUP_MEMBERS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_group_members: u32,
 
     /// Seconds a send's `cmsgid` is remembered: a retry of `/p` or `/gp`
     /// with the same (appid, fromid, cmsgid) within it stores nothing new.

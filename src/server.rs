@@ -154,6 +154,8 @@ impl Server {
                 hash_concurrency: cfg.hash_concurrency(),
                 auth_per_ip: cfg.auth_per_ip,
                 login_per_user: cfg.login_per_user,
+                send_rate: cfg.send_rate,
+                max_group_members: cfg.max_group_members as usize,
             },
         ));
         let feed = match &redis {

@@ -116,3 +116,44 @@ fn busy_hashing_answers_429_at_once_and_blocks_nothing_else() {
         "eight concurrent logins never found the one slot taken"
     );
 }
+
+#[test]
+fn a_sender_is_limited_and_group_size_is_bounded() {
+    let srv = Server::start(
+        Backend::Embedded,
+        Opts::default()
+            .flag("--send-rate", 2)
+            .flag("--max-group-members", 3),
+    );
+    let api = srv.api();
+    let (alice, bob, carol, dave) = (
+        api.user("a", "alice"),
+        api.user("a", "bob"),
+        api.user("a", "carol"),
+        api.user("a", "dave"),
+    );
+    // Two a second, twenty at once: the 21st in a row is refused.
+    for i in 0..20 {
+        api.send(&alice, bob.uid, &format!("m{i}"));
+    }
+    expect_429(
+        api.post("/p", &send_body(&alice, bob.uid, "m20")),
+        "sending too fast",
+    );
+    assert_eq!(
+        api.pull(&bob).msgids().len(),
+        20,
+        "the refused one was stored"
+    );
+    // Other senders are not affected.
+    api.send(&carol, bob.uid, "from carol");
+    // Owner plus three is one too many.
+    expect_error(
+        api.post(
+            "/gre",
+            &gre_body(&carol, "big", &[bob.uid, dave.uid, alice.uid]),
+        ),
+        400,
+    );
+    api.group(&carol, "ok", &[bob.uid, dave.uid]);
+}

@@ -147,7 +147,7 @@ start_haoshuo() {
   # Every load client comes from one address and logs the same few users
   # in again and again: the /re and /login rate limits would measure 429s.
   "$HS" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir "$tmp/$name-data" \
-    --auth-per-ip 0 --login-per-user 0 "$@" > "$logf" 2>&1 &
+    --auth-per-ip 0 --login-per-user 0 --send-rate 0 "$@" > "$logf" 2>&1 &
   HS_PID=$!
   PIDS+=("$HS_PID")
   HS_ADDR= HS_ADMIN=

@@ -35,8 +35,6 @@ const MAX_GNAME: usize = 256;
 /// Longest `cmsgid` accepted, in bytes: a client's id for a send (a UUID
 /// is 36), kept for the window in every receiver's store.
 const MAX_CMSGID: usize = 128;
-/// Most members of one group: every group message is written once per member.
-const MAX_GROUP_MEMBERS: usize = 100_000;
 
 /// Most users one `/admin/users` call creates: its answer stays around a
 /// megabyte, and a bigger batch is simply several calls.
@@ -61,6 +59,12 @@ pub struct Options {
     pub auth_per_ip: u32,
     /// `/login` calls a minute per (appid, username) (0: no limit).
     pub login_per_user: u32,
+    /// Messages a second one sender may send, ten seconds' worth at once
+    /// (0: no limit).
+    pub send_rate: u32,
+    /// Most members of one group: every group message is written once per
+    /// member.
+    pub max_group_members: usize,
 }
 
 pub struct Api {
@@ -74,6 +78,7 @@ pub struct Api {
     hashing: HashGate,
     per_ip: RateLimit,
     per_user: RateLimit,
+    per_sender: RateLimit,
 }
 
 /// Endpoints and the one method each takes.
@@ -124,8 +129,12 @@ impl Api {
             store,
             router,
             hashing: HashGate::new(limits.hash_concurrency),
-            per_ip: RateLimit::new(limits.auth_per_ip),
-            per_user: RateLimit::new(limits.login_per_user),
+            per_ip: RateLimit::per_minute(limits.auth_per_ip),
+            per_user: RateLimit::per_minute(limits.login_per_user),
+            per_sender: RateLimit::per_second(
+                limits.send_rate,
+                limits.send_rate.saturating_mul(10),
+            ),
             limits,
             dummy_hash,
         }
@@ -289,9 +298,10 @@ impl Api {
                 members.push(uid);
             }
         }
-        if members.len() > MAX_GROUP_MEMBERS {
+        let max = self.limits.max_group_members;
+        if members.len() > max {
             return Err(ApiError::BadRequest(
-                format!("a group has at most {MAX_GROUP_MEMBERS} members").into(),
+                format!("a group has at most {max} members").into(),
             ));
         }
         let gid = self.store.create_group(&appid, owner, &gname, &members)?;
@@ -324,6 +334,10 @@ impl Api {
         let appid = appid(f)?.into_owned();
         let fromid = f.u64("fromid")?;
         self.check_token(f, &appid, fromid)?;
+        let sender = format!("{}:{appid}{fromid}", appid.len());
+        if let Err(wait) = self.per_sender.take(&sender, Instant::now()) {
+            return Err(too_many("sending too fast", wait));
+        }
         if let Some(d) = f.opt_u64("datatype")? {
             if d != u64::from(datatype) {
                 return Err(ApiError::BadRequest(

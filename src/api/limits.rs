@@ -53,10 +53,10 @@ impl Drop for HashPermit<'_> {
     }
 }
 
-/// Token buckets by key: `per_minute` tokens a minute, at most `per_minute`
-/// saved up (a burst of a minute's worth).
+/// Token buckets by key: `per_sec` tokens a second, at most `cap` saved up.
 pub struct RateLimit {
-    per_minute: u32,
+    per_sec: f64,
+    cap: f64,
     shards: Box<[Mutex<HashMap<String, Bucket>>]>,
 }
 
@@ -67,10 +67,20 @@ struct Bucket {
 }
 
 impl RateLimit {
-    /// `per_minute` 0 means no limit.
-    pub fn new(per_minute: u32) -> RateLimit {
+    /// `n` a minute, a minute's worth at once; 0 means no limit.
+    pub fn per_minute(n: u32) -> RateLimit {
+        RateLimit::new(f64::from(n) / 60.0, f64::from(n))
+    }
+
+    /// `n` a second, `burst` at once; 0 means no limit.
+    pub fn per_second(n: u32, burst: u32) -> RateLimit {
+        RateLimit::new(f64::from(n), f64::from(burst.max(n)))
+    }
+
+    fn new(per_sec: f64, cap: f64) -> RateLimit {
         RateLimit {
-            per_minute,
+            per_sec,
+            cap,
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
@@ -78,11 +88,10 @@ impl RateLimit {
     /// Takes a token for `key` at `now`; if there is none, how long until
     /// there is.
     pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        if self.per_minute == 0 {
+        if self.per_sec == 0.0 {
             return Ok(());
         }
-        let cap = f64::from(self.per_minute);
-        let per_sec = cap / 60.0;
+        let (cap, per_sec) = (self.cap, self.per_sec);
         let mut shard = self.shards[shard_of(key)]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -142,7 +151,7 @@ mod tests {
 
     #[test]
     fn buckets_allow_a_burst_then_a_steady_rate() {
-        let limit = RateLimit::new(6); // one every 10 s, six saved up
+        let limit = RateLimit::per_minute(6); // one every 10 s, six saved up
         let t0 = Instant::now();
         for i in 0..6 {
             assert_eq!(limit.take("alice", t0), Ok(()), "burst {i}");
@@ -162,15 +171,27 @@ mod tests {
         }
         assert!(limit.take("alice", t2).is_err());
         // 0: no limit.
-        let off = RateLimit::new(0);
+        let off = RateLimit::per_minute(0);
         for _ in 0..1000 {
             assert_eq!(off.take("x", t0), Ok(()));
         }
     }
 
     #[test]
+    fn per_second_buckets_burst_to_their_cap() {
+        let limit = RateLimit::per_second(10, 50);
+        let t0 = Instant::now();
+        for i in 0..50 {
+            assert_eq!(limit.take("s", t0), Ok(()), "burst {i}");
+        }
+        let wait = limit.take("s", t0).expect_err("past the burst");
+        assert!((0.09..=0.1).contains(&wait.as_secs_f64()), "{wait:?}");
+        assert_eq!(limit.take("s", t0 + Duration::from_millis(100)), Ok(()));
+    }
+
+    #[test]
     fn many_keys_cost_bounded_memory() {
-        let limit = RateLimit::new(60);
+        let limit = RateLimit::per_minute(60);
         let t0 = Instant::now();
         let later = t0 + Duration::from_secs(120);
         for i in 0..SHARD_KEYS * SHARDS * 3 {
