@@ -155,6 +155,9 @@ impl Server {
                 heartbeat: cfg.heartbeat,
                 poll_timeout: cfg.poll_timeout,
                 send_timeout: cfg.send_timeout,
+                request_timeout: cfg.request_timeout,
+                keepalive_timeout: cfg.keepalive_timeout,
+                linger_timeout: cfg.linger_timeout,
             };
             let listeners = Listeners {
                 public: l,
