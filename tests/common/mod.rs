@@ -618,6 +618,12 @@ impl Conn {
         }
     }
 
+    /// The socket itself, for tests that look below HTTP (what is still
+    /// buffered is dropped).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// Writes raw bytes (one request, several pipelined ones, or a part).
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write to haoshuo");
