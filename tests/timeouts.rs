@@ -5,8 +5,8 @@
 //! goes. Each is checked both ways: not before its time (a strict lower
 //! bound), and not much after it (a generous upper bound).
 //!
-//! The three timeouts are set to different values, so a state that took
-//! another state's timeout is caught by the bounds.
+//! The three timeouts are set more than [`SLACK`] + 1 s apart, so a state
+//! that took another state's timeout is caught by the bounds.
 
 mod common;
 
@@ -17,8 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const REQUEST: u64 = 2;
-const KEEPALIVE: u64 = 3;
-const LINGER: u64 = 4;
+const KEEPALIVE: u64 = 5;
+const LINGER: u64 = 8;
 /// Slack above a timeout: the wheel's ticks are whole seconds (a timeout
 /// of N lasts at most N + 1), plus scheduling on a busy test machine.
 const SLACK: Duration = Duration::from_secs(2);
