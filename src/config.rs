@@ -60,6 +60,12 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_WORKERS")]
     pub workers: Option<usize>,
 
+    /// API calls and page reads that may wait for a worker; beyond it a
+    /// request is answered 503 at once (a client would wait longer for its
+    /// answer than it would to retry).
+    #[arg(long, env = "HAOSHUO_JOB_QUEUE", default_value_t = crate::worker::QUEUE_CAPACITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16_777_216))]
+    pub job_queue: usize,
+
     /// Seconds of quiet on a stream before a `noop` heartbeat frame.
     #[arg(long, env = "HAOSHUO_HEARTBEAT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub heartbeat: u32,

@@ -127,7 +127,7 @@ impl Server {
             Some(r) => Some(Feed::start(r, router.clone())?),
             None => None,
         };
-        let (jobs, job_rx) = worker::queue();
+        let (jobs, job_rx) = worker::queue(cfg.job_queue);
         let workers = worker::spawn(cfg.workers(), api, job_rx);
 
         // The first listener fixes the port (port 0 picks one); the others

@@ -15,9 +15,10 @@ use crate::api::{Api, Request};
 use crate::bus::{CoreMsg, Reply, Sub, SubKey};
 use crate::http::response::error_response;
 
-/// Jobs that may wait for a worker. When it is full, reactors answer 503 at
-/// once instead of queueing without bound: past this many, a client would
-/// wait longer for its answer than it would to retry.
+/// Jobs that may wait for a worker, by default (`--job-queue`). When the
+/// queue is full, reactors answer 503 at once instead of queueing without
+/// bound: past this many, a client would wait longer for its answer than
+/// it would to retry.
 pub const QUEUE_CAPACITY: usize = 64 * 1024;
 
 pub enum Job {
@@ -27,8 +28,9 @@ pub enum Job {
     Page { origin: SubKey, sub: Sub },
 }
 
-pub fn queue() -> (Sender<Job>, Receiver<Job>) {
-    crossbeam_channel::bounded(QUEUE_CAPACITY)
+/// The job queue, holding at most `capacity` jobs.
+pub fn queue(capacity: usize) -> (Sender<Job>, Receiver<Job>) {
+    crossbeam_channel::bounded(capacity)
 }
 
 /// Starts `n` workers; they exit when every sender of `jobs` is dropped.
