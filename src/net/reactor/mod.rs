@@ -25,7 +25,7 @@ mod deliver;
 use crate::api::Request;
 use crate::bus::{ConnRef, CoreMsg, SubKey};
 use crate::http::request::{parse_head, Head, HttpError};
-use crate::http::response::{error_response, CONTINUE};
+use crate::http::response::{closing, error_response, CONTINUE};
 use crate::net::conn::{Conn, Input, State};
 use crate::net::mailbox::Mailbox;
 use crate::net::timer::{after, Secs, TimerWheel, NEVER};
@@ -500,6 +500,16 @@ impl Reactor {
 
     /// Writes a whole response and moves on: next request, or close.
     fn answer(&mut self, key: usize, bytes: &[u8], keep_alive: bool) {
+        if keep_alive && self.stopping.is_some() {
+            // Built before the server began stopping, it would promise a
+            // connection that closes after it.
+            if let Some(last) = closing(bytes) {
+                if self.write(key, &[&last]) {
+                    self.finish_request(key, false);
+                }
+                return;
+            }
+        }
         if self.write(key, &[bytes]) {
             self.finish_request(key, keep_alive);
         }
