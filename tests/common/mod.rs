@@ -20,7 +20,7 @@
 #![allow(dead_code)] // every test binary uses its own subset of the harness
 
 mod redis;
-pub use redis::RedisServer;
+pub use redis::{signal, RedisServer};
 mod proxy;
 #[allow(unused_imports)] // only tests/proxies.rs puts proxies in front
 pub use proxy::{Proxy, ProxyKind};
