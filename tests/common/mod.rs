@@ -20,7 +20,9 @@
 #![allow(dead_code)] // every test binary uses its own subset of the harness
 
 mod redis;
-pub use redis::{signal, RedisServer};
+#[allow(unused_imports)] // only tests/overload.rs signals a process by pid
+pub use redis::signal;
+pub use redis::RedisServer;
 mod proxy;
 #[allow(unused_imports)] // only tests/proxies.rs puts proxies in front
 pub use proxy::{Proxy, ProxyKind};
