@@ -60,6 +60,12 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_WORKERS")]
     pub workers: Option<usize>,
 
+    /// API calls and page reads that may wait for a worker; beyond it a
+    /// request is answered 503 at once (a client would wait longer for its
+    /// answer than it would to retry).
+    #[arg(long, env = "HAOSHUO_JOB_QUEUE", default_value_t = crate::worker::QUEUE_CAPACITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16_777_216))]
+    pub job_queue: usize,
+
     /// Seconds of quiet on a stream before a `noop` heartbeat frame.
     #[arg(long, env = "HAOSHUO_HEARTBEAT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub heartbeat: u32,
@@ -91,6 +97,21 @@ pub struct Config {
     /// stream is sent its backlog a page at a time, as its socket drains.
     #[arg(long, env = "HAOSHUO_PAGE_BYTES", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub page_bytes: u32,
+
+    /// Seconds a client may take to send a whole request once it has
+    /// started one (408 beyond).
+    #[arg(long, env = "HAOSHUO_REQUEST_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub request_timeout: u32,
+
+    /// Seconds an idle keep-alive connection is kept open.
+    #[arg(long, env = "HAOSHUO_KEEPALIVE_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub keepalive_timeout: u32,
+
+    /// Seconds a connection closed after its answer keeps draining what the
+    /// client sends, so the client reads the answer rather than a reset
+    /// (nginx's `lingering_timeout`).
+    #[arg(long, env = "HAOSHUO_LINGER_TIMEOUT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub linger_timeout: u32,
 
     /// Seconds a connection's queued output may make no progress at all
     /// before it is closed (a slow client is never closed for being slow).

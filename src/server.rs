@@ -162,7 +162,7 @@ impl Server {
             Some(r) => Some(Feed::start(r, router.clone())?),
             None => None,
         };
-        let (jobs, job_rx) = worker::queue();
+        let (jobs, job_rx) = worker::queue(cfg.job_queue);
         let workers = worker::spawn(cfg.workers(), api, job_rx);
 
         // The first listener fixes the port (port 0 picks one); the others
@@ -190,6 +190,9 @@ impl Server {
                 heartbeat: cfg.heartbeat,
                 poll_timeout: cfg.poll_timeout,
                 send_timeout: cfg.send_timeout,
+                request_timeout: cfg.request_timeout,
+                keepalive_timeout: cfg.keepalive_timeout,
+                linger_timeout: cfg.linger_timeout,
             };
             let listeners = Listeners {
                 public: l,

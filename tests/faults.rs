@@ -1,7 +1,9 @@
 //! Redis going away under the Redis store: API calls answer 503 with the
 //! JSON error body (no hang), the server reconnects by itself, live streams
 //! resume delivery, and a Redis restart under load loses nothing answered
-//! `ok` and duplicates nothing (senders retry with a `cmsgid`).
+//! `ok` and duplicates nothing (senders retry with a `cmsgid`). Calls a lane
+//! has written to a Redis that dies are answered at once, and the lane works
+//! again after the restart; the feed's reconnect empties the token cache.
 
 mod common;
 
@@ -184,4 +186,107 @@ fn a_redis_that_lost_everything_ends_streams_with_a_clear_signal() {
 
 fn left_until(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
+}
+
+#[test]
+fn the_feed_forgets_cached_tokens_when_it_reconnects() {
+    // Trusted for an hour: only the feed's reconnect can drop it sooner.
+    let mut server = Server::start(Backend::Redis, Opts::default().token_cache_secs(3600));
+    let api = server.api();
+    let alice = api.user("app", "alice");
+    api.pull(&alice); // the token is in this node's cache now
+                      // A logout whose announcement this node missed (as one published
+                      // while its feed is disconnected): the token goes from Redis, and
+                      // nothing tells the cache.
+    let key = format!("hs:{{t:{}}}", &alice.token[..16]);
+    assert_eq!(server.redis().command(&["DEL", &key]), ":1");
+    assert_eq!(
+        api.post("/pull", &pull_body(&alice)).0,
+        200,
+        "the cache should still trust the token: the test shows nothing"
+    );
+
+    server.redis().restart();
+    // Once the feed is back, it must have forgotten every cached token:
+    // it cannot know which logouts it missed.
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let (status, answer) = api.post("/pull", &pull_body(&alice));
+        match status {
+            401 => break,
+            // 503: Redis is still coming back; 200: the feed is not
+            // reconnected yet (or never clears the cache).
+            503 | 200 => assert!(
+                Instant::now() < deadline,
+                "the logged-out token still answers {status} {RECOVERY:?} after the restart"
+            ),
+            _ => panic!("/pull answered {status} {answer}"),
+        }
+        // Waiting on the server's own reconnect: nothing to watch.
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn calls_at_a_lane_when_redis_dies_get_503_and_all_work_after_a_restart() {
+    const CALLS: usize = 6;
+    // One lane, so the calls share its batches, and a Redis timeout far
+    // beyond the test's waits: an answer within WAIT is the lane failing
+    // the batch, not a timeout.
+    let mut server = Server::start(
+        Backend::Redis,
+        Opts::default()
+            .workers(CALLS as u32)
+            .flag("--redis-pool", 1)
+            .flag("--redis-timeout-ms", 30_000),
+    );
+    let api = server.api();
+    let (alice, bob) = (api.user("app", "alice"), api.user("app", "bob"));
+    // Frozen, Redis takes the lane's writes and answers none of them.
+    server.redis().pause();
+    let mut conns: Vec<Conn> = (0..CALLS)
+        .map(|i| {
+            let body = form_body(&send_body(&alice, bob.uid, &format!("lost {i}")));
+            let mut conn = Conn::connect(server.addr());
+            conn.send(&request_bytes(
+                "POST",
+                "/p",
+                &[("Content-Type", FORM)],
+                body.as_bytes(),
+            ));
+            conn
+        })
+        .collect();
+    assert!(
+        conns[0].try_read_response(QUIET).is_err(),
+        "a call was answered by a frozen Redis"
+    );
+    // Killed mid-batch: every call in flight is answered, promptly.
+    server.redis().kill();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let r = conn
+            .try_read_response(WAIT)
+            .unwrap_or_else(|end| panic!("call {i} hangs after Redis died: {end:?}"));
+        if r.status != 200 {
+            expect_error((r.status, r.json()), 503);
+        }
+    }
+    // After the restart every call works again, on the same lane.
+    server.redis().start_again();
+    for i in 0..CALLS {
+        post_until_ok(
+            &api,
+            "/p",
+            &send_body(&alice, bob.uid, &format!("after {i}")),
+            None,
+        );
+    }
+    let after: Vec<String> = (0..CALLS).map(|i| format!("after {i}")).collect();
+    let pulled = api.pull(&bob);
+    let got: Vec<&str> = pulled
+        .contents()
+        .into_iter()
+        .filter(|c| c.starts_with("after "))
+        .collect();
+    assert_eq!(got, after.iter().map(String::as_str).collect::<Vec<_>>());
 }

@@ -145,7 +145,8 @@ fn pull_pages_are_capped_by_bytes(backend: Backend) {
 fn a_live_burst_reaches_a_slow_reader_whole_and_a_fast_one_promptly(backend: Backend) {
     const N: u64 = 1500;
     const SIZE: usize = 8 * 1024;
-    let srv = Server::start(backend, Opts::default());
+    // One sender floods on purpose: past the default send rate.
+    let srv = Server::start(backend, Opts::default().flag("--send-rate", 0));
     let api = srv.api();
     let slow = api.user("a", "slow");
     let fast = api.user("a", "fast");

@@ -180,6 +180,24 @@ fn no_body_status(status: u16) -> bool {
     status == 204 || status == 304 || (100..200).contains(&status)
 }
 
+/// The same response saying `Connection: close` instead of `keep-alive`,
+/// for an answer that turns out to be its connection's last (the server
+/// began stopping while the request was at a worker). `None` if `response`
+/// does not end its head with `Connection: keep-alive`, as
+/// [`write_response_head`] writes it.
+pub fn closing(response: &[u8]) -> Option<Vec<u8>> {
+    const KEEP: &[u8] = b"Connection: keep-alive\r\n\r\n";
+    const CLOSE: &[u8] = b"Connection: close\r\n\r\n";
+    let head_len = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let (head, body) = response.split_at(head_len);
+    let kept = head.strip_suffix(KEEP)?;
+    let mut out = Vec::with_capacity(response.len());
+    out.extend_from_slice(kept);
+    out.extend_from_slice(CLOSE);
+    out.extend_from_slice(body);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +210,17 @@ mod tests {
         assert_eq!(end - start, "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n".len());
         assert!(!text[end..].contains("\r\nDate: "), "one Date header");
         [&out[..start], &out[end..]].concat()
+    }
+
+    #[test]
+    fn a_kept_alive_response_is_turned_into_a_closing_one() {
+        let mut kept = Vec::new();
+        write_response(&mut kept, 200, "application/json", b"{}", true);
+        let mut closed = Vec::new();
+        write_response(&mut closed, 200, "application/json", b"{}", false);
+        assert_eq!(closing(&kept), Some(closed.clone()));
+        assert_eq!(closing(&closed), None, "already closing");
+        assert_eq!(closing(b"HTTP/1.1 200 OK\r\n"), None, "no whole head");
     }
 
     #[test]

@@ -15,9 +15,10 @@ use crate::api::{Api, Request};
 use crate::bus::{CoreMsg, Reply, Sub, SubKey};
 use crate::http::response::error_response;
 
-/// Jobs that may wait for a worker. When it is full, reactors answer 503 at
-/// once instead of queueing without bound: past this many, a client would
-/// wait longer for its answer than it would to retry.
+/// Jobs that may wait for a worker, by default (`--job-queue`). When the
+/// queue is full, reactors answer 503 at once instead of queueing without
+/// bound: past this many, a client would wait longer for its answer than
+/// it would to retry.
 pub const QUEUE_CAPACITY: usize = 64 * 1024;
 
 pub enum Job {
@@ -27,8 +28,9 @@ pub enum Job {
     Page { origin: SubKey, sub: Sub },
 }
 
-pub fn queue() -> (Sender<Job>, Receiver<Job>) {
-    crossbeam_channel::bounded(QUEUE_CAPACITY)
+/// The job queue, holding at most `capacity` jobs.
+pub fn queue(capacity: usize) -> (Sender<Job>, Receiver<Job>) {
+    crossbeam_channel::bounded(capacity)
 }
 
 /// Starts `n` workers; they exit when every sender of `jobs` is dropped.
@@ -71,5 +73,160 @@ fn run(api: &Api, jobs: &Receiver<Job>) {
             }
         };
         api.router().mailbox(origin.core).send(msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The real pool (`spawn` and its loop, the real `Api`, router and
+    //! mailbox) in front of a store whose every call panics: no input
+    //! makes a handler panic on a sound store, so a broken store stands in
+    //! for a bug in one.
+
+    use std::time::Duration;
+
+    use mio::{Poll, Token, Waker};
+
+    use super::*;
+    use crate::api::Options;
+    use crate::bus::ConnRef;
+    use crate::http::request::parse_head;
+    use crate::net::mailbox::Mailbox;
+    use crate::router::Router;
+    use crate::store::{Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store, TokenInfo, Uid};
+
+    struct Broken;
+
+    /// Every call: the bug.
+    fn bug() -> ! {
+        panic!("a bug in the store (on purpose, in a test)")
+    }
+
+    impl Store for Broken {
+        fn create_user(&self, _: &str, _: &str, _: &str) -> Result<Uid> {
+            bug()
+        }
+        fn find_user(&self, _: &str, _: &str) -> Result<Option<(Uid, String)>> {
+            bug()
+        }
+        fn user_exists(&self, _: &str, _: Uid) -> Result<bool> {
+            bug()
+        }
+        fn create_group(&self, _: &str, _: Uid, _: &str, _: &[Uid]) -> Result<Gid> {
+            bug()
+        }
+        fn group_members(&self, _: &str, _: Gid) -> Result<Option<Vec<Uid>>> {
+            bug()
+        }
+        fn put_token(&self, _: &str, _: &TokenInfo) -> Result<()> {
+            bug()
+        }
+        fn get_token(&self, _: &str) -> Result<Option<TokenInfo>> {
+            bug()
+        }
+        fn delete_token(&self, _: &str, _: Uid, _: &str) -> Result<()> {
+            bug()
+        }
+        fn append(&self, _: &str, _: &[Uid], _: &NewMessage) -> Result<Vec<MsgId>> {
+            bug()
+        }
+        fn append_once(
+            &self,
+            _: &str,
+            _: &[Uid],
+            _: &NewMessage,
+            _: &Once,
+        ) -> Result<Vec<Option<MsgId>>> {
+            bug()
+        }
+        fn page(&self, _: &str, _: Uid, _: MsgId, _: Limit) -> Result<Page> {
+            bug()
+        }
+        fn acked(&self, _: &str, _: Uid) -> Result<MsgId> {
+            bug()
+        }
+        fn ack(&self, _: &str, _: Uid, _: MsgId) -> Result<()> {
+            bug()
+        }
+        fn flush(&self) -> Result<()> {
+            bug()
+        }
+    }
+
+    fn pull_request() -> Request {
+        let body =
+            br#"{"appid":"a","uid":1,"token":"0123456789abcdef0123456789abcdef0123456789abcdef"}"#;
+        let mut raw = format!(
+            "POST /pull HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(body);
+        let head = parse_head(&raw, 1 << 16)
+            .expect("a valid request")
+            .expect("a whole head");
+        Request {
+            raw,
+            head,
+            admin: false,
+            peer: None,
+        }
+    }
+
+    #[test]
+    fn a_panicking_call_is_answered_500_and_the_worker_goes_on() {
+        let poll = Poll::new().expect("a poll");
+        let waker = Waker::new(poll.registry(), Token(1)).expect("a waker");
+        let (mailbox, inbox) = Mailbox::new(waker);
+        let router = Arc::new(Router::new(vec![mailbox], 16, 1000));
+        let api = Arc::new(Api::new(
+            Arc::new(Broken),
+            router,
+            Options {
+                page_size: 100,
+                page_bytes: 1 << 18,
+                token_ttl: 3600,
+                admin_key: None,
+                cmsgid_window: 600,
+                hash_concurrency: 1,
+                auth_per_ip: 0,
+                login_per_user: 0,
+                send_rate: 0,
+                max_group_members: 100,
+            },
+        ));
+        let (jobs, rx) = queue(4);
+        let workers = spawn(1, api, rx);
+        // One worker: the second answer proves it survived the first panic.
+        for slot in 0..2 {
+            let origin = SubKey {
+                core: 0,
+                conn: ConnRef { slot, gen: 7 },
+            };
+            let req = pull_request();
+            assert!(jobs.send(Job::Request { origin, req }).is_ok());
+            let msg = inbox
+                .recv_timeout(Duration::from_secs(5))
+                .expect("no answer: the worker died with its job");
+            let CoreMsg::Reply { conn, reply } = msg else {
+                panic!("not a reply");
+            };
+            assert_eq!(conn, origin.conn);
+            let Reply::Http { bytes, keep_alive } = reply else {
+                panic!("not an HTTP answer");
+            };
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(text.starts_with("HTTP/1.1 500 "), "{text}");
+            assert!(
+                text.ends_with(r#"{"type":"error","code":500,"msg":"internal error"}"#),
+                "{text}"
+            );
+            assert!(!keep_alive, "a connection whose call panicked is kept");
+        }
+        drop(jobs);
+        for w in workers {
+            w.join().expect("the worker exits cleanly");
+        }
     }
 }

@@ -20,6 +20,8 @@
 #![allow(dead_code)] // every test binary uses its own subset of the harness
 
 mod redis;
+#[allow(unused_imports)] // only tests/overload.rs signals a process by pid
+pub use redis::signal;
 pub use redis::RedisServer;
 mod proxy;
 #[allow(unused_imports)] // only tests/proxies.rs puts proxies in front
@@ -153,6 +155,9 @@ pub struct Opts {
     admin: Option<String>,
     /// Any other flags, as given to [`Opts::flag`].
     extra: Vec<String>,
+    /// Runs the server under `prlimit --nofile=N:N` (util-linux): this many
+    /// open files at most, soft and hard.
+    nofile: Option<u64>,
 }
 
 impl Opts {
@@ -209,6 +214,12 @@ impl Opts {
     /// Turns the admin listener on; `key` may be empty for none.
     pub fn admin(mut self, key: &str) -> Self {
         self.admin = Some(key.to_string());
+        self
+    }
+    /// Runs the server with an open-file limit of `n` (soft and hard), so
+    /// a test can make it run out of descriptors.
+    pub fn nofile(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
         self
     }
     /// Any other server flag, e.g. `.flag("--page-bytes", 4096)`.
@@ -343,6 +354,11 @@ impl Server {
         self.backend
     }
 
+    /// Everything the server printed so far (its start line first).
+    pub fn output(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The server's process id (for its memory use in /proc).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the server is not running").id()
@@ -421,7 +437,16 @@ fn spawn(
     dir: &Path,
     log: &Arc<Mutex<String>>,
 ) -> (Child, SocketAddr, Option<SocketAddr>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_haoshuo"));
+    let bin = env!("CARGO_BIN_EXE_haoshuo");
+    let mut cmd = match opts.nofile {
+        // prlimit sets the limit on itself and execs the server: same pid.
+        Some(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
     // Hermetic: the server also reads HAOSHUO_* variables.
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("HAOSHUO_") {
@@ -437,7 +462,16 @@ fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn the haoshuo binary");
+        .unwrap_or_else(|e| {
+            panic!(
+                "spawn the haoshuo binary{}: {e}",
+                if opts.nofile.is_some() {
+                    " under prlimit (util-linux)"
+                } else {
+                    ""
+                }
+            )
+        });
     let (tx, rx) = mpsc::channel();
     drain(child.stdout.take().expect("stdout"), log, Some(tx));
     drain(child.stderr.take().expect("stderr"), log, None);
@@ -616,6 +650,12 @@ impl Conn {
                 read: 0,
             }),
         }
+    }
+
+    /// The socket itself, for tests that look below HTTP (what is still
+    /// buffered is dropped).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
     }
 
     /// Writes raw bytes (one request, several pipelined ones, or a part).

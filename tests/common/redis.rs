@@ -66,6 +66,31 @@ impl RedisServer {
         }
     }
 
+    /// Freezes redis-server (SIGSTOP): connections stay open and take
+    /// commands, and nothing is answered until [`RedisServer::resume`].
+    /// A haoshuo worker that sends a call waits on it for the whole
+    /// `--redis-timeout-ms`: how a test holds a request at a worker.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused redis-server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    /// Its process id (to resume it from another thread: `kill -CONT`).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .expect("redis-server is not running")
+            .id()
+    }
+
+    fn signal(&self, name: &str) {
+        signal(self.pid(), name);
+    }
+
     /// Starts it again on the same port and directory (replaying its AOF).
     pub fn restart(&mut self) {
         self.kill();
@@ -113,6 +138,15 @@ impl RedisServer {
         s.write_all(req.as_bytes()).expect("write to redis-server");
         read_reply(&mut BufReader::new(s))
     }
+}
+
+/// Sends signal `name` (`STOP`, `CONT`, ...) to process `pid`.
+pub fn signal(pid: u32, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("run `kill`");
+    assert!(sent.success(), "`kill -{name} {pid}` failed");
 }
 
 /// One RESP reply, as [`RedisServer::command`] returns it.

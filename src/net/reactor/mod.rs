@@ -25,7 +25,7 @@ mod deliver;
 use crate::api::Request;
 use crate::bus::{ConnRef, CoreMsg, SubKey};
 use crate::http::request::{parse_head, Head, HttpError};
-use crate::http::response::{error_response, CONTINUE};
+use crate::http::response::{closing, error_response, CONTINUE};
 use crate::net::conn::{Conn, Input, State};
 use crate::net::mailbox::Mailbox;
 use crate::net::timer::{after, Secs, TimerWheel, NEVER};
@@ -55,13 +55,6 @@ const SPARE_BUFFERS: usize = 256;
 /// Capacity of a pooled request buffer.
 const BUFFER_SIZE: usize = 4096;
 
-/// Seconds a client may take to send a whole request once it has started.
-const REQUEST_TIMEOUT: Secs = 30;
-/// Seconds an idle keep-alive connection is kept.
-const KEEPALIVE_TIMEOUT: Secs = 60;
-/// Seconds a lingering close drains the client before giving up (nginx's
-/// `lingering_timeout`).
-const LINGER_TIMEOUT: Secs = 5;
 /// Seconds accepting pauses after the process ran out of file descriptors.
 const EMFILE_PAUSE: Secs = 1;
 /// Bytes a held poll reads ahead of its answer: requests pipelined behind
@@ -84,6 +77,14 @@ pub struct Settings {
     /// Seconds queued output may make no progress before the connection
     /// is closed.
     pub send_timeout: Secs,
+    /// Seconds a client may take to send a whole request once it has
+    /// started (408 beyond).
+    pub request_timeout: Secs,
+    /// Seconds an idle keep-alive connection is kept.
+    pub keepalive_timeout: Secs,
+    /// Seconds a lingering close drains the client before giving up
+    /// (nginx's `lingering_timeout`).
+    pub linger_timeout: Secs,
 }
 
 /// The sockets a reactor accepts on.
@@ -284,7 +285,7 @@ impl Reactor {
                     let mut conn = Conn::new(sock, self.next_gen);
                     conn.admin = admin;
                     entry.insert(conn);
-                    self.set_deadline(key, after(self.now, KEEPALIVE_TIMEOUT));
+                    self.set_deadline(key, after(self.now, self.set.keepalive_timeout));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) if admin => return,
@@ -421,7 +422,7 @@ impl Reactor {
                         let mut buf = take_buffer(&mut self.spare);
                         buf.extend_from_slice(&self.scratch[..n]);
                         self.conns[key].inbuf = buf;
-                        self.set_deadline(key, after(self.now, REQUEST_TIMEOUT));
+                        self.set_deadline(key, after(self.now, self.set.request_timeout));
                         self.maybe_continue(key, head);
                     }
                 }
@@ -509,6 +510,16 @@ impl Reactor {
 
     /// Writes a whole response and moves on: next request, or close.
     fn answer(&mut self, key: usize, bytes: &[u8], keep_alive: bool) {
+        if keep_alive && self.stopping.is_some() {
+            // Built before the server began stopping, it would promise a
+            // connection that closes after it.
+            if let Some(last) = closing(bytes) {
+                if self.write(key, &[&last]) {
+                    self.finish_request(key, false);
+                }
+                return;
+            }
+        }
         if self.write(key, &[bytes]) {
             self.finish_request(key, keep_alive);
         }
@@ -528,9 +539,9 @@ impl Reactor {
             return;
         }
         let deadline = if conn.inbuf.is_empty() {
-            KEEPALIVE_TIMEOUT
+            self.set.keepalive_timeout
         } else {
-            REQUEST_TIMEOUT
+            self.set.request_timeout
         };
         if conn.readable || !conn.inbuf.is_empty() {
             // Pipelined requests, or bytes left in the kernel.
@@ -548,7 +559,7 @@ impl Reactor {
         conn.close_after_flush = false;
         let _ = conn.sock.shutdown(std::net::Shutdown::Write);
         give_buffer(&mut self.spare, std::mem::take(&mut conn.inbuf));
-        self.set_deadline(key, after(self.now, LINGER_TIMEOUT));
+        self.set_deadline(key, after(self.now, self.set.linger_timeout));
         self.discard_input(key);
     }
 

@@ -1,0 +1,120 @@
+//! Requests that cannot be served at once: a full job queue is answered
+//! 503 at once (and stores nothing), and a request still at a worker when
+//! SIGTERM lands gets its answer, with `Connection: close`, before the
+//! server exits 0.
+//!
+//! A request is held at the one worker by freezing redis-server
+//! (SIGSTOP): the worker's call waits on it (for up to
+//! `--redis-timeout-ms`, long here) until it is resumed. With a queue of
+//! one job, the third request in flight is refused: a 503 is also the
+//! proof that the requests before it reached the worker pool.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::thread;
+
+/// One worker, a job queue of one, one reactor, and a Redis timeout far
+/// beyond any wait in these tests.
+fn server() -> Server {
+    Server::start(
+        Backend::Redis,
+        Opts::default()
+            .threads(1)
+            .workers(1)
+            .flag("--job-queue", 1)
+            .flag("--redis-timeout-ms", 30_000),
+    )
+}
+
+fn send_request(from: &User, to: u64, content: &str) -> Vec<u8> {
+    let body = form_body(&send_body(from, to, content));
+    request_bytes("POST", "/p", &[("Content-Type", FORM)], body.as_bytes())
+}
+
+/// With Redis paused: sends `/p` requests, each on its own connection,
+/// until one is refused. Returns the held ones (their contents and
+/// connections), the refused connection and its answer.
+fn fill_queue(addr: SocketAddr, from: &User, to: u64) -> (Vec<(String, Conn)>, Conn, Response) {
+    let mut held = Vec::new();
+    // At most two can be held: one at the worker, one in the queue.
+    for i in 0..4 {
+        let content = format!("m{i}");
+        let mut conn = Conn::connect(addr);
+        conn.send(&send_request(from, to, &content));
+        match conn.try_read_response(QUIET) {
+            Ok(r) => return (held, conn, r),
+            Err(ReadEnd::Timeout) => held.push((content, conn)),
+            Err(ReadEnd::Eof) => panic!("a request was closed unanswered"),
+        }
+    }
+    panic!("four requests in flight with one worker and --job-queue 1, none refused");
+}
+
+fn check_busy(r: &Response) {
+    expect_error((r.status, r.json()), 503);
+    assert_eq!(r.json()["msg"], "server busy", "{:?}", r.json());
+}
+
+#[test]
+fn a_full_job_queue_is_answered_503_at_once() {
+    let mut srv = server();
+    let api = srv.api();
+    let (alice, bob) = (api.user("a", "alice"), api.user("a", "bob"));
+    srv.redis().pause();
+    let (held, mut refused, r) = fill_queue(srv.addr(), &alice, bob.uid);
+    check_busy(&r);
+    assert!(
+        (1..=2).contains(&held.len()),
+        "{} requests held by one worker and a queue of one",
+        held.len()
+    );
+    srv.redis().resume();
+    for (content, mut conn) in held {
+        let r = conn.read_response(WAIT);
+        assert_eq!(r.status, 200, "{content}: {:?}", r.json());
+        check_ok(&r.json());
+    }
+    // The refused connection stays usable, and what it was refused was
+    // not stored: bob has exactly the held messages.
+    let pulled = api.pull(&bob);
+    refused.send(&send_request(&alice, bob.uid, "again"));
+    assert_eq!(refused.read_response(WAIT).status, 200);
+    let mut want: Vec<String> = (0..pulled.msgs.len()).map(|i| format!("m{i}")).collect();
+    want.push("again".into());
+    let got = api.pull(&bob);
+    assert_eq!(
+        got.contents(),
+        want.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn sigterm_lets_requests_at_a_worker_answer_before_the_exit() {
+    let mut srv = server();
+    let api = srv.api();
+    let (alice, bob) = (api.user("a", "alice"), api.user("a", "bob"));
+    // A held poll shows when the signal has been handled: it answers noop.
+    let mut poll = api.start_poll(&alice, 1);
+    assert!(poll.wait(QUIET).is_none(), "alice's poll answered early");
+    srv.redis().pause();
+    let (held, _refused, r) = fill_queue(srv.addr(), &alice, bob.uid);
+    check_busy(&r);
+    let redis = srv.redis().pid();
+    // term() waits for the exit, and the exit for the held answers.
+    let stopping = thread::spawn(move || (srv.term(), srv));
+    assert_eq!(poll.wait(WAIT), Some(noop_frame()), "the poll got no noop");
+    signal(redis, "CONT");
+    for (content, mut conn) in held {
+        let r = conn.read_response(WAIT);
+        assert_eq!(r.status, 200, "{content}: {:?}", r.json());
+        check_ok(&r.json());
+        assert_eq!(r.header("connection"), Some("close"), "{content}");
+        assert!(conn.closed_within(WAIT), "{content}: left open");
+    }
+    // The poll's client is done too (else the server lingers on it).
+    drop(poll);
+    let (status, _srv) = stopping.join().expect("term");
+    assert!(status.success(), "exit status {status:?}");
+}
