@@ -176,6 +176,13 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_REUSEPORT")]
     pub reuseport: bool,
 
+    /// Start even if the embedded store's log is damaged in its middle:
+    /// keep every record before the damage, drop the rest, and say what
+    /// was dropped. Without it the server refuses to start and names the
+    /// line.
+    #[arg(long, env = "HAOSHUO_REPAIR")]
+    pub repair: bool,
+
     /// When the embedded store's log reaches the disk.
     #[arg(long, env = "HAOSHUO_FSYNC", value_enum, default_value_t = FsyncPolicy::Everysec)]
     pub fsync: FsyncPolicy,

@@ -53,6 +53,7 @@ fn open_store(cfg: &Config) -> Result<Opened, String> {
     }
     let mut opts = Options::new(&cfg.data_dir);
     opts.inbox_cap = cfg.inbox_cap;
+    opts.repair = cfg.repair;
     opts.fsync = match cfg.fsync {
         FsyncPolicy::Always => Fsync::Always,
         FsyncPolicy::Everysec => Fsync::EverySec,

@@ -1,8 +1,13 @@
 //! The on-disk record log: the record format, the appending writer, the
 //! replay reader and the snapshot rewrite used by compaction.
 //!
-//! One record is one line of JSON ending in `\n`; see the module doc of
-//! [`super`] for the record kinds.
+//! One record is one line: the CRC-32 of its JSON as 8 hex digits, a space,
+//! the JSON, `\n` (see the module doc of [`super`] for the record kinds).
+//! Lines without the checksum (bare JSON, from before it) are still read.
+//! The checksum tells a record that reached the disk whole from one that
+//! was damaged after: a damaged last record is cut away with a warning; a
+//! damaged one in the middle stops startup, and `--repair` keeps what came
+//! before it.
 
 use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
@@ -96,12 +101,46 @@ pub(crate) enum Record<'a> {
     Seq { a: Cow<'a, str>, u: Uid, n: MsgId },
 }
 
-/// Serialises `rec` as one line (with its `\n`) into `buf`, replacing its contents.
+/// Serialises `rec` as one checksummed line (with its `\n`) into `buf`,
+/// replacing its contents.
 pub(crate) fn encode(rec: &Record<'_>, buf: &mut Vec<u8>) {
     buf.clear();
+    buf.extend_from_slice(b"00000000 ");
     // Serialising plain strings and integers into a Vec cannot fail.
     serde_json::to_writer(&mut *buf, rec).expect("record serialisation is infallible");
+    let crc = crc32fast::hash(&buf[CRC_PREFIX..]);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, slot) in buf[..8].iter_mut().enumerate() {
+        *slot = HEX[(crc >> (28 - 4 * i)) as usize & 0xf];
+    }
     buf.push(b'\n');
+}
+
+/// Bytes before a record's JSON: 8 hex digits and a space.
+const CRC_PREFIX: usize = 9;
+
+/// Reads one line (with or without its `\n`) back into a record.
+pub fn decode(line: &[u8]) -> Result<Record<'static>, String> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let json = match line.first() {
+        // A record from before checksums.
+        Some(b'{') => line,
+        _ => {
+            let (crc, json) = match line.split_at_checked(CRC_PREFIX) {
+                Some((head, json)) if head[8] == b' ' => (&head[..8], json),
+                _ => return Err("no checksum".into()),
+            };
+            let want = std::str::from_utf8(crc)
+                .ok()
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .ok_or("a bad checksum field")?;
+            if crc32fast::hash(json) != want {
+                return Err("checksum mismatch".into());
+            }
+            json
+        }
+    };
+    serde_json::from_slice(json).map_err(|e| e.to_string())
 }
 
 /// Why an append failed.
@@ -309,12 +348,22 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// What replaying a log found.
+pub(crate) struct Replayed {
+    /// The log, opened for appending.
+    pub file: File,
+    /// Its length after what was cut.
+    pub len: u64,
+    /// What was cut away and why, for the operator (empty if nothing).
+    pub cut: Option<String>,
+}
+
 /// Opens (creating if needed) the log in `dir` and feeds every record to
-/// `apply`, with its 1-based line number. A torn last line (no `\n`, or not
-/// parsable) is cut away; an unparsable line before the last one, or a
-/// record `apply` rejects, is an error naming the line. Returns the file,
-/// opened for appending, and its length.
-pub(crate) fn replay<F>(dir: &Path, mut apply: F) -> Result<(File, u64), String>
+/// `apply`, with its 1-based line number. A torn or damaged last line (no
+/// `\n`, a bad checksum, not parsable) is cut away. A damaged line before
+/// the last one, or a record `apply` rejects, is an error naming the line,
+/// unless `repair`: then the log is cut there, keeping everything before.
+pub(crate) fn replay<F>(dir: &Path, repair: bool, mut apply: F) -> Result<Replayed, String>
 where
     F: FnMut(Record<'static>, usize) -> Result<(), String>,
 {
@@ -330,12 +379,13 @@ where
     if !existed {
         sync_dir(dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
     }
+    let total = file.metadata().map_err(|e| e.to_string())?.len();
     let rd_err = |e: io::Error| format!("cannot read {}: {e}", path.display());
     let mut reader = BufReader::with_capacity(1 << 16, &file);
     let mut line = Vec::with_capacity(256);
     let mut good: u64 = 0; // bytes of complete, applied records
     let mut lineno = 0;
-    let mut torn = false;
+    let mut cut = None;
     loop {
         line.clear();
         let n = reader.read_until(b'\n', &mut line).map_err(rd_err)?;
@@ -344,30 +394,58 @@ where
         }
         lineno += 1;
         if line.last() != Some(&b'\n') {
-            torn = true; // a record cut short: only possible at EOF
+            // A record cut short: only possible at EOF.
+            cut = Some(format!("line {lineno} is torn (no end of line)"));
             break;
         }
-        match serde_json::from_slice::<Record<'static>>(&line) {
-            Ok(rec) => {
-                apply(rec, lineno).map_err(|e| format!("{}: line {lineno}: {e}", path.display()))?
-            }
+        let why = match decode(&line) {
+            Ok(rec) => match apply(rec, lineno) {
+                Ok(()) => {
+                    good += n as u64;
+                    continue;
+                }
+                Err(e) => format!("is rejected ({e})"),
+            },
             Err(e) => {
                 if reader.fill_buf().map_err(rd_err)?.is_empty() {
-                    torn = true; // garbage at the very end, e.g. after a crash
+                    // Damage at the very end, e.g. after a crash.
+                    cut = Some(format!("line {lineno}, the last, is damaged ({e})"));
                     break;
                 }
-                return Err(format!("{}: line {lineno} is corrupt: {e}", path.display()));
+                format!("is corrupt ({e})")
             }
+        };
+        if !repair {
+            return Err(format!(
+                "{}: line {lineno} {why}; the {} lines before it are intact: start \
+                 once with --repair to keep them and drop the {} bytes from line \
+                 {lineno} on",
+                path.display(),
+                lineno - 1,
+                total - good,
+            ));
         }
-        good += n as u64;
+        cut = Some(format!("repair: line {lineno} {why}"));
+        break;
     }
     drop(reader);
-    if torn {
+    let cut = cut.map(|why| {
+        format!(
+            "{}: cut {} bytes from line {lineno} on: {why}",
+            path.display(),
+            total - good
+        )
+    });
+    if cut.is_some() {
         file.set_len(good)
             .and_then(|()| file.sync_all())
-            .map_err(|e| format!("cannot cut the torn tail of {}: {e}", path.display()))?;
+            .map_err(|e| format!("cannot cut {}: {e}", path.display()))?;
     }
-    Ok((file, good))
+    Ok(Replayed {
+        file,
+        len: good,
+        cut,
+    })
 }
 
 #[cfg(test)]
@@ -390,12 +468,24 @@ mod tests {
         };
         let mut buf = Vec::new();
         encode(&rec, &mut buf);
+        let json = "{\"op\":\"msg\",\"a\":\"test\",\"to\":[2,3],\"ids\":[5,9],\"f\":1,\"t\":7,\"d\":2,\"c\":\"hi\"}";
+        let crc = crc32fast::hash(json.as_bytes());
         assert_eq!(
             std::str::from_utf8(&buf).unwrap(),
-            "{\"op\":\"msg\",\"a\":\"test\",\"to\":[2,3],\"ids\":[5,9],\"f\":1,\"t\":7,\"d\":2,\"c\":\"hi\"}\n"
+            format!("{crc:08x} {json}\n")
         );
-        let back: Record<'static> = serde_json::from_slice(&buf).unwrap();
-        assert_eq!(back, rec);
+        assert_eq!(decode(&buf).unwrap(), rec);
+        // A line from before checksums still reads.
+        assert_eq!(decode(format!("{json}\n").as_bytes()).unwrap(), rec);
+        // One flipped bit anywhere is caught.
+        for i in 0..buf.len() - 1 {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                decode(&bad).is_err(),
+                "a flipped bit at byte {i} went unnoticed"
+            );
+        }
     }
 
     #[test]
@@ -456,18 +546,17 @@ mod tests {
         for rec in recs {
             encode(&rec, &mut buf);
             assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
-            let back: Record<'static> = serde_json::from_slice(&buf).unwrap();
-            assert_eq!(back, rec);
+            assert_eq!(decode(&buf).unwrap(), rec);
         }
     }
 
     fn collect(dir: &Path) -> Result<(Vec<Record<'static>>, u64), String> {
         let mut out = Vec::new();
-        let (_f, len) = replay(dir, |r, _| {
+        let done = replay(dir, false, |r, _| {
             out.push(r);
             Ok(())
         })?;
-        Ok((out, len))
+        Ok((out, done.len))
     }
 
     #[test]
@@ -496,7 +585,7 @@ mod tests {
     #[test]
     fn append_and_rewrite() {
         let dir = tempfile::tempdir().unwrap();
-        let (file, len) = replay(dir.path(), |_, _| Ok(())).unwrap();
+        let Replayed { file, len, .. } = replay(dir.path(), false, |_, _| Ok(())).unwrap();
         assert_eq!(len, 0);
         let mut log = Log::new(dir.path().to_path_buf(), file, len, Fsync::Always, 10);
         for _ in 0..3 {

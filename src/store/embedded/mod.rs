@@ -135,6 +135,9 @@ pub struct Options {
     /// Most un-acked messages one inbox keeps (0: no limit); beyond it the
     /// oldest are dropped.
     pub inbox_cap: usize,
+    /// Cut the log at a damaged record in its middle instead of refusing
+    /// to start (everything before it is kept).
+    pub repair: bool,
 }
 
 impl Options {
@@ -145,6 +148,7 @@ impl Options {
             fsync: Fsync::default(),
             compact_min_bytes: DEFAULT_COMPACT_MIN_BYTES,
             inbox_cap: 0,
+            repair: false,
         }
     }
 }
@@ -255,8 +259,13 @@ impl EmbeddedStore {
             .map_err(|e| unavailable(format!("cannot create {}: {e}", opts.dir.display())))?;
         let lock = lock_dir(&opts.dir)?;
         let mut state = State::with_inbox_cap(opts.inbox_cap);
-        let (file, len) =
-            log::replay(&opts.dir, |rec, _line| state.apply(rec)).map_err(unavailable)?;
+        let log::Replayed { file, len, cut } =
+            log::replay(&opts.dir, opts.repair, |rec, _line| state.apply(rec))
+                .map_err(unavailable)?;
+        if let Some(cut) = cut {
+            // Once, at start: what the operator must know was lost.
+            eprintln!("haoshuo: warning: {cut}");
+        }
         let log = Log::new(
             opts.dir.clone(),
             file,

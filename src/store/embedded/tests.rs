@@ -739,3 +739,76 @@ fn background_compaction_keeps_what_is_written_while_it_runs() {
     assert_eq!(before.last().map(|m| m.0), Some(6000));
     assert_eq!(s.append(APP, &[2], &single(1, 2, "next")).unwrap(), [6001]);
 }
+
+/// Flips one bit inside the JSON of log line `n` (1-based): still valid
+/// JSON and a valid record, so only the checksum can tell.
+fn damage_line(dir: &Path, n: usize) -> (String, String) {
+    let path = dir.join("log");
+    let text = fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let before = lines[n - 1].clone();
+    // "hash-bob" -> "hash-cob" style: change one letter of a string value.
+    let at = before.rfind("\":\"").unwrap() + 3;
+    let mut bytes = before.into_bytes();
+    bytes[at] ^= 0x01;
+    lines[n - 1] = String::from_utf8(bytes).unwrap();
+    fs::write(&path, lines.join("\n") + "\n").unwrap();
+    (text, lines[n - 1].clone())
+}
+
+#[test]
+fn a_damaged_record_in_the_middle_stops_startup_until_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(&open(dir.path()));
+    // What the store held after its first two records.
+    let kept = {
+        let d2 = tempfile::tempdir().unwrap();
+        let s = open(d2.path());
+        s.create_user(APP, "alice", "hash-alice").unwrap();
+        s.create_user(APP, "bob", "hash-bob").unwrap();
+        dump(&s, &[APP, "other"], NAMES, SELS)
+    };
+    damage_line(dir.path(), 3);
+    let msg = match EmbeddedStore::open(opts(dir.path())) {
+        Err(StoreError::Unavailable(msg)) => msg,
+        other => panic!("a damaged record was accepted: {:?}", other.map(|_| ())),
+    };
+    assert!(
+        msg.contains("line 3 is corrupt (checksum mismatch)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("--repair") && msg.contains("2 lines before it are intact"),
+        "{msg}"
+    );
+    let mut o = opts(dir.path());
+    o.repair = true;
+    let s = EmbeddedStore::open(o).expect("--repair opens it");
+    assert_eq!(dump(&s, &[APP, "other"], NAMES, SELS), kept);
+    drop(s);
+    // Repaired for good: it opens plainly now, and takes writes.
+    let s = open(dir.path());
+    assert_eq!(s.create_user(APP, "carol", "h").unwrap(), 3);
+}
+
+#[test]
+fn a_damaged_last_record_is_cut_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, len) = {
+        let s = open(dir.path());
+        populate(&s);
+        (dump(&s, &[APP, "other"], NAMES, SELS), s.log_len().unwrap())
+    };
+    {
+        let s = open(dir.path());
+        s.create_user(APP, "dave", "hash-dave").unwrap();
+    }
+    let lines = fs::read_to_string(dir.path().join("log"))
+        .unwrap()
+        .lines()
+        .count();
+    damage_line(dir.path(), lines);
+    let s = open(dir.path());
+    assert_eq!(log_size(dir.path()), len, "the damaged record is gone");
+    assert_eq!(dump(&s, &[APP, "other"], NAMES, SELS), before);
+}
