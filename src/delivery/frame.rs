@@ -42,14 +42,25 @@ impl LiveMsg {
     }
 }
 
-/// The per-receiver end of a one-message data frame, formatted on the stack:
-/// `<msgid>\"}],\"endid\":\"<msgid>\",\"toid\":<uid>}"}` and a newline.
+/// The per-receiver end of a live data frame, formatted on the stack:
+/// `<msgid>\"}],\"endid\":\"<msgid>\",\"toid\":<uid>}"}` and a newline
+/// ([`LiveSuffix::new`]), or the joint between two of its messages
+/// ([`LiveSuffix::between`]). A frame of messages m1..mk is
+/// [`DATA_OPEN`], m1's prefix, between(id1), m2's prefix, ..., mk's
+/// prefix, new(idk, uid): the same bytes [`data_frame`] writes.
+#[derive(Clone, Copy)]
 pub struct LiveSuffix {
     buf: [u8; 112],
     len: u8,
 }
 
 impl LiveSuffix {
+    /// Nothing yet: a placeholder in stack arrays.
+    pub const EMPTY: LiveSuffix = LiveSuffix {
+        buf: [0; 112],
+        len: 0,
+    };
+
     pub fn new(msgid: MsgId, toid: Uid) -> LiveSuffix {
         let mut s = LiveSuffix {
             buf: [0; 112],
@@ -63,6 +74,18 @@ impl LiveSuffix {
         s.push(br#"\",\"toid\":"#);
         s.push(itoa::Buffer::new().format(toid).as_bytes());
         s.push(b"}\"}\n");
+        s
+    }
+
+    /// What goes between two messages of one live frame: the earlier
+    /// one's msgid and the end of its object, `<msgid>\"},`.
+    pub fn between(msgid: MsgId) -> LiveSuffix {
+        let mut s = LiveSuffix {
+            buf: [0; 112],
+            len: 0,
+        };
+        s.push(itoa::Buffer::new().format(msgid).as_bytes());
+        s.push(br#"\"},"#);
         s
     }
 
@@ -191,6 +214,42 @@ mod tests {
             toid: 2,
             datatype: 1,
             content: Arc::from(content),
+        }
+    }
+
+    #[test]
+    fn live_parts_make_the_same_frame_as_a_page() {
+        let msgs: Vec<Message> = (7..10).map(|i| msg(i, &format!("m\"{i}\\"))).collect();
+        for n in 1..=msgs.len() {
+            let batch = &msgs[..n];
+            let mut want = Vec::new();
+            data_frame(&mut want, batch, 42);
+            let lives: Vec<LiveMsg> = batch
+                .iter()
+                .map(|m| {
+                    LiveMsg::new(&NewMessage {
+                        fromid: m.fromid,
+                        toid: m.toid,
+                        datatype: m.datatype,
+                        content: m.content.clone(),
+                    })
+                })
+                .collect();
+            let mut got = DATA_OPEN.to_vec();
+            for (i, (live, m)) in lives.iter().zip(batch).enumerate() {
+                got.extend_from_slice(live.prefix());
+                let joint = if i + 1 < n {
+                    LiveSuffix::between(m.msgid)
+                } else {
+                    LiveSuffix::new(m.msgid, 42)
+                };
+                got.extend_from_slice(joint.as_bytes());
+            }
+            assert_eq!(
+                String::from_utf8(got).unwrap(),
+                String::from_utf8(want).unwrap(),
+                "{n} messages"
+            );
         }
     }
 

@@ -169,13 +169,17 @@ impl Conn {
     }
 }
 
+/// Slices passed to one `writev`: a live frame of the most messages the
+/// reactor puts in one (two slices each, plus header and trailer) fits.
+const MAX_IOVECS: usize = 64;
+
 /// Writes as much of `parts` as the socket takes; returns how many bytes.
 fn write_parts(w: &mut impl Write, parts: &[&[u8]]) -> io::Result<usize> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut written = 0;
     while written < total {
         let mut skip = written;
-        let mut slices = [IoSlice::new(&[]); 8];
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let mut n = 0;
         for part in parts {
             if skip >= part.len() {

@@ -5,15 +5,43 @@
 //!
 //! No delivery rule lives here; they are all in `crate::delivery`.
 
+use std::sync::Arc;
+
 use crate::bus::{ConnRef, Reply, SubKey, Subscribed, Target};
 use crate::delivery::frame::{LiveMsg, LiveSuffix, DATA_OPEN};
 use crate::delivery::subscriber::{expiry_tick, Live, Step, Subscriber};
 use crate::delivery::wire::Kind;
 use crate::net::conn::State;
-use crate::store::{unix_now, Page};
+use crate::store::{unix_now, MsgId, Page};
 use crate::worker::Job;
 
 use super::Reactor;
+
+/// Live deliveries taken before they are written anyway: a bound on the
+/// memory a long drain of big fan-outs holds (16 bytes each).
+const DUE_LIMIT: usize = 64 * 1024;
+
+/// Most messages in one live frame: keeps one write's iovecs (two per
+/// message) within what `Conn::send` passes in one call.
+const FRAME_MESSAGES: usize = 24;
+
+/// Live messages a subscriber said to send, not yet written: (index into
+/// the drain's messages, msgid), and about how many bytes they make.
+#[derive(Default)]
+struct Run {
+    items: [(u32, MsgId); FRAME_MESSAGES],
+    len: usize,
+    bytes: usize,
+}
+
+impl Run {
+    fn push(&mut self, index: u32, msgid: MsgId, prefix_len: usize) {
+        self.items[self.len] = (index, msgid);
+        self.len += 1;
+        // The shared text plus a joint of ids.
+        self.bytes += prefix_len + 32;
+    }
+}
 
 impl Reactor {
     pub(super) fn on_reply(&mut self, r: ConnRef, reply: Reply) {
@@ -76,36 +104,112 @@ impl Reactor {
         self.follow(key, &out, step);
     }
 
-    /// A live message for one subscriber.
-    pub(super) fn deliver(&mut self, msg: &LiveMsg, t: Target) {
-        let Some(key) = self.lookup(t.conn) else {
+    /// Takes a batch of live messages for later, when the inbox is drained:
+    /// a connection owed several of them then gets them in one frame and
+    /// one write. Nothing waits for more than the current drain.
+    pub(super) fn take_live(&mut self, msg: Arc<LiveMsg>, to: Vec<Target>) {
+        let index = self.due_msgs.len() as u32;
+        self.due_msgs.push(msg);
+        self.due.extend(to.into_iter().map(|t| (index, t)));
+        if self.due.len() >= DUE_LIMIT {
+            self.deliver_due();
+        }
+    }
+
+    /// Delivers what [`Reactor::take_live`] took, grouped by connection, in
+    /// the order it came.
+    pub(super) fn deliver_due(&mut self) {
+        let mut due = std::mem::take(&mut self.due);
+        let mut msgs = std::mem::take(&mut self.due_msgs);
+        if msgs.len() > 1 {
+            // Stable: each connection's messages keep their order. (One
+            // message names each connection once: nothing to group.)
+            due.sort_by_key(|(_, t)| t.conn.slot);
+        }
+        for group in due.chunk_by(|a, b| a.1.conn.slot == b.1.conn.slot) {
+            self.deliver_to(&msgs, group);
+        }
+        due.clear();
+        msgs.clear();
+        // Their capacity serves the next drain.
+        self.due = due;
+        self.due_msgs = msgs;
+    }
+
+    /// Live messages for one connection slot: each goes to the subscriber,
+    /// and the run it says to send goes out as one data frame.
+    fn deliver_to(&mut self, msgs: &[Arc<LiveMsg>], group: &[(u32, Target)]) {
+        let Some(key) = self.lookup(group[0].1.conn) else {
             return;
         };
-        let queued = self.conns[key].queued();
-        let s = match &mut self.conns[key].state {
-            State::Waiting { seen, .. } => {
-                *seen = (*seen).max(t.msgid);
-                return;
+        let gen = self.conns[key].gen;
+        let mut run = Run::default();
+        for &(index, t) in group {
+            if t.conn.gen != gen {
+                continue; // meant for an earlier connection in this slot
             }
-            State::Subscribed(s) => s,
-            _ => return,
-        };
-        match s.on_live(t.msgid, queued) {
-            Live::Drop => {}
-            Live::Hold => {
-                self.pump(key);
-            }
-            Live::Send => {
-                let kind = s.kind();
-                let suffix = LiveSuffix::new(t.msgid, s.uid);
-                let body = [DATA_OPEN, msg.prefix(), suffix.as_bytes()];
-                let wire = kind.wire(body.iter().map(|p| p.len()).sum());
-                let parts = [wire.head(), body[0], body[1], body[2], wire.tail()];
-                if self.write(key, &parts) {
-                    self.step(key, true, kind.step());
+            let queued = self.conns[key].queued() + run.bytes;
+            let s = match &mut self.conns[key].state {
+                State::Waiting { seen, .. } => {
+                    *seen = (*seen).max(t.msgid);
+                    continue;
+                }
+                State::Subscribed(s) => s,
+                _ => break,
+            };
+            match s.on_live(t.msgid, queued) {
+                Live::Drop => {}
+                Live::Hold => {
+                    if !self.send_run(msgs, key, &mut run) || !self.pump(key) {
+                        return;
+                    }
+                }
+                Live::Send => {
+                    run.push(index, t.msgid, msgs[index as usize].prefix().len());
+                    if run.len == FRAME_MESSAGES && !self.send_run(msgs, key, &mut run) {
+                        return;
+                    }
                 }
             }
         }
+        self.send_run(msgs, key, &mut run);
+    }
+
+    /// Writes consecutive live messages the subscriber said to send as one
+    /// data frame, with one vectored write: the chunk header and joints
+    /// from the stack, each message's shared text where it already is.
+    /// Returns false if the subscription is over (or the connection closed).
+    fn send_run(&mut self, msgs: &[Arc<LiveMsg>], key: usize, run: &mut Run) -> bool {
+        if run.len == 0 {
+            return true;
+        }
+        let State::Subscribed(s) = &self.conns[key].state else {
+            return false;
+        };
+        let (kind, uid) = (s.kind(), s.uid);
+        let items = &run.items[..run.len];
+        let mut joints = [LiveSuffix::EMPTY; FRAME_MESSAGES];
+        for (i, &(_, id)) in items.iter().enumerate() {
+            joints[i] = if i + 1 < items.len() {
+                LiveSuffix::between(id)
+            } else {
+                LiveSuffix::new(id, uid)
+            };
+        }
+        let mut parts: [&[u8]; 2 * FRAME_MESSAGES + 3] = [&[]; 2 * FRAME_MESSAGES + 3];
+        parts[1] = DATA_OPEN;
+        let mut n = 2;
+        for (&(index, _), joint) in items.iter().zip(&joints) {
+            parts[n] = msgs[index as usize].prefix();
+            parts[n + 1] = joint.as_bytes();
+            n += 2;
+        }
+        let wire = kind.wire(parts[1..n].iter().map(|p| p.len()).sum());
+        parts[0] = wire.head();
+        parts[n] = wire.tail();
+        let sent = self.write(key, &parts[..=n]);
+        *run = Run::default();
+        sent && self.step(key, true, kind.step())
     }
 
     /// A page a subscriber asked for (`None`: the store failed).

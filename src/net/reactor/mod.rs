@@ -126,6 +126,10 @@ pub struct Reactor {
     again: Vec<usize>,
     /// Set by `Shutdown`: the tick by which the loop exits, drained or not.
     stopping: Option<Secs>,
+    /// Live deliveries taken from the inbox this turn, written when it is
+    /// drained (see `deliver.rs`): (index into `due_msgs`, target).
+    due: Vec<(u32, crate::bus::Target)>,
+    due_msgs: Vec<Arc<crate::delivery::frame::LiveMsg>>,
 }
 
 impl Reactor {
@@ -167,6 +171,8 @@ impl Reactor {
             spare: Vec::new(),
             again: Vec::new(),
             stopping: None,
+            due: Vec::new(),
+            due_msgs: Vec::new(),
         })
     }
 
@@ -707,23 +713,22 @@ impl Reactor {
         if self.mailbox.take_lagged() {
             self.catch_up_everyone();
         }
+        let mut left = true;
         for _ in 0..INBOX_PER_TURN {
             let Ok(msg) = self.inbox.try_recv() else {
-                return false;
+                left = false;
+                break;
             };
             match msg {
                 CoreMsg::Reply { conn, reply } => self.on_reply(conn, reply),
-                CoreMsg::Deliver { msg, to } => {
-                    for t in to {
-                        self.deliver(&msg, t);
-                    }
-                }
+                CoreMsg::Deliver { msg, to } => self.take_live(msg, to),
                 CoreMsg::Page { conn, page } => self.on_page(conn, page),
                 CoreMsg::Revoke { conn } => self.on_revoke(conn),
                 CoreMsg::Shutdown => self.begin_shutdown(),
             }
         }
-        true
+        self.deliver_due();
+        left
     }
 
     // ---- shutdown ----
