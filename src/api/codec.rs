@@ -30,6 +30,11 @@ pub enum CodecError {
     NotObject,
     #[error("body must be a form with field 'haoshuo' or a JSON object")]
     UnknownBody,
+    #[error(
+        "missing form field 'haoshuo': a raw JSON body needs \
+         'Content-Type: application/json' (curl: -H 'Content-Type: application/json')"
+    )]
+    JsonAsForm,
     #[error("missing field '{0}'")]
     Missing(String),
     #[error("field '{0}' must be a string or number")]
@@ -67,7 +72,11 @@ pub fn decode_body(body: &[u8], kind: Body) -> Result<Fields, CodecError> {
         return Err(CodecError::EmptyBody);
     }
     match kind {
-        Body::Form => decode_form(trimmed),
+        // `curl -d '{...}'` says form but sends JSON: name the fix.
+        Body::Form => decode_form(trimmed).map_err(|e| match e {
+            CodecError::MissingFormField if trimmed.starts_with(b"{") => CodecError::JsonAsForm,
+            e => e,
+        }),
         Body::Json => decode_json(trimmed),
         Body::Other if trimmed.starts_with(b"{") => decode_json(trimmed),
         Body::Other => decode_form(trimmed).map_err(|e| match e {
@@ -253,6 +262,11 @@ mod tests {
             (b"  \r\n", Body::Json, "empty request body"),
             (b"", Body::Other, "empty request body"),
             (b"appid=1", Body::Form, "missing form field 'haoshuo'"),
+            (
+                br#"{"appid":"a"}"#,
+                Body::Form,
+                "missing form field 'haoshuo': a raw JSON body needs 'Content-Type: application/json' (curl: -H 'Content-Type: application/json')",
+            ),
             (
                 b"haoshuo=%7B%ZZ",
                 Body::Form,
