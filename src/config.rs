@@ -23,8 +23,10 @@ pub enum FsyncPolicy {
 pub struct Config {
     /// Address to listen on (every reactor binds it with SO_REUSEPORT).
     /// Port 0 picks a free port; the start line names it.
+    /// A host name (`localhost:2012`) listens on every address it
+    /// resolves to.
     #[arg(long, env = "HAOSHUO_LISTEN", default_value = "0.0.0.0:2012")]
-    pub listen: SocketAddr,
+    pub listen: String,
 
     /// Directory of the embedded store.
     #[arg(long, env = "HAOSHUO_DATA_DIR", default_value = "./haoshuo-data")]
@@ -163,7 +165,7 @@ pub struct Config {
     /// Address of the admin listener (bulk user provisioning, see README);
     /// off unless set. Must be a loopback address unless --admin-key is set.
     #[arg(long, env = "HAOSHUO_ADMIN_LISTEN")]
-    pub admin_listen: Option<SocketAddr>,
+    pub admin_listen: Option<String>,
 
     /// Key the admin listener requires in an `X-Admin-Key` header (at
     /// least 16 bytes).
@@ -186,6 +188,25 @@ pub struct Config {
     /// When the embedded store's log reaches the disk.
     #[arg(long, env = "HAOSHUO_FSYNC", value_enum, default_value_t = FsyncPolicy::Everysec)]
     pub fsync: FsyncPolicy,
+}
+
+/// The addresses `spec` (`HOST:PORT`, `IP:PORT`, `[IPv6]:PORT`) names, in
+/// the resolver's order, without repeats.
+pub fn resolve(spec: &str, flag: &str) -> Result<Vec<SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    let found = spec
+        .to_socket_addrs()
+        .map_err(|e| format!("{flag} {spec}: {e} (expected HOST:PORT, e.g. localhost:2012)"))?;
+    for a in found {
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    if addrs.is_empty() {
+        return Err(format!("{flag} {spec}: resolves to no address"));
+    }
+    Ok(addrs)
 }
 
 impl Config {

@@ -32,7 +32,12 @@ fn main() -> ExitCode {
     println!(
         "haoshuo {} listening on {} admin={} store={} threads={} workers={} nofile={}",
         env!("CARGO_PKG_VERSION"),
-        server.addr(),
+        server
+            .addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
         admin,
         server.store_name(),
         cfg.threads(),

@@ -11,7 +11,7 @@ use mio::{Poll, Token, Waker};
 
 use crate::api::{Api, Options as ApiOptions};
 use crate::bus::CoreMsg;
-use crate::config::{Config, FsyncPolicy};
+use crate::config::{resolve, Config, FsyncPolicy};
 use crate::net::listener;
 use crate::net::mailbox::Mailbox;
 use crate::net::reactor::{Listeners, Reactor, Settings};
@@ -71,8 +71,24 @@ fn open_store(cfg: &Config) -> Result<Opened, String> {
 /// typed, so anything short is a mistake (an empty one turned the check off).
 const MIN_ADMIN_KEY: usize = 16;
 
+/// The addresses the API and admin listeners take.
+struct Addrs {
+    public: Vec<SocketAddr>,
+    admin: Vec<SocketAddr>,
+}
+
+fn resolve_addrs(cfg: &Config) -> Result<Addrs, String> {
+    Ok(Addrs {
+        public: resolve(&cfg.listen, "--listen")?,
+        admin: match &cfg.admin_listen {
+            Some(a) => resolve(a, "--admin-listen")?,
+            None => Vec::new(),
+        },
+    })
+}
+
 /// Refuses to start with settings that would quietly be unsafe.
-fn check_unsafe(cfg: &Config) -> Result<(), String> {
+fn check_unsafe(cfg: &Config, addrs: &Addrs) -> Result<(), String> {
     if let Some(key) = &cfg.admin_key {
         if key.len() < MIN_ADMIN_KEY {
             return Err(format!(
@@ -81,16 +97,16 @@ fn check_unsafe(cfg: &Config) -> Result<(), String> {
             ));
         }
     }
-    if let Some(a) = cfg.admin_listen {
-        if !a.ip().is_loopback() && cfg.admin_key.is_none() {
+    if let Some(a) = addrs.admin.iter().find(|a| !a.ip().is_loopback()) {
+        if cfg.admin_key.is_none() {
             return Err(format!(
                 "--admin-listen {a} is not a loopback address: set --admin-key too"
             ));
         }
     }
     if !cfg.reuseport {
-        let addrs = [Some(cfg.listen), cfg.admin_listen];
-        for addr in addrs.into_iter().flatten().filter(|a| a.port() != 0) {
+        let all = addrs.public.iter().chain(&addrs.admin);
+        for &addr in all.filter(|a| a.port() != 0) {
             listener::check_free(addr).map_err(|e| match e.kind() {
                 std::io::ErrorKind::AddrInUse => format!(
                     "{addr} is already served by another process; pass --reuseport \
@@ -105,7 +121,8 @@ fn check_unsafe(cfg: &Config) -> Result<(), String> {
 
 /// A running server.
 pub struct Server {
-    addr: SocketAddr,
+    /// Where the API listens: each address `--listen` named.
+    addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     /// The Redis announcement listener, with the Redis store.
     feed: Option<Feed>,
@@ -119,7 +136,8 @@ pub struct Server {
 impl Server {
     /// Opens the store, binds the port and starts every thread.
     pub fn start(cfg: &Config) -> Result<Server, String> {
-        check_unsafe(cfg)?;
+        let addrs = resolve_addrs(cfg)?;
+        check_unsafe(cfg, &addrs)?;
         let Opened {
             store,
             redis,
@@ -167,12 +185,13 @@ impl Server {
         let workers = worker::spawn(cfg.workers(), api, job_rx);
 
         // The first listener fixes the port (port 0 picks one); the others
-        // bind the same one.
-        let mut addr = cfg.listen;
+        // bind the same one, on every address.
+        let mut public = addrs.public;
         let mut reactors = Vec::with_capacity(threads);
-        // The admin listener is small traffic: the first reactor serves it.
-        let mut admin = match cfg.admin_listen {
-            Some(a) => Some(listener::bind(a).map_err(|e| format!("binding {a}: {e}"))?),
+        // The admin listener is small traffic: the first reactor serves it
+        // (on the first address its name resolves to).
+        let mut admin = match addrs.admin.first() {
+            Some(&a) => Some(listener::bind(a).map_err(|e| format!("binding {a}: {e}"))?),
             None => None,
         };
         let admin_addr = match &admin {
@@ -182,8 +201,18 @@ impl Server {
         for (core, ((poll, mailbox), inbox)) in
             polls.into_iter().zip(mailboxes).zip(inboxes).enumerate()
         {
-            let l = listener::bind(addr).map_err(|e| format!("binding {addr}: {e}"))?;
-            addr = l.local_addr().map_err(|e| e.to_string())?;
+            let mut listeners = Vec::with_capacity(public.len());
+            for i in 0..public.len() {
+                let addr = public[i];
+                let l = listener::bind(addr).map_err(|e| format!("binding {addr}: {e}"))?;
+                public[i] = l.local_addr().map_err(|e| e.to_string())?;
+                if addr.port() == 0 {
+                    // Port 0 picked one: every other address takes it too.
+                    let port = public[i].port();
+                    public.iter_mut().for_each(|a| a.set_port(port));
+                }
+                listeners.push(l);
+            }
             let set = Settings {
                 core: core as u16,
                 max_conns: cfg.max_conns.div_ceil(threads),
@@ -196,7 +225,7 @@ impl Server {
                 linger_timeout: cfg.linger_timeout,
             };
             let listeners = Listeners {
-                public: l,
+                public: listeners,
                 admin: admin.take(),
             };
             let reactor = Reactor::new(
@@ -216,7 +245,7 @@ impl Server {
             reactors.push(handle);
         }
         Ok(Server {
-            addr,
+            addrs: public,
             admin_addr,
             feed,
             store,
@@ -227,8 +256,14 @@ impl Server {
         })
     }
 
+    /// The first address the API listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[0]
+    }
+
+    /// Every address the API listens on.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// Where the admin listener listens, if it is on.

@@ -72,3 +72,53 @@ fn reuseport_shares_the_address_on_purpose() {
         "--reuseport did not let a second server share {addr}"
     );
 }
+
+/// The port in a start line's `listening on ADDR[,ADDR]`.
+fn listening(line: &str) -> Vec<std::net::SocketAddr> {
+    let list = line
+        .split_whitespace()
+        .skip_while(|w| *w != "on")
+        .nth(1)
+        .expect("listening on ...");
+    list.split(',')
+        .map(|a| a.parse().expect("an address"))
+        .collect()
+}
+
+#[test]
+fn listen_takes_a_host_name() {
+    let (mut srv, line, _dir) = start(&["--listen", "localhost:0"]);
+    let line = line.expect("started on localhost");
+    let addrs = listening(&line);
+    assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{line}");
+    for &a in &addrs {
+        let mut c = Conn::connect(a);
+        c.send(&request_bytes("GET", "/nope", &[], b""));
+        assert_eq!(c.read_response(WAIT).status, 404, "{a}");
+    }
+    let _ = srv.kill();
+    let _ = srv.wait();
+    // A name that does not resolve is refused with the expected shape.
+    let (mut bad, line, _d) = start(&["--listen", "no-such-host.invalid:2012"]);
+    assert!(line.is_none());
+    assert!(!bad.wait().unwrap().success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut bad.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("HOST:PORT"), "{err}");
+}
+
+#[test]
+fn listen_takes_an_ipv6_literal() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    }
+    let (mut srv, line, _dir) = start(&["--listen", "[::1]:0"]);
+    let addrs = listening(&line.expect("started on [::1]"));
+    assert!(addrs[0].is_ipv6());
+    let mut c = Conn::connect(addrs[0]);
+    c.send(&request_bytes("GET", "/nope", &[], b""));
+    assert_eq!(c.read_response(WAIT).status, 404);
+    let _ = srv.kill();
+    let _ = srv.wait();
+}

@@ -32,11 +32,11 @@ use crate::net::timer::{after, Secs, TimerWheel, NEVER};
 use crate::router::Router;
 use crate::worker::Job;
 
-const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const ADMIN: Token = Token(2);
-/// Connection tokens are slab keys shifted past the fixed tokens.
-const FIRST_CONN: usize = 3;
+/// The API listeners' tokens start here (one per address `--listen` names);
+/// connection tokens are slab keys shifted past them.
+const FIRST_LISTENER: usize = 3;
 
 /// Events taken from the kernel per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
@@ -89,8 +89,8 @@ pub struct Settings {
 
 /// The sockets a reactor accepts on.
 pub struct Listeners {
-    /// The API port, shared by every reactor.
-    pub public: TcpListener,
+    /// The API port on each address, shared by every reactor.
+    pub public: Vec<TcpListener>,
     /// The admin port, on one reactor only.
     pub admin: Option<TcpListener>,
 }
@@ -108,8 +108,10 @@ enum Accepting {
 pub struct Reactor {
     set: Settings,
     poll: Poll,
-    listener: Option<TcpListener>,
+    listeners: Vec<TcpListener>,
     admin: Option<TcpListener>,
+    /// The token of slab key 0: past the listeners'.
+    first_conn: usize,
     accepting: Accepting,
     conns: Slab<Conn>,
     inbox: Receiver<CoreMsg>,
@@ -144,19 +146,23 @@ impl Reactor {
         jobs: Sender<Job>,
     ) -> io::Result<Reactor> {
         let Listeners {
-            public: mut listener,
+            public: mut listeners,
             mut admin,
         } = listeners;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        for (i, l) in listeners.iter_mut().enumerate() {
+            poll.registry()
+                .register(l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
+        }
+        let first_conn = FIRST_LISTENER + listeners.len();
         if let Some(admin) = &mut admin {
             poll.registry().register(admin, ADMIN, Interest::READABLE)?;
         }
         Ok(Reactor {
             set,
             poll,
-            listener: Some(listener),
+            listeners,
             admin,
+            first_conn,
             accepting: Accepting::Open,
             conns: Slab::new(),
             inbox,
@@ -199,11 +205,11 @@ impl Reactor {
             let mut woken = inbox_left;
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
                     ADMIN => self.accept_admin(),
                     WAKER => woken = true,
+                    Token(t) if t < self.first_conn => self.accept(),
                     Token(t) => {
-                        let key = t - FIRST_CONN;
+                        let key = t - self.first_conn;
                         if let Some(conn) = self.conns.get_mut(key) {
                             if event.is_readable() || event.is_read_closed() || event.is_error() {
                                 conn.readable = true;
@@ -250,17 +256,22 @@ impl Reactor {
 
     // ---- accepting ----
 
+    /// Accepts on every API listener (edge-triggered: each is drained).
     fn accept(&mut self) {
-        self.accept_from(false);
+        for i in 0..self.listeners.len() {
+            self.accept_from(Some(i));
+        }
     }
 
     /// Admin connections are few and short: they are accepted regardless
     /// of the connection limit, which exists for client connections.
     fn accept_admin(&mut self) {
-        self.accept_from(true);
+        self.accept_from(None);
     }
 
-    fn accept_from(&mut self, admin: bool) {
+    /// Accepts on API listener `which`, or on the admin listener (`None`).
+    fn accept_from(&mut self, which: Option<usize>) {
+        let admin = which.is_none();
         if !admin && !matches!(self.accepting, Accepting::Open) {
             return;
         }
@@ -269,7 +280,10 @@ impl Reactor {
                 self.accepting = Accepting::Full;
                 return;
             }
-            let listener = if admin { &self.admin } else { &self.listener };
+            let listener = match which {
+                Some(i) => self.listeners.get(i),
+                None => self.admin.as_ref(),
+            };
             let Some(listener) = listener else {
                 return;
             };
@@ -282,7 +296,7 @@ impl Reactor {
                     if self
                         .poll
                         .registry()
-                        .register(&mut sock, Token(key + FIRST_CONN), interest)
+                        .register(&mut sock, Token(key + self.first_conn), interest)
                         .is_err()
                     {
                         continue;
@@ -743,10 +757,8 @@ impl Reactor {
             return;
         }
         self.stopping = Some(after(self.now, SHUTDOWN_DRAIN));
-        for mut l in [self.listener.take(), self.admin.take()]
-            .into_iter()
-            .flatten()
-        {
+        let listeners = std::mem::take(&mut self.listeners);
+        for mut l in listeners.into_iter().chain(self.admin.take()) {
             let _ = self.poll.registry().deregister(&mut l);
         }
         self.accepting = Accepting::Closed;
