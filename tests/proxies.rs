@@ -73,20 +73,6 @@ fn setup(kind: ProxyKind, opts: Opts) -> Option<Setup> {
     })
 }
 
-/// Bob sends `m1..=mN` to Alice.
-fn fill_inbox(api: &Api, bob: &User, alice: &User, n: u64) {
-    for i in 1..=n {
-        api.send(bob, alice.uid, &format!("m{i}"));
-    }
-}
-
-/// What [`fill_inbox`] stored at msgids `range`.
-fn filled(bob: &User, alice: &User, range: std::ops::RangeInclusive<u64>) -> Vec<Msg> {
-    range
-        .map(|i| Msg::single(bob, alice.uid, i, &format!("m{i}")))
-        .collect()
-}
-
 fn stream_gets_stored_then_each_live_message(kind: ProxyKind) {
     let Some(Setup {
         srv,

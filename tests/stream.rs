@@ -34,20 +34,6 @@ fn setup(backend: Backend, opts: Opts) -> (Server, Api, User, User) {
     (srv, api, alice, bob)
 }
 
-/// Bob sends `m1..=mN` to Alice.
-fn fill_inbox(api: &Api, bob: &User, alice: &User, n: u64) {
-    for i in 1..=n {
-        api.send(bob, alice.uid, &format!("m{i}"));
-    }
-}
-
-/// What [`fill_inbox`] stored at msgids `range`.
-fn filled(bob: &User, alice: &User, range: std::ops::RangeInclusive<u64>) -> Vec<Msg> {
-    range
-        .map(|i| Msg::single(bob, alice.uid, i, &format!("m{i}")))
-        .collect()
-}
-
 fn stream_replays_stored_then_delivers_live(backend: Backend) {
     let (_srv, api, alice, bob) = setup(backend, Opts::default());
     fill_inbox(&api, &bob, &alice, 3);

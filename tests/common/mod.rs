@@ -1215,6 +1215,20 @@ impl User {
     }
 }
 
+/// Bob sends `m1..=mN` to Alice.
+pub fn fill_inbox(api: &Api, bob: &User, alice: &User, n: u64) {
+    for i in 1..=n {
+        api.send(bob, alice.uid, &format!("m{i}"));
+    }
+}
+
+/// What [`fill_inbox`] stored at msgids `range`.
+pub fn filled(bob: &User, alice: &User, range: std::ops::RangeInclusive<u64>) -> Vec<Msg> {
+    range
+        .map(|i| Msg::single(bob, alice.uid, i, &format!("m{i}")))
+        .collect()
+}
+
 /// The password [`Api::user`] registers `name` with.
 pub fn password_for(name: &str) -> String {
     format!("pw-{name}")
