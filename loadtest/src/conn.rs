@@ -3,8 +3,9 @@
 //! response head, then either the chunked frame stream or a loop of
 //! long-poll answers on one keep-alive connection.
 //!
-//! A `Conn` knows nothing of the event loop; `worker.rs` feeds it readiness
-//! and it reports deliveries through [`Sink`] and its end as [`End`].
+//! A `Conn` knows nothing of the event loop; `worker.rs` (and the paced
+//! readers of `slow.rs`) feed it readiness and it reports deliveries through
+//! [`Sink`] and its end as [`End`].
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -62,14 +63,35 @@ pub struct Conn {
     chunks: ChunkDecoder,
     /// Decoded body bytes not yet split into frames.
     lines: Vec<u8>,
+    /// `lines[..scanned]` holds no newline: a big frame read in small
+    /// pieces is scanned once, not once per piece.
+    scanned: usize,
     close_after: bool,
 }
 
+/// What one bounded read did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Bytes taken from the socket.
+    pub bytes: usize,
+    /// The socket had nothing more (the next read waits for readiness).
+    pub drained: bool,
+}
+
 /// Opens a non-blocking socket bound to `bind` and starts connecting.
-pub fn start_connect(target: SocketAddr, bind: Option<IpAddr>) -> std::io::Result<TcpStream> {
+/// `rcvbuf` sets SO_RCVBUF first: before connect, so the window the
+/// connection advertises (and scales) is sized from it.
+pub fn start_connect(
+    target: SocketAddr,
+    bind: Option<IpAddr>,
+    rcvbuf: Option<usize>,
+) -> std::io::Result<TcpStream> {
     let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     sock.set_nonblocking(true)?;
     sock.set_nodelay(true)?;
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n)?;
+    }
     if let Some(ip) = bind {
         // Defer picking the source port to connect(): then the 4-tuple, not
         // the source address alone, has to be unique.
@@ -110,6 +132,7 @@ impl Conn {
             body: BodyKind::UntilClose,
             chunks: ChunkDecoder::default(),
             lines: Vec::new(),
+            scanned: 0,
             close_after: false,
         }
     }
@@ -165,17 +188,43 @@ impl Conn {
         scratch: &mut [u8],
         host: &str,
     ) -> Result<(), End> {
+        self.read_upto(sink, scratch, host, usize::MAX).map(|_| ())
+    }
+
+    /// Reads at most `limit` bytes (a paced reader's allowance) and acts
+    /// on them. Unless the outcome says `drained`, the socket may hold
+    /// more: an edge-triggered caller must come back without waiting for
+    /// another readiness event.
+    pub fn read_upto(
+        &mut self,
+        sink: &mut dyn Sink,
+        scratch: &mut [u8],
+        host: &str,
+        limit: usize,
+    ) -> Result<ReadOutcome, End> {
+        let mut out = ReadOutcome {
+            bytes: 0,
+            drained: true,
+        };
         if self.phase == Phase::Connecting {
-            return Ok(());
+            return Ok(out);
         }
-        loop {
-            match self.sock.read(scratch) {
+        out.drained = false;
+        while out.bytes < limit {
+            let want = scratch.len().min(limit - out.bytes);
+            match self.sock.read(&mut scratch[..want]) {
                 Ok(0) => {
                     self.process(sink, host)?;
                     return Err(self.end("server closed the connection".into()));
                 }
-                Ok(n) => self.rbuf.extend_from_slice(&scratch[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Ok(n) => {
+                    self.rbuf.extend_from_slice(&scratch[..n]);
+                    out.bytes += n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    out.drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.end(format!("read: {e}"))),
             }
@@ -184,7 +233,7 @@ impl Conn {
         if self.rbuf.capacity() > 256 * 1024 && self.rbuf.len() < 4096 {
             self.rbuf.shrink_to(4096);
         }
-        Ok(())
+        Ok(out)
     }
 
     fn process(&mut self, sink: &mut dyn Sink, host: &str) -> Result<(), End> {
@@ -250,14 +299,18 @@ impl Conn {
     /// Splits complete `\n`-terminated frames out of the decoded body.
     fn frames(&mut self, sink: &mut dyn Sink) -> Result<(), End> {
         let mut start = 0;
-        while let Some(nl) = self.lines[start..].iter().position(|&b| b == b'\n') {
-            let line = self.lines[start..start + nl].to_vec();
-            start += nl + 1;
+        let mut from = self.scanned;
+        while let Some(nl) = self.lines[from..].iter().position(|&b| b == b'\n') {
+            let end = from + nl;
+            let line = self.lines[start..end].to_vec();
+            start = end + 1;
+            from = start;
             if !line.is_empty() {
                 self.one_frame(sink, &line)?;
             }
         }
         self.lines.drain(..start);
+        self.scanned = self.lines.len();
         Ok(())
     }
 
@@ -276,4 +329,107 @@ impl Conn {
 
 fn trim_newline(b: &[u8]) -> &[u8] {
     b.strip_suffix(b"\n").unwrap_or(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    #[derive(Default)]
+    struct Got {
+        msgids: Vec<u64>,
+        established: bool,
+    }
+
+    impl Sink for Got {
+        fn deliver(&mut self, _user: usize, msgs: Vec<(u64, String)>) {
+            self.msgids.extend(msgs.iter().map(|m| m.0));
+        }
+        fn established(&mut self, _user: usize) {
+            self.established = true;
+        }
+        fn poll_answered(&mut self) {}
+        fn resume(&self, _user: usize) -> (u64, String, u64) {
+            unreachable!()
+        }
+    }
+
+    fn data_frame(msgid: u64) -> String {
+        format!(
+            r#"{{"type":"data","content":"{{\"msgs\":[{{\"content\":\"{}\",\"msgid\":\"{msgid}\"}}]}}"}}"#,
+            "x".repeat(40)
+        ) + "\n"
+    }
+
+    /// A stream read 7 bytes at a time from a canned server on a local
+    /// socket: no read exceeds the limit, frames split across reads and
+    /// across chunks still arrive whole and in order.
+    #[test]
+    fn bounded_reads_deliver_every_frame() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sock = start_connect(addr, None, Some(4096)).unwrap();
+        let buf = socket2::SockRef::from(&sock).recv_buffer_size().unwrap();
+        assert!(buf >= 4096, "SO_RCVBUF {buf}");
+        let (mut server, _) = listener.accept().unwrap();
+        let req = proto::subscribe_request("h", true, 1, "t", 1);
+        let mut conn = Conn::new(0, sock, false, req.clone());
+        let mut got = Got::default();
+        let t0 = Instant::now();
+        while conn.phase == Phase::Connecting {
+            conn.on_writable(&mut got).unwrap();
+            assert!(t0.elapsed() < Duration::from_secs(5), "connect");
+        }
+        let mut seen = vec![0; req.len()];
+        server.read_exact(&mut seen).unwrap();
+        assert_eq!(seen, req);
+        // Frame 2 is split over two chunks: frame 1 and the head of 2,
+        // then the rest of 2 and frame 3.
+        let body = data_frame(1) + &data_frame(2) + &data_frame(3);
+        let cut = data_frame(1).len() + 20;
+        let mut wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for part in [&body[..cut], &body[cut..]] {
+            wire.extend_from_slice(format!("{:x}\r\n{part}\r\n", part.len()).as_bytes());
+        }
+        server.write_all(&wire).unwrap();
+        let mut scratch = [0u8; 64];
+        let mut total = 0;
+        while got.msgids.len() < 3 {
+            let o = conn.read_upto(&mut got, &mut scratch, "h", 7).unwrap();
+            assert!(o.bytes <= 7);
+            total += o.bytes;
+            if o.drained {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "got {:?}",
+                got.msgids
+            );
+        }
+        // The last chunk's CRLF follows its last frame.
+        loop {
+            let o = conn.read_upto(&mut got, &mut scratch, "h", 7).unwrap();
+            total += o.bytes;
+            if o.drained {
+                break;
+            }
+        }
+        assert!(got.established);
+        assert_eq!(got.msgids, [1, 2, 3]);
+        assert_eq!(total, wire.len());
+        // The server ends the stream: the next read says so.
+        server.write_all(b"0\r\n\r\n").unwrap();
+        drop(server);
+        let end = loop {
+            match conn.read_upto(&mut got, &mut scratch, "h", 7) {
+                Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => break e,
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "no end");
+        };
+        assert!(matches!(end, End::Dropped(_)), "{end:?}");
+    }
 }

@@ -1,5 +1,5 @@
 //! `haoshuo-load`: the command line. Parses the subcommands (idle, fanout,
-//! chat, poll) and their options, checks them, and runs the scenario; the
+//! chat, poll, slow) and their options, checks them, and runs the scenario; the
 //! hidden `--worker` mode turns this process into a worker of another
 //! `haoshuo-load` (see worker.rs).
 
@@ -9,11 +9,13 @@ mod clock;
 mod conn;
 mod fleet;
 mod ipc;
+mod pace;
 mod proto;
 mod provision;
 mod report;
 mod scenarios;
 mod sender;
+mod slow;
 mod worker;
 
 use std::net::SocketAddr;
@@ -34,12 +36,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 ///   haoshuo-load idle --conns 50000 --hold 30 --server-pid $(pidof haoshuo)
 ///   haoshuo-load fanout --members 1000 --msgs 100 --rate 50
 ///   haoshuo-load chat --users 2000 --rate 500 --secs 20 --churn 5
+///   haoshuo-load slow --readers 100 --owed-mb 5 --rate-kbps 1024 --server-pid $(pidof haoshuo)
 /// Without an admin listener add `--provision login` (slow: one /re and
 /// /login per user). Only loopback (127.0.0.0/8) targets are accepted.
 ///
 /// Results go to stdout as a table (progress to stderr). Exit status: 0 all
 /// good, 2 the check failed (messages lost, duplicated, out of order, send
-/// errors, or streams not all open), 1 the run could not be done.
+/// errors, streams not all open, or a slow reader cut off), 1 the run could
+/// not be done.
 #[derive(Parser, Debug)]
 #[command(name = "haoshuo-load", version, verbatim_doc_comment)]
 struct Cli {
@@ -91,6 +95,51 @@ enum Scenario {
         #[command(flatten)]
         common: Common,
     },
+    /// R readers each owed M MiB of stored messages read their streams
+    /// from seq=1 at a fixed rate through a small receive buffer: drain
+    /// time per reader against the rate's floor, and the server's RSS
+    /// growth while they drain against the growth of storing that volume.
+    /// Every reader must get msgids 1..N once each, in order, on a stream
+    /// the server never closed. The readers are this process's sockets
+    /// (no worker fleet); --senders fill the inboxes; --procs,
+    /// --max-inflight, --connect-*, --drain, --payload and --svg are not
+    /// used.
+    Slow {
+        #[command(flatten)]
+        slow: SlowArgs,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SlowArgs {
+    /// Readers (one fresh user and one stream each; at most 1000).
+    #[arg(long, default_value_t = 100)]
+    pub readers: usize,
+    /// MiB of messages stored for each reader before its stream opens
+    /// (rounded up to whole messages).
+    #[arg(long, default_value_t = 5.0)]
+    pub owed_mb: f64,
+    /// Each reader's read rate in KiB per second (1024: 1 MiB/s); 0 reads
+    /// whatever arrives (for a link that is slow by itself).
+    #[arg(long, default_value_t = 1024)]
+    pub rate_kbps: u64,
+    /// SO_RCVBUF of each stream socket, set before connect (the kernel
+    /// doubles it); 0 leaves the kernel's default.
+    #[arg(long, default_value_t = 8192)]
+    pub rcvbuf: usize,
+    /// Bytes of content per message.
+    #[arg(long, default_value_t = 8192)]
+    pub msg_bytes: usize,
+    /// One reader owed 6 MiB (--readers 1 --owed-mb 6): its drain time
+    /// against the link's floor (6 s at the default rate).
+    #[arg(long, conflicts_with_all = ["readers", "owed_mb"])]
+    pub single: bool,
+    /// Give up draining after this many seconds (0: 3 x the rate's floor
+    /// + 60 s; 600 s when unpaced).
+    #[arg(long, default_value_t = 0)]
+    pub max_secs: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -196,6 +245,7 @@ fn main() {
         } => scenarios::fanout(&common, members, msgs, rate),
         Scenario::Chat { chat, common } => scenarios::chat(&common, &chat, false),
         Scenario::Poll { chat, common } => scenarios::chat(&common, &chat, true),
+        Scenario::Slow { slow, common } => slow::slow(&common, &slow),
     };
     match res {
         Ok(true) => {}

@@ -81,6 +81,13 @@ impl Report {
     }
 }
 
+/// The nearest-rank `q` quantile (0 < q <= 1) of ascending `sorted`: a
+/// value that was measured, so the p99 of 100 readers is the 99th slowest.
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
+}
+
 /// Writes the latency-by-percentile chart of a µs histogram as SVG.
 pub fn write_svg(path: &Path, title: &str, h: &Histogram<u64>) -> Result<(), String> {
     if h.is_empty() {
@@ -128,6 +135,18 @@ pub fn write_svg(path: &Path, title: &str, h: &Histogram<u64>) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), Some(50.0));
+        assert_eq!(quantile(&v, 0.99), Some(99.0));
+        assert_eq!(quantile(&v, 1.0), Some(100.0));
+        assert_eq!(quantile(&[7.0], 0.5), Some(7.0));
+        assert_eq!(quantile(&[7.0], 0.0), Some(7.0));
+        assert_eq!(quantile(&[1.0, 2.0, 3.0], 0.5), Some(2.0));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
 
     #[test]
     fn table_and_csv() {

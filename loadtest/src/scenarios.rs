@@ -2,7 +2,9 @@
 //! many members), chat / poll (random single chats, optional churn). Each
 //! provisions fresh users, starts a worker fleet, drives senders, then
 //! builds the report and the delivery verdict. Returns Ok(false) when the
-//! checker or the senders found a problem.
+//! checker or the senders found a problem. The helpers they share (users,
+//! report rows, output) are also used by the slow-reader scenario
+//! (`slow.rs`), which reads from this process instead of a fleet.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,7 +32,7 @@ fn check_targets(c: &Common) -> Result<(), String> {
     Ok(())
 }
 
-fn make_users(c: &Common, n: usize) -> Result<Vec<User>, String> {
+pub fn make_users(c: &Common, n: usize) -> Result<Vec<User>, String> {
     check_targets(c)?;
     let prefix = c.user_prefix.clone().unwrap_or_else(|| {
         let t = SystemTime::now()
@@ -70,7 +72,7 @@ fn fleet_opts(c: &Common, poll: bool, retry: bool, run_secs: u64) -> FleetOpts {
     }
 }
 
-fn mib(b: u64) -> String {
+pub fn mib(b: u64) -> String {
     format!("{:.1}", b as f64 / 1048576.0)
 }
 
@@ -90,7 +92,7 @@ fn conn_rows(r: &mut Report, want: usize, procs: usize, col: &Collected, connect
     );
 }
 
-fn send_rows(r: &mut Report, s: &SendStats) {
+pub fn send_rows(r: &mut Report, s: &SendStats) {
     r.add("sent_ok", s.ok);
     r.add("send_errors", s.errors());
     r.add("send_secs", format!("{:.2}", s.elapsed.as_secs_f64()));
@@ -103,7 +105,9 @@ fn send_rows(r: &mut Report, s: &SendStats) {
     }
 }
 
-fn verdict_rows(r: &mut Report, v: &Verdict, col: &Collected, deliver_secs: f64) {
+/// The checker's verdict; the caller adds the `check` row (its pass may
+/// need more than the verdict).
+pub fn verdict_rows(r: &mut Report, v: &Verdict, deliver_secs: f64) {
     r.add("receivers", v.receivers);
     r.add("receivers_perfect", v.perfect);
     r.add("expected_deliveries", v.expected);
@@ -116,18 +120,30 @@ fn verdict_rows(r: &mut Report, v: &Verdict, col: &Collected, deliver_secs: f64)
     r.add("duplicated", v.duplicated);
     r.add("out_of_order", v.out_of_order);
     r.add("unexpected", v.unexpected);
-    r.add("check", if v.ok() { "PASS" } else { "FAIL" });
-    r.add_latency(&col.hist);
 }
 
-fn finish(c: &Common, r: &Report, col: &Collected) -> Result<(), String> {
-    print!("{}", r.table());
-    for e in &col.errors {
-        eprintln!("worker error seen: {e}");
+pub fn pass(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "FAIL"
     }
+}
+
+/// The table on stdout, and the CSV row if asked for.
+pub fn output(c: &Common, r: &Report) -> Result<(), String> {
+    print!("{}", r.table());
     if let Some(p) = &c.csv {
         r.write_csv(p)
             .map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn finish(c: &Common, r: &Report, col: &Collected) -> Result<(), String> {
+    output(c, r)?;
+    for e in &col.errors {
+        eprintln!("worker error seen: {e}");
     }
     if let Some(p) = &c.svg {
         let title = format!("haoshuo {} delivery latency", r.scenario);
@@ -175,12 +191,12 @@ pub fn idle(c: &Common, conns: usize, hold: u64) -> Result<bool, String> {
         r.add("tcp_mem_per_conn_bytes", b.saturating_sub(a) / open.max(1));
     }
     let ok = open == conns as u64 && col.progress.dropped == 0;
-    r.add("check", if ok { "PASS" } else { "FAIL" });
+    r.add("check", pass(ok));
     finish(c, &r, &col)?;
     Ok(ok)
 }
 
-fn content(now_ns: u64, pad: usize) -> String {
+pub fn content(now_ns: u64, pad: usize) -> String {
     if pad == 0 {
         now_ns.to_string()
     } else {
@@ -228,7 +244,9 @@ pub fn fanout(c: &Common, members: usize, msgs: u64, rate: f64) -> Result<bool, 
     r.add("rate", rate);
     conn_rows(&mut r, members, procs, &col, connect);
     send_rows(&mut r, &stats);
-    verdict_rows(&mut r, &v, &col, secs);
+    verdict_rows(&mut r, &v, secs);
+    r.add("check", pass(v.ok()));
+    r.add_latency(&col.hist);
     finish(c, &r, &col)?;
     Ok(v.ok() && stats.errors() == 0)
 }
@@ -288,7 +306,9 @@ pub fn chat(c: &Common, a: &ChatArgs, poll: bool) -> Result<bool, String> {
         r.add("poll_answers", col.progress.polls);
     }
     send_rows(&mut r, &stats);
-    verdict_rows(&mut r, &v, &col, secs);
+    verdict_rows(&mut r, &v, secs);
+    r.add("check", pass(v.ok()));
+    r.add_latency(&col.hist);
     finish(c, &r, &col)?;
     Ok(v.ok() && stats.errors() == 0)
 }

@@ -244,7 +244,7 @@ impl Worker {
             let u = &self.st.users[user];
             let req =
                 proto::subscribe_request(&self.host, !self.init.poll, u.uid, &u.token, u.next_seq);
-            match start_connect(self.init.target, self.init.bind) {
+            match start_connect(self.init.target, self.init.bind, None) {
                 Ok(sock) => {
                     let slot = self.free.pop().unwrap_or_else(|| {
                         self.conns.push(None);
