@@ -211,3 +211,46 @@ fn a_live_burst_reaches_a_slow_reader_whole_and_a_fast_one_promptly(backend: Bac
         "RSS grew {growth} bytes: the server buffered the burst for the slow reader"
     );
 }
+
+#[test]
+fn only_a_connection_that_makes_no_progress_is_closed() {
+    let srv = Server::start(Backend::Embedded, Opts::default().flag("--send-timeout", 1));
+    let api = srv.api();
+    let alice = api.user("a", "alice");
+    let bob = api.user("a", "bob");
+    // 6 MB: more than the kernel's send buffer (up to 4 MB on loopback)
+    // holds, so the rest waits in the server, where the timeout watches.
+    for i in 1..=100 {
+        api.send(&bob, alice.uid, &big(i));
+    }
+    // Slow but moving (6 MB at 2 MB/s, three times the timeout): kept.
+    let conn = Conn::connect_slow(srv.addr(), SLOW_RCVBUF, SLOW_RATE);
+    let mut slow = StreamClient::connect_on(conn, &sub_query(1, alice.uid, &alice.token))
+        .unwrap_or_else(|r| panic!("stream refused: {}", r.status));
+    assert_eq!(slow.collect(100, budget(6_000_000, SLOW_RATE)).len(), 100);
+    // Not reading at all: closed once its output has not moved for the
+    // timeout; the client then finds the stream cut short, without its
+    // last chunk.
+    let mut stuck = Conn::connect_slow(srv.addr(), SLOW_RCVBUF, SLOW_RATE);
+    stuck.send(&request_bytes(
+        "GET",
+        &format!("/cget/stream?{}", sub_query(1, alice.uid, &alice.token)),
+        &[],
+        b"",
+    ));
+    // The timeout is what is tested: nothing to wait on but the clock.
+    std::thread::sleep(Duration::from_secs(4));
+    let mut stream = stuck.into_stream();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut all = Vec::new();
+    match std::io::Read::read_to_end(&mut stream, &mut all) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!(
+            "the stuck stream was not closed ({e}) after {} bytes",
+            all.len()
+        ),
+    }
+    assert!(all.len() < 6_000_000, "all {} bytes came", all.len());
+    assert!(!all.ends_with(b"0\r\n\r\n"), "it ended cleanly instead");
+}
