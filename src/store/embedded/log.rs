@@ -308,7 +308,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 /// parsable) is cut away; an unparsable line before the last one, or a
 /// record `apply` rejects, is an error naming the line. Returns the file,
 /// opened for appending, and its length.
-pub(crate) fn replay<F>(dir: &Path, mut apply: F) -> Result<(File, u64), String>
+pub(crate) fn replay<F>(dir: &Path, apply: F) -> Result<(File, u64), String>
 where
     F: FnMut(Record<'static>, usize) -> Result<(), String>,
 {
@@ -324,15 +324,57 @@ where
     if !existed {
         sync_dir(dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
     }
-    let rd_err = |e: io::Error| format!("cannot read {}: {e}", path.display());
     let mut reader = BufReader::with_capacity(1 << 16, &file);
+    let Scan { good, torn } = read_records(&mut reader, apply).map_err(|e| match e {
+        ScanError::Read(e) => format!("cannot read {}: {e}", path.display()),
+        ScanError::Apply(lineno, e) => format!("{}: line {lineno}: {e}", path.display()),
+        ScanError::Corrupt(lineno, e) => {
+            format!("{}: line {lineno} is corrupt: {e}", path.display())
+        }
+    })?;
+    drop(reader);
+    if torn {
+        file.set_len(good)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| format!("cannot cut the torn tail of {}: {e}", path.display()))?;
+    }
+    Ok((file, good))
+}
+
+/// Where [`read_records`] stopped.
+struct Scan {
+    /// Bytes of complete, applied records: where the log is cut, if torn.
+    good: u64,
+    /// The last line was cut short or unparsable: everything from `good` on
+    /// is to be dropped.
+    torn: bool,
+}
+
+enum ScanError {
+    Read(io::Error),
+    /// `apply` rejected the record on this line.
+    Apply(usize, String),
+    /// An unparsable line that is not the last one.
+    Corrupt(usize, serde_json::Error),
+}
+
+/// The replay loop on any reader: feeds each complete, parsable line to
+/// `apply` with its 1-based line number. A last line without `\n`, or a
+/// last line that does not parse, is a torn tail: reading stops before it.
+fn read_records<R, F>(reader: &mut R, mut apply: F) -> Result<Scan, ScanError>
+where
+    R: BufRead,
+    F: FnMut(Record<'static>, usize) -> Result<(), String>,
+{
     let mut line = Vec::with_capacity(256);
     let mut good: u64 = 0; // bytes of complete, applied records
     let mut lineno = 0;
     let mut torn = false;
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(rd_err)?;
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(ScanError::Read)?;
         if n == 0 {
             break;
         }
@@ -342,26 +384,54 @@ where
             break;
         }
         match serde_json::from_slice::<Record<'static>>(&line) {
-            Ok(rec) => {
-                apply(rec, lineno).map_err(|e| format!("{}: line {lineno}: {e}", path.display()))?
-            }
+            Ok(rec) => apply(rec, lineno).map_err(|e| ScanError::Apply(lineno, e))?,
             Err(e) => {
-                if reader.fill_buf().map_err(rd_err)?.is_empty() {
+                if reader.fill_buf().map_err(ScanError::Read)?.is_empty() {
                     torn = true; // garbage at the very end, e.g. after a crash
                     break;
                 }
-                return Err(format!("{}: line {lineno} is corrupt: {e}", path.display()));
+                return Err(ScanError::Corrupt(lineno, e));
             }
         }
         good += n as u64;
     }
-    drop(reader);
-    if torn {
-        file.set_len(good)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| format!("cannot cut the torn tail of {}: {e}", path.display()))?;
-    }
-    Ok((file, good))
+    Ok(Scan { good, torn })
+}
+
+/// What [`scan_bytes`] read from a log's bytes.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Scanned {
+    /// Each record replay would apply: its 1-based line number and the
+    /// record as the writer encodes it (one JSON line with its `\n`).
+    pub records: Vec<(usize, Vec<u8>)>,
+    /// Bytes replay keeps; the log is cut to this length if `torn`.
+    pub good: u64,
+    pub torn: bool,
+}
+
+/// Runs replay's reader over `bytes` as if they were the log file, without
+/// a file or a store: for fuzzing (tests/fuzz) and tests, not for the
+/// server. An `Err` is the line replay would refuse to start on.
+#[doc(hidden)]
+pub fn scan_bytes(bytes: &[u8]) -> Result<Scanned, String> {
+    let mut records = Vec::new();
+    let mut buf = Vec::new();
+    let scan = read_records(&mut io::BufReader::new(bytes), |rec, lineno| {
+        encode(&rec, &mut buf);
+        records.push((lineno, buf.clone()));
+        Ok(())
+    })
+    .map_err(|e| match e {
+        ScanError::Read(e) => format!("cannot read: {e}"),
+        ScanError::Apply(lineno, e) => format!("line {lineno}: {e}"),
+        ScanError::Corrupt(lineno, e) => format!("line {lineno} is corrupt: {e}"),
+    })?;
+    Ok(Scanned {
+        records,
+        good: scan.good,
+        torn: scan.torn,
+    })
 }
 
 #[cfg(test)]
