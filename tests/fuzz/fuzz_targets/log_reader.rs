@@ -6,8 +6,9 @@
 //! past a torn tail or from a line that is not complete; that the kept
 //! length is a whole number of lines, all applied; that replaying what is
 //! kept (the log after the cut) gives the same records and nothing torn;
-//! that a record appended after the cut is read back; and that whatever the
-//! writer encodes, the reader reads back unchanged.
+//! that a record appended after the cut is read back; that whatever the
+//! writer encodes, the reader reads back unchanged; and that a refusal names
+//! the first unparsable line, which is not the last.
 #![no_main]
 
 use haoshuo::store::embedded::scan_bytes;
@@ -17,16 +18,9 @@ fuzz_target!(|data: &[u8]| {
     let [cut, ref log @ ..] = *data else {
         return;
     };
-    let Ok(scan) = scan_bytes(log) else {
-        // A corrupt line before the last: replay refuses to start. The same
-        // line stays corrupt whatever follows.
-        let mut more = log.to_vec();
-        more.extend_from_slice(b"\n{\"op\":\"untok\",\"s\":\"z\"}\n");
-        assert!(
-            scan_bytes(&more).is_err(),
-            "an error went away with more lines"
-        );
-        return;
+    let scan = match scan_bytes(log) {
+        Ok(scan) => scan,
+        Err(e) => return check_refusal(log, &e),
     };
     let good = usize::try_from(scan.good).unwrap();
     assert!(good <= log.len());
@@ -87,3 +81,43 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(after.good as usize, good + rec.len());
     assert_eq!(after.torn, n > 0);
 });
+
+/// Replay refused `log`: the line it names is unparsable, is not the last,
+/// and every line before it is a record. The same line stays corrupt
+/// whatever follows.
+fn check_refusal(log: &[u8], err: &str) {
+    let n: usize = err
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no line number in {err:?}"));
+    let mut starts = vec![0];
+    starts.extend(
+        log.iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .map(|(i, _)| i + 1),
+    );
+    assert!(
+        n >= 1 && n < starts.len(),
+        "line {n} of {} lines",
+        starts.len()
+    );
+    let (start, end) = (starts[n - 1], starts[n]);
+    assert!(end < log.len(), "the named line is the last one");
+    let before = scan_bytes(&log[..start]).expect("the lines before are records");
+    assert_eq!((before.records.len(), before.torn), (n - 1, false));
+    let alone = scan_bytes(&log[start..end]).expect("a last line is never refused");
+    assert!(
+        alone.torn && alone.records.is_empty(),
+        "line {n} parses alone"
+    );
+
+    let mut more = log.to_vec();
+    more.extend_from_slice(b"\n{\"op\":\"untok\",\"s\":\"z\"}\n");
+    assert_eq!(
+        scan_bytes(&more).err().as_deref(),
+        Some(err),
+        "more lines, other refusal"
+    );
+}
