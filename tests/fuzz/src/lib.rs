@@ -22,7 +22,7 @@ pub fn form_encode(input: &[u8], choice: &[u8]) -> Vec<u8> {
 
 fn push_escape(out: &mut Vec<u8>, b: u8) {
     // Upper or lower case hex: the decoder must take both.
-    let hex = if b % 2 == 0 {
+    let hex = if b & 1 == 0 {
         b"0123456789ABCDEF"
     } else {
         b"0123456789abcdef"
