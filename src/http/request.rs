@@ -329,8 +329,10 @@ fn map_httparse(e: httparse::Error, buf: &[u8]) -> HttpError {
 }
 
 /// httparse only knows 1.0 and 1.1 and reports everything else as a version
-/// error. A well-formed `HTTP/<digit>[.<digit>]` on the request line is a
-/// version we do not speak (505); anything else is garbage (400).
+/// error. A well-formed `HTTP/<digit>[.<digit>]` as the third part of the
+/// request line (`METHOD SP TARGET SP HTTP/...`) is a version we do not speak
+/// (505); anything else, such as an extra word before a good version, is
+/// garbage (400).
 fn is_other_http_version(buf: &[u8]) -> bool {
     let line_start = buf
         .iter()
@@ -344,6 +346,9 @@ fn is_other_http_version(buf: &[u8]) -> bool {
     let Some(at) = line.windows(6).rposition(|w| w == b" HTTP/") else {
         return false;
     };
+    if line[..at].iter().filter(|&&b| b == b' ').count() != 1 {
+        return false;
+    }
     match &line[at + 6..] {
         [major] | [major, b'.'] => major.is_ascii_digit(),
         [major, b'.', minor] => major.is_ascii_digit() && minor.is_ascii_digit(),
@@ -549,6 +554,39 @@ mod tests {
         }
         v.extend_from_slice(b"\r\n");
         assert!(parse_head(&v, MAX_BODY).unwrap().is_some());
+    }
+
+    /// Found by the `request_head` fuzz target: a request line with an
+    /// extra word before a good version was answered 505 (the version
+    /// check took the last ` HTTP/` of the line), and 400 when the same
+    /// bytes came in two reads, the first ending before ` HTTP/`.
+    #[test]
+    fn extra_word_before_the_version_is_400_not_505() {
+        let cases: &[&[u8]] = &[
+            b"GET / x HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET / x HTTP/1.1\r\n",
+            b"POST /api/p %POST /i/pap HTTP/1.1\r\nHost: h\r\n\r\n",
+        ];
+        for &input in cases {
+            let ctx = String::from_utf8_lossy(input);
+            assert_eq!(
+                parse_head(input, MAX_BODY).map_err(|e| e.status()),
+                Err(400),
+                "{ctx}"
+            );
+            // The same bytes up to the version, as a first read would see them.
+            let cut = input.windows(6).position(|w| w == b" HTTP/").unwrap();
+            assert_eq!(
+                parse_head(&input[..cut], MAX_BODY).map_err(|e| e.status()),
+                Err(400),
+                "{ctx}"
+            );
+        }
+        // A well-formed line with a version we do not speak stays 505.
+        assert_eq!(
+            parse_head(b"GET /x HTTP/2.0\r\n\r\n", MAX_BODY),
+            Err(HttpError::VersionNotSupported)
+        );
     }
 
     #[test]

@@ -363,7 +363,7 @@ pub(crate) struct Replayed {
 /// `\n`, a bad checksum, not parsable) is cut away. A damaged line before
 /// the last one, or a record `apply` rejects, is an error naming the line,
 /// unless `repair`: then the log is cut there, keeping everything before.
-pub(crate) fn replay<F>(dir: &Path, repair: bool, mut apply: F) -> Result<Replayed, String>
+pub(crate) fn replay<F>(dir: &Path, repair: bool, apply: F) -> Result<Replayed, String>
 where
     F: FnMut(Record<'static>, usize) -> Result<(), String>,
 {
@@ -380,15 +380,77 @@ where
         sync_dir(dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
     }
     let total = file.metadata().map_err(|e| e.to_string())?.len();
-    let rd_err = |e: io::Error| format!("cannot read {}: {e}", path.display());
     let mut reader = BufReader::with_capacity(1 << 16, &file);
+    let scan = read_records(&mut reader, repair, apply).map_err(|e| match e {
+        ScanError::Read(e) => format!("cannot read {}: {e}", path.display()),
+        ScanError::Refused { lineno, why, good } => format!(
+            "{}: line {lineno} {why}; the {} lines before it are intact: start \
+             once with --repair to keep them and drop the {} bytes from line \
+             {lineno} on",
+            path.display(),
+            lineno - 1,
+            total - good,
+        ),
+    })?;
+    drop(reader);
+    let cut = scan.cut.map(|why| {
+        format!(
+            "{}: cut {} bytes from line {} on: {why}",
+            path.display(),
+            total - scan.good,
+            scan.lineno
+        )
+    });
+    if cut.is_some() {
+        file.set_len(scan.good)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| format!("cannot cut {}: {e}", path.display()))?;
+    }
+    Ok(Replayed {
+        file,
+        len: scan.good,
+        cut,
+    })
+}
+
+/// Where [`read_records`] stopped.
+struct Scan {
+    /// Bytes of complete, applied records: where the log is cut, if it is.
+    good: u64,
+    /// The line it stopped at (the first not applied, if any was cut).
+    lineno: usize,
+    /// Why everything from `good` on is to be dropped, if it is.
+    cut: Option<String>,
+}
+
+enum ScanError {
+    Read(io::Error),
+    /// A damaged or rejected line that is not the last one (and no repair).
+    Refused {
+        lineno: usize,
+        why: String,
+        good: u64,
+    },
+}
+
+/// The replay loop on any reader: feeds each complete, intact line to
+/// `apply` with its 1-based line number. A last line without `\n`, or a
+/// damaged last line, is a torn tail: reading stops before it. A damaged or
+/// rejected line before the last is refused, or with `repair` cut there.
+fn read_records<R, F>(reader: &mut R, repair: bool, mut apply: F) -> Result<Scan, ScanError>
+where
+    R: BufRead,
+    F: FnMut(Record<'static>, usize) -> Result<(), String>,
+{
     let mut line = Vec::with_capacity(256);
-    let mut good: u64 = 0; // bytes of complete, applied records
+    let mut good: u64 = 0;
     let mut lineno = 0;
     let mut cut = None;
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(rd_err)?;
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(ScanError::Read)?;
         if n == 0 {
             break;
         }
@@ -407,7 +469,7 @@ where
                 Err(e) => format!("is rejected ({e})"),
             },
             Err(e) => {
-                if reader.fill_buf().map_err(rd_err)?.is_empty() {
+                if reader.fill_buf().map_err(ScanError::Read)?.is_empty() {
                     // Damage at the very end, e.g. after a crash.
                     cut = Some(format!("line {lineno}, the last, is damaged ({e})"));
                     break;
@@ -416,35 +478,47 @@ where
             }
         };
         if !repair {
-            return Err(format!(
-                "{}: line {lineno} {why}; the {} lines before it are intact: start \
-                 once with --repair to keep them and drop the {} bytes from line \
-                 {lineno} on",
-                path.display(),
-                lineno - 1,
-                total - good,
-            ));
+            return Err(ScanError::Refused { lineno, why, good });
         }
         cut = Some(format!("repair: line {lineno} {why}"));
         break;
     }
-    drop(reader);
-    let cut = cut.map(|why| {
-        format!(
-            "{}: cut {} bytes from line {lineno} on: {why}",
-            path.display(),
-            total - good
-        )
-    });
-    if cut.is_some() {
-        file.set_len(good)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| format!("cannot cut {}: {e}", path.display()))?;
-    }
-    Ok(Replayed {
-        file,
-        len: good,
-        cut,
+    Ok(Scan { good, lineno, cut })
+}
+
+/// What [`scan_bytes`] read from a log's bytes.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Scanned {
+    /// Each record replay would apply: its 1-based line number and the
+    /// record as the writer encodes it (one line with its `\n`).
+    pub records: Vec<(usize, Vec<u8>)>,
+    /// Bytes replay keeps; the log is cut to this length if `torn`.
+    pub good: u64,
+    pub torn: bool,
+}
+
+/// Runs replay's reader over `bytes` as if they were the log file, without
+/// a file or a store: for fuzzing (tests/fuzz) and tests, not for the
+/// server. An `Err` is the line replay would refuse to start on
+/// (`line N ...`).
+#[doc(hidden)]
+pub fn scan_bytes(bytes: &[u8]) -> Result<Scanned, String> {
+    let mut records = Vec::new();
+    let mut buf = Vec::new();
+    let scan = read_records(&mut io::BufReader::new(bytes), false, |rec, lineno| {
+        encode(&rec, &mut buf);
+        records.push((lineno, buf.clone()));
+        Ok(())
+    })
+    .map_err(|e| match e {
+        ScanError::Read(e) => format!("cannot read: {e}"),
+        ScanError::Refused { lineno, why, .. } => format!("line {lineno} {why}"),
+    })?;
+    Ok(Scanned {
+        records,
+        good: scan.good,
+        torn: scan.cut.is_some(),
     })
 }
 

@@ -103,6 +103,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
+/// Replay's reader on plain bytes, for the fuzz targets in `tests/fuzz`.
+#[doc(hidden)]
+pub use self::log::{scan_bytes, Scanned};
 use self::log::{Log, Record};
 use self::state::{OnceSeen, State};
 use super::{
