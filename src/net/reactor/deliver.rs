@@ -139,10 +139,12 @@ impl Reactor {
     /// Live messages for one connection slot: each goes to the subscriber,
     /// and the run it says to send goes out as one data frame.
     fn deliver_to(&mut self, msgs: &[Arc<LiveMsg>], group: &[(u32, Target)]) {
-        let Some(key) = self.lookup(group[0].1.conn) else {
+        // By slot, not by the first target: a slot reused within one drain
+        // has targets for its old connection and its new one.
+        let key = group[0].1.conn.slot as usize;
+        let Some(gen) = self.conns.get(key).map(|c| c.gen) else {
             return;
         };
-        let gen = self.conns[key].gen;
         let mut run = Run::default();
         for &(index, t) in group {
             if t.conn.gen != gen {
