@@ -17,6 +17,12 @@
 #            rewritten, its own temp prefix); the fan-out is ONE CHANNEL
 #            WITH N SUBSCRIBERS (http-chunked), one message buffer.
 #
+# Both get ONE PUBLISHER posting one message at a time (haoshuo-load's
+# nchan publisher is always one, so the seqs it stamps are published in
+# order; haoshuo gets --senders SENDERS, default 1, to match): message i is
+# due at start + i/RATE, but the next post waits for the answer to the last,
+# so a server slow to answer gets a lower rate; the achieved rate is shown.
+#
 # Per run it prints deliveries/s, latency p50/p99, the check (every
 # subscriber got every message once, in order), and the server's CPU time
 # (utime + stime from /proc; nginx: summed over its worker processes):
@@ -28,7 +34,7 @@
 # medians and the ratios haoshuo / nchan of CPU per delivery. Raw outputs
 # and runs.tsv stay in OUT (default: a new /tmp/fanout-vs-nchan.* dir).
 #
-# Environment: SIZES REPS OUT LIFT PROCS (client worker processes, 2)
+# Environment: SIZES REPS OUT LIFT PROCS (client worker processes, 2) SENDERS
 # HAOSHUO_BIN HAOSHUO_LOAD NCHAN_MODULE. Needs nginx, libnginx-mod-nchan,
 # curl, python3. Every process it starts is stopped on exit.
 set -uo pipefail
@@ -39,6 +45,7 @@ NCHAN_MODULE=${NCHAN_MODULE:-/usr/lib/nginx/modules/ngx_nchan_module.so}
 SIZES=${SIZES:-10000x200x100 2000x200x100}
 REPS=${REPS:-3}
 PROCS=${PROCS:-2}
+SENDERS=${SENDERS:-1}
 LIFT=${LIFT:---max-group-members 20000 --max-body 1048576 --send-rate 0 --auth-per-ip 0}
 OUT=${OUT:-$(mktemp -d /tmp/fanout-vs-nchan.XXXXXX)}
 HZ=$(getconf CLK_TCK)
@@ -112,7 +119,7 @@ start_nginx() {
 row() { awk -v k="$1" '$1 == k {print $2; exit}' "$2"; }
 
 TSV=$OUT/runs.tsv
-printf 'size\tkind\trep\texit\tdeliveries_per_sec\tp50_ms\tp99_ms\tcheck\tdelivered\tcpu_run_s\tcpu_run_us_per_dlv\tcpu_dlv_s\tcpu_dlv_us_per_dlv\tloadavg\n' > "$TSV"
+printf 'size\tkind\trep\texit\tsend_rate\tdeliveries_per_sec\tp50_ms\tp99_ms\tcheck\tdelivered\tcpu_run_s\tcpu_run_us_per_dlv\tcpu_dlv_s\tcpu_dlv_us_per_dlv\tloadavg\n' > "$TSV"
 
 # run_one KIND MEMBERS MSGS RATE REP
 run_one() {
@@ -123,7 +130,7 @@ run_one() {
     start_haoshuo || die "haoshuo did not start"
     c0=$(ticks "$SERVER_PID")
     "$LOAD" fanout --members "$m" --msgs "$n" --rate "$r" --procs "$PROCS" \
-      --target "$TARGET" --admin "$ADMIN" --server-pid "$SERVER_PID" > "$out" 2> "$err"
+      --senders "$SENDERS" --target "$TARGET" --admin "$ADMIN" --server-pid "$SERVER_PID" > "$out" 2> "$err"
     rc=$?
     c1=$(ticks "$SERVER_PID")
   else
@@ -135,25 +142,25 @@ run_one() {
     c1=$(worker_ticks "$SERVER_PID")
   fi
   stop "$SERVER_PID"; SERVER_PID=
-  local dps p50 p99 check dlv cdlv cdlv_us
-  dps=$(row deliveries_per_sec "$out"); p50=$(row latency_p50_ms "$out"); p99=$(row latency_p99_ms "$out")
+  local rate dps p50 p99 check dlv cdlv cdlv_us
+  rate=$(row send_rate_achieved "$out"); dps=$(row deliveries_per_sec "$out"); p50=$(row latency_p50_ms "$out"); p99=$(row latency_p99_ms "$out")
   check=$(row check "$out"); dlv=$(row delivered_distinct "$out")
   cdlv=$(row server_cpu_deliver_secs "$out"); cdlv_us=$(row server_cpu_us_per_delivery "$out")
   cpu=$(awk -v a="$c0" -v b="$c1" -v t="$HZ" 'BEGIN {printf "%.2f", (b - a) / t}')
   local cpu_us
   cpu_us=$(awk -v c="$cpu" -v d="${dlv:-0}" 'BEGIN {if (d > 0) printf "%.3f", c * 1e6 / d; else print "-"}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$size" "$kind" "$rep" "$rc" \
-    "${dps:--}" "${p50:--}" "${p99:--}" "${check:-none}" "${dlv:-0}" "$cpu" "$cpu_us" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$size" "$kind" "$rep" "$rc" \
+    "${rate:--}" "${dps:--}" "${p50:--}" "${p99:--}" "${check:-none}" "${dlv:-0}" "$cpu" "$cpu_us" \
     "${cdlv:--}" "${cdlv_us:--}" "$load" >> "$TSV"
-  printf '%-8s %-12s run %s: exit %s  %s deliveries/s  p50 %s ms  p99 %s ms  check %s  server CPU %s s (%s µs/delivery), sending+draining %s s (%s µs/delivery)  [loadavg %s]\n' \
-    "$kind" "$size" "$rep" "$rc" "${dps:--}" "${p50:--}" "${p99:--}" "${check:-none}" "$cpu" "$cpu_us" \
+  printf '%-8s %-12s run %s: exit %s  sent %s msg/s  %s deliveries/s  p50 %s ms  p99 %s ms  check %s  server CPU %s s (%s µs/delivery), sending+draining %s s (%s µs/delivery)  [loadavg %s]\n' \
+    "$kind" "$size" "$rep" "$rc" "${rate:--}" "${dps:--}" "${p50:--}" "${p99:--}" "${check:-none}" "$cpu" "$cpu_us" \
     "${cdlv:--}" "${cdlv_us:--}" "$load"
   [ "$rc" = 0 ] || tail -3 "$err" >&2
 }
 
 echo "commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null)$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty'), $(nginx -v 2>&1), nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), $(nproc) cores, results in $OUT"
-echo "haoshuo: one group message to N members (N users, N stored inboxes, N streams)"
-echo "nchan:   one channel with N http-chunked subscribers"
+echo "haoshuo: one group message to N members (N users, N stored inboxes, N streams); $SENDERS sender(s)"
+echo "nchan:   one channel with N http-chunked subscribers; 1 publisher"
 for size in $SIZES; do
   IFS=x read -r m n r <<< "$size"
   for rep in $(seq "$REPS"); do
@@ -180,11 +187,11 @@ for size in dict.fromkeys(r["size"] for r in rows):
     m = {}
     for kind in ("haoshuo", "nchan"):
         rs = [r for r in rows if r["size"] == size and r["kind"] == kind]
-        m[kind] = {k: med(rs, k) for k in ("deliveries_per_sec", "p50_ms", "p99_ms",
+        m[kind] = {k: med(rs, k) for k in ("send_rate", "deliveries_per_sec", "p50_ms", "p99_ms",
                                             "cpu_run_us_per_dlv", "cpu_dlv_us_per_dlv")}
         checks = ",".join(r["check"] for r in rs)
         x = m[kind]
-        print(f"{size:>14} {kind:8} deliveries/s {fmt(x['deliveries_per_sec'], 0)}  p50 {fmt(x['p50_ms'])} ms"
+        print(f"{size:>14} {kind:8} sent {fmt(x['send_rate'])} msg/s  deliveries/s {fmt(x['deliveries_per_sec'], 0)}  p50 {fmt(x['p50_ms'])} ms"
               f"  p99 {fmt(x['p99_ms'])} ms  CPU/delivery whole run {fmt(x['cpu_run_us_per_dlv'], 3)} µs,"
               f" sending+draining {fmt(x['cpu_dlv_us_per_dlv'], 3)} µs  checks {checks}")
     for k, what in (("cpu_run_us_per_dlv", "whole run"), ("cpu_dlv_us_per_dlv", "sending+draining")):
