@@ -36,7 +36,23 @@ impl Client {
         extra_headers: &str,
     ) -> std::io::Result<(u16, Vec<u8>)> {
         let req = proto::post_form(&self.host, path, json, extra_headers);
-        let res = self.exchange(&req);
+        self.send(&req)
+    }
+
+    /// POSTs `body` as `text/plain` (an nchan publish); returns (status, body).
+    pub fn post_plain(&mut self, path: &str, body: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        let req = proto::post_plain(&self.host, path, body);
+        self.send(&req)
+    }
+
+    /// GETs `path`; returns (status, body).
+    pub fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        let req = proto::get_request(&self.host, path);
+        self.send(&req)
+    }
+
+    fn send(&mut self, req: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        let res = self.exchange(req);
         if res.is_err() {
             self.sock = None;
         }

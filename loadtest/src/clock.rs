@@ -1,7 +1,7 @@
 //! Process-wide facts: the system-wide monotonic clock shared by the parent
 //! and its workers (send timestamps in message contents are compared across
 //! processes), the open-file limit, and the server-side numbers read from
-//! /proc (the server's RSS, the kernel's TCP memory).
+//! /proc (the server's RSS and CPU time, the kernel's TCP memory).
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process.
 pub fn mono_ns() -> u64 {
@@ -43,6 +43,47 @@ fn parse_rss(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time (user + system, all threads) in seconds of a process and its
+/// direct children, from `/proc/PID/stat`: for nginx, the master and its
+/// workers; for haoshuo, the one process.
+pub fn cpu_secs_with_children(pid: u32) -> Option<f64> {
+    let ticks = |p: &str| -> Option<(u64, u32)> {
+        let s = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        parse_stat(&s)
+    };
+    let (mut total, _) = ticks(&pid.to_string())?;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = e.file_name();
+        let Some(p) = name
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some((t, ppid)) = ticks(p) {
+            if ppid == pid {
+                total += t;
+            }
+        }
+    }
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    Some(total as f64 / hz as f64)
+}
+
+/// (utime + stime in clock ticks, ppid) from a `/proc/PID/stat` line. The
+/// command name may hold spaces and parentheses, so fields are counted from
+/// the last `)`.
+fn parse_stat(s: &str) -> Option<(u64, u32)> {
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): ppid is field 4, utime 14, stime 15.
+    let ppid = f.get(1)?.parse().ok()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime, ppid))
+}
+
 /// Kernel TCP socket memory in bytes (`mem` pages of the TCP line of
 /// `/proc/net/sockstat` x 4096) and sockets in use.
 pub fn tcp_mem() -> Option<(u64, u64)> {
@@ -74,5 +115,10 @@ mod tests {
         let s = "sockets: used 10\nTCP: inuse 5 orphan 0 tw 2 alloc 7 mem 3\nUDP: inuse 1 mem 0\n";
         assert_eq!(parse_sockstat(s), Some((3 * 4096, 5)));
         assert!(mono_ns() > 0);
+        let stat = "42 (nginx: a) b) S 7 42 42 0 -1 4194624 10 0 0 0 150 25 0 0 20 0 1 0";
+        assert_eq!(parse_stat(stat), Some((175, 7)));
+        assert_eq!(parse_stat("42 (x) S"), None);
+        let me = cpu_secs_with_children(std::process::id()).unwrap();
+        assert!(me >= 0.0);
     }
 }

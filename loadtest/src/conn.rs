@@ -1,7 +1,8 @@
 //! One subscription connection inside a worker: non-blocking connect from a
-//! chosen source address, the GET for `/cget/stream` or `/cget/poll`, the
-//! response head, then either the chunked frame stream or a loop of
-//! long-poll answers on one keep-alive connection.
+//! chosen source address, the GET for `/cget/stream`, `/cget/poll` or an
+//! nchan `/sub/<channel>`, the response head, then either the chunked
+//! stream (haoshuo frames or nchan messages) or a loop of long-poll answers
+//! on one keep-alive connection.
 //!
 //! A `Conn` knows nothing of the event loop; `worker.rs` (and the paced
 //! readers of `slow.rs`) feed it readiness and it reports deliveries through
@@ -15,6 +16,19 @@ use mio::net::TcpStream;
 use socket2::{Domain, Socket, Type};
 
 use crate::proto::{self, BodyKind, ChunkDecoder, Frame};
+
+/// What a connection subscribes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// haoshuo `/cget/stream`: up at the 200 head, then JSON frames.
+    Stream,
+    /// haoshuo `/cget/poll`: up once the request is out, one answer each.
+    Poll,
+    /// nchan http-chunked `/sub/<channel>`: up once the request is out
+    /// (nchan sends the head only with the first message), then one
+    /// `<seq> <content>` line per message.
+    Nchan,
+}
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +70,7 @@ pub struct Conn {
     pub up: bool,
     /// The worker no longer counts it as in flight.
     pub released: bool,
-    poll: bool,
+    kind: Kind,
     wbuf: Vec<u8>,
     rbuf: Vec<u8>,
     body: BodyKind,
@@ -118,7 +132,7 @@ pub fn start_connect(
 }
 
 impl Conn {
-    pub fn new(user: usize, sock: TcpStream, poll: bool, request: Vec<u8>) -> Conn {
+    pub fn new(user: usize, sock: TcpStream, kind: Kind, request: Vec<u8>) -> Conn {
         Conn {
             user,
             sock,
@@ -126,7 +140,7 @@ impl Conn {
             started: Instant::now(),
             up: false,
             released: false,
-            poll,
+            kind,
             wbuf: request,
             rbuf: Vec::new(),
             body: BodyKind::UntilClose,
@@ -173,8 +187,9 @@ impl Conn {
             }
         }
         // A long-poll is "subscribed" once its request is out: the answer
-        // only comes when there is something to say.
-        if self.poll && !self.up && self.phase == Phase::Head {
+        // only comes when there is something to say. So is an nchan
+        // subscriber, whose response head waits for the first message.
+        if self.kind != Kind::Stream && !self.up && self.phase == Phase::Head {
             self.up = true;
             sink.established(self.user);
         }
@@ -254,7 +269,7 @@ impl Conn {
                     self.close_after = head.close;
                     self.chunks = ChunkDecoder::default();
                     self.phase = Phase::Body;
-                    if !self.poll && !self.up {
+                    if self.kind == Kind::Stream && !self.up {
                         self.up = true;
                         sink.established(self.user);
                     }
@@ -279,7 +294,7 @@ impl Conn {
                         let body: Vec<u8> = self.rbuf.drain(..n).collect();
                         self.one_frame(sink, trim_newline(&body))?;
                         sink.poll_answered();
-                        if self.close_after || !self.poll {
+                        if self.close_after || self.kind != Kind::Poll {
                             return Err(self.end("server closed after answer".into()));
                         }
                         let (uid, token, seq) = sink.resume(self.user);
@@ -315,6 +330,11 @@ impl Conn {
     }
 
     fn one_frame(&mut self, sink: &mut dyn Sink, line: &[u8]) -> Result<(), End> {
+        if self.kind == Kind::Nchan {
+            let msg = proto::parse_nchan_message(line).map_err(|e| self.end(e))?;
+            sink.deliver(self.user, vec![msg]);
+            return Ok(());
+        }
         match proto::parse_frame(line) {
             Ok(Frame::Data(msgs)) => {
                 sink.deliver(self.user, msgs);
@@ -340,12 +360,14 @@ mod tests {
     #[derive(Default)]
     struct Got {
         msgids: Vec<u64>,
+        contents: Vec<String>,
         established: bool,
     }
 
     impl Sink for Got {
         fn deliver(&mut self, _user: usize, msgs: Vec<(u64, String)>) {
             self.msgids.extend(msgs.iter().map(|m| m.0));
+            self.contents.extend(msgs.into_iter().map(|m| m.1));
         }
         fn established(&mut self, _user: usize) {
             self.established = true;
@@ -363,6 +385,74 @@ mod tests {
         ) + "\n"
     }
 
+    /// Connects `conn` to the canned server and returns the request it got.
+    fn connect(
+        conn: &mut Conn,
+        got: &mut Got,
+        server: &mut std::net::TcpStream,
+        n: usize,
+    ) -> Vec<u8> {
+        let t0 = Instant::now();
+        while conn.phase == Phase::Connecting {
+            conn.on_writable(got).unwrap();
+            assert!(t0.elapsed() < Duration::from_secs(5), "connect");
+        }
+        let mut seen = vec![0; n];
+        server.read_exact(&mut seen).unwrap();
+        seen
+    }
+
+    /// An nchan subscriber is up once its request is out (nchan sends the
+    /// head only with the first message); then each chunk is one message
+    /// `<seq> <content>`, delivered with seq as the msgid, also when the
+    /// bytes arrive a few at a time.
+    #[test]
+    fn nchan_subscriber() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = start_connect(listener.local_addr().unwrap(), None, None).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let req = proto::nchan_subscribe_request("h", "fan1");
+        let mut conn = Conn::new(0, sock, Kind::Nchan, req.clone());
+        let mut got = Got::default();
+        assert_eq!(connect(&mut conn, &mut got, &mut server, req.len()), req);
+        assert!(got.established && conn.up);
+        let mut wire =
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        for seq in 1..=3 {
+            let m = proto::nchan_message(seq, &format!("{}:pad", 1000 + seq));
+            wire.extend_from_slice(format!("{:x}\r\n{m}\r\n", m.len()).as_bytes());
+        }
+        server.write_all(&wire).unwrap();
+        let mut scratch = [0u8; 64];
+        let t0 = Instant::now();
+        let mut total = 0;
+        while total < wire.len() {
+            let o = conn.read_upto(&mut got, &mut scratch, "h", 5).unwrap();
+            total += o.bytes;
+            if o.drained {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "got {:?}",
+                got.msgids
+            );
+        }
+        assert_eq!(got.msgids, [1, 2, 3]);
+        assert_eq!(got.contents, ["1001:pad", "1002:pad", "1003:pad"]);
+        // A line that is not `<seq> <content>` ends the subscription.
+        server.write_all(b"4\r\nxyz\n\r\n").unwrap();
+        let end = loop {
+            match conn.read_upto(&mut got, &mut scratch, "h", 64) {
+                Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => break e,
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "no end");
+        };
+        assert!(matches!(end, End::Dropped(_)), "{end:?}");
+    }
+
     /// A stream read 7 bytes at a time from a canned server on a local
     /// socket: no read exceeds the limit, frames split across reads and
     /// across chunks still arrive whole and in order.
@@ -375,7 +465,7 @@ mod tests {
         assert!(buf >= 4096, "SO_RCVBUF {buf}");
         let (mut server, _) = listener.accept().unwrap();
         let req = proto::subscribe_request("h", true, 1, "t", 1);
-        let mut conn = Conn::new(0, sock, false, req.clone());
+        let mut conn = Conn::new(0, sock, Kind::Stream, req.clone());
         let mut got = Got::default();
         let t0 = Instant::now();
         while conn.phase == Phase::Connecting {

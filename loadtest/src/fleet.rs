@@ -22,6 +22,8 @@ pub struct FleetOpts {
     pub target: SocketAddr,
     pub procs: Option<usize>,
     pub poll: bool,
+    /// Subscribe to this nchan channel instead of haoshuo inboxes.
+    pub nchan_channel: Option<String>,
     pub max_inflight: usize,
     pub connect_timeout: u64,
     pub retry: bool,
@@ -66,6 +68,7 @@ impl Fleet {
                 target: o.target,
                 bind,
                 poll: o.poll,
+                nchan_channel: o.nchan_channel.clone(),
                 max_inflight: o.max_inflight,
                 connect_timeout: o.connect_timeout,
                 retry: o.retry,

@@ -22,6 +22,10 @@ pub struct WorkerInit {
     pub bind: Option<IpAddr>,
     /// Long-poll (`/cget/poll`) instead of streams.
     pub poll: bool,
+    /// Subscribe to this nchan channel (`/sub/<channel>`) instead of
+    /// haoshuo inboxes; the users' uids then only name the subscribers.
+    #[serde(default)]
+    pub nchan_channel: Option<String>,
     /// Most connections being set up at once.
     pub max_inflight: usize,
     /// Seconds a connect plus response head may take.

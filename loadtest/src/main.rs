@@ -35,6 +35,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// then e.g.
 ///   haoshuo-load idle --conns 50000 --hold 30 --server-pid $(pidof haoshuo)
 ///   haoshuo-load fanout --members 1000 --msgs 100 --rate 50
+///   haoshuo-load fanout --server-kind nchan --target 127.0.0.1:18081 --members 1000 --msgs 100 --rate 50
 ///   haoshuo-load chat --users 2000 --rate 500 --secs 20 --churn 5
 ///   haoshuo-load slow --readers 100 --owed-mb 5 --rate-kbps 1024 --server-pid $(pidof haoshuo)
 /// Without an admin listener add `--provision login` (slow: one /re and
@@ -66,9 +67,12 @@ enum Scenario {
         common: Common,
     },
     /// One group of N streaming members; post M group messages at R/s and
-    /// measure fan-out delivery latency.
+    /// measure fan-out delivery latency. With `--server-kind nchan`: N
+    /// http-chunked subscribers of one channel of nginx + nchan
+    /// (loadtest/nchan/nginx.conf; --target is its pub/sub listener), M
+    /// messages published at R/s by one publisher, the same check.
     Fanout {
-        /// Members of the group (each streams).
+        /// Members of the group (each streams); nchan: subscribers.
         #[arg(long, default_value_t = 100)]
         members: usize,
         /// Group messages to post.
@@ -77,6 +81,12 @@ enum Scenario {
         /// Messages per second (0: as fast as the senders go).
         #[arg(long, default_value_t = 10.0)]
         rate: f64,
+        /// The server under test.
+        #[arg(long, value_enum, default_value_t = ServerKind::Haoshuo)]
+        server_kind: ServerKind,
+        /// nchan: the channel (default: unique per run, "fan<unix ms>").
+        #[arg(long)]
+        channel: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -159,6 +169,15 @@ pub struct ChatArgs {
     pub churn: f64,
 }
 
+/// Which server a fan-out drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ServerKind {
+    /// haoshuo: a group message to N members, each streaming its inbox.
+    Haoshuo,
+    /// nginx + nchan: one channel, N http-chunked subscribers.
+    Nchan,
+}
+
 /// How users are provisioned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ProvisionMode {
@@ -210,7 +229,9 @@ pub struct Common {
     /// After sending, wait until this many seconds pass without a delivery.
     #[arg(long, default_value_t = 5)]
     pub drain: u64,
-    /// The server's pid, to report its RSS (VmRSS) before and after.
+    /// The server's pid, to report its RSS (VmRSS) before and after, and
+    /// (fanout) its CPU time, with its child processes' (nginx: master and
+    /// workers), while connecting and while sending and draining.
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Also append the results as a CSV row to this file.
@@ -241,8 +262,18 @@ fn main() {
             members,
             msgs,
             rate,
+            server_kind: ServerKind::Haoshuo,
             common,
+            ..
         } => scenarios::fanout(&common, members, msgs, rate),
+        Scenario::Fanout {
+            members,
+            msgs,
+            rate,
+            server_kind: ServerKind::Nchan,
+            channel,
+            common,
+        } => scenarios::fanout_nchan(&common, members, msgs, rate, channel.as_deref()),
         Scenario::Chat { chat, common } => scenarios::chat(&common, &chat, false),
         Scenario::Poll { chat, common } => scenarios::chat(&common, &chat, true),
         Scenario::Slow { slow, common } => slow::slow(&common, &slow),

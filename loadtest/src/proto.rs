@@ -1,6 +1,8 @@
 //! The wire: raw HTTP/1.1 requests and response heads, the chunked
-//! transfer decoder, form encoding of the `haoshuo=<JSON>` body, and the
-//! parsing of haoshuo stream/poll frames into delivered messages.
+//! transfer decoder, form encoding of the `haoshuo=<JSON>` body, the
+//! parsing of haoshuo stream/poll frames into delivered messages, and the
+//! nchan side of the fan-out comparison (subscriber GET, text/plain
+//! publish, the `<seq> <ns>` message, `nchan_stub_status`).
 //!
 //! Everything here is pure (bytes in, values out) so it is unit-tested with
 //! byte strings; the sockets live in `client.rs` and `conn.rs`.
@@ -27,6 +29,70 @@ pub fn post_form(host: &str, path: &str, json: &str, extra: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// nchan's http-chunked subscriber GET (`TE: chunked` selects it among the
+/// subscriber types; see loadtest/nchan/nginx.conf).
+pub fn nchan_subscribe_request(host: &str, channel: &str) -> Vec<u8> {
+    format!(
+        "GET /sub/{} HTTP/1.1\r\nHost: {host}\r\nTE: chunked\r\n\r\n",
+        percent_encode(channel)
+    )
+    .into_bytes()
+}
+
+/// A POST with a `text/plain` body (an nchan publish).
+pub fn post_plain(host: &str, path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A GET without a body.
+pub fn get_request(host: &str, path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
+}
+
+/// The body of a load-test message published to nchan: sequence number
+/// (1, 2, 3 ... per channel: it plays the msgid for the checker), then the
+/// content (`<ns>` and optional padding, as for haoshuo), then a newline.
+/// nchan's http-chunked subscriber sends each message as one chunk holding
+/// exactly this body; the newline lets the client cut messages out of the
+/// decoded body the same way it cuts haoshuo frames, whatever the chunking.
+pub fn nchan_message(seq: u64, content: &str) -> String {
+    format!("{seq} {content}\n")
+}
+
+/// Parses one nchan message (a line of the decoded body, without its
+/// newline) into (seq, content).
+pub fn parse_nchan_message(line: &[u8]) -> Result<(u64, String), String> {
+    let s = std::str::from_utf8(line).map_err(|_| "nchan message not UTF-8")?;
+    let (seq, content) = s
+        .split_once(' ')
+        .ok_or_else(|| format!("bad nchan message {:?}", truncate(s)))?;
+    let seq = seq
+        .parse()
+        .map_err(|_| format!("bad nchan seq {:?}", truncate(seq)))?;
+    Ok((seq, content.to_owned()))
+}
+
+fn truncate(s: &str) -> &str {
+    s.get(..40).unwrap_or(s)
+}
+
+/// The `subscribers: N` line of an `nchan_stub_status` answer (a total
+/// over all nginx workers, unlike `GET /pub/<ch>`, which answers for one).
+pub fn nchan_status_subscribers(body: &[u8]) -> Option<u64> {
+    std::str::from_utf8(body)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("subscribers:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -276,6 +342,58 @@ mod tests {
         assert_eq!(content_timestamp("123:xx"), Some(123));
         assert_eq!(content_timestamp("55"), Some(55));
         assert_eq!(content_timestamp("hello"), None);
+    }
+
+    /// The bytes an nchan http-chunked subscriber gets for two messages
+    /// (captured from nginx 1.22.1 + nchan 1.3.6 with loadtest/nchan/nginx.conf):
+    /// the head comes with the first message, each message is one chunk.
+    #[test]
+    fn nchan_chunks_to_messages() {
+        let wire = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 29 Nov 2026 13:00:40 GMT\r\n\
+            Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n\
+            e\r\n1 123456789:x\n\r\nc\r\n2 123456999\n\r\n";
+        let head = parse_head(wire).unwrap().unwrap();
+        assert_eq!((head.status, head.body), (200, BodyKind::Chunked));
+        let mut d = ChunkDecoder::default();
+        let mut out = Vec::new();
+        let used = d.feed(&wire[head.len..], &mut out).unwrap();
+        assert_eq!(used, wire.len() - head.len);
+        assert!(!d.done);
+        let msgs: Vec<_> = out
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| parse_nchan_message(l).unwrap())
+            .collect();
+        assert_eq!(
+            msgs,
+            [(1, "123456789:x".to_owned()), (2, "123456999".to_owned())]
+        );
+        assert_eq!(content_timestamp(&msgs[0].1), Some(123456789));
+    }
+
+    #[test]
+    fn nchan_messages() {
+        let m = nchan_message(7, "55:xx");
+        assert_eq!(m, "7 55:xx\n");
+        assert_eq!(
+            parse_nchan_message(m.trim_end().as_bytes()).unwrap(),
+            (7, "55:xx".into())
+        );
+        assert!(parse_nchan_message(b"7").is_err());
+        assert!(parse_nchan_message(b"x 55").is_err());
+        assert!(parse_nchan_message(b"\xff 1").is_err());
+        let r = String::from_utf8(nchan_subscribe_request("h:1", "fan1")).unwrap();
+        assert_eq!(
+            r,
+            "GET /sub/fan1 HTTP/1.1\r\nHost: h:1\r\nTE: chunked\r\n\r\n"
+        );
+        let r = String::from_utf8(post_plain("h", "/pub/fan1", &m)).unwrap();
+        assert!(r.starts_with("POST /pub/fan1 HTTP/1.1\r\n"));
+        assert!(r.ends_with("Content-Length: 8\r\n\r\n7 55:xx\n"), "{r}");
+        let status = b"total published messages: 3\nstored messages: 3\nshared memory used: 16K\n\
+            shared memory limit: 262144K\nchannels: 1\nsubscribers: 2000\nredis pending commands: 0\n";
+        assert_eq!(nchan_status_subscribers(status), Some(2000));
+        assert_eq!(nchan_status_subscribers(b"channels: 1\n"), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The scenarios: idle (hold N streams, measure memory), fanout (one group,
-//! many members), chat / poll (random single chats, optional churn). Each
+//! many members; or one nchan channel, many subscribers, for the
+//! comparison), chat / poll (random single chats, optional churn). Each
 //! provisions fresh users, starts a worker fleet, drives senders, then
 //! builds the report and the delivery verdict. Returns Ok(false) when the
 //! checker or the senders found a problem. The helpers they share (users,
@@ -13,12 +14,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 use crate::checker::{self, Verdict};
-use crate::clock::{rss_bytes, tcp_mem};
+use crate::client::Client;
+use crate::clock::{cpu_secs_with_children, rss_bytes, tcp_mem};
 use crate::fleet::{Collected, Fleet, FleetOpts};
 use crate::ipc::ToWorker;
+use crate::proto;
 use crate::provision::{self, Method, User};
 use crate::report::{self, Report};
-use crate::sender::{self, Post, SendStats};
+use crate::sender::{self, Body, Post, SendStats};
 use crate::{ChatArgs, Common, ProvisionMode};
 
 fn check_targets(c: &Common) -> Result<(), String> {
@@ -65,6 +68,7 @@ fn fleet_opts(c: &Common, poll: bool, retry: bool, run_secs: u64) -> FleetOpts {
         target: c.target,
         procs: c.procs,
         poll,
+        nchan_channel: None,
         max_inflight: c.max_inflight.max(1),
         connect_timeout: c.connect_timeout,
         retry,
@@ -196,6 +200,27 @@ pub fn idle(c: &Common, conns: usize, hold: u64) -> Result<bool, String> {
     Ok(ok)
 }
 
+/// The server's CPU seconds so far (with its child processes: nginx's
+/// workers), if `--server-pid` was given.
+fn server_cpu(c: &Common) -> Option<f64> {
+    c.server_pid.and_then(cpu_secs_with_children)
+}
+
+/// The server's CPU over the fan-out's phases: `marks` are taken before the
+/// subscriptions, once they are all up, and after the drain (before they
+/// are closed). CPU per delivery counts the sending and draining only.
+fn cpu_rows(r: &mut Report, marks: [Option<f64>; 3], delivered: u64) {
+    let [Some(a), Some(b), Some(c)] = marks else {
+        return;
+    };
+    r.add("server_cpu_connect_secs", format!("{:.2}", b - a));
+    r.add("server_cpu_deliver_secs", format!("{:.2}", c - b));
+    r.add(
+        "server_cpu_us_per_delivery",
+        format!("{:.3}", (c - b) * 1e6 / delivered.max(1) as f64),
+    );
+}
+
 pub fn content(now_ns: u64, pad: usize) -> String {
     if pad == 0 {
         now_ns.to_string()
@@ -216,16 +241,20 @@ pub fn fanout(c: &Common, members: usize, msgs: u64, rate: f64) -> Result<bool, 
     } else {
         60
     };
+    let cpu0 = server_cpu(c);
     let mut fleet = Fleet::start(&fleet_opts(c, false, true, send_secs * 2 + 60), &users)?;
     let procs = fleet.procs();
     let connect = fleet.wait_connected(members as u64, Duration::from_secs(c.connect_wait));
+    let cpu1 = server_cpu(c);
     let t0 = Instant::now();
-    let make = |_i: u64, now: u64| Post {
-        path: "/gp",
-        json: json!({"appid": c.appid, "fromid": owner.uid, "datatype": 2, "toid": gid,
-            "content": content(now, c.payload), "token": owner.token, "restart": "all"})
-        .to_string(),
-        key: gid,
+    let make = |_i: u64, now: u64| {
+        Post::form(
+            "/gp",
+            json!({"appid": c.appid, "fromid": owner.uid, "datatype": 2, "toid": gid,
+                "content": content(now, c.payload), "token": owner.token, "restart": "all"})
+            .to_string(),
+            gid,
+        )
     };
     let target = c.target;
     let max = Duration::from_secs(send_secs * 2 + 60);
@@ -236,9 +265,14 @@ pub fn fanout(c: &Common, members: usize, msgs: u64, rate: f64) -> Result<bool, 
     let expected: HashMap<u64, u64> = uids.iter().map(|&u| (u, per_member)).collect();
     fleet.drain(per_member * members as u64, Duration::from_secs(c.drain));
     let secs = t0.elapsed().as_secs_f64();
+    let cpu2 = server_cpu(c);
     let col = fleet.stop();
     let v = checker::judge(&col.receivers, &expected);
     let mut r = Report::new("fanout");
+    r.add(
+        "server_kind",
+        "haoshuo (group message to N members' inboxes)",
+    );
     r.add("members", members);
     r.add("msgs", msgs);
     r.add("rate", rate);
@@ -247,6 +281,122 @@ pub fn fanout(c: &Common, members: usize, msgs: u64, rate: f64) -> Result<bool, 
     verdict_rows(&mut r, &v, secs);
     r.add("check", pass(v.ok()));
     r.add_latency(&col.hist);
+    cpu_rows(&mut r, [cpu0, cpu1, cpu2], v.delivered);
+    finish(c, &r, &col)?;
+    Ok(v.ok() && stats.errors() == 0)
+}
+
+/// How often the parent asks nchan how many subscribers it holds while
+/// waiting for ours to be counted.
+const NCHAN_STATUS_EVERY: Duration = Duration::from_millis(200);
+
+/// nchan's subscriber total from `nchan_stub_status`.
+fn nchan_subscribers(client: &mut Client) -> Result<u64, String> {
+    match client.get("/nchan_status") {
+        Ok((200, body)) => proto::nchan_status_subscribers(&body)
+            .ok_or_else(|| "/nchan_status: no `subscribers:` line".into()),
+        Ok((st, _)) => Err(format!(
+            "/nchan_status: HTTP {st} (see loadtest/nchan/nginx.conf)"
+        )),
+        Err(e) => Err(format!("/nchan_status: {e}")),
+    }
+}
+
+/// The fan-out against nginx + nchan (loadtest/nchan/nginx.conf on
+/// `c.target`): `subs` http-chunked subscribers of one channel, `msgs`
+/// messages `<seq> <ns>` published at `rate`/s by one publisher (one, so
+/// the sequence numbers are published in order). The same workers, checker
+/// (seq plays the msgid: each subscriber must see 1..=M once, ascending)
+/// and latency histogram as `fanout`. Unlike haoshuo's fan-out (a group
+/// message stored in and delivered from N members' inboxes), this is one
+/// channel with N subscribers.
+pub fn fanout_nchan(
+    c: &Common,
+    subs: usize,
+    msgs: u64,
+    rate: f64,
+    channel: Option<&str>,
+) -> Result<bool, String> {
+    check_targets(c)?;
+    let subs = subs.max(1);
+    let channel = match channel {
+        // The project's nginx.conf routes /sub/(\w+) and /pub/(\w+).
+        Some(ch)
+            if !ch.is_empty() && ch.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            ch.to_owned()
+        }
+        Some(ch) => return Err(format!("--channel {ch:?}: letters, digits and _ only")),
+        None => {
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            format!("fan{}", t.as_millis())
+        }
+    };
+    let mut status = Client::new(c.target, Duration::from_secs(10));
+    let base = nchan_subscribers(&mut status)?;
+    // Subscribers are named 1..=subs for the checker; they have no token.
+    let users: Vec<User> = (1..=subs as u64)
+        .map(|uid| User {
+            uid,
+            token: String::new(),
+        })
+        .collect();
+    let send_secs = if rate > 0.0 {
+        (msgs as f64 / rate).ceil() as u64
+    } else {
+        60
+    };
+    let mut opts = fleet_opts(c, false, false, send_secs * 2 + 60);
+    opts.nchan_channel = Some(channel.clone());
+    let cpu0 = server_cpu(c);
+    let mut fleet = Fleet::start(&opts, &users)?;
+    let procs = fleet.procs();
+    let mut connect = fleet.wait_connected(subs as u64, Duration::from_secs(c.connect_wait));
+    // Our requests are out; wait until nchan counts them, or publishes
+    // would reach only some.
+    let started = Instant::now();
+    let mut seen = 0;
+    while started.elapsed() < Duration::from_secs(c.connect_wait) {
+        seen = nchan_subscribers(&mut status)?.saturating_sub(base);
+        if seen >= fleet.progress().open {
+            break;
+        }
+        std::thread::sleep(NCHAN_STATUS_EVERY);
+    }
+    connect += started.elapsed();
+    eprintln!("nchan counts {seen} new subscribers on channel {channel}");
+    let cpu1 = server_cpu(c);
+    let t0 = Instant::now();
+    let path = format!("/pub/{channel}");
+    let make = |i: u64, now: u64| Post {
+        path: path.clone(),
+        body: Body::Plain(proto::nchan_message(i + 1, &content(now, c.payload))),
+        key: 0,
+    };
+    let target = c.target;
+    let max = Duration::from_secs(send_secs * 2 + 60);
+    let stats = fleet.while_running("send", || sender::run(target, 1, msgs, rate, max, &make));
+    let per_sub = stats.ok;
+    let expected: HashMap<u64, u64> = users.iter().map(|u| (u.uid, per_sub)).collect();
+    fleet.drain(per_sub * subs as u64, Duration::from_secs(c.drain));
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu2 = server_cpu(c);
+    let col = fleet.stop();
+    let v = checker::judge(&col.receivers, &expected);
+    let mut r = Report::new("fanout");
+    r.add("server_kind", "nchan (one channel, N subscribers)");
+    r.add("members", subs);
+    r.add("msgs", msgs);
+    r.add("rate", rate);
+    r.add("nchan_subscribers_seen", seen);
+    conn_rows(&mut r, subs, procs, &col, connect);
+    send_rows(&mut r, &stats);
+    verdict_rows(&mut r, &v, secs);
+    r.add("check", pass(v.ok()));
+    r.add_latency(&col.hist);
+    cpu_rows(&mut r, [cpu0, cpu1, cpu2], v.delivered);
     finish(c, &r, &col)?;
     Ok(v.ok() && stats.errors() == 0)
 }
@@ -274,13 +424,13 @@ pub fn chat(c: &Common, a: &ChatArgs, poll: bool) -> Result<bool, String> {
         let from = (h % n as u64) as usize;
         let to = (from + 1 + ((h >> 32) % (n as u64 - 1)) as usize) % n;
         let (f, t) = (&users[from], &users[to]);
-        Post {
-            path: "/p",
-            json: json!({"appid": c.appid, "fromid": f.uid, "datatype": 1, "toid": t.uid,
+        Post::form(
+            "/p",
+            json!({"appid": c.appid, "fromid": f.uid, "datatype": 1, "toid": t.uid,
                 "content": content(now, c.payload), "token": f.token, "restart": "all"})
             .to_string(),
-            key: t.uid,
-        }
+            t.uid,
+        )
     };
     let target: SocketAddr = c.target;
     let max = Duration::from_secs(a.secs * 2 + 30);

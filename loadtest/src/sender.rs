@@ -2,7 +2,8 @@
 //! connection, posting messages on a fixed schedule (message i is due at
 //! start + i / rate) until the count or the time is used up. Each message's
 //! content is stamped with the monotonic send time just before it is
-//! written. Answers other than 200 `{"type":"ok"}` are counted as errors.
+//! written. Answers other than 200 `{"type":"ok"}` (haoshuo) or 200/201/202
+//! (an nchan publish) are counted as errors.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -13,12 +14,45 @@ use std::time::{Duration, Instant};
 use crate::client::Client;
 use crate::clock::mono_ns;
 
-/// One message to post: path, JSON body, and the key its success is
-/// counted under (the receiver uid for `/p`, the gid for `/gp`).
+/// One message to post: path, body, and the key its success is counted
+/// under (the receiver uid for `/p`, the gid for `/gp`, 0 for nchan).
 pub struct Post {
-    pub path: &'static str,
-    pub json: String,
+    pub path: String,
+    pub body: Body,
     pub key: u64,
+}
+
+pub enum Body {
+    /// A haoshuo call: JSON in a `haoshuo=` form; ok is 200 `{"type":"ok"...`.
+    Form(String),
+    /// An nchan publish: `text/plain`; ok is 200, 201 (had subscribers) or
+    /// 202 (queued, none yet).
+    Plain(String),
+}
+
+impl Post {
+    /// A haoshuo call.
+    pub fn form(path: &str, json: String, key: u64) -> Post {
+        Post {
+            path: path.to_owned(),
+            body: Body::Form(json),
+            key,
+        }
+    }
+}
+
+/// Sends one post; Ok(()) if the server took it, else (status, body).
+fn post_one(c: &mut Client, post: &Post) -> std::io::Result<Result<(), (u16, Vec<u8>)>> {
+    Ok(match &post.body {
+        Body::Form(json) => match c.post(&post.path, json, "")? {
+            (200, body) if body.starts_with(br#"{"type":"ok""#) => Ok(()),
+            other => Err(other),
+        },
+        Body::Plain(text) => match c.post_plain(&post.path, text)? {
+            (200..=202, _) => Ok(()),
+            other => Err(other),
+        },
+    })
 }
 
 #[derive(Debug, Default)]
@@ -72,12 +106,12 @@ pub fn run(
                         }
                     }
                     let post = make(i, mono_ns());
-                    match c.post(post.path, &post.json, "") {
-                        Ok((200, body)) if body.starts_with(br#"{"type":"ok""#) => {
+                    match post_one(&mut c, &post) {
+                        Ok(Ok(())) => {
                             local.ok += 1;
                             *local.ok_by_key.entry(post.key).or_default() += 1;
                         }
-                        Ok((status, body)) => {
+                        Ok(Err((status, body))) => {
                             *local.by_status.entry(status).or_default() += 1;
                             local.first_error.get_or_insert_with(|| {
                                 format!(

@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::checker::{self, Receiver};
 use crate::clock::{rss_bytes, tcp_mem};
-use crate::conn::{start_connect, Conn, End, Sink};
+use crate::conn::{start_connect, Conn, End, Kind, Sink};
 use crate::pace::{floor_secs, Pacer};
 use crate::provision::User;
 use crate::report::{quantile, Report};
@@ -219,14 +219,14 @@ fn fill(c: &Common, plan: &Plan, sender: &User, readers: &[User]) -> sender::Sen
     );
     let make = |i: u64, now: u64| {
         let to = &readers[(i % readers.len() as u64) as usize];
-        Post {
-            path: "/p",
-            json: json!({"appid": c.appid, "fromid": sender.uid, "datatype": 1, "toid": to.uid,
+        Post::form(
+            "/p",
+            json!({"appid": c.appid, "fromid": sender.uid, "datatype": 1, "toid": to.uid,
                 "content": message(now, plan.msg_bytes), "token": sender.token,
                 "restart": "all"})
             .to_string(),
-            key: to.uid,
-        }
+            to.uid,
+        )
     };
     let stats = sender::run(c.target, c.senders, total, 0.0, FILL_MAX, &make);
     eprintln!(
@@ -382,7 +382,7 @@ fn drain(
     for (i, u) in users.iter().enumerate() {
         let sock = start_connect(target, None, plan.rcvbuf).map_err(|e| format!("connect: {e}"))?;
         let req = proto::subscribe_request(&host, true, u.uid, &u.token, 1);
-        let mut conn = Conn::new(i, sock, false, req);
+        let mut conn = Conn::new(i, sock, Kind::Stream, req);
         poll.registry()
             .register(
                 &mut conn.sock,

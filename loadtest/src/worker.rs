@@ -18,7 +18,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::checker::Receiver;
 use crate::clock::mono_ns;
-use crate::conn::{start_connect, Conn, End, Sink};
+use crate::conn::{start_connect, Conn, End, Kind, Sink};
 use crate::ipc::{FromWorker, Progress, ToWorker, WorkerInit};
 use crate::proto;
 
@@ -242,15 +242,24 @@ impl Worker {
                 break;
             };
             let u = &self.st.users[user];
-            let req =
-                proto::subscribe_request(&self.host, !self.init.poll, u.uid, &u.token, u.next_seq);
+            let (kind, req) = match &self.init.nchan_channel {
+                Some(ch) => (Kind::Nchan, proto::nchan_subscribe_request(&self.host, ch)),
+                None if self.init.poll => (
+                    Kind::Poll,
+                    proto::subscribe_request(&self.host, false, u.uid, &u.token, u.next_seq),
+                ),
+                None => (
+                    Kind::Stream,
+                    proto::subscribe_request(&self.host, true, u.uid, &u.token, u.next_seq),
+                ),
+            };
             match start_connect(self.init.target, self.init.bind, None) {
                 Ok(sock) => {
                     let slot = self.free.pop().unwrap_or_else(|| {
                         self.conns.push(None);
                         self.conns.len() - 1
                     });
-                    let mut conn = Conn::new(user, sock, self.init.poll, req);
+                    let mut conn = Conn::new(user, sock, kind, req);
                     if let Err(e) = poll.registry().register(
                         &mut conn.sock,
                         Token(slot),
