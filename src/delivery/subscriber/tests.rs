@@ -307,6 +307,11 @@ fn deadlines_never_early_never_past_expiry() {
     assert_eq!(expiry_tick(1010, 1000, 50), 61, "10 s left: at least 10 s");
     assert_eq!(expiry_tick(900, 1000, 50), 51, "already expired: next tick");
     assert_eq!(expiry_tick(u64::MAX, 1000, 50), NEVER - 1);
+    // The reactor's first tick is 0.
+    assert_eq!(expiry_tick(1010, 1000, 0), 11);
+    // A token good for years still expires (NEVER is some 136 years).
+    let years = 100_000_000;
+    assert_eq!(expiry_tick(1000 + years, 1000, 50), 50 + years as Secs + 1);
 }
 
 #[test]
