@@ -117,6 +117,22 @@ mod tests {
         assert!(!verifier_matches(&v1, &v2));
     }
 
+    /// The router ends the subscriptions of a logged-out token by this
+    /// number: one token's must not match another's.
+    #[test]
+    fn selector_tags_are_the_selectors_value() {
+        let cases: &[(&str, u64)] = &[
+            ("0000000000000000", 0),
+            ("0000000000000001", 1),
+            ("00000000000000ff", 255),
+            ("0123456789abcdef", 0x0123_4567_89ab_cdef),
+            ("ffffffffffffffff", u64::MAX),
+        ];
+        for &(selector, want) in cases {
+            assert_eq!(selector_tag(selector), want, "{selector}");
+        }
+    }
+
     #[test]
     fn malformed_tokens_are_refused() {
         for bad in [

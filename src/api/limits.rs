@@ -164,6 +164,11 @@ mod tests {
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(limit.take("alice", t1), Ok(()));
         assert!(limit.take("alice", t1).is_err());
+        // Half a token saved up: the wait is for the other half.
+        let wait = limit
+            .take("alice", t1 + Duration::from_secs(5))
+            .expect_err("half a token");
+        assert!((4.9..=5.0).contains(&wait.as_secs_f64()), "{wait:?}");
         // A long rest refills to the cap, not beyond.
         let t2 = t1 + Duration::from_secs(3600);
         for _ in 0..6 {
@@ -187,6 +192,40 @@ mod tests {
         let wait = limit.take("s", t0).expect_err("past the burst");
         assert!((0.09..=0.1).contains(&wait.as_secs_f64()), "{wait:?}");
         assert_eq!(limit.take("s", t0 + Duration::from_millis(100)), Ok(()));
+    }
+
+    #[test]
+    fn keys_spread_over_every_shard() {
+        let used: std::collections::HashSet<usize> =
+            (0..256).map(|i| shard_of(&format!("10.0.0.{i}"))).collect();
+        assert_eq!(used.len(), SHARDS);
+    }
+
+    /// A full shard forgets the buckets that have filled up again, not
+    /// a client that is being limited.
+    #[test]
+    fn a_full_shard_keeps_the_limited_clients() {
+        let limit = RateLimit::per_minute(6);
+        let t0 = Instant::now();
+        let hot = "hot";
+        let shard = shard_of(hot);
+        let mut same_shard = (0..)
+            .map(|i| format!("k{i}"))
+            .filter(|k| shard_of(k) == shard);
+        for _ in 0..6 {
+            assert_eq!(limit.take(hot, t0), Ok(()));
+        }
+        for key in same_shard.by_ref().take(SHARD_KEYS - 1) {
+            assert_eq!(limit.take(&key, t0), Ok(()));
+        }
+        // A minute on the others have refilled; `hot` took a token since.
+        let t1 = t0 + Duration::from_secs(60);
+        for _ in 0..6 {
+            assert_eq!(limit.take(hot, t1), Ok(()));
+        }
+        assert_eq!(limit.take(&same_shard.next().unwrap(), t1), Ok(()));
+        assert!(limit.take(hot, t1).is_err(), "still limited");
+        assert!(limit.shards[shard].lock().unwrap().len() <= 2);
     }
 
     #[test]

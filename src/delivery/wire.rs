@@ -159,7 +159,14 @@ mod tests {
         ];
         for &(kind, body, want, step) in cases {
             let mut out = Vec::new();
-            kind.wire(body.len()).write(body, &mut out);
+            let wire = kind.wire(body.len());
+            wire.write(body, &mut out);
+            // The reactor sends the same bytes as one vectored write.
+            assert_eq!(
+                [wire.head(), body, wire.tail()].concat(),
+                out,
+                "{kind:?}: parts"
+            );
             // The Date line is the HTTP layer's (and tested there).
             let text = String::from_utf8(out).unwrap();
             let out: String = text

@@ -386,6 +386,8 @@ mod tests {
         };
         let end = input.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         assert_eq!(h.head_len, end, "{ctx:?}");
+        let http10 = input.windows(8).any(|w| w == b"HTTP/1.0");
+        assert_eq!(h.http10, http10, "{ctx:?}");
         format!(
             "{:?} {} ?{} cl={} {}{} {:?}",
             h.method,
@@ -482,6 +484,8 @@ mod tests {
             (b"GET / HTTP/2.0\r\n\r\n", 505),
             (b"GET / HTTP/1.2\r\n\r\n", 505),
             (b"GET / HTTP/2", 505),
+            (b"\r\nGET / HTTP/2.0\r\n\r\n", 505),
+            (b"GET / HTTP/2.x\r\n\r\n", 400),
             (b"GET / FTP/1.1\r\n\r\n", 400),
             (b"GET /\r\n\r\n", 400),
             (b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n", 400),
@@ -498,6 +502,38 @@ mod tests {
             let err = got.expect_err(&ctx);
             assert_eq!(err.status(), status, "{ctx}: {err:?}");
             assert!(!err.reason().is_empty());
+        }
+    }
+
+    /// The JSON error body names what was wrong, in the words of the
+    /// error itself.
+    #[test]
+    fn refusals_name_their_reason() {
+        #[rustfmt::skip]
+        let cases: &[(&[u8], &str)] = &[
+            (b"GET / FTP/1.1\r\n\r\n", "bad HTTP version"),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nBad Name: v\r\n\r\n", "bad header name"),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x01b\r\n\r\n", "bad header value"),
+            (b"GET / HTTP/1.1\rHost: h\r\n\r\n", "bad line ending"),
+            (b"G(T / HTTP/1.1\r\nHost: h\r\n\r\n", "bad request line"),
+            (b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n", "request target must be a path"),
+            (b"GET / HTTP/2.0\r\n\r\n", "HTTP version not supported"),
+        ];
+        for &(input, want) in cases {
+            let err = parse_head(input, MAX_BODY).expect_err(want);
+            assert_eq!(err.reason(), want, "{}", String::from_utf8_lossy(input));
+        }
+        for err in [
+            HttpError::HeadTooLarge,
+            HttpError::LineTooLong,
+            HttpError::TooManyHeaders,
+            HttpError::LengthRequired,
+            HttpError::BodyTooLarge,
+            HttpError::ExpectationFailed,
+            HttpError::VersionNotSupported,
+            HttpError::BadRequest("bad Content-Length"),
+        ] {
+            assert_eq!(err.reason(), err.to_string(), "{err:?}");
         }
     }
 
@@ -547,6 +583,11 @@ mod tests {
             parse_head(&v, MAX_BODY).unwrap().unwrap().head_len,
             MAX_HEAD_BYTES
         );
+        // A head of a few KiB (cookies, long tokens) is no reason to refuse.
+        let mut v = b"GET / HTTP/1.1\r\nHost: h\r\nCookie: ".to_vec();
+        v.resize(6 * 1024, b'a');
+        v.extend_from_slice(b"\r\n\r\n");
+        assert!(parse_head(&v, MAX_BODY).unwrap().is_some());
         // Exactly MAX_HEADERS headers are accepted (Host is one of them).
         let mut v = b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec();
         for i in 1..MAX_HEADERS {

@@ -110,6 +110,7 @@ mod tests {
         w.arm(3, 7);
         assert!(fired(&mut w, 2).is_empty());
         assert_eq!(fired(&mut w, 3), vec![(3, 7)]);
+        assert_eq!(w.walked, 4, "ticks 0 to 3, each once");
         assert!(fired(&mut w, 10).is_empty());
     }
 

@@ -103,6 +103,8 @@ fn live_messages_by_msgid_and_queue() {
         // the one owed, with room: sent
         (5, false, 5, 0, Live::Send, 6, 5),
         (5, false, 5, HIGH_WATER, Live::Send, 6, 5),
+        // a few frames still queued is not backed up: sent at once
+        (5, false, 5, 32 * 1024, Live::Send, 6, 5),
         // already sent by a page: dropped, nothing learnt
         (5, false, 4, 0, Live::Drop, 5, 0),
         // a gap: held; the page read will carry it
@@ -131,6 +133,7 @@ fn pages_are_asked_for_below_low_water_one_at_a_time() {
         (5, 4, false, 0, None),             // owed nothing
         (5, 5, false, 0, Some(5)),          // owed one
         (5, 9, false, LOW_WATER, Some(5)),  // at the mark
+        (5, 9, false, 8 * 1024, Some(5)),   // draining: the next page is read meanwhile
         (5, 9, false, LOW_WATER + 1, None), // wait for the socket to drain
         (5, 9, true, 0, None),              // one in flight already
     ];
@@ -265,6 +268,15 @@ fn timers_heartbeat_expire_and_time_polls_out() {
             Step::Done { keep_alive: true },
         ),
         (ka, 30, 30, 0, Some("401"), Step::Done { keep_alive: true }),
+        // a held poll times out whatever is queued before it
+        (
+            ka,
+            FAR,
+            30,
+            10,
+            Some("noop"),
+            Step::Done { keep_alive: true },
+        ),
     ];
     for &(kind, expires, now, queued, want, step) in cases {
         let mut s = Subscriber::new(sub(1), kind, 0, expires);
@@ -295,6 +307,11 @@ fn deadlines_never_early_never_past_expiry() {
     assert_eq!(expiry_tick(1010, 1000, 50), 61, "10 s left: at least 10 s");
     assert_eq!(expiry_tick(900, 1000, 50), 51, "already expired: next tick");
     assert_eq!(expiry_tick(u64::MAX, 1000, 50), NEVER - 1);
+    // The reactor's first tick is 0.
+    assert_eq!(expiry_tick(1010, 1000, 0), 11);
+    // A token good for years still expires (NEVER is some 136 years).
+    let years = 100_000_000;
+    assert_eq!(expiry_tick(1000 + years, 1000, 50), 50 + years as Secs + 1);
 }
 
 #[test]
