@@ -44,17 +44,29 @@ fn rss(pid: u32) -> u64 {
 const SLOW_RCVBUF: usize = 8 * 1024;
 const SLOW_RATE: u64 = 2 * 1024 * 1024;
 
-fn a_slow_reader_gets_a_6mb_backlog_whole(backend: Backend) {
-    let srv = Server::start(backend, Opts::default());
+/// A server with Bob's `n` big messages (see [`big`]) in Alice's inbox.
+fn backlog(backend: Backend, opts: Opts, n: u64) -> (Server, Api, User, User) {
+    let srv = Server::start(backend, opts);
     let api = srv.api();
     let alice = api.user("a", "alice");
     let bob = api.user("a", "bob");
-    for i in 1..=100 {
+    for i in 1..=n {
         api.send(&bob, alice.uid, &big(i));
     }
-    let conn = Conn::connect_slow(srv.addr(), SLOW_RCVBUF, SLOW_RATE);
-    let mut stream = StreamClient::connect_on(conn, &sub_query(1, alice.uid, &alice.token))
-        .unwrap_or_else(|r| panic!("stream refused: {}", r.status));
+    (srv, api, alice, bob)
+}
+
+/// `user`'s stream from msgid 1, read through a small receive buffer at
+/// `rate` bytes a second.
+fn slow_stream(srv: &Server, user: &User, rate: u64) -> StreamClient {
+    let conn = Conn::connect_slow(srv.addr(), SLOW_RCVBUF, rate);
+    StreamClient::connect_on(conn, &sub_query(1, user.uid, &user.token))
+        .unwrap_or_else(|r| panic!("stream refused: {}", r.status))
+}
+
+fn a_slow_reader_gets_a_6mb_backlog_whole(backend: Backend) {
+    let (srv, api, alice, bob) = backlog(backend, Opts::default(), 100);
+    let mut stream = slow_stream(&srv, &alice, SLOW_RATE);
     let deadline = Instant::now() + budget(6_000_000, SLOW_RATE);
     let mut got = Vec::new();
     let mut frames = 0;
@@ -91,13 +103,7 @@ fn a_slow_reader_gets_a_6mb_backlog_whole(backend: Backend) {
 fn a_multi_megabyte_pull_answer_arrives_whole(backend: Backend) {
     // Pages as large as the whole backlog: one 6 MB answer.
     let opts = Opts::default().flag("--page-bytes", 8 * 1024 * 1024);
-    let srv = Server::start(backend, opts);
-    let api = srv.api();
-    let alice = api.user("a", "alice");
-    let bob = api.user("a", "bob");
-    for i in 1..=100 {
-        api.send(&bob, alice.uid, &big(i));
-    }
+    let (srv, _api, alice, _bob) = backlog(backend, opts, 100);
     let mut conn = Conn::connect_slow(srv.addr(), SLOW_RCVBUF, SLOW_RATE);
     let body = form_body(&pull_body(&alice));
     conn.send(&request_bytes(
@@ -116,25 +122,13 @@ fn a_multi_megabyte_pull_answer_arrives_whole(backend: Backend) {
 }
 
 fn pull_pages_are_capped_by_bytes(backend: Backend) {
-    let srv = Server::start(backend, Opts::default());
-    let api = srv.api();
-    let alice = api.user("a", "alice");
-    let bob = api.user("a", "bob");
-    for i in 1..=10 {
-        api.send(&bob, alice.uid, &big(i));
-    }
+    let (_srv, api, alice, _bob) = backlog(backend, Opts::default(), 10);
     // 60 KB each against the default 256 KiB: four fit, the fifth not.
     assert_eq!(api.pull(&alice).msgids(), vec![1, 2, 3, 4]);
     api.ack(&alice, 4);
     assert_eq!(api.pull(&alice).msgids(), vec![5, 6, 7, 8]);
     // One message larger than the cap still goes, alone.
-    let srv = Server::start(backend, Opts::default().flag("--page-bytes", 1000));
-    let api = srv.api();
-    let alice = api.user("a", "alice");
-    let bob = api.user("a", "bob");
-    for i in 1..=3 {
-        api.send(&bob, alice.uid, &big(i));
-    }
+    let (_srv, api, alice, _bob) = backlog(backend, Opts::default().flag("--page-bytes", 1000), 3);
     assert_eq!(api.pull(&alice).msgids(), vec![1]);
     let mut stream = api.stream(&alice, 1);
     let first = stream.next_msgs(WAIT).expect("a frame");
@@ -157,9 +151,7 @@ fn a_live_burst_reaches_a_slow_reader_whole_and_a_fast_one_promptly(backend: Bac
         s
     };
     let rate = 4 * 1024 * 1024;
-    let conn = Conn::connect_slow(srv.addr(), SLOW_RCVBUF, rate);
-    let mut slow_stream = StreamClient::connect_on(conn, &sub_query(1, slow.uid, &slow.token))
-        .unwrap_or_else(|r| panic!("stream refused: {}", r.status));
+    let mut slow_stream = slow_stream(&srv, &slow, rate);
     let mut fast_stream = api.stream(&fast, 1);
     let before = rss(srv.pid());
 
@@ -214,19 +206,12 @@ fn a_live_burst_reaches_a_slow_reader_whole_and_a_fast_one_promptly(backend: Bac
 
 #[test]
 fn only_a_connection_that_makes_no_progress_is_closed() {
-    let srv = Server::start(Backend::Embedded, Opts::default().flag("--send-timeout", 1));
-    let api = srv.api();
-    let alice = api.user("a", "alice");
-    let bob = api.user("a", "bob");
     // 6 MB: more than the kernel's send buffer (up to 4 MB on loopback)
     // holds, so the rest waits in the server, where the timeout watches.
-    for i in 1..=100 {
-        api.send(&bob, alice.uid, &big(i));
-    }
+    let opts = Opts::default().flag("--send-timeout", 1);
+    let (srv, _api, alice, _bob) = backlog(Backend::Embedded, opts, 100);
     // Slow but moving (6 MB at 2 MB/s, three times the timeout): kept.
-    let conn = Conn::connect_slow(srv.addr(), SLOW_RCVBUF, SLOW_RATE);
-    let mut slow = StreamClient::connect_on(conn, &sub_query(1, alice.uid, &alice.token))
-        .unwrap_or_else(|r| panic!("stream refused: {}", r.status));
+    let mut slow = slow_stream(&srv, &alice, SLOW_RATE);
     assert_eq!(slow.collect(100, budget(6_000_000, SLOW_RATE)).len(), 100);
     // Not reading at all: closed once its output has not moved for the
     // timeout; the client then finds the stream cut short, without its
