@@ -59,19 +59,12 @@ ulimit -n "$(ulimit -Hn)"
 
 tmp=$(mktemp -d)
 SERVER_PID=
-stop() {
-  local p=$1
-  [ -n "$p" ] || return 0
-  kill -TERM "$p" 2>/dev/null
-  for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$p" 2>/dev/null
-  wait "$p" 2>/dev/null
-}
-cleanup() { stop "$SERVER_PID"; SERVER_PID=; rm -rf "$tmp"; }
+# stop, free_port (SERVER_PID is the one process it tracks)
+. "$root/loadtest/bench/lib.sh"
+cleanup() { stop "$SERVER_PID" 10; SERVER_PID=; rm -rf "$tmp"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # utime + stime ticks of one process.
 ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # ... of nginx's workers (the master's children).
@@ -141,7 +134,7 @@ run_one() {
     rc=$?
     c1=$(worker_ticks "$SERVER_PID")
   fi
-  stop "$SERVER_PID"; SERVER_PID=
+  stop "$SERVER_PID" 10; SERVER_PID=
   local rate dps p50 p99 check dlv cdlv cdlv_us
   rate=$(row send_rate_achieved "$out"); dps=$(row deliveries_per_sec "$out"); p50=$(row latency_p50_ms "$out"); p99=$(row latency_p99_ms "$out")
   check=$(row check "$out"); dlv=$(row delivered_distinct "$out")

@@ -63,7 +63,8 @@ KEEP_TMP=${KEEP_TMP:-0}
 wrkdir=$root/loadtest/wrk
 nchandir=$root/loadtest/nchan
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# log, PIDS, untrack, stop, stop_all, free_port
+. "$here/lib.sh"
 die() { log "FATAL: $*"; exit 1; }
 
 # ------------------------------------------------------------------ checks
@@ -83,36 +84,13 @@ HL=$tmp/bin/haoshuo-load
 
 # ------------------------------------------------------------------ process bookkeeping
 
-PIDS=()
 cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do
-    kill -TERM "$p" 2>/dev/null
-  done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null
-  done
-  PIDS=()
+  stop_all
   if [ "$KEEP_TMP" = 1 ]; then log "temp dir kept: $tmp"; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
-untrack() { local p=$1 q keep=(); for q in "${PIDS[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done; PIDS=("${keep[@]}"); }
-
-# stop PID: SIGTERM, up to 15 s, then SIGKILL.
-stop() {
-  local p=$1
-  [ -n "$p" ] || return 0
-  kill -TERM "$p" 2>/dev/null
-  for _ in $(seq 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$p" 2>/dev/null
-  wait "$p" 2>/dev/null
-  untrack "$p"
-}
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Step bookkeeping: name, exit status, seconds, 1-min loadavg at its start
 # (the machine should be otherwise idle: anything else running skews it).

@@ -43,7 +43,8 @@ RCVBUF=${RCVBUF:-8192}
 SINGLE=${SINGLE:-1}
 EXTRA=${EXTRA:-}
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# log, PIDS, untrack, stop, stop_all, free_port
+. "$here/lib.sh"
 die() { log "FATAL: $*"; exit 1; }
 
 for t in python3 timeout; do command -v "$t" >/dev/null || die "$t not found"; done
@@ -60,32 +61,13 @@ cp "$HAOSHUO" "$tmp/bin/haoshuo" && cp "$HAOSHUO_LOAD" "$tmp/bin/haoshuo-load" |
 HS=$tmp/bin/haoshuo
 HL=$tmp/bin/haoshuo-load
 
-PIDS=()
 cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null
-  done
-  PIDS=()
+  stop_all
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
-untrack() { local p=$1 q keep=(); for q in "${PIDS[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done; PIDS=("${keep[@]}"); }
-# stop PID: SIGTERM, up to 15 s, then SIGKILL.
-stop() {
-  local p=$1
-  [ -n "$p" ] || return 0
-  kill -TERM "$p" 2>/dev/null
-  for _ in $(seq 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$p" 2>/dev/null
-  wait "$p" 2>/dev/null
-  untrack "$p"
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_haoshuo NAME [flags...]: sets HS_PID HS_ADDR HS_ADMIN.
 start_haoshuo() {
