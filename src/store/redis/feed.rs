@@ -98,10 +98,11 @@ fn run(
             }
             // Announcements were lost while the subscription was down; the
             // catch-up reads go through the pool, which need not wait out
-            // its backoff now that Redis answers.
-            // So were logouts: forget every cached token.
+            // its backoff now that Redis answers, and whose connections
+            // most likely went down with ours: each lane makes a new one.
+            // Logouts were lost too: forget every cached token.
             (Ok(()), None) => {
-                store.pool().mark_healthy();
+                store.pool().reconnected();
                 store.tokens().clear();
                 router.catch_up_everyone();
             }

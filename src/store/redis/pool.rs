@@ -13,7 +13,7 @@
 //! reconnect is tried: a Redis restart costs a burst of 503s, not a storm of
 //! connects.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,6 +41,11 @@ pub struct Pool {
     next: AtomicUsize,
     timeout: Duration,
     health: Arc<Mutex<Health>>,
+    /// Counts the times Redis was found to have dropped every connection
+    /// (the feed lost its own): a lane whose connection is from an earlier
+    /// count makes a new one before its next write, rather than failing
+    /// one batch on a socket the old Redis process took with it.
+    generation: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -71,6 +76,7 @@ impl Pool {
             next: AtomicUsize::new(0),
             timeout,
             health,
+            generation: Arc::new(AtomicU64::new(0)),
         };
         for i in 0..lanes.max(1) {
             let (tx, rx) = crossbeam_channel::bounded(LANE_QUEUE);
@@ -78,6 +84,7 @@ impl Pool {
                 client: pool.client.clone(),
                 timeout,
                 health: pool.health.clone(),
+                generation: pool.generation.clone(),
                 con: None,
             };
             let t = std::thread::Builder::new()
@@ -112,9 +119,11 @@ impl Pool {
         f(&mut handle).map_err(|e| StoreError::Unavailable(format!("redis: {e}")))
     }
 
-    /// Ends the backoff early: a connection was just made (by the feed),
-    /// so Redis is back.
-    pub fn mark_healthy(&self) {
+    /// Redis is back after the feed lost its connection: ends the backoff
+    /// early, and has every lane reconnect before its next write (its
+    /// connection most likely went with the old Redis process).
+    pub fn reconnected(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         *lock(&self.health) = Health::default();
     }
 }
@@ -185,7 +194,9 @@ struct Lane {
     client: Client,
     timeout: Duration,
     health: Arc<Mutex<Health>>,
-    con: Option<Connection>,
+    generation: Arc<AtomicU64>,
+    /// The connection and the pool generation it was made in.
+    con: Option<(Connection, u64)>,
 }
 
 impl Lane {
@@ -211,16 +222,20 @@ impl Lane {
     /// Writes the batch in one go and answers its calls in order; the calls
     /// not answered when an error struck are left in `batch`.
     fn serve(&mut self, batch: &mut Vec<Call>) -> RedisResult<()> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.con.as_ref().is_some_and(|(_, g)| *g != generation) {
+            self.con = None;
+        }
         if self.con.is_none() {
             if let Some(at) = lock(&self.health).retry_at {
                 if Instant::now() < at {
                     return Err(closed("redis is down"));
                 }
             }
-            self.con = Some(connect(&self.client, self.timeout)?);
+            self.con = Some((connect(&self.client, self.timeout)?, generation));
             *lock(&self.health) = Health::default();
         }
-        let Some(con) = self.con.as_mut() else {
+        let Some((con, _)) = self.con.as_mut() else {
             return Err(closed("no connection"));
         };
         let bytes: Vec<u8> = batch.iter().flat_map(|c| c.bytes.iter().copied()).collect();
