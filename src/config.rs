@@ -157,6 +157,17 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_MAX_GROUP_MEMBERS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_group_members: u32,
 
+    /// Most groups one user may create (403 beyond; 0: no limit): each is
+    /// kept for good, and its members did not ask to be in it.
+    #[arg(long, env = "HAOSHUO_MAX_GROUPS_PER_USER", default_value_t = 1000)]
+    pub max_groups_per_user: u32,
+
+    /// Most login tokens one user holds (0: no limit): a new login beyond
+    /// it revokes the oldest token (its streams and polls get the 401
+    /// frame), so a user's tokens cannot pile up for --token-ttl.
+    #[arg(long, env = "HAOSHUO_MAX_TOKENS_PER_USER", default_value_t = 100)]
+    pub max_tokens_per_user: u32,
+
     /// Seconds a send's `cmsgid` is remembered: a retry of `/p` or `/gp`
     /// with the same (appid, fromid, cmsgid) within it stores nothing new.
     #[arg(long, env = "HAOSHUO_CMSGID_WINDOW", default_value_t = 600)]

@@ -175,6 +175,8 @@ impl Server {
                 login_per_user: cfg.login_per_user,
                 send_rate: cfg.send_rate,
                 max_group_members: cfg.max_group_members as usize,
+                max_groups_per_user: cfg.max_groups_per_user as usize,
+                max_tokens_per_user: cfg.max_tokens_per_user as usize,
             },
         ));
         let feed = match &redis {

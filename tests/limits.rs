@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use serde_json::json;
 use std::thread;
 use std::time::Instant;
 
@@ -115,6 +116,29 @@ fn busy_hashing_answers_429_at_once_and_blocks_nothing_else() {
         busy > 0,
         "eight concurrent logins never found the one slot taken"
     );
+}
+
+common::backend_tests!(groups_per_owner_are_bounded);
+
+fn groups_per_owner_are_bounded(backend: Backend) {
+    let mut srv = Server::start(backend, Opts::default().flag("--max-groups-per-user", 2));
+    let api = srv.api();
+    let (alice, bob) = (api.user("a", "alice"), api.user("a", "bob"));
+    assert_eq!(api.group(&alice, "one", &[bob.uid]), 1);
+    assert_eq!(api.group(&alice, "two", &[]), 2);
+    let third = gre_body(&alice, "three", &[bob.uid]);
+    let (status, answer) = api.post("/gre", &third);
+    assert_eq!(
+        (status, &answer["msg"]),
+        (403, &json!("group quota reached"))
+    );
+    // Others have their own quota; the refused group does not exist.
+    assert_eq!(api.group(&bob, "bob's", &[alice.uid]), 3);
+    expect_error(api.post("/gp", &gsend_body(&alice, 4, "x")), 404);
+    // The count survives a restart.
+    srv.restart_same_dir();
+    let api = srv.api();
+    expect_error(api.post("/gre", &third), 403);
 }
 
 #[test]

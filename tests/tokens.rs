@@ -4,7 +4,8 @@
 //! selector with a wrong verifier, an expired token, and tokens of the wrong
 //! shape are each refused with 401 by every endpoint that takes a token (the
 //! `401` frame on `/cget/stream` and `/cget/poll`), and the refused calls
-//! change nothing.
+//! change nothing. A user holds at most `--max-tokens-per-user` tokens: a
+//! login beyond it revokes the oldest, as a logout would.
 
 mod common;
 
@@ -17,6 +18,7 @@ common::backend_tests!(
     a_wrong_verifier_is_refused_everywhere,
     tokens_of_the_wrong_shape_are_refused_everywhere,
     an_expired_token_is_refused_everywhere,
+    beyond_the_quota_a_login_revokes_the_oldest_token,
 );
 
 /// `--token-ttl` of the expiry test: long enough that a token is certainly
@@ -207,4 +209,65 @@ fn an_expired_token_is_refused_everywhere(backend: Backend) {
         ..w.bob.clone()
     };
     nothing_changed(&w, &alice, &bob);
+}
+
+/// Whether `token` still acts for `user`: `/pull` answers 200, or 401.
+fn token_works(api: &Api, user: &User, token: &str) -> bool {
+    let who = User {
+        token: token.to_string(),
+        ..user.clone()
+    };
+    match api.post("/pull", &pull_body(&who)) {
+        (200, _) => true,
+        answer => {
+            expect_error(answer, 401);
+            false
+        }
+    }
+}
+
+fn beyond_the_quota_a_login_revokes_the_oldest_token(backend: Backend) {
+    let mut srv = Server::start(
+        backend,
+        Opts::default()
+            .flag("--max-tokens-per-user", 2)
+            .flag("--login-per-user", 0),
+    );
+    let api = srv.api();
+    let alice = api.user("a", "alice"); // token 1
+    let bob = api.user("a", "bob");
+    let login = |api: &Api| api.login("a", "alice", &alice.pass());
+    let t1 = alice.token.clone();
+    let mut stream = api.stream(&alice, 1);
+    let t2 = login(&api);
+    assert!(token_works(&api, &alice, &t1) && token_works(&api, &alice, &t2));
+
+    // A third: the first goes, and the stream opened with it ends as a
+    // logout would end it.
+    let t3 = login(&api);
+    stream.expect_final_frame(&frame_401());
+    let works = |api: &Api, t: &str| token_works(api, &alice, t);
+    assert_eq!(
+        [works(&api, &t1), works(&api, &t2), works(&api, &t3)],
+        [false, true, true]
+    );
+    // Bob's tokens are his own quota.
+    assert!(token_works(&api, &bob, &bob.token));
+
+    // A logged-out token no longer counts: two more fit.
+    api.logout(&User {
+        token: t2.clone(),
+        ..alice.clone()
+    });
+    let t4 = login(&api);
+    assert_eq!([works(&api, &t3), works(&api, &t4)], [true, true]);
+
+    // The order survives a restart: the oldest left (t3) goes next.
+    srv.restart_same_dir();
+    let api = srv.api();
+    let t5 = login(&api);
+    assert_eq!(
+        [works(&api, &t3), works(&api, &t4), works(&api, &t5)],
+        [false, true, true]
+    );
 }

@@ -83,6 +83,7 @@ impl From<StoreError> for ApiError {
             StoreError::NoSuchGroup(gid) => {
                 ApiError::NotFound(format!("no such group {gid}").into())
             }
+            StoreError::TooManyGroups(_) => ApiError::Forbidden("group quota reached"),
             StoreError::Unavailable(_) => ApiError::Unavailable,
         }
     }

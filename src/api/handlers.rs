@@ -19,8 +19,8 @@ use crate::http::request::{header_value, Head, Method};
 use crate::http::response::{head_only, write_response, write_response_head, CONTENT_JSON};
 use crate::router::Router;
 use crate::store::{
-    unix_now, Limit, MsgId, NewMessage, Once, Page, Store, TokenInfo, Uid, DATATYPE_GROUP,
-    DATATYPE_SINGLE,
+    leading_run, unix_now, Limit, MsgId, NewMessage, Once, Page, Store, TokenInfo, Uid,
+    DATATYPE_GROUP, DATATYPE_SINGLE, MAX_MSGID,
 };
 
 /// Longest appid accepted, in bytes: it is a key prefix, not a document.
@@ -65,6 +65,11 @@ pub struct Options {
     /// Most members of one group: every group message is written once per
     /// member.
     pub max_group_members: usize,
+    /// Most groups one user may create (0: no limit).
+    pub max_groups_per_user: usize,
+    /// Most tokens one user holds; a login beyond it revokes the oldest (0:
+    /// no limit).
+    pub max_tokens_per_user: usize,
 }
 
 pub struct Api {
@@ -282,8 +287,22 @@ impl Api {
             uid,
             expires_at: unix_now().saturating_add(self.limits.token_ttl),
         };
-        self.store.put_token(&selector, &info)?;
+        let revoked = self
+            .store
+            .put_token(&selector, &info, self.limits.max_tokens_per_user)?;
+        for old in &revoked {
+            self.revoked(appid, uid, old);
+        }
         Ok(token)
+    }
+
+    /// Ends this node's subscriptions held with the token `selector` of
+    /// `uid`, when the store does not tell every node itself.
+    fn revoked(&self, appid: &str, uid: Uid, selector: &str) {
+        if !self.store.announces() {
+            let app = self.router.app_key(appid);
+            self.router.revoke(app, uid, auth::selector_tag(selector));
+        }
     }
 
     fn gre(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
@@ -304,7 +323,13 @@ impl Api {
                 format!("a group has at most {max} members").into(),
             ));
         }
-        let gid = self.store.create_group(&appid, owner, &gname, &members)?;
+        let gid = self.store.create_group(
+            &appid,
+            owner,
+            &gname,
+            &members,
+            self.limits.max_groups_per_user,
+        )?;
         Ok(object(&[
             ("uid", Num(owner)),
             ("gname", Str(&gname)),
@@ -402,7 +427,7 @@ impl Api {
         self.check_token(f, &appid, uid)?;
         let acked = self.store.acked(&appid, uid)?;
         let page = self.store.page(&appid, uid, acked + 1, self.limit())?;
-        Ok(frame::pull_body(&page.msgs, acked, uid))
+        Ok(frame::pull_body(leading_run(&page.msgs), acked, uid))
     }
 
     fn ack(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
@@ -418,12 +443,7 @@ impl Api {
         let uid = f.u64("uid")?;
         let selector = self.check_token(f, &appid, uid)?;
         self.store.delete_token(&appid, uid, &selector)?;
-        if !self.store.announces() {
-            // The store does not tell every node itself: end this node's
-            // subscriptions held with the token.
-            let app = self.router.app_key(&appid);
-            self.router.revoke(app, uid, auth::selector_tag(&selector));
-        }
+        self.revoked(&appid, uid, &selector);
         Ok(object(&[("uid", Num(uid)), ("msg", Str("ok"))]))
     }
 
@@ -497,7 +517,9 @@ impl Api {
             None => 1,
             Some(s) => s
                 .parse::<MsgId>()
-                .map_err(|_| ApiError::BadRequest("'seq' must be a message id".into()))?
+                .ok()
+                .filter(|&s| s <= MAX_MSGID)
+                .ok_or_else(|| ApiError::BadRequest("'seq' must be a message id".into()))?
                 .max(1),
         };
         let token = param("token")?.unwrap_or_default();

@@ -129,6 +129,24 @@ pub fn trimmed_frame(out: &mut Vec<u8>, endid: MsgId, toid: Uid) {
     out.extend_from_slice(b"}\"}\n");
 }
 
+/// Appends a `reset` frame: the store's msgid counter of this inbox was
+/// found at `found`, behind `endid`, the last msgid the client had received
+/// (the store lost writes it had acknowledged). The counter now continues
+/// after `endid`, in a new `epoch`:
+/// `{"type":"reset","content":"{\"epoch\":E,\"endid\":\"N\",\"found\":\"F\",\"toid\":U}"}`.
+pub fn reset_frame(out: &mut Vec<u8>, epoch: u64, endid: MsgId, found: MsgId, toid: Uid) {
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(br#"{"type":"reset","content":"{\"epoch\":"#);
+    out.extend_from_slice(n.format(epoch).as_bytes());
+    out.extend_from_slice(br#",\"endid\":\""#);
+    out.extend_from_slice(n.format(endid).as_bytes());
+    out.extend_from_slice(br#"\",\"found\":\""#);
+    out.extend_from_slice(n.format(found).as_bytes());
+    out.extend_from_slice(br#"\",\"toid\":"#);
+    out.extend_from_slice(n.format(toid).as_bytes());
+    out.extend_from_slice(b"}\"}\n");
+}
+
 /// The body of a `/pull` answer: `{"msgs":[...],"endid":"N","uid":U}`;
 /// `endid` is the last msgid returned, or `acked` when there is none. When
 /// the first message returned is not `acked + 1` (the inbox cap dropped

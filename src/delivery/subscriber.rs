@@ -11,7 +11,8 @@
 //! The rules it keeps:
 //! - msgids on one subscription never skip and never repeat: live messages
 //!   below `next` are dropped, a gap is filled from the store first, and
-//!   what the store no longer holds is announced with a `trimmed` frame;
+//!   what the store no longer holds is announced with a `trimmed` frame,
+//!   and a store found behind what the client holds with a `reset` frame;
 //! - flow control by watermarks: above [`HIGH_WATER`] queued bytes, live
 //!   messages are not written but only remembered (`seen`); the next page
 //!   is asked for only when the queue is below [`LOW_WATER`]. The store is
@@ -23,7 +24,7 @@ use crate::bus::{AppKey, Sub};
 use crate::delivery::frame;
 use crate::delivery::wire::Kind;
 use crate::net::timer::{Secs, NEVER};
-use crate::store::{MsgId, Page, Uid};
+use crate::store::{leading_run, MsgId, Page, Uid};
 
 /// Queued bytes above which live messages are no longer written to a
 /// connection but read back from the store once it drains. 64 KiB on top
@@ -163,9 +164,18 @@ impl Subscriber {
     pub fn on_page(&mut self, page: &Page, out: &mut Vec<u8>) -> Step {
         self.fetching = false;
         self.seen = self.seen.max(page.last);
+        if let Some(reset) = page.reset {
+            // The store had lost msgids this client holds, and now counts on
+            // from its position: say so, then go on as usual.
+            let mut body = Vec::with_capacity(96);
+            frame::reset_frame(&mut body, reset.epoch, self.next - 1, reset.found, self.uid);
+            if let done @ Step::Done { .. } = self.emit(&body, out) {
+                return done;
+            }
+        }
         let msgs = {
             let start = page.msgs.partition_point(|m| m.msgid < self.next);
-            &page.msgs[start..]
+            leading_run(&page.msgs[start..])
         };
         // Everything up to the inbox's last msgid was committed before the
         // read, so what the read did not find is no longer stored (acked

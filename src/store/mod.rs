@@ -97,6 +97,10 @@ impl Limit {
     }
 }
 
+/// The largest msgid a store hands out or a client may name: Redis keeps
+/// msgids as sorted-set scores (doubles), exact up to 2^53.
+pub const MAX_MSGID: MsgId = 1 << 53;
+
 /// One read of an inbox.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Page {
@@ -107,6 +111,22 @@ pub struct Page {
     /// `msgs`: anything in between that is not in `msgs` and not after the
     /// page's end is no longer stored.
     pub last: MsgId,
+    /// Set when the read found the inbox's msgid counter behind what the
+    /// reader had received, and moved the inbox to a new epoch.
+    pub reset: Option<Reset>,
+}
+
+/// An inbox's msgid counter was found behind a msgid a reader had already
+/// received: the store lost writes it had acknowledged (a Redis failover to
+/// a lagging replica, an `appendfsync everysec` or `--fsync everysec`
+/// crash). The store raised the counter to the reader's position, so no
+/// msgid the reader holds is handed out again, and counted a new epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reset {
+    /// The inbox's epoch now: how many times this has happened to it.
+    pub epoch: u64,
+    /// The last msgid the store still had.
+    pub found: MsgId,
 }
 
 impl Page {
@@ -115,6 +135,18 @@ impl Page {
         let end = self.msgs.last().map_or(from, |m| m.msgid + 1);
         end <= self.last
     }
+}
+
+/// The first messages of `msgs` (in msgid order) up to the first hole in
+/// their msgids. Holes come only from a [`Reset`] (msgids the store lost);
+/// a reader sends what is before one, then learns of the hole as a leading
+/// gap (`trimmed`) on its next read.
+pub fn leading_run(msgs: &[Message]) -> &[Message] {
+    let end = msgs
+        .windows(2)
+        .position(|w| w[1].msgid != w[0].msgid + 1)
+        .map_or(msgs.len(), |i| i + 1);
+    &msgs[..end]
 }
 
 /// The size a message counts for in a [`Limit`]: what it adds to a frame,
@@ -150,6 +182,9 @@ pub enum StoreError {
     NoSuchUser(Uid),
     #[error("no such group {0}")]
     NoSuchGroup(Gid),
+    /// The owner already created the most groups one user may.
+    #[error("a user may create at most {0} groups")]
+    TooManyGroups(usize),
     /// A `cmsgid` already named another message from this sender.
     #[error("cmsgid reused for a different message")]
     CmsgidReused,
@@ -188,14 +223,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates a group owned by `owner` whose members are `members` (the caller
     /// includes the owner and removes duplicates). Every member must exist:
-    /// otherwise `NoSuchUser` and nothing is written.
-    fn create_group(&self, appid: &str, owner: Uid, gname: &str, members: &[Uid]) -> Result<Gid>;
+    /// otherwise `NoSuchUser` and nothing is written. An owner who already
+    /// created `max_owned` groups (0: no limit) gets `TooManyGroups`.
+    fn create_group(
+        &self,
+        appid: &str,
+        owner: Uid,
+        gname: &str,
+        members: &[Uid],
+        max_owned: usize,
+    ) -> Result<Gid>;
 
     /// The members of a group, in the order they were given, or `None`.
     fn group_members(&self, appid: &str, gid: Gid) -> Result<Option<Vec<Uid>>>;
 
-    /// Stores a login token under its selector.
-    fn put_token(&self, selector: &str, info: &TokenInfo) -> Result<()>;
+    /// Stores a login token under its selector. If its user then holds more
+    /// than `keep` tokens (0: no limit), the oldest go as by
+    /// [`Store::delete_token`], and their selectors are returned.
+    fn put_token(&self, selector: &str, info: &TokenInfo, keep: usize) -> Result<Vec<String>>;
 
     /// Looks a token up by its selector. Expiry and the verifier are the
     /// caller's to check.
@@ -230,6 +275,12 @@ pub trait Store: Send + Sync + 'static {
     /// Stored messages of `uid`'s inbox with msgid >= `from`, in msgid
     /// order, within `limit`, and the inbox's last msgid, read at one
     /// instant.
+    ///
+    /// The reader has received every msgid below `from` (at most
+    /// [`MAX_MSGID`]). If the inbox's last msgid is below `from - 1`, the
+    /// store lost writes: in the same instant it raises the counter to
+    /// `from - 1` and starts a new epoch ([`Page::reset`]), so msgids the
+    /// reader holds are never handed out again.
     fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page>;
 
     /// Up to `limit` stored messages of `uid`'s inbox with msgid >= `from`, in

@@ -112,13 +112,13 @@ mod tests {
         fn user_exists(&self, _: &str, _: Uid) -> Result<bool> {
             bug()
         }
-        fn create_group(&self, _: &str, _: Uid, _: &str, _: &[Uid]) -> Result<Gid> {
+        fn create_group(&self, _: &str, _: Uid, _: &str, _: &[Uid], _: usize) -> Result<Gid> {
             bug()
         }
         fn group_members(&self, _: &str, _: Gid) -> Result<Option<Vec<Uid>>> {
             bug()
         }
-        fn put_token(&self, _: &str, _: &TokenInfo) -> Result<()> {
+        fn put_token(&self, _: &str, _: &TokenInfo, _: usize) -> Result<Vec<String>> {
             bug()
         }
         fn get_token(&self, _: &str) -> Result<Option<TokenInfo>> {
@@ -194,6 +194,8 @@ mod tests {
                 login_per_user: 0,
                 send_rate: 0,
                 max_group_members: 100,
+                max_groups_per_user: 0,
+                max_tokens_per_user: 0,
             },
         ));
         let (jobs, rx) = queue(4);

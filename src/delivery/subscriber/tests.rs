@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::store::Message;
+use crate::store::{Message, Reset};
 
 const APP: AppKey = 3;
 const UID: Uid = 7;
@@ -39,6 +39,7 @@ fn msg(msgid: MsgId, content: &str) -> Message {
 
 fn page(ids: &[MsgId], last: MsgId) -> Page {
     Page {
+        reset: None,
         msgs: ids.iter().map(|&i| msg(i, &format!("m{i}"))).collect(),
         last,
     }
@@ -179,6 +180,10 @@ fn a_page_writes_what_is_owed_and_names_what_is_gone() {
         (1, &[4, 5], 5, vec![trimmed(3), data(&[4, 5])], 6, 5),
         // all that was owed is gone
         (2, &[], 6, vec![trimmed(6)], 7, 6),
+        // a hole (msgids a store lost, see Reset): what comes before it
+        // now, the hole as a trimmed frame on the next page
+        (1, &[1, 2, 5, 6], 6, vec![data(&[1, 2])], 3, 6),
+        (3, &[5, 6], 6, vec![trimmed(4), data(&[5, 6])], 7, 6),
     ];
     for (next, ids, last, want, next_after, seen_after) in cases {
         let mut s = stream(next, 0);
@@ -191,6 +196,38 @@ fn a_page_writes_what_is_owed_and_names_what_is_gone() {
         assert!(!s.fetching);
         assert_eq!(s.behind(), next_after <= last, "page {ids:?}");
     }
+}
+
+#[test]
+fn a_store_found_behind_the_client_is_a_reset_frame_then_business_as_usual() {
+    // The client had msgids up to 5; the store had lost 4 and 5 and now
+    // counts on from 5 in epoch 2.
+    let behind = Page {
+        msgs: vec![],
+        last: 5,
+        reset: Some(Reset { epoch: 2, found: 3 }),
+    };
+    let want = serde_json::json!({
+        "type": "reset",
+        "content": r#"{"epoch":2,"endid":"5","found":"3","toid":7}"#,
+    });
+    let mut s = stream(6, 0);
+    let mut out = Vec::new();
+    assert_eq!(s.on_page(&behind, &mut out), Step::Continue);
+    assert_eq!(frames(&out), vec![want.clone()]);
+    assert_eq!((s.next, s.seen, s.behind()), (6, 5, false));
+    assert_eq!(s.on_live(6, 0), Live::Send, "msgid 6 is the next one owed");
+
+    // A held poll is answered by the reset frame alone.
+    let mut p = poll(6);
+    let mut out = Vec::new();
+    let step = p.on_page(&behind, &mut out);
+    assert_eq!(step, Step::Done { keep_alive: true });
+    let body = &out[out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(body).unwrap(),
+        want
+    );
 }
 
 #[test]

@@ -96,9 +96,17 @@ pub(crate) enum Record<'a> {
     #[serde(rename = "ack")]
     Ack { a: Cow<'a, str>, u: Uid, id: MsgId },
     /// A user's next msgid is at least `n` (written by compaction so msgids
-    /// are never reused after a fully acked inbox was trimmed).
+    /// are never reused after a fully acked inbox was trimmed), and its
+    /// inbox's epoch at least `e` (written when a reader was found ahead of
+    /// the counter: see `Store::page`).
     #[serde(rename = "seq")]
-    Seq { a: Cow<'a, str>, u: Uid, n: MsgId },
+    Seq {
+        a: Cow<'a, str>,
+        u: Uid,
+        n: MsgId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        e: Option<u64>,
+    },
 }
 
 /// Serialises `rec` as one checksummed line (with its `\n`) into `buf`,
@@ -595,6 +603,13 @@ mod tests {
                 a: "x".into(),
                 u: 1,
                 n: 4,
+                e: None,
+            },
+            Record::Seq {
+                a: "x".into(),
+                u: 1,
+                n: 9,
+                e: Some(2),
             },
             Record::Msg {
                 a: "x".into(),

@@ -32,7 +32,7 @@
 //! | `untok` | `s`                                        | token deleted                             |
 //! | `msg`   | `a`, `to` uids, `ids` msgids, `f` fromid, `t` toid, `d` datatype, `c` content | one message appended to every `to[i]` as `ids[i]` |
 //! | `ack`   | `a`, `u`, `id`                             | ack position moved forward to `id`        |
-//! | `seq`   | `a`, `u`, `n`                              | next msgid is at least `n` (compaction)   |
+//! | `seq`   | `a`, `u`, `n`, optional `e` epoch          | next msgid is at least `n` (compaction; a reader found ahead of the counter), epoch at least `e` |
 //!
 //! e.g. `{"op":"msg","a":"test","to":[2,3],"ids":[5,9],"f":1,"t":7,"d":2,"c":"hi"}`.
 //! A group append is one record, so it is atomic; replay gives all its
@@ -498,9 +498,16 @@ impl Store for EmbeddedStore {
         Ok(self.lock()?.state.user_exists(appid, uid))
     }
 
-    fn create_group(&self, appid: &str, owner: Uid, gname: &str, members: &[Uid]) -> Result<Gid> {
+    fn create_group(
+        &self,
+        appid: &str,
+        owner: Uid,
+        gname: &str,
+        members: &[Uid],
+        max_owned: usize,
+    ) -> Result<Gid> {
         let mut inner = self.lock()?;
-        let gid = inner.state.check_group(appid, owner, members)?;
+        let gid = inner.state.check_group(appid, owner, members, max_owned)?;
         inner.commit(&Record::Group {
             a: Cow::Borrowed(appid),
             g: gid,
@@ -517,8 +524,15 @@ impl Store for EmbeddedStore {
         Ok(self.lock()?.state.group_members(appid, gid))
     }
 
-    fn put_token(&self, selector: &str, info: &TokenInfo) -> Result<()> {
+    fn put_token(&self, selector: &str, info: &TokenInfo, keep: usize) -> Result<Vec<String>> {
         let mut inner = self.lock()?;
+        let revoked = inner.state.tokens_beyond(&info.appid, info.uid, keep);
+        for s in &revoked {
+            inner.commit(&Record::TokenDel {
+                s: Cow::Borrowed(s),
+            })?;
+            inner.state.delete_token(s);
+        }
         inner.commit(&Record::TokenPut {
             s: Cow::Borrowed(selector),
             v: Cow::Borrowed(&info.verifier),
@@ -528,7 +542,7 @@ impl Store for EmbeddedStore {
         })?;
         inner.state.put_token(selector, info.clone());
         inner.after_write();
-        Ok(())
+        Ok(revoked)
     }
 
     fn get_token(&self, selector: &str) -> Result<Option<TokenInfo>> {
@@ -582,7 +596,21 @@ impl Store for EmbeddedStore {
     }
 
     fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
-        self.lock()?.state.page(appid, uid, from, limit)
+        let mut inner = self.lock()?;
+        let Some(reset) = inner.state.check_rebase(appid, uid, from)? else {
+            return inner.state.page(appid, uid, from, limit);
+        };
+        inner.commit(&Record::Seq {
+            a: Cow::Borrowed(appid),
+            u: uid,
+            n: from,
+            e: Some(reset.epoch),
+        })?;
+        inner.state.set_seq(appid, uid, from, reset.epoch);
+        inner.after_write();
+        let mut page = inner.state.page(appid, uid, from, limit)?;
+        page.reset = Some(reset);
+        Ok(page)
     }
 
     fn acked(&self, appid: &str, uid: Uid) -> Result<MsgId> {

@@ -13,7 +13,9 @@ use std::io;
 use std::sync::Arc;
 
 use super::log::Record;
-use crate::store::{counted_size, Gid, Limit, Message, MsgId, Page, StoreError, TokenInfo, Uid};
+use crate::store::{
+    counted_size, Gid, Limit, Message, MsgId, Page, Reset, StoreError, TokenInfo, Uid,
+};
 
 /// Tokens that expired more than this long ago are dropped by compaction.
 const TOKEN_GRACE_SECS: u64 = 24 * 3600;
@@ -35,6 +37,14 @@ pub(crate) struct User {
     inbox: VecDeque<Entry>,
     next_msgid: MsgId,
     acked: MsgId,
+    /// How many times the msgid counter was found behind what a client had
+    /// seen (and raised past it): see [`State::rebase`].
+    epoch: u64,
+    /// Selectors of the user's tokens, oldest first (the quota revokes from
+    /// the front).
+    tokens: Vec<Box<str>>,
+    /// Groups this user created.
+    groups_owned: u32,
 }
 
 #[derive(Clone)]
@@ -137,6 +147,9 @@ impl State {
             inbox: VecDeque::new(),
             next_msgid: 1,
             acked: 0,
+            epoch: 0,
+            tokens: Vec::new(),
+            groups_owned: 0,
         });
     }
 
@@ -152,9 +165,21 @@ impl State {
 
     // ---- groups ----
 
-    /// The gid a new group would get; the owner and every member must exist.
-    pub fn check_group(&self, appid: &str, owner: Uid, members: &[Uid]) -> Result<Gid, StoreError> {
-        self.user(appid, owner)?;
+    /// The gid a new group would get; the owner and every member must
+    /// exist, and the owner may have created fewer than `max_owned` (0: no
+    /// limit). Replay passes 0: the limit is checked once, when a group is
+    /// made.
+    pub fn check_group(
+        &self,
+        appid: &str,
+        owner: Uid,
+        members: &[Uid],
+        max_owned: usize,
+    ) -> Result<Gid, StoreError> {
+        let owned = self.user(appid, owner)?.groups_owned;
+        if max_owned > 0 && owned as usize >= max_owned {
+            return Err(StoreError::TooManyGroups(max_owned));
+        }
         for &m in members {
             self.user(appid, m)?;
         }
@@ -165,6 +190,9 @@ impl State {
     pub fn add_group(&mut self, appid: &str, gid: Gid, owner: Uid, name: &str, members: &[Uid]) {
         let app = self.apps.entry(appid.to_owned()).or_default();
         debug_assert_eq!(gid, app.groups.len() as Gid + 1);
+        if let Some(user) = app.user_mut(owner) {
+            user.groups_owned = user.groups_owned.saturating_add(1);
+        }
         app.groups.push(Group {
             owner,
             name: name.to_owned(),
@@ -181,7 +209,25 @@ impl State {
     // ---- tokens ----
 
     pub fn put_token(&mut self, selector: &str, info: TokenInfo) {
+        // A selector stored again (never, with random selectors) moves.
+        self.delete_token(selector);
+        if let Some(user) = self.user_mut(&info.appid, info.uid) {
+            user.tokens.push(selector.into());
+        }
         self.tokens.insert(selector.to_owned(), info);
+    }
+
+    /// The oldest tokens of `uid` that go when it gets one more and may
+    /// keep at most `keep` (0: no limit).
+    pub fn tokens_beyond(&self, appid: &str, uid: Uid, keep: usize) -> Vec<String> {
+        let Ok(user) = self.user(appid, uid) else {
+            return Vec::new();
+        };
+        if keep == 0 || user.tokens.len() < keep {
+            return Vec::new();
+        }
+        let over = user.tokens.len() + 1 - keep;
+        user.tokens[..over].iter().map(|s| s.to_string()).collect()
     }
 
     pub fn get_token(&self, selector: &str) -> Option<TokenInfo> {
@@ -193,7 +239,12 @@ impl State {
     }
 
     pub fn delete_token(&mut self, selector: &str) {
-        self.tokens.remove(selector);
+        let Some(info) = self.tokens.remove(selector) else {
+            return;
+        };
+        if let Some(user) = self.user_mut(&info.appid, info.uid) {
+            user.tokens.retain(|s| &**s != selector);
+        }
     }
 
     // ---- inboxes ----
@@ -325,6 +376,7 @@ impl State {
         Ok(Page {
             msgs,
             last: user.next_msgid - 1,
+            reset: None,
         })
     }
 
@@ -365,10 +417,28 @@ impl State {
         }
     }
 
-    /// Makes the user's next msgid at least `n`.
-    pub fn set_seq(&mut self, appid: &str, uid: Uid, n: MsgId) {
+    /// What a reader who received every msgid below `from` finds wrong
+    /// with the inbox: `Some` (the epoch to move to, and the last msgid
+    /// stored) if its counter is behind `from - 1`.
+    pub fn check_rebase(
+        &self,
+        appid: &str,
+        uid: Uid,
+        from: MsgId,
+    ) -> Result<Option<Reset>, StoreError> {
+        let user = self.user(appid, uid)?;
+        Ok((from > user.next_msgid).then(|| Reset {
+            epoch: user.epoch + 1,
+            found: user.next_msgid - 1,
+        }))
+    }
+
+    /// Makes the user's next msgid at least `n`, and its epoch at least
+    /// `epoch`.
+    pub fn set_seq(&mut self, appid: &str, uid: Uid, n: MsgId, epoch: u64) {
         if let Some(user) = self.user_mut(appid, uid) {
             user.next_msgid = user.next_msgid.max(n);
+            user.epoch = user.epoch.max(epoch);
         }
     }
 
@@ -386,7 +456,7 @@ impl State {
                 self.add_user(&a, u, &n, &p);
             }
             Record::Group { a, g, o, n, m } => {
-                let gid = self.check_group(&a, o, &m).map_err(|e| e.to_string())?;
+                let gid = self.check_group(&a, o, &m, 0).map_err(|e| e.to_string())?;
                 if g != gid {
                     return Err(format!("group {n:?} has gid {g}, expected {gid}"));
                 }
@@ -438,9 +508,9 @@ impl State {
                 self.user(&a, u).map_err(|e| e.to_string())?;
                 self.set_ack(&a, u, id);
             }
-            Record::Seq { a, u, n } => {
+            Record::Seq { a, u, n, e } => {
                 self.user(&a, u).map_err(|e| e.to_string())?;
-                self.set_seq(&a, u, n);
+                self.set_seq(&a, u, n, e.unwrap_or(0));
             }
         }
         Ok(())
@@ -450,8 +520,15 @@ impl State {
     /// seconds), and sends with a `cmsgid` no longer recognised.
     pub fn purge_tokens(&mut self, now: u64) {
         self.purge_once(now);
-        self.tokens
-            .retain(|_, t| t.expires_at.saturating_add(TOKEN_GRACE_SECS) >= now);
+        let expired: Vec<String> = self
+            .tokens
+            .iter()
+            .filter(|(_, t)| t.expires_at.saturating_add(TOKEN_GRACE_SECS) < now)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in expired {
+            self.delete_token(&s);
+        }
     }
 
     /// Emits records that rebuild this state when replayed into an empty
@@ -480,14 +557,22 @@ impl State {
                 })?;
             }
         }
-        for (s, t) in &self.tokens {
-            emit(&Record::TokenPut {
-                s: Cow::Borrowed(s),
-                v: Cow::Borrowed(&t.verifier),
-                a: Cow::Borrowed(&t.appid),
-                u: t.uid,
-                e: t.expires_at,
-            })?;
+        // Tokens user by user, oldest first: the order the quota revokes in.
+        for &(_, app) in &apps {
+            for user in &app.users {
+                for s in &user.tokens {
+                    let Some(t) = self.tokens.get(&**s) else {
+                        continue;
+                    };
+                    emit(&Record::TokenPut {
+                        s: Cow::Borrowed(s),
+                        v: Cow::Borrowed(&t.verifier),
+                        a: Cow::Borrowed(&t.appid),
+                        u: t.uid,
+                        e: t.expires_at,
+                    })?;
+                }
+            }
         }
         // Un-acked messages, grouped back into their appends.
         let mut entries: Vec<(u64, &str, Uid, &Message)> = Vec::new();
@@ -530,11 +615,12 @@ impl State {
         for &(a, app) in &apps {
             for (i, user) in app.users.iter().enumerate() {
                 let u = i as Uid + 1;
-                if user.inbox.is_empty() && user.next_msgid > 1 {
+                if (user.inbox.is_empty() && user.next_msgid > 1) || user.epoch > 0 {
                     emit(&Record::Seq {
                         a: Cow::Borrowed(a),
                         u,
                         n: user.next_msgid,
+                        e: (user.epoch > 0).then_some(user.epoch),
                     })?;
                 }
                 if user.acked > 0 {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
-use crate::store::{Message, DATATYPE_GROUP, DATATYPE_SINGLE};
+use crate::store::{Message, Reset, DATATYPE_GROUP, DATATYPE_SINGLE};
 
 const APP: &str = "test";
 
@@ -86,13 +86,13 @@ fn populate(s: &EmbeddedStore) {
         s.create_user(APP, n, &format!("hash-{n}")).unwrap();
     }
     s.create_user("other", "alice", "h").unwrap();
-    s.create_group(APP, 1, "g", &[1, 2, 3]).unwrap();
+    s.create_group(APP, 1, "g", &[1, 2, 3], 0).unwrap();
     s.append(APP, &[2], &single(1, 2, "hi bob")).unwrap();
     s.append(APP, &[1, 2, 3], &group(1, 1, "hi all")).unwrap();
     s.append(APP, &[3], &single(2, 3, "hi carol")).unwrap();
     s.ack(APP, 2, 1).unwrap();
-    s.put_token("sel1", &token(1, 100)).unwrap();
-    s.put_token("sel2", &token(2, 200)).unwrap();
+    s.put_token("sel1", &token(1, 100), 0).unwrap();
+    s.put_token("sel2", &token(2, 200), 0).unwrap();
     s.delete_token("app", 1, "sel2").unwrap();
 }
 
@@ -139,20 +139,20 @@ fn groups() {
     }
     let len = s.log_len().unwrap();
     assert!(matches!(
-        s.create_group(APP, 1, "g", &[1, 9]),
+        s.create_group(APP, 1, "g", &[1, 9], 0),
         Err(StoreError::NoSuchUser(9))
     ));
     assert!(matches!(
-        s.create_group(APP, 7, "g", &[1]),
+        s.create_group(APP, 7, "g", &[1], 0),
         Err(StoreError::NoSuchUser(7))
     ));
     assert!(matches!(
-        s.create_group("nope", 1, "g", &[1]),
+        s.create_group("nope", 1, "g", &[1], 0),
         Err(StoreError::NoSuchUser(1))
     ));
     assert_eq!(s.log_len().unwrap(), len, "nothing written");
-    assert_eq!(s.create_group(APP, 3, "g", &[3, 1, 2]).unwrap(), 1);
-    assert_eq!(s.create_group(APP, 1, "h", &[1]).unwrap(), 2);
+    assert_eq!(s.create_group(APP, 3, "g", &[3, 1, 2], 0).unwrap(), 1);
+    assert_eq!(s.create_group(APP, 1, "h", &[1], 0).unwrap(), 2);
     assert_eq!(s.group_members(APP, 1).unwrap(), Some(vec![3, 1, 2]));
     assert_eq!(s.group_members(APP, 2).unwrap(), Some(vec![1]));
     assert_eq!(s.group_members(APP, 0).unwrap(), None);
@@ -165,13 +165,13 @@ fn tokens() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     assert_eq!(s.get_token("x").unwrap(), None);
-    s.put_token("x", &token(1, 5)).unwrap();
+    s.put_token("x", &token(1, 5), 0).unwrap();
     assert_eq!(
         s.get_token("x").unwrap(),
         Some(token(1, 5)),
         "expired tokens are returned as stored"
     );
-    s.put_token("x", &token(2, 50)).unwrap();
+    s.put_token("x", &token(2, 50), 0).unwrap();
     assert_eq!(s.get_token("x").unwrap(), Some(token(2, 50)));
     s.delete_token("app", 1, "x").unwrap();
     assert_eq!(s.get_token("x").unwrap(), None);
@@ -312,7 +312,7 @@ fn reopen_replays_to_identical_state() {
     assert!(Arc::ptr_eq(&a[0].content, &c[0].content));
     // Counters continue.
     assert_eq!(s.create_user(APP, "dave", "h").unwrap(), 4);
-    assert_eq!(s.create_group(APP, 1, "g2", &[1]).unwrap(), 2);
+    assert_eq!(s.create_group(APP, 1, "g2", &[1], 0).unwrap(), 2);
     assert_eq!(
         s.append(APP, &[2], &single(1, 2, "again")).unwrap(),
         vec![3]
@@ -412,9 +412,10 @@ fn compaction_keeps_state_and_shrinks_the_log() {
     let (before, grown) = {
         let s = open(dir.path());
         populate(&s);
-        s.put_token("sel3", &token(3, now - 3 * 24 * 3600)).unwrap(); // purged
-        s.put_token("sel1", &token(1, now - 3600)).unwrap(); // expired recently: kept
-                                                             // Interleave single and group messages; fully ack alice's inbox.
+        s.put_token("sel3", &token(3, now - 3 * 24 * 3600), 0)
+            .unwrap(); // purged
+        s.put_token("sel1", &token(1, now - 3600), 0).unwrap(); // expired recently: kept
+                                                                // Interleave single and group messages; fully ack alice's inbox.
         for i in 0..200 {
             s.append(APP, &[1], &single(2, 1, &format!("to alice {i}")))
                 .unwrap();
@@ -571,7 +572,7 @@ fn failed_write_changes_nothing() {
     ));
     assert!(matches!(s.ack(APP, 3, 2), Err(StoreError::Unavailable(_))));
     assert!(matches!(
-        s.put_token("sel3", &token(3, 9)),
+        s.put_token("sel3", &token(3, 9), 0),
         Err(StoreError::Unavailable(_))
     ));
     // Validation errors still come first; reads still work.
@@ -686,6 +687,68 @@ fn the_inbox_cap_keeps_the_newest_across_reopen_and_compaction() {
     assert_eq!(ids(&s), [3, 4]);
     assert_eq!(s.append(APP, &[2], &single(1, 2, "m5")).unwrap(), [5]);
     assert_eq!(ids(&s), [4, 5]);
+}
+
+#[test]
+fn the_token_quota_revokes_the_oldest_across_reopen_and_compaction() {
+    // Valid long after any test run: compaction keeps them.
+    const FAR: u64 = 4_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create_user(APP, "a", "h").unwrap();
+    s.create_user(APP, "b", "h").unwrap();
+    for sel in ["t1", "t2", "t3"] {
+        assert!(s.put_token(sel, &token(1, FAR), 3).unwrap().is_empty());
+    }
+    s.put_token("b1", &token(2, FAR), 3).unwrap();
+    assert_eq!(s.put_token("t4", &token(1, FAR), 3).unwrap(), ["t1"]);
+    assert_eq!(s.get_token("t1").unwrap(), None);
+    s.delete_token(APP, 1, "t3").unwrap();
+    // t2 t4 left: a fifth fits.
+    assert!(s.put_token("t5", &token(1, FAR), 3).unwrap().is_empty());
+    s.compact().unwrap();
+    drop(s);
+    let s = open(dir.path());
+    // The order survived: t2 is the oldest, then t4.
+    assert_eq!(s.put_token("t6", &token(1, FAR), 2).unwrap(), ["t2", "t4"]);
+    assert_eq!(s.get_token("b1").unwrap(), Some(token(2, FAR)));
+    // No limit: nothing goes.
+    assert!(s.put_token("t7", &token(1, FAR), 0).unwrap().is_empty());
+}
+
+#[test]
+fn a_reader_ahead_of_the_counter_moves_the_inbox_to_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create_user(APP, "a", "h").unwrap();
+    s.create_user(APP, "b", "h").unwrap();
+    s.append(APP, &[2], &single(1, 2, "m1")).unwrap();
+    let all = Limit::count(10);
+    // Behind or at the counter: a plain read that writes nothing.
+    let len = s.log_len().unwrap();
+    for from in [1, 2] {
+        assert_eq!(s.page(APP, 2, from, all).unwrap().reset, None);
+    }
+    assert_eq!(s.log_len().unwrap(), len);
+    // A reader that has msgid 4: the counter goes to 4, epoch 1.
+    let page = s.page(APP, 2, 5, all).unwrap();
+    assert_eq!(
+        (page.last, page.reset),
+        (4, Some(Reset { epoch: 1, found: 1 }))
+    );
+    assert_eq!(s.page(APP, 2, 5, all).unwrap().reset, None, "once only");
+    assert_eq!(s.append(APP, &[2], &single(1, 2, "m5")).unwrap(), [5]);
+    // Again, from further on: epoch 2, kept across compaction and reopen.
+    let page = s.page(APP, 2, 9, all).unwrap();
+    assert_eq!(page.reset, Some(Reset { epoch: 2, found: 5 }));
+    s.ack(APP, 2, 8).unwrap();
+    s.compact().unwrap();
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.page(APP, 2, 9, all).unwrap().last, 8);
+    let page = s.page(APP, 2, 11, all).unwrap();
+    assert_eq!(page.reset, Some(Reset { epoch: 3, found: 8 }));
+    assert_eq!(s.append(APP, &[2], &single(1, 2, "m11")).unwrap(), [11]);
 }
 
 #[test]

@@ -70,7 +70,9 @@ pub fn username(appid: &str, name: &str) -> String {
     format!("hs:{{n:{}:{}}}", part(appid), part(name))
 }
 
-/// `hs:{u:APPID:UID}`: hash `name`, `pass`, `seq` (last msgid), `ack`.
+/// `hs:{u:APPID:UID}`: hash `name`, `pass`, `seq` (last msgid), `ack`,
+/// and once they happen `epoch` (see `scripts::PAGE`), `tokens` (tokens
+/// made), `groups` (groups created).
 pub fn user(appid: &str, uid: Uid) -> String {
     format!("hs:{{u:{}:{uid}}}", part(appid))
 }
@@ -79,6 +81,12 @@ pub fn user(appid: &str, uid: Uid) -> String {
 /// `<msgid>:<message JSON>`.
 pub fn inbox(appid: &str, uid: Uid) -> String {
     format!("hs:{{u:{}:{uid}}}:inbox", part(appid))
+}
+
+/// `hs:{u:APPID:UID}:tokens`: sorted set, the selectors of the user's
+/// tokens, scored in the order they were made (the token quota).
+pub fn tokens(appid: &str, uid: Uid) -> String {
+    format!("hs:{{u:{}:{uid}}}:tokens", part(appid))
 }
 
 /// `hs:{u:APPID:UID}:once:FROMID:CMSGID`: string, set while a send with

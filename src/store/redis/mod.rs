@@ -24,8 +24,8 @@ use std::time::Duration;
 use redis::{ConnectionLike, RedisResult, Script};
 
 use crate::store::{
-    fingerprint, unix_now, Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store, StoreError,
-    TokenInfo, Uid,
+    fingerprint, unix_now, Gid, Limit, MsgId, NewMessage, Once, Page, Reset, Result, Store,
+    StoreError, TokenInfo, Uid,
 };
 
 pub use keys::DELIVER_CHANNEL;
@@ -53,6 +53,8 @@ pub struct RedisStore {
     ack: Script,
     page: Script,
     sent: Script,
+    tokens_list: Script,
+    own_group: Script,
 }
 
 impl RedisStore {
@@ -66,6 +68,8 @@ impl RedisStore {
             ack: Script::new(scripts::ACK),
             page: Script::new(scripts::PAGE),
             sent: Script::new(scripts::SENT),
+            tokens_list: Script::new(scripts::TOKENS),
+            own_group: Script::new(scripts::OWN_GROUP),
         };
         store.pool.with(|c| redis::cmd("PING").query::<String>(c))?;
         Ok(store)
@@ -203,7 +207,17 @@ impl Store for RedisStore {
         self.with(|c| redis::cmd("EXISTS").arg(keys::user(appid, uid)).query(c))
     }
 
-    fn create_group(&self, appid: &str, owner: Uid, gname: &str, members: &[Uid]) -> Result<Gid> {
+    /// Checks the members, counts the group against its owner's quota, then
+    /// writes it. A failure after the count leaves the owner one group
+    /// short of the quota: never over it.
+    fn create_group(
+        &self,
+        appid: &str,
+        owner: Uid,
+        gname: &str,
+        members: &[Uid],
+        max_owned: usize,
+    ) -> Result<Gid> {
         let missing = self.with(|c| {
             let mut p = redis::pipe();
             for &uid in members {
@@ -218,6 +232,17 @@ impl Store for RedisStore {
         })?;
         if let Some(uid) = missing {
             return Err(StoreError::NoSuchUser(uid));
+        }
+        let owned: i64 = self.with(|c| {
+            self.own_group
+                .key(keys::user(appid, owner))
+                .arg(max_owned)
+                .invoke(c)
+        })?;
+        match owned {
+            -1 => return Err(StoreError::NoSuchUser(owner)),
+            -2 => return Err(StoreError::TooManyGroups(max_owned)),
+            _ => {}
         }
         let list = members
             .iter()
@@ -256,7 +281,9 @@ impl Store for RedisStore {
         Ok(Some(members))
     }
 
-    fn put_token(&self, selector: &str, info: &TokenInfo) -> Result<()> {
+    /// Stores the token, then lists it under its user, then deletes (and
+    /// announces) what the quota drops.
+    fn put_token(&self, selector: &str, info: &TokenInfo, keep: usize) -> Result<Vec<String>> {
         let key = keys::token(selector);
         self.with(|c| {
             redis::pipe()
@@ -274,7 +301,24 @@ impl Store for RedisStore {
                 .arg(info.expires_at)
                 .ignore()
                 .exec(c)
-        })
+        })?;
+        let listed: redis::Value = self.with(|c| {
+            self.tokens_list
+                .key(keys::user(&info.appid, info.uid))
+                .key(keys::tokens(&info.appid, info.uid))
+                .arg(selector)
+                .arg(info.expires_at)
+                .arg(keep)
+                .invoke(c)
+        })?;
+        let revoked: Vec<String> = match listed {
+            redis::Value::Int(-1) => return Err(StoreError::NoSuchUser(info.uid)),
+            v => redis::from_redis_value(v).map_err(|e| StoreError::Unavailable(e.to_string()))?,
+        };
+        for s in &revoked {
+            self.delete_token(&info.appid, info.uid, s)?;
+        }
+        Ok(revoked)
     }
 
     fn get_token(&self, selector: &str) -> Result<Option<TokenInfo>> {
@@ -314,6 +358,10 @@ impl Store for RedisStore {
             redis::pipe()
                 .cmd("DEL")
                 .arg(keys::token(selector))
+                .ignore()
+                .cmd("ZREM")
+                .arg(keys::tokens(appid, uid))
+                .arg(selector)
                 .ignore()
                 .cmd("PUBLISH")
                 .arg(keys::UNTOKEN_CHANNEL)
@@ -356,15 +404,23 @@ impl Store for RedisStore {
                 .invoke(c)
         })?;
         let corrupt = || StoreError::Unavailable(format!("a corrupt page of the inbox of {uid}"));
-        let (last, members): (MsgId, Vec<Vec<u8>>) = match answer {
+        let (last, members, reset): (MsgId, Vec<Vec<u8>>, Option<Reset>) = match answer {
             redis::Value::Int(-1) => return Err(StoreError::NoSuchUser(uid)),
-            v => redis::from_redis_value(v).map_err(|_| corrupt())?,
+            redis::Value::Array(v) if v.len() == 4 => {
+                let (last, members, epoch, found) =
+                    redis::from_redis_value(redis::Value::Array(v)).map_err(|_| corrupt())?;
+                (last, members, Some(Reset { epoch, found }))
+            }
+            v => {
+                let (last, members) = redis::from_redis_value(v).map_err(|_| corrupt())?;
+                (last, members, None)
+            }
         };
         let msgs = members
             .iter()
             .map(|m| keys::decode_member(m).ok_or_else(corrupt))
             .collect::<Result<_>>()?;
-        Ok(Page { msgs, last })
+        Ok(Page { msgs, last, reset })
     }
 
     fn acked(&self, appid: &str, uid: Uid) -> Result<MsgId> {

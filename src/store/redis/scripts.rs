@@ -52,9 +52,22 @@ return cur
 /// is returned whatever its size). Returns `{last msgid, members}`, or -1
 /// if the user does not exist. Cutting by bytes here keeps a page of large
 /// messages from crossing the wire whole to be cut client-side.
+///
+/// The reader has received every msgid below ARGV[1]. A counter behind that
+/// means Redis lost acknowledged writes (a failover to a lagging replica,
+/// `appendfsync everysec`): the counter is raised to the reader's position
+/// and the user's `epoch` counted up, in the same instant, and the answer
+/// is `{last, members, epoch, last msgid found}`.
 pub const PAGE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local last = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local seen = tonumber(ARGV[1]) - 1
+local epoch, found
+if seen > last then
+  redis.call('HSET', KEYS[1], 'seq', seen)
+  epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+  found, last = last, seen
+end
 local ms = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
 local cap, size, out = tonumber(ARGV[3]), 0, {}
 for i, m in ipairs(ms) do
@@ -62,7 +75,41 @@ for i, m in ipairs(ms) do
   if i > 1 and size > cap then break end
   out[i] = m
 end
+if epoch then return {last, out, epoch, found} end
 return {last, out}
+"#;
+
+/// Records a new login token of a user and says which of its tokens go
+/// beyond the quota, oldest first.
+///
+/// KEYS[1] user hash, KEYS[2] the user's token list (sorted set, score the
+/// order tokens were made in). ARGV[1] selector, ARGV[2] its expiry (unix
+/// seconds; the list lives as long as its newest token), ARGV[3] most
+/// tokens kept (0: no limit). Returns the selectors dropped from the list,
+/// or -1 if the user does not exist.
+pub const TOKENS: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local n = redis.call('HINCRBY', KEYS[1], 'tokens', 1)
+redis.call('ZADD', KEYS[2], n, ARGV[1])
+redis.call('EXPIREAT', KEYS[2], ARGV[2])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+if tonumber(ARGV[3]) == 0 or over <= 0 then return {} end
+local old = redis.call('ZRANGE', KEYS[2], 0, over - 1)
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
+return old
+"#;
+
+/// Counts a group against its owner's quota.
+///
+/// KEYS[1] the owner's user hash. ARGV[1] most groups one user may create
+/// (0: no limit). Returns the owner's count with this group, -1 if the
+/// owner does not exist, -2 if the quota is reached (nothing counted).
+pub const OWN_GROUP: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local n = tonumber(redis.call('HGET', KEYS[1], 'groups') or '0')
+local cap = tonumber(ARGV[1])
+if cap > 0 and n >= cap then return -2 end
+return redis.call('HINCRBY', KEYS[1], 'groups', 1)
 "#;
 
 /// Claims a sender's `cmsgid` for one message, or says whom it names.
