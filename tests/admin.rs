@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 common::backend_tests!(
     bulk_users_get_working_tokens,
@@ -18,46 +18,10 @@ common::backend_tests!(
 
 const KEY: &str = "s3cret-admin-key";
 
-/// `POST /admin/users` on the admin port, with `key` as `X-Admin-Key`.
-fn provision(server: &Server, key: Option<&str>, body: &Value) -> (u16, Value) {
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(k) = key {
-        headers.push(("X-Admin-Key", k));
-    }
-    let r = request(
-        server.admin_addr(),
-        "POST",
-        "/admin/users",
-        &headers,
-        body.to_string().as_bytes(),
-    );
-    (r.status, r.json())
-}
-
-/// The users of a successful answer, checked for shape.
-fn users(answer: (u16, Value), appid: &str) -> Vec<User> {
-    let (status, body) = answer;
-    assert_eq!(status, 200, "{body}");
-    assert_keys(&body, &["users"]);
-    let list = body["users"].as_array().expect("users is an array");
-    list.iter()
-        .map(|u| {
-            assert_keys(u, &["uid", "username", "token"]);
-            check_token_shape(str_field(u, "token"));
-            User {
-                appid: appid.to_string(),
-                name: str_field(u, "username").to_string(),
-                uid: num_field(u, "uid"),
-                token: str_field(u, "token").to_string(),
-            }
-        })
-        .collect()
-}
-
 fn bulk_users_get_working_tokens(backend: Backend) {
     let server = Server::start(backend, Opts::default().admin(""));
     let api = server.api();
-    let made = users(
+    let made = provisioned_users(
         provision(
             &server,
             None,
@@ -93,7 +57,7 @@ fn a_set_key_is_required(backend: Backend) {
     for key in [None, Some("wrong"), Some(""), Some(&KEY[..KEY.len() - 1])] {
         expect_error(provision(&server, key, &body), 401);
     }
-    let made = users(provision(&server, Some(KEY), &body), "bench");
+    let made = provisioned_users(provision(&server, Some(KEY), &body), "bench");
     let made: Vec<(u64, &str)> = made.iter().map(|u| (u.uid, u.name.as_str())).collect();
     assert_eq!(
         made,
@@ -113,7 +77,7 @@ fn bad_batches_are_refused_whole(backend: Backend) {
     ] {
         expect_error(provision(&server, None, &bad), 400);
     }
-    users(
+    provisioned_users(
         provision(
             &server,
             None,
@@ -131,7 +95,7 @@ fn bad_batches_are_refused_whole(backend: Backend) {
         409,
     );
     // ...so the next user is uid 3.
-    let more = users(
+    let more = provisioned_users(
         provision(
             &server,
             None,

@@ -1,8 +1,9 @@
 //! "Not lost, not duplicated, in order" under concurrency: several sender
 //! threads send at once while the receiver's stream is repeatedly dropped
 //! and resumed at `seq = last seen + 1`; and concurrent group senders
-//! fanning out to several live members. Every receiver must see msgids
-//! 1..=N exactly once, and each sender's messages in its send order.
+//! fanning out to several live members, also to a group wider than what a
+//! reactor writes in one turn. Every receiver must see msgids 1..=N exactly
+//! once, and each sender's messages in its send order.
 
 mod common;
 
@@ -10,7 +11,11 @@ use common::*;
 use std::thread;
 use std::time::{Duration, Instant};
 
-common::backend_tests!(senders_and_a_resuming_receiver, concurrent_group_senders,);
+common::backend_tests!(
+    senders_and_a_resuming_receiver,
+    concurrent_group_senders,
+    a_fan_out_wider_than_a_slice_is_whole_and_in_order,
+);
 
 /// Longest wait for the next frame while senders are busy.
 const FRAME_WAIT: Duration = Duration::from_secs(15);
@@ -173,4 +178,49 @@ fn concurrent_group_senders(backend: Backend) {
         check_inbox(&got, &senders, PER_SENDER);
     }
     join_all(handles);
+}
+
+/// A group of 3,000 streaming members: more than a reactor writes in one
+/// loop turn (1,024 connections, src/net/reactor/deliver.rs) on each of the
+/// two reactors, so messages that arrive while one is being written are
+/// merged into the remaining turns. Three senders post back to back.
+fn a_fan_out_wider_than_a_slice_is_whole_and_in_order(backend: Backend) {
+    const MEMBERS: usize = 3000;
+    const SENDERS: usize = 3;
+    const PER_SENDER: usize = 10;
+    const READERS: usize = 6;
+    let total = SENDERS * PER_SENDER;
+    let srv = Server::start(
+        backend,
+        Opts::default().threads(2).admin("").flag("--send-rate", 0),
+    );
+    let api = srv.api();
+    // In batches: each is one request, answered within the tests' wait.
+    let members: Vec<User> = (0..MEMBERS / 500)
+        .flat_map(|b| {
+            let body = serde_json::json!({"appid": "a", "prefix": format!("m{b}-"), "count": 500});
+            provisioned_users(provision(&srv, None, &body), "a")
+        })
+        .collect();
+    let uids: Vec<u64> = members[1..].iter().map(|u| u.uid).collect();
+    let gid = api.group(&members[0], "wide", &uids);
+    let streams: Vec<StreamClient> = members.iter().map(|m| api.stream(m, 1)).collect();
+
+    let senders = members[..SENDERS].to_vec();
+    let handles = spawn_senders(&senders, PER_SENDER, move |user, content| {
+        api.gsend(user, gid, content)
+    });
+    let mut readers = Vec::new();
+    let mut streams = streams.into_iter();
+    for _ in 0..READERS {
+        let mine: Vec<StreamClient> = streams.by_ref().take(MEMBERS / READERS).collect();
+        let senders = senders.clone();
+        readers.push(thread::spawn(move || {
+            for mut stream in mine {
+                check_inbox(&stream.collect(total, TOTAL_WAIT), &senders, PER_SENDER);
+            }
+        }));
+    }
+    join_all(handles);
+    join_all(readers);
 }

@@ -398,3 +398,43 @@ impl Api {
         PendingPoll::start(self.addr, &sub_query(seq, user.uid, &user.token))
     }
 }
+
+// ---------------------------------------------------------------------------
+// The admin listener
+// ---------------------------------------------------------------------------
+
+/// `POST /admin/users` on the admin port, with `key` as `X-Admin-Key`.
+pub fn provision(server: &super::Server, key: Option<&str>, body: &Value) -> (u16, Value) {
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(k) = key {
+        headers.push(("X-Admin-Key", k));
+    }
+    let r = super::http::request(
+        server.admin_addr(),
+        "POST",
+        "/admin/users",
+        &headers,
+        body.to_string().as_bytes(),
+    );
+    (r.status, r.json())
+}
+
+/// The users of a successful `/admin/users` answer, checked for shape.
+pub fn provisioned_users(answer: (u16, Value), appid: &str) -> Vec<User> {
+    let (status, body) = answer;
+    assert_eq!(status, 200, "{body}");
+    assert_keys(&body, &["users"]);
+    let list = body["users"].as_array().expect("users is an array");
+    list.iter()
+        .map(|u| {
+            assert_keys(u, &["uid", "username", "token"]);
+            check_token_shape(str_field(u, "token"));
+            User {
+                appid: appid.to_string(),
+                name: str_field(u, "username").to_string(),
+                uid: num_field(u, "uid"),
+                token: str_field(u, "token").to_string(),
+            }
+        })
+        .collect()
+}

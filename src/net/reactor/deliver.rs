@@ -17,26 +17,53 @@ use crate::worker::Job;
 
 use super::Reactor;
 
-/// Live deliveries taken before they are written anyway: a bound on the
-/// memory a long drain of big fan-outs holds (16 bytes each).
+/// Live deliveries waiting beyond which they are all written at once,
+/// without taking more from the inbox meanwhile: a bound on the memory a
+/// reactor that cannot keep up holds (24 bytes each), and back-pressure.
 const DUE_LIMIT: usize = 64 * 1024;
+
+/// Connections written per loop turn: about 5 ms of loopback writes. A
+/// request that arrives meanwhile (the next message of a fan-out) waits for
+/// at most one slice, not the whole fan-out, and the connections not yet
+/// reached then take both messages in one write.
+const CONNS_PER_TURN: usize = 1024;
 
 /// Most messages in one live frame: keeps one write's iovecs (two per
 /// message) within what `Conn::send` passes in one call.
 const FRAME_MESSAGES: usize = 24;
 
-/// Live messages a subscriber said to send, not yet written: (index into
-/// the drain's messages, msgid), and about how many bytes they make.
+/// Live deliveries taken from the inbox and not yet written.
+#[derive(Default)]
+pub(super) struct Due {
+    /// What to deliver to whom, grouped by connection slot once sorted.
+    items: Vec<(Arc<LiveMsg>, Target)>,
+    /// Items were added since the last sort.
+    unsorted: bool,
+    /// The slot the next slice starts from. Slices go round the slots, so
+    /// connections in high slots are reached while messages keep coming.
+    cursor: u32,
+}
+
+impl Due {
+    /// Whether deliveries are waiting for the next turn.
+    pub(super) fn pending(&self) -> bool {
+        !self.items.is_empty()
+    }
+}
+
+/// Live messages a subscriber said to send, not yet written: (position in
+/// the connection's group of due items, msgid), and about how many bytes
+/// they make.
 #[derive(Default)]
 struct Run {
-    items: [(u32, MsgId); FRAME_MESSAGES],
+    items: [(usize, MsgId); FRAME_MESSAGES],
     len: usize,
     bytes: usize,
 }
 
 impl Run {
-    fn push(&mut self, index: u32, msgid: MsgId, prefix_len: usize) {
-        self.items[self.len] = (index, msgid);
+    fn push(&mut self, pos: usize, msgid: MsgId, prefix_len: usize) {
+        self.items[self.len] = (pos, msgid);
         self.len += 1;
         // The shared text plus a joint of ids.
         self.bytes += prefix_len + 32;
@@ -104,41 +131,59 @@ impl Reactor {
         self.follow(key, &out, step);
     }
 
-    /// Takes a batch of live messages for later, when the inbox is drained:
-    /// a connection owed several of them then gets them in one frame and
-    /// one write. Nothing waits for more than the current drain.
+    /// Takes a batch of live messages for the next slices of writes: a
+    /// connection owed several of them by the time a slice reaches it gets
+    /// them in one frame and one write. Nothing waits on purpose: a
+    /// connection is written at its first turn.
     pub(super) fn take_live(&mut self, msg: Arc<LiveMsg>, to: Vec<Target>) {
-        let index = self.due_msgs.len() as u32;
-        self.due_msgs.push(msg);
-        self.due.extend(to.into_iter().map(|t| (index, t)));
-        if self.due.len() >= DUE_LIMIT {
-            self.deliver_due();
+        // One message names each connection once: only a second one needs
+        // grouping with the first.
+        self.due.unsorted |= !self.due.items.is_empty();
+        self.due
+            .items
+            .extend(to.into_iter().map(|t| (Arc::clone(&msg), t)));
+        while self.due.items.len() >= DUE_LIMIT {
+            self.deliver_some();
         }
     }
 
-    /// Delivers what [`Reactor::take_live`] took, grouped by connection, in
-    /// the order it came.
-    pub(super) fn deliver_due(&mut self) {
+    /// Writes the due deliveries of up to [`CONNS_PER_TURN`] connections,
+    /// grouped by connection, each connection's in the order they came.
+    pub(super) fn deliver_some(&mut self) {
+        if self.due.items.is_empty() {
+            return;
+        }
         let mut due = std::mem::take(&mut self.due);
-        let mut msgs = std::mem::take(&mut self.due_msgs);
-        if msgs.len() > 1 {
-            // Stable: each connection's messages keep their order. (One
-            // message names each connection once: nothing to group.)
-            due.sort_by_key(|(_, t)| t.conn.slot);
+        if due.unsorted {
+            // Stable: each connection's messages keep their order. Round
+            // the slots from the cursor: fair under a steady stream.
+            let c = due.cursor;
+            due.items.sort_by_key(|(_, t)| t.conn.slot.wrapping_sub(c));
+            due.unsorted = false;
         }
-        for group in due.chunk_by(|a, b| a.1.conn.slot == b.1.conn.slot) {
-            self.deliver_to(&msgs, group);
+        let (mut pos, mut conns) = (0, 0);
+        while pos < due.items.len() && conns < CONNS_PER_TURN {
+            let slot = due.items[pos].1.conn.slot;
+            let len = due.items[pos..]
+                .iter()
+                .take_while(|(_, t)| t.conn.slot == slot)
+                .count();
+            self.deliver_to(&due.items[pos..pos + len]);
+            pos += len;
+            conns += 1;
         }
-        due.clear();
-        msgs.clear();
-        // Their capacity serves the next drain.
+        due.items.drain(..pos);
+        if let Some((_, t)) = due.items.first() {
+            due.cursor = t.conn.slot;
+        }
+        // Nothing above takes live messages: the list is whole again.
+        debug_assert!(self.due.items.is_empty());
         self.due = due;
-        self.due_msgs = msgs;
     }
 
     /// Live messages for one connection slot: each goes to the subscriber,
     /// and the run it says to send goes out as one data frame.
-    fn deliver_to(&mut self, msgs: &[Arc<LiveMsg>], group: &[(u32, Target)]) {
+    fn deliver_to(&mut self, group: &[(Arc<LiveMsg>, Target)]) {
         // By slot, not by the first target: a slot reused within one drain
         // has targets for its old connection and its new one.
         let key = group[0].1.conn.slot as usize;
@@ -146,7 +191,7 @@ impl Reactor {
             return;
         };
         let mut run = Run::default();
-        for &(index, t) in group {
+        for (pos, (msg, t)) in group.iter().enumerate() {
             if t.conn.gen != gen {
                 continue; // meant for an earlier connection in this slot
             }
@@ -162,26 +207,26 @@ impl Reactor {
             match s.on_live(t.msgid, queued) {
                 Live::Drop => {}
                 Live::Hold => {
-                    if !self.send_run(msgs, key, &mut run) || !self.pump(key) {
+                    if !self.send_run(group, key, &mut run) || !self.pump(key) {
                         return;
                     }
                 }
                 Live::Send => {
-                    run.push(index, t.msgid, msgs[index as usize].prefix().len());
-                    if run.len == FRAME_MESSAGES && !self.send_run(msgs, key, &mut run) {
+                    run.push(pos, t.msgid, msg.prefix().len());
+                    if run.len == FRAME_MESSAGES && !self.send_run(group, key, &mut run) {
                         return;
                     }
                 }
             }
         }
-        self.send_run(msgs, key, &mut run);
+        self.send_run(group, key, &mut run);
     }
 
     /// Writes consecutive live messages the subscriber said to send as one
     /// data frame, with one vectored write: the chunk header and joints
     /// from the stack, each message's shared text where it already is.
     /// Returns false if the subscription is over (or the connection closed).
-    fn send_run(&mut self, msgs: &[Arc<LiveMsg>], key: usize, run: &mut Run) -> bool {
+    fn send_run(&mut self, group: &[(Arc<LiveMsg>, Target)], key: usize, run: &mut Run) -> bool {
         if run.len == 0 {
             return true;
         }
@@ -201,8 +246,8 @@ impl Reactor {
         let mut parts: [&[u8]; 2 * FRAME_MESSAGES + 3] = [&[]; 2 * FRAME_MESSAGES + 3];
         parts[1] = DATA_OPEN;
         let mut n = 2;
-        for (&(index, _), joint) in items.iter().zip(&joints) {
-            parts[n] = msgs[index as usize].prefix();
+        for (&(pos, _), joint) in items.iter().zip(&joints) {
+            parts[n] = group[pos].0.prefix();
             parts[n + 1] = joint.as_bytes();
             n += 2;
         }

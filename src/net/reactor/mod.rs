@@ -128,10 +128,9 @@ pub struct Reactor {
     again: Vec<usize>,
     /// Set by `Shutdown`: the tick by which the loop exits, drained or not.
     stopping: Option<Secs>,
-    /// Live deliveries taken from the inbox this turn, written when it is
-    /// drained (see `deliver.rs`): (index into `due_msgs`, target).
-    due: Vec<(u32, crate::bus::Target)>,
-    due_msgs: Vec<Arc<crate::delivery::frame::LiveMsg>>,
+    /// Live deliveries taken from the inbox and not yet written, a slice
+    /// per loop turn (see `deliver.rs`).
+    due: deliver::Due,
 }
 
 impl Reactor {
@@ -177,8 +176,7 @@ impl Reactor {
             spare: Vec::new(),
             again: Vec::new(),
             stopping: None,
-            due: Vec::new(),
-            due_msgs: Vec::new(),
+            due: deliver::Due::default(),
         })
     }
 
@@ -189,7 +187,8 @@ impl Reactor {
         let mut inbox_left = false;
         while !self.drained() {
             let accept_now = matches!(self.accepting, Accepting::Until(t) if t <= self.now);
-            let timeout = if inbox_left || accept_now || !self.again.is_empty() {
+            let busy = inbox_left || accept_now || !self.again.is_empty() || self.due.pending();
+            let timeout = if busy {
                 Duration::ZERO
             } else {
                 // Wake for the next timer tick.
@@ -222,6 +221,10 @@ impl Reactor {
             if woken {
                 inbox_left = self.drain_inbox();
             }
+            // After the sockets and the inbox had their turn: what arrived
+            // meanwhile joins the due list, and connections not yet reached
+            // get it in the same write.
+            self.deliver_some();
             for key in std::mem::take(&mut self.again) {
                 if self.conns.contains(key) {
                     self.drive(key);
@@ -741,7 +744,6 @@ impl Reactor {
                 CoreMsg::Shutdown => self.begin_shutdown(),
             }
         }
-        self.deliver_due();
         left
     }
 
