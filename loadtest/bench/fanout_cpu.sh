@@ -5,29 +5,44 @@
 # one `haoshuo-load fanout` run against it (a group of MEMBERS streaming
 # members, MSGS group messages at RATE/s), and the server's CPU time over the
 # run from /proc (utime + stime): divide by the deliveries for CPU per
-# delivery. Limits that would refuse the load itself are lifted (group size,
+# delivery. The client's table also has the server's CPU while sending and
+# draining alone (server_cpu_*), without provisioning and connecting. Limits that would refuse the load itself are lifted (group size,
 # body size for /gre, send rate, login rate): LIFT holds those flags, for
 # binaries older than them, e.g. LIFT="--max-body 1048576". Prints the CPU
 # seconds, then the client's table. Run it for two binaries back to back to
-# compare them.
+# compare them. STORE=redis runs the server on a redis-server started on
+# port 2203 in the temp dir (AOF, everysec), and also prints that
+# redis-server's CPU seconds over the run.
 set -euo pipefail
 BIN=$1 M=$2 N=$3 R=$4
 root=$(cd "$(dirname "$0")/../.." && pwd)
 LOAD=${HAOSHUO_LOAD:-$root/target/release/haoshuo-load}
 LIFT=${LIFT:---max-group-members 20000 --max-body 1048576 --send-rate 0 --auth-per-ip 0}
+STORE=${STORE:-embedded}
 d=$(mktemp -d)
-trap 'kill $P 2>/dev/null || true; rm -rf "$d"' EXIT
+P='' RP=''
+trap 'kill $P $RP 2>/dev/null || true; wait 2>/dev/null; rm -rf "$d"' EXIT
+store=(--data-dir "$d")
+if [ "$STORE" = redis ]; then
+  redis-server --bind 127.0.0.1 --port 2203 --save "" --appendonly yes \
+    --appendfsync everysec --dir "$d" > "$d/redis.log" 2>&1 &
+  RP=$!
+  for _ in $(seq 50); do redis-cli -p 2203 ping > /dev/null 2>&1 && break; sleep 0.1; done
+  store=(--redis redis://127.0.0.1:2203/0)
+fi
 # shellcheck disable=SC2086 # LIFT is a list of flags
-"$BIN" --listen 127.0.0.1:2201 --admin-listen 127.0.0.1:2202 --data-dir "$d" $LIFT \
+"$BIN" --listen 127.0.0.1:2201 --admin-listen 127.0.0.1:2202 "${store[@]}" $LIFT \
   > "$d/log" 2>&1 &
 P=$!
 for _ in $(seq 50); do grep -q "listening on" "$d/log" 2>/dev/null && break; sleep 0.1; done
-cpu() { awk '{print $14 + $15}' "/proc/$P/stat"; }
-t0=$(cpu)
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+secs() { awk -v a="$1" -v b="$2" -v t="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b - a) / t}'; }
+t0=$(cpu $P) r0=$( [ -n "$RP" ] && cpu $RP || echo 0)
 rc=0
 "$LOAD" fanout --members "$M" --msgs "$N" --rate "$R" \
-  --target 127.0.0.1:2201 --admin 127.0.0.1:2202 > "$d/out" 2> "$d/err" || rc=$?
-t1=$(cpu)
-echo "exit=$rc server_cpu_s=$(awk -v a="$t0" -v b="$t1" -v t="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b - a) / t}')"
+  --target 127.0.0.1:2201 --admin 127.0.0.1:2202 --server-pid "$P" \
+  > "$d/out" 2> "$d/err" || rc=$?
+t1=$(cpu $P) r1=$( [ -n "$RP" ] && cpu $RP || echo 0)
+echo "exit=$rc server_cpu_s=$(secs "$t0" "$t1") redis_cpu_s=$(secs "$r0" "$r1")"
 cat "$d/out"
 [ "$rc" = 0 ] || tail -5 "$d/err" >&2

@@ -100,10 +100,12 @@ fn run(
             // catch-up reads go through the pool, which need not wait out
             // its backoff now that Redis answers, and whose connections
             // most likely went down with ours: each lane makes a new one.
-            // Logouts were lost too: forget every cached token.
+            // Logouts were lost too: forget every cached token. And
+            // cached groups: a Redis that lost data may reuse a gid.
             (Ok(()), None) => {
                 store.pool().reconnected();
                 store.tokens().clear();
+                store.groups().clear();
                 router.catch_up_everyone();
             }
         }
@@ -134,7 +136,7 @@ fn untoken(store: &RedisStore, router: &Router, payload: &[u8]) {
 
 fn deliver(router: &Router, payload: &[u8]) {
     // Only our own scripts publish here; anything else is ignored.
-    let Ok(Announce(appid, uid, stored, msgid)) = serde_json::from_slice(payload) else {
+    let Ok(Announce(appid, stored, receivers)) = serde_json::from_slice(payload) else {
         return;
     };
     let msg = NewMessage {
@@ -143,5 +145,5 @@ fn deliver(router: &Router, payload: &[u8]) {
         datatype: stored.d,
         content: stored.c.as_ref().into(),
     };
-    router.publish(router.app_key(&appid), &[(uid, msgid)], &msg);
+    router.publish(router.app_key(&appid), &receivers, &msg);
 }

@@ -155,21 +155,21 @@ pub fn decode_member(member: &[u8]) -> Option<Message> {
     Some(stored.into_message(msgid))
 }
 
-/// An announcement on [`DELIVER_CHANNEL`]: `[appid, uid, message, msgid]`.
-/// The script that appends writes everything but the msgid, which it
-/// appends itself (see `scripts::APPEND`).
+/// An announcement on [`DELIVER_CHANNEL`]: `[appid, message, [[uid,
+/// msgid], ...]]`, one per append call, naming every receiver it reached.
+/// The worker writes the part up to the receivers, the script the rest
+/// (see `scripts::APPEND`).
 #[derive(Deserialize)]
 pub struct Announce<'a>(
     #[serde(borrow)] pub std::borrow::Cow<'a, str>,
-    pub Uid,
     #[serde(borrow)] pub Stored<'a>,
-    pub MsgId,
+    pub Vec<(Uid, MsgId)>,
 );
 
 /// The part of an announcement the appending worker writes.
-pub fn announce_prefix(appid: &str, uid: Uid, stored_json: &str) -> String {
+pub fn announce_prefix(appid: &str, stored_json: &str) -> String {
     let appid = serde_json::to_string(appid).unwrap_or_default();
-    format!("[{appid},{uid},{stored_json},")
+    format!("[{appid},{stored_json},")
 }
 
 #[cfg(test)]
@@ -190,9 +190,9 @@ mod tests {
         assert_eq!((m.msgid, m.fromid, m.toid, m.datatype), (42, 1, 7, 2));
         assert_eq!(&*m.content, "a:b \"c\" 好");
 
-        let wire = format!("{}42]", announce_prefix("te\"st", 9, &json));
-        let Announce(appid, uid, stored, msgid) = serde_json::from_str(&wire).unwrap();
-        assert_eq!((&*appid, uid, msgid), ("te\"st", 9, 42));
+        let wire = format!("{}[[9,42],[3,1]]]", announce_prefix("te\"st", &json));
+        let Announce(appid, stored, got) = serde_json::from_str(&wire).unwrap();
+        assert_eq!((&*appid, got), ("te\"st", vec![(9, 42), (3, 1)]));
         assert_eq!(stored.c, "a:b \"c\" 好");
         assert!(decode_member(b"nocolon").is_none());
         assert!(decode_member(b"x:{}").is_none());

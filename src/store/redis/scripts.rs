@@ -2,29 +2,48 @@
 //! `redis::Script` sends them by SHA (EVALSHA) and loads them again when a
 //! restarted Redis answers NOSCRIPT.
 
-/// Appends one message to one user's inbox and announces it, atomically:
-/// no two messages get one msgid, none is skipped, and the announcement of
-/// N+1 is never published before N's.
+/// Appends one message to the inboxes of several users and announces it
+/// once, atomically: no two messages get one msgid in an inbox, none is
+/// skipped, and the announcement of N+1 is never published before N's.
 ///
-/// KEYS[1] user hash, KEYS[2] inbox, and optionally KEYS[3] the send's
-/// `cmsgid` key (in the receiver's slot). ARGV[1] the stored message JSON,
-/// ARGV[2] the channel, ARGV[3] the announcement up to its msgid, ARGV[4]
-/// seconds a `cmsgid` is remembered, ARGV[5] the inbox cap (0: none; over
-/// it the oldest message goes). Returns the msgid, -1 if the user does
-/// not exist, -2 if this receiver already got this `cmsgid` (nothing
-/// written either way).
+/// KEYS, per receiver: its user hash, its inbox, and (with a `cmsgid`) the
+/// send's `once` key in its slot: ARGV[6] keys each. ARGV[1] the stored
+/// message JSON, ARGV[2] the channel, ARGV[3] the announcement up to its
+/// receivers (`[appid,message,`), ARGV[4] seconds a `cmsgid` is
+/// remembered, ARGV[5] the inbox cap (0: none; over it the oldest message
+/// goes), ARGV[6] keys per receiver (2 or 3), ARGV[7..] the receivers'
+/// uids. Returns, per receiver, its msgid, -1 if it does not exist, -2 if
+/// it already got this `cmsgid` (nothing written for it either way). The
+/// announcement, `[appid,message,[[uid,msgid],...]]`, lists the receivers
+/// that got it; none, none is published.
+///
+/// Every key of a call must live on one Redis node: a standalone Redis
+/// takes any receivers; a Redis Cluster would need one call per slot.
 pub const APPEND: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return -2 end
-local id = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('ZADD', KEYS[2], id, id .. ':' .. ARGV[1])
-local cap = tonumber(ARGV[5])
-if cap > 0 then
-  local over = redis.call('ZCARD', KEYS[2]) - cap
-  if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1) end
+local per, cap = tonumber(ARGV[6]), tonumber(ARGV[5])
+local out, got = {}, {}
+for i = 1, #KEYS / per do
+  local u, box = KEYS[per * (i - 1) + 1], KEYS[per * (i - 1) + 2]
+  local once = per == 3 and KEYS[per * (i - 1) + 3]
+  if redis.call('EXISTS', u) == 0 then
+    out[i] = -1
+  elseif once and not redis.call('SET', once, '1', 'NX', 'EX', ARGV[4]) then
+    out[i] = -2
+  else
+    local id = redis.call('HINCRBY', u, 'seq', 1)
+    redis.call('ZADD', box, id, id .. ':' .. ARGV[1])
+    if cap > 0 then
+      local over = redis.call('ZCARD', box) - cap
+      if over > 0 then redis.call('ZREMRANGEBYRANK', box, 0, over - 1) end
+    end
+    out[i] = id
+    got[#got + 1] = '[' .. ARGV[6 + i] .. ',' .. id .. ']'
+  end
 end
-redis.call('PUBLISH', ARGV[2], ARGV[3] .. id .. ']')
-return id
+if #got > 0 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3] .. '[' .. table.concat(got, ',') .. ']]')
+end
+return out
 "#;
 
 /// Moves a user's ack position forward (never back, never past the last
