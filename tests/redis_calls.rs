@@ -54,3 +54,30 @@ fn a_group_message_is_one_script_and_one_announcement_per_512_members() {
     // list came from the cache.
     assert_eq!(spent, [6, 6, 0], "evalsha, publish, hget for 3 messages");
 }
+
+#[test]
+fn bulk_provisioning_lists_each_token_under_its_user() {
+    let mut srv = Server::start(Backend::Redis, Opts::default().admin(""));
+    let api = srv.api();
+    // The first use of the token script on a fresh Redis: loaded on
+    // NOSCRIPT, and every user's token listed all the same.
+    let body = serde_json::json!({"appid": "a", "prefix": "u", "count": 300});
+    let users = provisioned_users(provision(&srv, None, &body), "a");
+    let uids: Vec<u64> = users.iter().map(|u| u.uid).collect();
+    assert_eq!(uids, (1..=300).collect::<Vec<u64>>());
+    for u in [&users[0], &users[299]] {
+        let listed =
+            srv.redis()
+                .command(&["ZRANGE", &format!("hs:{{u:a:{}}}:tokens", u.uid), "0", "-1"]);
+        assert_eq!(listed, u.token[..16], "user {}", u.uid);
+        assert_eq!(api.pull(u).msgids(), Vec::<u64>::new());
+    }
+    // A batch with one taken name creates none of it.
+    let again = serde_json::json!({"appid": "a", "prefix": "v", "count": 3});
+    provisioned_users(provision(&srv, None, &again), "a");
+    let clash = serde_json::json!({"appid": "a", "prefix": "", "count": 2});
+    api.register("a", "1", "pw");
+    expect_error(provision(&srv, None, &clash), 409);
+    assert_eq!(srv.redis().command(&["GET", "hs:{a:a}:uids"]), "304");
+    expect_error(api.post("/login", &login_body("a", "0", "pw")), 401);
+}

@@ -469,24 +469,33 @@ impl Api {
         if names.last().is_some_and(|n| n.len() > MAX_USERNAME) {
             return Err(ApiError::BadRequest("'prefix' is too long".into()));
         }
-        // Refuse the batch before creating any of it, rather than half way.
-        for name in &names {
-            if self.store.find_user(&appid, name)?.is_some() {
-                return Err(ApiError::Conflict("username taken"));
-            }
+        // The store refuses the batch before creating any of it.
+        let uids = self.store.create_users(&appid, &names, auth::NO_PASSWORD)?;
+        let expires_at = unix_now().saturating_add(self.limits.token_ttl);
+        let mut tokens = Vec::with_capacity(uids.len());
+        let mut shown = Vec::with_capacity(uids.len());
+        for &uid in &uids {
+            let (selector, verifier) = auth::new_token()?;
+            shown.push(format!("{selector}{verifier}"));
+            let info = TokenInfo {
+                verifier,
+                appid: appid.to_string(),
+                uid,
+                expires_at,
+            };
+            tokens.push((selector, info));
         }
+        self.store.put_new_tokens(&tokens)?;
         let mut out = Vec::with_capacity(names.len() * 100);
         out.extend_from_slice(br#"{"users":["#);
-        for (i, name) in names.iter().enumerate() {
-            let uid = self.store.create_user(&appid, name, auth::NO_PASSWORD)?;
-            let token = self.issue_token(&appid, uid)?;
+        for (i, ((name, uid), token)) in names.iter().zip(uids).zip(&shown).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(&object(&[
                 ("uid", Num(uid)),
                 ("username", Str(name)),
-                ("token", Str(&token)),
+                ("token", Str(token)),
             ]));
         }
         out.extend_from_slice(b"]}");

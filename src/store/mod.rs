@@ -215,6 +215,23 @@ pub trait Store: Send + Sync + 'static {
     /// `pass_hash` is an opaque PHC string (argon2id); the store never sees a password.
     fn create_user(&self, appid: &str, username: &str, pass_hash: &str) -> Result<Uid>;
 
+    /// Creates the users `names` (distinct) of `appid`, all with
+    /// `pass_hash`, for bulk provisioning; returns their uids in the order
+    /// of `names`. If a name is taken: `UsernameTaken`, and nothing is
+    /// written unless the name was taken during the call (then the users
+    /// made before the clash stay).
+    fn create_users(&self, appid: &str, names: &[String], pass_hash: &str) -> Result<Vec<Uid>> {
+        for name in names {
+            if self.find_user(appid, name)?.is_some() {
+                return Err(StoreError::UsernameTaken);
+            }
+        }
+        names
+            .iter()
+            .map(|name| self.create_user(appid, name, pass_hash))
+            .collect()
+    }
+
     /// Looks a user up by name: `(uid, pass_hash)`.
     fn find_user(&self, appid: &str, username: &str) -> Result<Option<(Uid, String)>>;
 
@@ -241,6 +258,15 @@ pub trait Store: Send + Sync + 'static {
     /// than `keep` tokens (0: no limit), the oldest go as by
     /// [`Store::delete_token`], and their selectors are returned.
     fn put_token(&self, selector: &str, info: &TokenInfo, keep: usize) -> Result<Vec<String>>;
+
+    /// Stores tokens (selector, token) of users that hold none yet, for
+    /// bulk provisioning: no quota applies.
+    fn put_new_tokens(&self, tokens: &[(String, TokenInfo)]) -> Result<()> {
+        for (selector, info) in tokens {
+            self.put_token(selector, info, 0)?;
+        }
+        Ok(())
+    }
 
     /// Looks a token up by its selector. Expiry and the verifier are the
     /// caller's to check.

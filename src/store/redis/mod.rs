@@ -213,6 +213,65 @@ impl Store for RedisStore {
         .ok_or(StoreError::UsernameTaken)
     }
 
+    /// Four round trips for the whole batch: the names checked, the uids
+    /// taken (one INCRBY), the users written with their names claimed (SET
+    /// NX), and, only after a clash, the clashing users' hashes removed.
+    fn create_users(&self, appid: &str, names: &[String], pass_hash: &str) -> Result<Vec<Uid>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let taken: Vec<bool> = self.with(|c| {
+            let mut p = redis::pipe();
+            for name in names {
+                p.cmd("EXISTS").arg(keys::username(appid, name));
+            }
+            p.query(c)
+        })?;
+        if taken.contains(&true) {
+            return Err(StoreError::UsernameTaken);
+        }
+        let last: Uid = self.with(|c| {
+            redis::cmd("INCRBY")
+                .arg(keys::uid_counter(appid))
+                .arg(names.len())
+                .query(c)
+        })?;
+        let uids: Vec<Uid> = (last + 1 - names.len() as Uid..=last).collect();
+        let claimed: Vec<Option<String>> = self.with(|c| {
+            let mut p = redis::pipe();
+            for (name, &uid) in names.iter().zip(&uids) {
+                p.cmd("HSET")
+                    .arg(keys::user(appid, uid))
+                    .arg(&[("name", name.as_str()), ("pass", pass_hash)])
+                    .arg(&[("seq", "0"), ("ack", "0")])
+                    .ignore();
+                p.cmd("SET")
+                    .arg(keys::username(appid, name))
+                    .arg(uid)
+                    .arg("NX");
+            }
+            p.query(c)
+        })?;
+        let lost: Vec<Uid> = uids
+            .iter()
+            .zip(&claimed)
+            .filter(|(_, won)| won.is_none())
+            .map(|(&uid, _)| uid)
+            .collect();
+        if lost.is_empty() {
+            return Ok(uids);
+        }
+        // A /re took a name meanwhile: its user stays, ours goes.
+        self.with(|c| {
+            let mut p = redis::pipe();
+            for uid in &lost {
+                p.cmd("DEL").arg(keys::user(appid, *uid)).ignore();
+            }
+            p.exec(c)
+        })?;
+        Err(StoreError::UsernameTaken)
+    }
+
     fn find_user(&self, appid: &str, username: &str) -> Result<Option<(Uid, String)>> {
         self.with(|c| {
             let Some(uid) = redis::cmd("GET")
@@ -314,23 +373,10 @@ impl Store for RedisStore {
     /// Stores the token, then lists it under its user, then deletes (and
     /// announces) what the quota drops.
     fn put_token(&self, selector: &str, info: &TokenInfo, keep: usize) -> Result<Vec<String>> {
-        let key = keys::token(selector);
         self.with(|c| {
-            redis::pipe()
-                .cmd("HSET")
-                .arg(&key)
-                .arg(&[
-                    ("v", info.verifier.as_str()),
-                    ("a", info.appid.as_str()),
-                    ("u", info.uid.to_string().as_str()),
-                    ("e", info.expires_at.to_string().as_str()),
-                ])
-                .ignore()
-                .cmd("EXPIREAT")
-                .arg(&key)
-                .arg(info.expires_at)
-                .ignore()
-                .exec(c)
+            let mut p = redis::pipe();
+            write_token(&mut p, selector, info);
+            p.exec(c)
         })?;
         let listed: redis::Value = self.with(|c| {
             self.tokens_list
@@ -349,6 +395,31 @@ impl Store for RedisStore {
             self.delete_token(&info.appid, info.uid, s)?;
         }
         Ok(revoked)
+    }
+
+    /// One round trip for the whole batch: each token's hash, and its
+    /// entry in its user's token list (the TOKENS script; nothing to
+    /// revoke for a user without tokens).
+    fn put_new_tokens(&self, tokens: &[(String, TokenInfo)]) -> Result<()> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        self.with(|c| {
+            let mut p = redis::pipe();
+            for (selector, info) in tokens {
+                write_token(&mut p, selector, info);
+                p.cmd("EVALSHA")
+                    .arg(self.tokens_list.get_hash())
+                    .arg(2)
+                    .arg(keys::user(&info.appid, info.uid))
+                    .arg(keys::tokens(&info.appid, info.uid))
+                    .arg(selector)
+                    .arg(info.expires_at)
+                    .arg(0)
+                    .ignore();
+            }
+            with_script(c, &self.tokens_list, |c| p.exec(c))
+        })
     }
 
     fn get_token(&self, selector: &str) -> Result<Option<TokenInfo>> {
@@ -491,6 +562,21 @@ impl Store for RedisStore {
     fn announces(&self) -> bool {
         true
     }
+}
+
+/// Adds to `p` the commands that store a token: its hash, expiring with it.
+fn write_token(p: &mut redis::Pipeline, selector: &str, info: &TokenInfo) {
+    let key = keys::token(selector);
+    p.cmd("HSET")
+        .arg(&key)
+        .arg(&[
+            ("v", info.verifier.as_str()),
+            ("a", info.appid.as_str()),
+            ("u", info.uid.to_string().as_str()),
+            ("e", info.expires_at.to_string().as_str()),
+        ])
+        .ignore();
+    p.cmd("EXPIREAT").arg(&key).arg(info.expires_at).ignore();
 }
 
 /// Runs a pipeline of EVALSHAs of `script`, loading the script and
