@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::store::TokenInfo;
@@ -20,17 +20,64 @@ const SHARDS: usize = 16;
 /// Entries per shard before the shard is emptied: a bound on memory (a
 /// burst of distinct tokens refills it from Redis; nothing is lost).
 const SHARD_LIMIT: usize = 16 * 1024;
+/// Distinct appids interned before the table starts over.
+const APPS_LIMIT: usize = 4096;
 
-/// One lock's share of the cache: selector -> (token, when it was read).
-type Shard = Mutex<HashMap<String, (TokenInfo, Instant)>>;
+/// A cached token, without a heap allocation of its own: every stream
+/// that connects leaves one behind for the cache's lifetime, so at a
+/// million streams its size is a figure per stream (72 bytes in the map,
+/// against some 220 with the strings of a `TokenInfo`).
+#[derive(Clone)]
+struct Cached {
+    /// The verifier, as the bytes its (lowercase) hex digits spell.
+    verifier: [u8; VERIFIER_HEX / 2],
+    /// Shared by every token of the app.
+    appid: Arc<str>,
+    uid: u64,
+    expires_at: u64,
+    read_at: Instant,
+}
+
+/// Hex digits of a verifier (src/auth.rs); other lengths are not cached.
+const VERIFIER_HEX: usize = 32;
+
+/// One lock's share of the cache: the selector's value -> token.
+type Shard = Mutex<HashMap<u64, Cached>>;
 
 pub struct TokenCache {
     /// Counts forgets (and clears): a lookup that began before one must not
     /// cache what it read, which may be the very token just logged out.
     forgets: AtomicU64,
     shards: Box<[Shard]>,
+    /// Appids of cached tokens, each held once.
+    apps: Mutex<HashMap<Box<str>, Arc<str>>>,
     /// How long a cached token is trusted without asking Redis again.
     ttl: Duration,
+}
+
+/// A verifier's bytes, if it is lowercase hex of the length logins hand
+/// out (so that [`hex`] gives it back exactly).
+fn verifier_bytes(v: &str) -> Option<[u8; VERIFIER_HEX / 2]> {
+    let mut out = [0u8; VERIFIER_HEX / 2];
+    if v.len() != VERIFIER_HEX || v.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(v.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A selector (16 hex digits) as the number it spells; `None` for what no
+/// login hands out.
+fn key(selector: &str) -> Option<u64> {
+    (selector.len() <= 16)
+        .then(|| u64::from_str_radix(selector, 16).ok())
+        .flatten()
 }
 
 impl TokenCache {
@@ -38,16 +85,21 @@ impl TokenCache {
         TokenCache {
             forgets: AtomicU64::new(0),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            apps: Mutex::default(),
             ttl,
         }
     }
 
     pub fn get(&self, selector: &str) -> Option<TokenInfo> {
-        let shard = lock(self.shard(selector));
-        shard
-            .get(selector)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(info, _)| info.clone())
+        let key = key(selector)?;
+        let shard = lock(self.shard(key));
+        let c = shard.get(&key).filter(|c| c.read_at.elapsed() < self.ttl)?;
+        Some(TokenInfo {
+            verifier: hex(&c.verifier),
+            appid: c.appid.to_string(),
+            uid: c.uid,
+            expires_at: c.expires_at,
+        })
     }
 
     /// Where the count of forgets stands: read it before looking a token up
@@ -60,21 +112,46 @@ impl TokenCache {
     /// lookup began (`epoch`): a logout's announcement that overtook the
     /// lookup's answer must not be undone for the cache's lifetime.
     pub fn put(&self, selector: &str, info: &TokenInfo, epoch: u64) {
-        let mut shard = lock(self.shard(selector));
+        let (Some(key), Some(verifier)) = (key(selector), verifier_bytes(&info.verifier)) else {
+            return;
+        };
+        let cached = Cached {
+            verifier,
+            appid: self.intern(&info.appid),
+            uid: info.uid,
+            expires_at: info.expires_at,
+            read_at: Instant::now(),
+        };
+        let mut shard = lock(self.shard(key));
         if self.forgets.load(Ordering::Acquire) != epoch {
             return;
         }
         if shard.len() >= SHARD_LIMIT {
             shard.clear();
         }
-        shard.insert(selector.to_owned(), (info.clone(), Instant::now()));
+        shard.insert(key, cached);
     }
 
     pub fn forget(&self, selector: &str) {
-        let mut shard = lock(self.shard(selector));
-        shard.remove(selector);
+        let Some(key) = key(selector) else { return };
+        let mut shard = lock(self.shard(key));
+        shard.remove(&key);
         // Under the shard's lock, so a put of this selector sees it.
         self.forgets.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The one shared copy of `appid`.
+    fn intern(&self, appid: &str) -> Arc<str> {
+        let mut apps = lock(&self.apps);
+        if let Some(a) = apps.get(appid) {
+            return Arc::clone(a);
+        }
+        if apps.len() >= APPS_LIMIT {
+            apps.clear();
+        }
+        let a: Arc<str> = Arc::from(appid);
+        apps.insert(appid.into(), Arc::clone(&a));
+        a
     }
 
     pub fn clear(&self) {
@@ -84,12 +161,9 @@ impl TokenCache {
         }
     }
 
-    fn shard(&self, selector: &str) -> &Shard {
-        // Selectors are random hex: their first bytes spread evenly.
-        let h = selector.bytes().take(4).fold(0usize, |h, b| {
-            h.wrapping_mul(31).wrapping_add(usize::from(b))
-        });
-        &self.shards[h % SHARDS]
+    fn shard(&self, key: u64) -> &Shard {
+        // Selectors are random: any of their bits spread evenly.
+        &self.shards[(key % SHARDS as u64) as usize]
     }
 }
 
@@ -104,7 +178,7 @@ mod tests {
 
     fn info(uid: u64) -> TokenInfo {
         TokenInfo {
-            verifier: "v".into(),
+            verifier: "0123456789abcdef0123456789abcdef".into(),
             appid: "a".into(),
             uid,
             expires_at: u64::MAX,
@@ -150,5 +224,37 @@ mod tests {
         let none = TokenCache::new(Duration::ZERO);
         none.put("ab12", &info(1), 0);
         assert_eq!(none.get("ab12"), None);
+    }
+
+    #[test]
+    fn an_entry_is_small_and_comes_back_whole() {
+        // Key and value as the map holds them: no heap of their own.
+        assert_eq!(std::mem::size_of::<(u64, Cached)>(), 72);
+        let c = TokenCache::new(Duration::from_secs(300));
+        let token = TokenInfo {
+            verifier: "ffeeddccbbaa99887766554433221100".into(),
+            appid: "app:1".into(),
+            uid: 9,
+            expires_at: 1_700_000_000,
+        };
+        c.put("00112233aabbccdd", &token, 0);
+        assert_eq!(c.get("00112233aabbccdd"), Some(token.clone()));
+        // What no login hands out is not cached (and not confused).
+        let odd = TokenInfo {
+            verifier: "short".into(),
+            ..token.clone()
+        };
+        c.put("0011223344556677", &odd, 0);
+        assert_eq!(c.get("0011223344556677"), None);
+        let upper = TokenInfo {
+            verifier: token.verifier.to_uppercase(),
+            ..token.clone()
+        };
+        c.put("0011223344556677", &upper, 0);
+        assert_eq!(c.get("0011223344556677"), None);
+        c.put("not hex", &token, 0);
+        assert_eq!(c.get("not hex"), None);
+        c.put("00112233aabbccdd00", &token, 0);
+        assert_eq!(c.get("00112233aabbccdd00"), None);
     }
 }
