@@ -189,6 +189,13 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_REUSEPORT")]
     pub reuseport: bool,
 
+    /// Run N server processes sharing the listen address (Redis store
+    /// only): one process holds as many connections as it may open files.
+    /// `auto`: enough for --max-conns at the open-file limit. The
+    /// supervisor restarts a process that dies and forwards SIGTERM.
+    #[arg(long, env = "HAOSHUO_PROCESSES", value_parser = parse_processes)]
+    pub processes: Option<Processes>,
+
     /// Start even if the embedded store's log is damaged in its middle:
     /// keep every record before the damage, drop the rest, and say what
     /// was dropped. Without it the server refuses to start and names the
@@ -199,6 +206,24 @@ pub struct Config {
     /// When the embedded store's log reaches the disk.
     #[arg(long, env = "HAOSHUO_FSYNC", value_enum, default_value_t = FsyncPolicy::Everysec)]
     pub fsync: FsyncPolicy,
+}
+
+/// How many server processes `--processes` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Processes {
+    Count(usize),
+    /// Enough for `--max-conns` at the open-file limit.
+    Auto,
+}
+
+fn parse_processes(s: &str) -> Result<Processes, String> {
+    match s {
+        "auto" => Ok(Processes::Auto),
+        n => match n.parse::<usize>() {
+            Ok(n @ 1..=1024) => Ok(Processes::Count(n)),
+            _ => Err("expected a number of processes (1 to 1024) or auto".into()),
+        },
+    }
 }
 
 /// The addresses `spec` (`HOST:PORT`, `IP:PORT`, `[IPv6]:PORT`) names, in

@@ -16,4 +16,5 @@ pub mod net;
 pub mod router;
 pub mod server;
 pub mod store;
+pub mod supervisor;
 pub mod worker;

@@ -11,10 +11,18 @@ use signal_hook::iterator::Signals;
 use haoshuo::config::Config;
 use haoshuo::net::listener::raise_nofile_limit;
 use haoshuo::server::Server;
+use haoshuo::supervisor;
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cfg = Config::parse();
+    if let Some(processes) = cfg.processes {
+        let hard = raise_nofile_limit().map_or(1024, |(_, hard)| hard);
+        return match supervisor::run(&cfg, processes, hard) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,
         Err(e) => return fail(&format!("installing signal handlers: {e}")),
