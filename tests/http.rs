@@ -126,9 +126,11 @@ fn http_musts() {
     // without subscribing. Then a pipelined GET on the same connection.
     let query = sub_query(1, alice.uid, &alice.token);
     let stream_path = format!("/cget/stream?{query}");
+    let sse_path = format!("/cget/sse?{query}");
     let pipelined = [
         request_bytes("HEAD", "/p", &[], b""),
         request_bytes("HEAD", &stream_path, &[], b""),
+        request_bytes("HEAD", &sse_path, &[], b""),
         request_bytes("GET", "/nope", &[], b""),
     ]
     .concat();
@@ -139,7 +141,11 @@ fn http_musts() {
     let head = conn.read_head(WAIT).expect("the HEAD stream answer");
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-type"), Some("application/json"));
-    // The next bytes are the GET's answer, not a body of the HEADs.
+    let head = conn.read_head(WAIT).expect("the HEAD sse answer");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-type"), Some("text/event-stream"));
+    // The next bytes are the GET's answer, not a body of the HEADs (an
+    // SSE stream's first event, its retry hint, included).
     let r = conn.read_response(WAIT);
     assert_eq!(r.status, 404, "the answers desynchronised");
 

@@ -98,6 +98,7 @@ enum Endpoint {
     Logout,
     Stream,
     Poll,
+    Sse,
     AdminUsers,
 }
 
@@ -121,6 +122,7 @@ impl Endpoint {
             b"/logout" => (Endpoint::Logout, Method::Post),
             b"/cget/stream" => (Endpoint::Stream, Method::Get),
             b"/cget/poll" => (Endpoint::Poll, Method::Get),
+            b"/cget/sse" => (Endpoint::Sse, Method::Get),
             _ => return None,
         })
     }
@@ -194,10 +196,16 @@ impl Api {
             (sent, wanted) if sent != wanted => return Err(ApiError::MethodNotAllowed(wanted)),
             _ => {}
         }
-        if let Endpoint::Stream | Endpoint::Poll = endpoint {
+        if let Endpoint::Stream | Endpoint::Poll | Endpoint::Sse = endpoint {
             let query = req.head.query(&req.raw);
             let kind = subscription_kind(&endpoint, &req.head);
-            return self.subscribe(origin, query, kind, keep_alive);
+            // What EventSource sends when it reconnects: the last event's
+            // id, a msgid; it wins over `seq`.
+            let resume = match endpoint {
+                Endpoint::Sse => last_event_id(req)?,
+                _ => None,
+            };
+            return self.subscribe(origin, query, kind, keep_alive, resume);
         }
         let f = decode_body(req.body(), req.head.body)?;
         let body = match endpoint {
@@ -210,7 +218,7 @@ impl Api {
             Endpoint::Ack => self.ack(&f)?,
             Endpoint::Logout => self.logout(&f)?,
             Endpoint::AdminUsers => self.admin_users(req, &f)?,
-            Endpoint::Stream | Endpoint::Poll => unreachable!("answered above"),
+            Endpoint::Stream | Endpoint::Poll | Endpoint::Sse => unreachable!("answered above"),
         };
         let mut bytes = Vec::with_capacity(160 + body.len());
         write_response(&mut bytes, 200, CONTENT_JSON, &body, keep_alive);
@@ -511,6 +519,7 @@ impl Api {
         query_str: &[u8],
         kind: Kind,
         keep_alive: bool,
+        resume_after: Option<MsgId>,
     ) -> Result<Reply, ApiError> {
         let param = |name: &str| -> Result<Option<String>, ApiError> {
             query::field(query_str, name)
@@ -523,6 +532,7 @@ impl Api {
             .parse()
             .map_err(|_| ApiError::BadRequest("'cname' must be a user id".into()))?;
         let seq = match param("seq")? {
+            _ if resume_after.is_some() => resume_after.map_or(1, |id| id + 1),
             None => 1,
             Some(s) => s
                 .parse::<MsgId>()
@@ -619,15 +629,33 @@ fn too_many(msg: &'static str, wait: Duration) -> ApiError {
     ApiError::TooMany(msg, wait.as_secs_f64().ceil().max(1.0) as u64)
 }
 
-/// How a `/cget/...` request subscribes: a held poll, or a stream framed
-/// for its HTTP version.
+/// How a `/cget/...` request subscribes: a held poll, or a stream (chunked
+/// JSON or Server-Sent Events) framed for its HTTP version.
 fn subscription_kind(endpoint: &Endpoint, head: &Head) -> Kind {
     match endpoint {
         Endpoint::Poll => Kind::Poll {
             keep_alive: head.keep_alive,
         },
+        Endpoint::Sse => Kind::sse(head.http10),
         _ => Kind::stream(head.http10),
     }
+}
+
+/// The `Last-Event-ID` header of an SSE request, if any: the msgid the
+/// client last had (below [`MAX_MSGID`], as `seq` is).
+fn last_event_id(req: &Request) -> Result<Option<MsgId>, ApiError> {
+    let Some(v) = header_value(&req.raw[..req.head.head_len], "last-event-id") else {
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(v).unwrap_or("").trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse::<MsgId>()
+        .ok()
+        .filter(|&id| id < MAX_MSGID)
+        .map(Some)
+        .ok_or_else(|| ApiError::BadRequest("'Last-Event-ID' must be a message id".into()))
 }
 
 fn appid(f: &Fields) -> Result<std::borrow::Cow<'_, str>, ApiError> {

@@ -169,7 +169,7 @@ impl Subscriber {
             // from its position: say so, then go on as usual.
             let mut body = Vec::with_capacity(96);
             frame::reset_frame(&mut body, reset.epoch, self.next - 1, reset.found, self.uid);
-            if let done @ Step::Done { .. } = self.emit(&body, out) {
+            if let done @ Step::Done { .. } = self.emit(&body, Some(self.next - 1), out) {
                 return done;
             }
         }
@@ -188,7 +188,7 @@ impl Subscriber {
             self.next = gone_upto + 1;
             let mut body = Vec::with_capacity(64);
             frame::trimmed_frame(&mut body, gone_upto, self.uid);
-            if let done @ Step::Done { .. } = self.emit(&body, out) {
+            if let done @ Step::Done { .. } = self.emit(&body, Some(gone_upto), out) {
                 return done;
             }
         }
@@ -198,7 +198,7 @@ impl Subscriber {
         self.next = last.msgid + 1;
         let mut body = Vec::with_capacity(128 * msgs.len());
         frame::data_frame(&mut body, msgs, self.uid);
-        self.emit(&body, out)
+        self.emit(&body, Some(last.msgid), out)
     }
 
     /// The store could not be read for this subscriber: a stream ends
@@ -218,8 +218,12 @@ impl Subscriber {
         if now >= self.expires {
             return self.end(frame::TOKEN_ERROR, out);
         }
-        if self.kind.is_poll() || queued == 0 {
-            return self.emit(frame::NOOP, out);
+        if self.kind.is_poll() {
+            return self.emit(frame::NOOP, None, out);
+        }
+        if queued == 0 {
+            self.kind.heartbeat(frame::NOOP, out);
+            return Step::Continue;
         }
         Step::Continue
     }
@@ -242,7 +246,7 @@ impl Subscriber {
         match self.kind {
             Kind::Poll { .. } => {
                 self.kind = Kind::Poll { keep_alive: false };
-                self.emit(frame::NOOP, out)
+                self.emit(frame::NOOP, None, out)
             }
             _ => self.end(&[], out),
         }
@@ -251,7 +255,7 @@ impl Subscriber {
     /// Writes `frame` (if any) as the last thing this subscription says.
     fn end(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Step {
         if !frame.is_empty() {
-            if let done @ Step::Done { .. } = self.emit(frame, out) {
+            if let done @ Step::Done { .. } = self.emit(frame, None, out) {
                 return done;
             }
         }
@@ -259,9 +263,10 @@ impl Subscriber {
         Step::Done { keep_alive: false }
     }
 
-    /// Appends one frame as this subscriber's wire carries it.
-    fn emit(&self, body: &[u8], out: &mut Vec<u8>) -> Step {
-        let wire = self.kind.wire(body.len());
+    /// Appends one frame as this subscriber's wire carries it; `id` is the
+    /// last msgid it accounts for, if any.
+    fn emit(&self, body: &[u8], id: Option<MsgId>, out: &mut Vec<u8>) -> Step {
+        let wire = self.kind.wire(body.len(), id);
         wire.write(body, out);
         self.kind.step()
     }

@@ -1,14 +1,28 @@
 //! How a subscriber's frames go on the wire: one chunk each on an HTTP/1.1
 //! stream, back to back on an HTTP/1.0 stream (whose body ends with the
 //! connection, as RFC 9112 requires: a 1.0 client knows no chunked
-//! coding), and as a whole response for a held poll.
+//! coding), as a whole response for a held poll, and as one Server-Sent
+//! Event each on an SSE stream (`text/event-stream`, what a browser's
+//! `EventSource` reads).
 //!
 //! Pure bytes: the reactor writes a frame as `head`, the frame's parts
 //! where they already are, and `tail`, in one vectored write.
 
 use crate::delivery::subscriber::Step;
 use crate::http::chunked::{ChunkHeader, CHUNK_TRAILER, LAST_CHUNK};
-use crate::http::response::{write_response_head, write_stream_head, CONTENT_JSON};
+use crate::http::response::{
+    write_response_head, write_stream_head, CONTENT_EVENT_STREAM, CONTENT_JSON,
+};
+use crate::store::MsgId;
+
+/// What an SSE stream starts with: how long `EventSource` waits before it
+/// reconnects (it then sends `Last-Event-ID`, and resumes exactly).
+const SSE_RETRY: &[u8] = b"retry: 3000\n\n";
+/// An SSE heartbeat: a comment, which `EventSource` ignores.
+const SSE_HEARTBEAT: &[u8] = b": noop\n\n";
+/// Bytes before an SSE event's data at most: a chunk header, `id: ` and a
+/// msgid, `data: `.
+const SSE_HEAD_MAX: usize = 64;
 
 /// The kind of subscription, and so its framing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +34,10 @@ pub enum Kind {
     Raw,
     /// A held long-poll: its first frame is the whole answer.
     Poll { keep_alive: bool },
+    /// Server-Sent Events: a frame an event (`data:` the JSON frame, `id:`
+    /// its last msgid when it has one), chunked on HTTP/1.1, ended by the
+    /// close on 1.0.
+    Sse { chunked: bool },
 }
 
 /// What goes around one frame.
@@ -35,6 +53,8 @@ enum Head {
     Nothing,
     /// A poll's response head (status line, `Content-Length`).
     Answer(Vec<u8>),
+    /// An SSE event's start: chunk header, `id:` line, `data: `.
+    Inline([u8; SSE_HEAD_MAX], u8),
 }
 
 impl Kind {
@@ -47,23 +67,86 @@ impl Kind {
         }
     }
 
+    /// An SSE stream for a request of this HTTP version.
+    pub fn sse(http10: bool) -> Kind {
+        Kind::Sse { chunked: !http10 }
+    }
+
     pub fn is_poll(self) -> bool {
         matches!(self, Kind::Poll { .. })
     }
 
     /// Appends the response head a stream starts with (polls have none of
-    /// their own: each answer carries its head).
+    /// their own: each answer carries its head), and an SSE stream's
+    /// reconnect hint.
     pub fn write_head(self, out: &mut Vec<u8>) {
         match self {
-            Kind::Chunked => write_stream_head(out, true),
-            Kind::Raw => write_stream_head(out, false),
+            Kind::Chunked => write_stream_head(out, CONTENT_JSON, true),
+            Kind::Raw => write_stream_head(out, CONTENT_JSON, false),
             Kind::Poll { .. } => {}
+            Kind::Sse { chunked } => {
+                write_stream_head(out, CONTENT_EVENT_STREAM, chunked);
+                self.write_raw(SSE_RETRY, out);
+            }
         }
     }
 
-    /// What goes around a frame of `len` bytes (not 0).
-    pub fn wire(self, len: usize) -> Wire {
+    /// Appends a heartbeat: a `noop` frame, or an SSE comment.
+    pub fn heartbeat(self, noop: &[u8], out: &mut Vec<u8>) {
         match self {
+            Kind::Sse { .. } => self.write_raw(SSE_HEARTBEAT, out),
+            _ => self.wire(noop.len(), None).write(noop, out),
+        }
+    }
+
+    /// Appends SSE text as it is, in a chunk of its own if chunked.
+    fn write_raw(self, text: &[u8], out: &mut Vec<u8>) {
+        if let Kind::Sse { chunked: true } | Kind::Chunked = self {
+            out.extend_from_slice(ChunkHeader::new(text.len()).as_bytes());
+            out.extend_from_slice(text);
+            out.extend_from_slice(CHUNK_TRAILER);
+        } else {
+            out.extend_from_slice(text);
+        }
+    }
+
+    /// What goes around a frame of `len` bytes (not 0). `id` is the last
+    /// msgid the frame accounts for (data, trimmed, reset), which an SSE
+    /// event carries as its `id:` (what `EventSource` sends back in
+    /// `Last-Event-ID`); other kinds ignore it. A frame ends with `\n`.
+    pub fn wire(self, len: usize, id: Option<MsgId>) -> Wire {
+        match self {
+            Kind::Sse { chunked } => {
+                let mut event = [0u8; SSE_HEAD_MAX];
+                let mut n = 0;
+                let mut put = |bytes: &[u8]| {
+                    event[n..n + bytes.len()].copy_from_slice(bytes);
+                    n += bytes.len();
+                };
+                let mut fields = [0u8; 40];
+                let mut f = 0;
+                if let Some(id) = id {
+                    for part in [
+                        b"id: ".as_slice(),
+                        itoa::Buffer::new().format(id).as_bytes(),
+                        b"\n",
+                    ] {
+                        fields[f..f + part.len()].copy_from_slice(part);
+                        f += part.len();
+                    }
+                }
+                fields[f..f + 6].copy_from_slice(b"data: ");
+                f += 6;
+                if chunked {
+                    // The event: fields, the frame (ending `\n`), a blank line.
+                    put(ChunkHeader::new(f + len + 1).as_bytes());
+                }
+                put(&fields[..f]);
+                Wire {
+                    head: Head::Inline(event, n as u8),
+                    tail: if chunked { b"\n\r\n" } else { b"\n" },
+                }
+            }
             Kind::Chunked => Wire {
                 head: Head::Chunk(ChunkHeader::new(len)),
                 tail: CHUNK_TRAILER,
@@ -87,14 +170,14 @@ impl Kind {
     pub fn step(self) -> Step {
         match self {
             Kind::Poll { keep_alive } => Step::Done { keep_alive },
-            Kind::Chunked | Kind::Raw => Step::Continue,
+            Kind::Chunked | Kind::Raw | Kind::Sse { .. } => Step::Continue,
         }
     }
 
     /// Appends what ends a stream's body: the last chunk of a chunked one.
     /// An HTTP/1.0 stream ends with the close; a poll with its answer.
     pub fn finish(self, out: &mut Vec<u8>) {
-        if let Kind::Chunked = self {
+        if let Kind::Chunked | Kind::Sse { chunked: true } = self {
             out.extend_from_slice(LAST_CHUNK);
         }
     }
@@ -119,6 +202,7 @@ impl Wire {
             Head::Chunk(c) => c.as_bytes(),
             Head::Nothing => b"",
             Head::Answer(h) => h,
+            Head::Inline(bytes, n) => &bytes[..usize::from(*n)],
         }
     }
 
@@ -159,7 +243,7 @@ mod tests {
         ];
         for &(kind, body, want, step) in cases {
             let mut out = Vec::new();
-            let wire = kind.wire(body.len());
+            let wire = kind.wire(body.len(), None);
             wire.write(body, &mut out);
             // The reactor sends the same bytes as one vectored write.
             assert_eq!(
@@ -207,5 +291,53 @@ mod tests {
         let step = Kind::Poll { keep_alive: true }.fail(503, "store unavailable", &mut poll);
         assert!(poll.starts_with(b"HTTP/1.1 503 "), "{poll:?}");
         assert_eq!(step, Step::Done { keep_alive: false });
+    }
+
+    #[test]
+    fn an_sse_frame_is_one_event_with_its_id() {
+        // (kind, id, frame, expected bytes)
+        type Case = (Kind, Option<MsgId>, &'static [u8], &'static [u8]);
+        let cases: &[Case] = &[
+            (
+                Kind::sse(false),
+                Some(7),
+                b"{}\n",
+                b"10\r\nid: 7\ndata: {}\n\n\r\n",
+            ),
+            (Kind::sse(false), None, b"{}\n", b"a\r\ndata: {}\n\n\r\n"),
+            (Kind::sse(true), Some(12), b"{}\n", b"id: 12\ndata: {}\n\n"),
+            (
+                Kind::sse(false),
+                Some(u64::MAX),
+                b"{}\n",
+                b"23\r\nid: 18446744073709551615\ndata: {}\n\n\r\n",
+            ),
+        ];
+        for &(kind, id, body, want) in cases {
+            let mut out = Vec::new();
+            kind.wire(body.len(), id).write(body, &mut out);
+            assert_eq!(
+                out,
+                want,
+                "{kind:?} {id:?}: {}",
+                String::from_utf8_lossy(&out)
+            );
+            assert_eq!(kind.step(), Step::Continue);
+        }
+        // The head, then the reconnect hint; heartbeats are comments.
+        let mut head = Vec::new();
+        Kind::sse(false).write_head(&mut head);
+        let text = String::from_utf8(head).unwrap();
+        assert!(
+            text.contains("Content-Type: text/event-stream\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\nd\r\nretry: 3000\n\n\r\n"), "{text}");
+        let mut beat = Vec::new();
+        Kind::sse(false).heartbeat(b"{\"type\":\"noop\"}\n", &mut beat);
+        assert_eq!(beat, b"8\r\n: noop\n\n\r\n");
+        let mut end = Vec::new();
+        Kind::sse(false).finish(&mut end);
+        assert_eq!(end, LAST_CHUNK);
     }
 }

@@ -9,6 +9,8 @@ use crate::http::date::write_date;
 
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 pub const CONTENT_JSON: &str = "application/json";
+/// Server-Sent Events (what a browser's `EventSource` reads).
+pub const CONTENT_EVENT_STREAM: &str = "text/event-stream";
 
 /// Standard reason phrase; a generic one per class for codes we never send.
 pub fn reason(status: u16) -> &'static str {
@@ -124,9 +126,11 @@ fn write_head(
 /// `Transfer-Encoding: chunked` (chunks follow via `http::chunked`), or for
 /// an HTTP/1.0 client, which knows no chunked coding, a body that the
 /// close ends.
-pub fn write_stream_head(out: &mut Vec<u8>, chunked: bool) {
+pub fn write_stream_head(out: &mut Vec<u8>, content_type: &str, chunked: bool) {
     write_status_line(out, 200);
-    out.extend_from_slice(b"Content-Type: application/json\r\nCache-Control: no-cache\r\n");
+    out.extend_from_slice(b"Content-Type: ");
+    out.extend_from_slice(content_type.as_bytes());
+    out.extend_from_slice(b"\r\nCache-Control: no-cache\r\n");
     out.extend_from_slice(if chunked {
         b"Transfer-Encoding: chunked\r\n\r\n"
     } else {
@@ -289,13 +293,13 @@ mod tests {
     #[test]
     fn stream_head() {
         let mut out = Vec::new();
-        write_stream_head(&mut out, true);
+        write_stream_head(&mut out, CONTENT_JSON, true);
         assert_eq!(
             dateless(&out),
             b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
         out.clear();
-        write_stream_head(&mut out, false);
+        write_stream_head(&mut out, CONTENT_JSON, false);
         assert_eq!(
             dateless(&out),
             b"HTTP/1.1 200 OK\r\nServer: haoshuo\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"

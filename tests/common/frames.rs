@@ -273,3 +273,87 @@ pub fn poll(addr: SocketAddr, seq: u64, uid: u64, token: &str) -> Value {
         .wait(POLL_WAIT)
         .unwrap_or_else(|| panic!("poll not answered within {POLL_WAIT:?}"))
 }
+
+// ---------------------------------------------------------------------------
+// /cget/sse
+// ---------------------------------------------------------------------------
+
+/// One Server-Sent Event as the server framed it: a chunk each.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    /// The `data:` field: one JSON frame.
+    pub data: Option<String>,
+    pub retry: Option<u64>,
+    /// A comment line (`: noop` heartbeats).
+    pub comment: Option<String>,
+}
+
+impl SseEvent {
+    /// The `data:` field as JSON.
+    pub fn frame(&self) -> Value {
+        let data = self.data.as_deref().expect("an event with data");
+        serde_json::from_str(data).unwrap_or_else(|e| panic!("data is not JSON ({e}): {data}"))
+    }
+}
+
+/// Parses one event (lines, then the blank line that ends it).
+fn parse_event(payload: &[u8]) -> SseEvent {
+    let text = std::str::from_utf8(payload).expect("an SSE event is UTF-8");
+    let body = text
+        .strip_suffix("\n\n")
+        .unwrap_or_else(|| panic!("an SSE event must end with a blank line: {text:?}"));
+    let mut e = SseEvent::default();
+    for line in body.split('\n') {
+        if let Some(c) = line.strip_prefix(':') {
+            e.comment = Some(c.trim().to_owned());
+        } else if let Some((field, value)) = line.split_once(": ") {
+            match field {
+                "id" => e.id = Some(value.to_owned()),
+                "data" => e.data = Some(value.to_owned()),
+                "retry" => e.retry = Some(value.parse().expect("retry is a number")),
+                _ => panic!("unknown SSE field in {text:?}"),
+            }
+        } else {
+            panic!("a malformed SSE line {line:?} in {text:?}");
+        }
+    }
+    e
+}
+
+/// A `/cget/sse` subscription (`text/event-stream`, one event a chunk).
+pub struct SseClient {
+    conn: Conn,
+}
+
+impl SseClient {
+    /// Subscribes with `query`, sending `Last-Event-ID` if given; the head
+    /// must be 200 `text/event-stream`, chunked.
+    pub fn open(addr: SocketAddr, query: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut conn = Conn::connect(addr);
+        let headers: Vec<(&str, &str)> = last_event_id
+            .map(|id| ("Last-Event-ID", id))
+            .into_iter()
+            .collect();
+        conn.send(&request_bytes(
+            "GET",
+            &format!("/cget/sse?{query}"),
+            &headers,
+            b"",
+        ));
+        let head = conn.read_head(WAIT).expect("an SSE response head");
+        assert_eq!(head.status, 200, "{head:?}");
+        assert_eq!(head.header("content-type"), Some("text/event-stream"));
+        assert!(head.is_chunked(), "{head:?}");
+        SseClient { conn }
+    }
+
+    /// The next event, or `None` at the end of the body or after `timeout`.
+    pub fn next_event(&mut self, timeout: Duration) -> Option<SseEvent> {
+        match self.conn.read_chunk(timeout) {
+            Ok(payload) if payload.is_empty() => None,
+            Ok(payload) => Some(parse_event(&payload)),
+            Err(_) => None,
+        }
+    }
+}

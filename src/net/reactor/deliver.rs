@@ -97,7 +97,7 @@ impl Reactor {
             } => {
                 let mut bytes = Vec::with_capacity(256);
                 kind.write_head(&mut bytes);
-                kind.wire(frame.len()).write(frame, &mut bytes);
+                kind.wire(frame.len(), None).write(frame, &mut bytes);
                 kind.finish(&mut bytes);
                 self.answer(key, &bytes, keep_alive && kind == Kind::Chunked);
             }
@@ -251,7 +251,8 @@ impl Reactor {
             parts[n + 1] = joint.as_bytes();
             n += 2;
         }
-        let wire = kind.wire(parts[1..n].iter().map(|p| p.len()).sum());
+        let last = items.last().map(|&(_, id)| id);
+        let wire = kind.wire(parts[1..n].iter().map(|p| p.len()).sum(), last);
         parts[0] = wire.head();
         parts[n] = wire.tail();
         let sent = self.write(key, &parts[..=n]);
