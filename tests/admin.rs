@@ -14,6 +14,7 @@ common::backend_tests!(
     a_set_key_is_required,
     bad_batches_are_refused_whole,
     admin_and_public_ports_are_apart,
+    health_and_readiness_probes,
 );
 
 const KEY: &str = "s3cret-admin-key";
@@ -151,5 +152,61 @@ fn a_short_or_empty_admin_key_is_refused_at_start() {
         assert!(!out.status.success(), "started with admin key {key:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("at least 16 bytes"), "{err}");
+    }
+}
+
+/// `GET` on the admin listener, no key.
+fn probe(server: &Server, path: &str) -> Response {
+    request(server.admin_addr(), "GET", path, &[], b"")
+}
+
+fn health_and_readiness_probes(backend: Backend) {
+    let mut server = Server::start(backend, Opts::default().admin(KEY));
+    for (path, body) in [
+        ("/healthz", json!({"status": "ok"})),
+        ("/readyz", json!({"status": "ready"})),
+    ] {
+        let r = probe(&server, path);
+        assert_eq!((r.status, r.json()), (200, body), "{path}");
+        // Only on the admin listener.
+        let (status, _) = post(server.addr(), path, &json!({}));
+        assert_eq!(status, 404, "{path} on the public port");
+        // HEAD: the head alone, then the next answer on the connection.
+        let mut conn = Conn::connect(server.admin_addr());
+        conn.send(
+            &[
+                request_bytes("HEAD", path, &[], b""),
+                request_bytes("GET", "/nope", &[], b""),
+            ]
+            .concat(),
+        );
+        assert_eq!(
+            conn.read_head(WAIT).expect("HEAD answered").status,
+            200,
+            "HEAD {path}"
+        );
+        assert_eq!(
+            conn.read_response(WAIT).status,
+            404,
+            "HEAD {path} sent a body"
+        );
+    }
+    if backend == Backend::Redis {
+        // Not ready while the store is away; alive all the same.
+        server.redis().kill();
+        let r = probe(&server, "/readyz");
+        assert_eq!(r.status, 503, "{:?}", r.json());
+        assert_eq!(r.json()["msg"], "store unavailable");
+        assert_eq!(probe(&server, "/healthz").status, 200);
+        server.redis().start_again();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while probe(&server, "/readyz").status != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not ready after Redis came back"
+            );
+            // The pool's reconnect back-off: nothing to watch.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }

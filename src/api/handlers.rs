@@ -100,6 +100,8 @@ enum Endpoint {
     Poll,
     Sse,
     AdminUsers,
+    Healthz,
+    Readyz,
 }
 
 impl Endpoint {
@@ -108,6 +110,8 @@ impl Endpoint {
         if admin {
             return match path {
                 b"/admin/users" => Some((Endpoint::AdminUsers, Method::Post)),
+                b"/healthz" => Some((Endpoint::Healthz, Method::Get)),
+                b"/readyz" => Some((Endpoint::Readyz, Method::Get)),
                 _ => None,
             };
         }
@@ -191,8 +195,11 @@ impl Api {
         let (endpoint, method) = Endpoint::parse(path, req.admin)
             .ok_or_else(|| ApiError::NotFound("no such path".into()))?;
         let keep_alive = req.head.keep_alive;
+        let subscribes = matches!(endpoint, Endpoint::Stream | Endpoint::Poll | Endpoint::Sse);
         match (req.head.method, method) {
-            (Method::Head, Method::Get) => return Ok(head_of(&endpoint, &req.head)),
+            (Method::Head, Method::Get) if subscribes => return Ok(head_of(&endpoint, &req.head)),
+            // Answered as a GET; `handle` keeps the head alone.
+            (Method::Head, Method::Get) => {}
             (sent, wanted) if sent != wanted => return Err(ApiError::MethodNotAllowed(wanted)),
             _ => {}
         }
@@ -207,7 +214,16 @@ impl Api {
             };
             return self.subscribe(origin, query, kind, keep_alive, resume);
         }
-        let f = decode_body(req.body(), req.head.body)?;
+        let f = match endpoint {
+            // Probes for orchestrators: no body, no key (they reveal
+            // nothing but whether the process and its store serve).
+            Endpoint::Healthz => return Ok(ok_json(br#"{"status":"ok"}"#, keep_alive)),
+            Endpoint::Readyz => {
+                self.store.ping()?;
+                return Ok(ok_json(br#"{"status":"ready"}"#, keep_alive));
+            }
+            _ => decode_body(req.body(), req.head.body)?,
+        };
         let body = match endpoint {
             Endpoint::Re => self.re(req, &f)?,
             Endpoint::Gre => self.gre(&f)?,
@@ -218,11 +234,10 @@ impl Api {
             Endpoint::Ack => self.ack(&f)?,
             Endpoint::Logout => self.logout(&f)?,
             Endpoint::AdminUsers => self.admin_users(req, &f)?,
+            Endpoint::Healthz | Endpoint::Readyz => unreachable!("answered above"),
             Endpoint::Stream | Endpoint::Poll | Endpoint::Sse => unreachable!("answered above"),
         };
-        let mut bytes = Vec::with_capacity(160 + body.len());
-        write_response(&mut bytes, 200, CONTENT_JSON, &body, keep_alive);
-        Ok(Reply::Http { bytes, keep_alive })
+        Ok(ok_json(&body, keep_alive))
     }
 
     fn re(&self, req: &Request, f: &Fields) -> Result<Vec<u8>, ApiError> {
@@ -604,6 +619,13 @@ impl Api {
             auth::verifier_matches(verifier, &info.verifier) && info.expires_at > unix_now()
         }))
     }
+}
+
+/// A 200 with a JSON body.
+fn ok_json(body: &[u8], keep_alive: bool) -> Reply {
+    let mut bytes = Vec::with_capacity(160 + body.len());
+    write_response(&mut bytes, 200, CONTENT_JSON, body, keep_alive);
+    Reply::Http { bytes, keep_alive }
 }
 
 /// What a `HEAD` of `/cget/stream` or `/cget/poll` is answered: the head

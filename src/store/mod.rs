@@ -326,6 +326,10 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything written so far durable (fsync), e.g. at shutdown.
     fn flush(&self) -> Result<()>;
 
+    /// Whether the store can serve now (`/readyz`): Redis answers, the
+    /// embedded log still takes writes.
+    fn ping(&self) -> Result<()>;
+
     /// Whether the store announces appends itself (Redis pub/sub reaching
     /// every node); otherwise the worker that appended hands the message to
     /// its own router.

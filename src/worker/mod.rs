@@ -121,6 +121,9 @@ mod tests {
         fn put_token(&self, _: &str, _: &TokenInfo, _: usize) -> Result<Vec<String>> {
             bug()
         }
+        fn ping(&self) -> Result<()> {
+            bug()
+        }
         fn get_token(&self, _: &str) -> Result<Option<TokenInfo>> {
             bug()
         }

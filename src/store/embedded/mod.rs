@@ -613,6 +613,13 @@ impl Store for EmbeddedStore {
         Ok(page)
     }
 
+    fn ping(&self) -> Result<()> {
+        match &self.lock()?.broken {
+            Some(why) => Err(unavailable(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     fn acked(&self, appid: &str, uid: Uid) -> Result<MsgId> {
         self.lock()?.state.acked(appid, uid)
     }

@@ -562,6 +562,11 @@ impl Store for RedisStore {
     fn announces(&self) -> bool {
         true
     }
+
+    fn ping(&self) -> Result<()> {
+        self.with(|c| redis::cmd("PING").query::<String>(c))
+            .map(drop)
+    }
 }
 
 /// Adds to `p` the commands that store a token: its hash, expiring with it.
