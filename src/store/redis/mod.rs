@@ -346,12 +346,14 @@ impl Store for RedisStore {
     fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
         // Lua numbers are doubles: a cap past 2^53 means "no cap" anyway.
         let bytes = limit.bytes.min(1 << 53);
+        // ZRANGEBYSCORE's LIMIT takes a signed 64-bit count.
+        let count = limit.count.min(i64::MAX as usize);
         let answer: redis::Value = self.with(|c| {
             self.page
                 .key(keys::user(appid, uid))
                 .key(keys::inbox(appid, uid))
                 .arg(from)
-                .arg(limit.count)
+                .arg(count)
                 .arg(bytes)
                 .invoke(c)
         })?;
