@@ -85,10 +85,24 @@ impl RedisStore {
         &self.tokens
     }
 
+    /// The first of `uids` that is not a user of `appid`, if any.
+    fn first_missing(&self, appid: &str, uids: &[Uid]) -> Result<Option<Uid>> {
+        self.with(|c| {
+            let mut p = redis::pipe();
+            for &uid in uids {
+                p.cmd("EXISTS").arg(keys::user(appid, uid));
+            }
+            let exists: Vec<bool> = p.query(c)?;
+            Ok(uids.iter().zip(exists).find(|(_, e)| !e).map(|(&u, _)| u))
+        })
+    }
+
     /// Runs the append script for every receiver in one pipeline; `None`
     /// for a receiver that already had this `cmsgid`. An unknown receiver
-    /// is `NoSuchUser` (the caller checks single receivers exist; group
-    /// members exist by construction).
+    /// is `NoSuchUser`, and nothing is written then: the scripts of a
+    /// pipeline run one by one, each writing its own receiver, so several
+    /// receivers are checked first (users are never deleted); a single
+    /// receiver's script checks by itself, and its `cmsgid` claim is let go.
     fn append_scripts(
         &self,
         appid: &str,
@@ -99,9 +113,15 @@ impl RedisStore {
         if to.is_empty() {
             return Ok(Vec::new());
         }
+        if to.len() > 1 {
+            if let Some(uid) = self.first_missing(appid, to)? {
+                return Err(StoreError::NoSuchUser(uid));
+            }
+        }
         let stored = serde_json::to_string(&keys::Stored::of(msg))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let ttl = once.map_or(0, |o| o.until.saturating_sub(unix_now()).max(1));
+        let mut claimed = None;
         if let Some(o) = once {
             // The cmsgid is the sender's: claim it for this message first
             // (a retry of the same message goes on, and completes whatever
@@ -115,6 +135,9 @@ impl RedisStore {
             })?;
             if seen == 2 {
                 return Err(StoreError::CmsgidReused);
+            }
+            if seen == 0 {
+                claimed = Some(keys::sent(appid, msg.fromid, o.cmsgid));
             }
         }
         let ids: Vec<i64> = self.with(|c| {
@@ -137,7 +160,8 @@ impl RedisStore {
             }
             with_script(c, &self.append, |c| p.query(c))
         })?;
-        to.iter()
+        let ids = to
+            .iter()
             .zip(ids)
             .map(|(&uid, id)| match id {
                 -2 => Ok(None),
@@ -145,7 +169,12 @@ impl RedisStore {
                     .map(Some)
                     .map_err(|_| StoreError::NoSuchUser(uid)),
             })
-            .collect()
+            .collect();
+        if let (Err(StoreError::NoSuchUser(_)), Some(sent)) = (&ids, claimed) {
+            // Nothing was sent, so the cmsgid names nothing yet.
+            self.with(|c| redis::cmd("DEL").arg(sent).exec(c))?;
+        }
+        ids
     }
 }
 
@@ -204,19 +233,7 @@ impl Store for RedisStore {
     }
 
     fn create_group(&self, appid: &str, owner: Uid, gname: &str, members: &[Uid]) -> Result<Gid> {
-        let missing = self.with(|c| {
-            let mut p = redis::pipe();
-            for &uid in members {
-                p.cmd("EXISTS").arg(keys::user(appid, uid));
-            }
-            let exists: Vec<bool> = p.query(c)?;
-            Ok(members
-                .iter()
-                .zip(exists)
-                .find(|(_, e)| !e)
-                .map(|(&u, _)| u))
-        })?;
-        if let Some(uid) = missing {
+        if let Some(uid) = self.first_missing(appid, members)? {
             return Err(StoreError::NoSuchUser(uid));
         }
         let list = members
