@@ -133,6 +133,7 @@ conformance!(
     everything_survives_a_reopen,
     names_that_join_alike_stay_apart,
     cmsgids_that_join_alike_stay_apart,
+    only_redis_announces,
 );
 
 // ---- helpers ----
@@ -832,7 +833,31 @@ fn cmsgids_that_join_alike_stay_apart(kind: Kind) {
     assert_eq!(s.append_once("a", &[2], &m, &once("1:k")).unwrap(), [None]);
 }
 
+/// Redis publishes every append to every node itself; with the embedded
+/// store the appending worker hands it to its own router (a Redis store
+/// saying `false` would have each message delivered twice).
+fn only_redis_announces(kind: Kind) {
+    let b = Backend::new(kind);
+    assert_eq!(b.store().announces(), kind == Kind::Redis);
+}
+
 // ---- Redis only ----
+
+/// An append pipeline that fails for another reason than a script Redis
+/// does not know (NOSCRIPT, after a restart) is not run again: the
+/// receivers it already reached would get the message twice. Here the
+/// second receiver's inbox key holds a string, behind the store's back.
+#[test]
+fn redis_a_failed_append_pipeline_is_not_run_again() {
+    let b = Backend::new(Kind::Redis);
+    let s = b.store();
+    users(s, APP, 2);
+    let redis = b.redis.as_ref().unwrap();
+    assert_eq!(redis.command(&["SET", "hs:{u:app:2}:inbox", "x"]), "+OK");
+    let r = s.append(APP, &[1, 2], &group_msg(1, 1, "once"));
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    assert_eq!(inbox(s, APP, 1), (vec![(1, "once".into())], 1));
+}
 
 /// A Redis group send is appended member by member; a send that died part
 /// way left the sender's claim, and the message with the members it
