@@ -986,8 +986,11 @@ fn background_compactions_are_counted_and_failures_reported() {
     assert_eq!(s.compactions().unwrap(), 0);
     s.create_user(APP, "alice", "h").unwrap();
     let started = |s: &EmbeddedStore| s.inner.lock().unwrap().compaction.is_some();
+    // About 40 writes cross 4 KiB; far more means none ever starts.
+    const MOST: u64 = 1000;
     let mut i = 0;
     while !started(&s) {
+        assert!(i < MOST, "no compaction started after {MOST} writes");
         s.append(APP, &[1], &single(1, 1, &format!("message {i}")))
             .unwrap();
         s.ack(APP, 1, u64::MAX).unwrap();
@@ -1003,6 +1006,7 @@ fn background_compactions_are_counted_and_failures_reported() {
     fs::create_dir(dir.path().join("log.tmp")).unwrap();
     let mut i = 0;
     while !started(&s) {
+        assert!(i < MOST, "no compaction started after {MOST} writes");
         s.append(APP, &[1], &single(1, 1, &format!("again {i}")))
             .unwrap();
         i += 1;
