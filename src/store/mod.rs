@@ -254,8 +254,9 @@ pub trait Store: Send + Sync + 'static {
     /// The members of a group, in the order they were given, or `None`.
     fn group_members(&self, appid: &str, gid: Gid) -> Result<Option<Vec<Uid>>>;
 
-    /// Stores a login token under its selector. If its user then holds more
-    /// than `keep` tokens (0: no limit), the oldest go as by
+    /// Stores a login token under its selector; its user must exist
+    /// (`NoSuchUser` otherwise, nothing written). If the user then holds
+    /// more than `keep` tokens (0: no limit), the oldest go as by
     /// [`Store::delete_token`], and their selectors are returned.
     fn put_token(&self, selector: &str, info: &TokenInfo, keep: usize) -> Result<Vec<String>>;
 

@@ -526,6 +526,9 @@ impl Store for EmbeddedStore {
 
     fn put_token(&self, selector: &str, info: &TokenInfo, keep: usize) -> Result<Vec<String>> {
         let mut inner = self.lock()?;
+        if !inner.state.user_exists(&info.appid, info.uid) {
+            return Err(StoreError::NoSuchUser(info.uid));
+        }
         let revoked = inner.state.tokens_beyond(&info.appid, info.uid, keep);
         for s in &revoked {
             inner.commit(&Record::TokenDel {

@@ -165,6 +165,12 @@ fn tokens() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     assert_eq!(s.get_token("x").unwrap(), None);
+    assert!(matches!(
+        s.put_token("x", &token(1, 5), 0),
+        Err(StoreError::NoSuchUser(1))
+    ));
+    s.create_user(APP, "a", "h").unwrap();
+    s.create_user(APP, "b", "h").unwrap();
     s.put_token("x", &token(1, 5), 0).unwrap();
     assert_eq!(
         s.get_token("x").unwrap(),
@@ -414,8 +420,9 @@ fn compaction_keeps_state_and_shrinks_the_log() {
         populate(&s);
         s.put_token("sel3", &token(3, now - 3 * 24 * 3600), 0)
             .unwrap(); // purged
-        s.put_token("sel1", &token(1, now - 3600), 0).unwrap(); // expired recently: kept
-                                                                // Interleave single and group messages; fully ack alice's inbox.
+                       // Expired two hours ago: within the day of grace, kept.
+        s.put_token("sel1", &token(1, now - 2 * 3600), 0).unwrap();
+        // Interleave single and group messages; fully ack alice's inbox.
         for i in 0..200 {
             s.append(APP, &[1], &single(2, 1, &format!("to alice {i}")))
                 .unwrap();
@@ -431,6 +438,7 @@ fn compaction_keeps_state_and_shrinks_the_log() {
         assert_eq!(log_size(dir.path()), s.log_len().unwrap());
         assert!(!dir.path().join("log.tmp").exists());
         assert_eq!(s.get_token("sel3").unwrap(), None);
+        assert_eq!(s.get_token("sel1").unwrap(), Some(token(1, now - 2 * 3600)));
         // Writes after a compaction go to the new log.
         s.append(APP, &[3], &single(1, 3, "after")).unwrap();
         (dump(&s, &[APP, "other"], NAMES, SELS), grown)
@@ -874,4 +882,211 @@ fn a_damaged_last_record_is_cut_away() {
     let s = open(dir.path());
     assert_eq!(log_size(dir.path()), len, "the damaged record is gone");
     assert_eq!(dump(&s, &[APP, "other"], NAMES, SELS), before);
+}
+
+/// Appends `recs` to the log in `dir` as the store writes them
+/// (checksummed): a record no store call would write, for replay to meet.
+fn write_records(dir: &Path, recs: &[Record<'_>]) {
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("log"))
+        .unwrap();
+    let mut buf = Vec::new();
+    for rec in recs {
+        log::encode(rec, &mut buf);
+        file.write_all(&buf).unwrap();
+    }
+}
+
+fn user_with_three_messages(dir: &Path) {
+    let s = open(dir);
+    s.create_user(APP, "alice", "h").unwrap();
+    for i in 1..=3 {
+        s.append(APP, &[1], &single(1, 1, &format!("m{i}")))
+            .unwrap();
+    }
+}
+
+#[test]
+fn an_ack_that_moves_nothing_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    user_with_three_messages(dir.path());
+    let s = open(dir.path());
+    s.ack(APP, 1, 3).unwrap();
+    let len = s.log_len().unwrap();
+    for endid in [3, 100, u64::MAX, 1, 0] {
+        s.ack(APP, 1, endid).unwrap();
+    }
+    assert_eq!(s.log_len().unwrap(), len, "no record for a clamped no-op");
+    assert_eq!(s.acked(APP, 1).unwrap(), 3);
+}
+
+#[test]
+fn replay_clamps_an_ack_past_the_last_msgid() {
+    let dir = tempfile::tempdir().unwrap();
+    user_with_three_messages(dir.path());
+    write_records(
+        dir.path(),
+        &[Record::Ack {
+            a: APP.into(),
+            u: 1,
+            id: 100,
+        }],
+    );
+    let s = open(dir.path());
+    assert_eq!(s.acked(APP, 1).unwrap(), 3);
+    assert_eq!(s.append(APP, &[1], &single(1, 1, "m4")).unwrap(), [4]);
+    let page = s.page(APP, 1, 1, Limit::count(10)).unwrap();
+    assert_eq!(
+        page.msgs.iter().map(|m| m.msgid).collect::<Vec<_>>(),
+        [4],
+        "the next message is not acked already"
+    );
+}
+
+#[test]
+fn replay_refuses_a_record_that_gives_one_msgid_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    user_with_three_messages(dir.path());
+    let twice = |ids: &'static [MsgId]| Record::Msg {
+        a: APP.into(),
+        to: Cow::Borrowed(&[1, 1]),
+        ids: Cow::Borrowed(ids),
+        f: 1,
+        t: 1,
+        d: DATATYPE_SINGLE,
+        c: "dup".into(),
+        k: None,
+        x: None,
+        h: None,
+    };
+    write_records(dir.path(), &[twice(&[4, 5])]);
+    assert_eq!(open(dir.path()).read(APP, 1, 4, 10).unwrap().len(), 2);
+    write_records(dir.path(), &[twice(&[6, 6])]);
+    match EmbeddedStore::open(opts(dir.path())) {
+        Err(StoreError::Unavailable(msg)) => assert!(
+            msg.contains("line 6") && msg.contains("msgid 6 of user 1 reuses a msgid (next is 7)"),
+            "{msg}"
+        ),
+        other => panic!("msgid 6 given twice was accepted: {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn a_page_fills_its_byte_cap_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create_user(APP, "alice", "h").unwrap();
+    // Each counts 100 bytes: 36 of content and 64 of ids.
+    let content = "x".repeat(100 - crate::store::counted_size(""));
+    for _ in 0..3 {
+        s.append(APP, &[1], &single(1, 1, &content)).unwrap();
+    }
+    let count = |bytes| {
+        let limit = Limit { count: 10, bytes };
+        s.page(APP, 1, 1, limit).unwrap().msgs.len()
+    };
+    assert_eq!(
+        [count(199), count(200), count(299), count(300)],
+        [1, 2, 2, 3]
+    );
+}
+
+/// A compaction writes each fact once: the counter of a fully acked inbox
+/// and an ack position only where they say something, and no `cmsgid` that
+/// is no longer recognised.
+#[test]
+fn compaction_writes_each_fact_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for n in ["alice", "bob", "carol"] {
+        s.create_user(APP, n, "h").unwrap();
+    }
+    let now = unix_now();
+    let gone = Once {
+        cmsgid: "gone",
+        until: now - 10,
+    };
+    let live = Once {
+        cmsgid: "live",
+        until: now + 3600,
+    };
+    s.append_once(APP, &[1], &single(2, 1, "a"), &gone).unwrap();
+    s.append_once(APP, &[1], &single(2, 1, "b"), &live).unwrap();
+    s.ack(APP, 1, 2).unwrap(); // alice: fully acked
+    s.append(APP, &[2], &single(1, 2, "c")).unwrap(); // bob: un-acked
+    s.compact().unwrap();
+    let log = fs::read_to_string(dir.path().join("log")).unwrap();
+    let ops: Vec<String> = log
+        .lines()
+        .map(|l| {
+            let rec: serde_json::Value = serde_json::from_str(&l[9..]).unwrap();
+            let op = rec["op"].as_str().unwrap();
+            match op {
+                "once" => format!("once {}", rec["k"].as_str().unwrap()),
+                "user" | "seq" | "ack" => format!("{op} {}", rec["u"]),
+                op => op.to_owned(),
+            }
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "user 1",
+            "user 2",
+            "user 3",
+            "msg",
+            "once live",
+            "seq 1",
+            "ack 1"
+        ]
+    );
+}
+
+/// One background compaction, counted; and one that cannot write its
+/// snapshot, reported, with the log left as it was.
+#[test]
+fn background_compactions_are_counted_and_failures_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path());
+    o.compact_min_bytes = 4096;
+    let s = EmbeddedStore::open(o.clone()).unwrap();
+    assert!(format!("{s:?}").contains(&*dir.path().to_string_lossy()));
+    assert_eq!(s.compactions().unwrap(), 0);
+    s.create_user(APP, "alice", "h").unwrap();
+    let started = |s: &EmbeddedStore| s.inner.lock().unwrap().compaction.is_some();
+    // About 40 writes cross 4 KiB; far more means none ever starts.
+    const MOST: u64 = 1000;
+    let mut i = 0;
+    while !started(&s) {
+        assert!(i < MOST, "no compaction started after {MOST} writes");
+        s.append(APP, &[1], &single(1, 1, &format!("message {i}")))
+            .unwrap();
+        s.ack(APP, 1, u64::MAX).unwrap();
+        i += 1;
+    }
+    s.wait_for_compaction().unwrap();
+    assert_eq!(s.compactions().unwrap(), 1);
+    assert_eq!(s.compaction_error().unwrap(), None);
+    drop(s);
+
+    // A directory where the snapshot would go: the compaction fails.
+    let s = EmbeddedStore::open(o).unwrap();
+    fs::create_dir(dir.path().join("log.tmp")).unwrap();
+    let mut i = 0;
+    while !started(&s) {
+        assert!(i < MOST, "no compaction started after {MOST} writes");
+        s.append(APP, &[1], &single(1, 1, &format!("again {i}")))
+            .unwrap();
+        i += 1;
+    }
+    s.wait_for_compaction().unwrap();
+    assert_eq!(s.compactions().unwrap(), 0);
+    assert!(s.compaction_error().unwrap().is_some());
+    assert_eq!(log_size(dir.path()), s.log_len().unwrap());
+    assert_eq!(
+        s.append(APP, &[1], &single(1, 1, "after")).unwrap(),
+        [1_u64 + s.acked(APP, 1).unwrap() + i],
+        "the store goes on"
+    );
 }

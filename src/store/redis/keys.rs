@@ -199,6 +199,19 @@ mod tests {
     }
 
     #[test]
+    fn logout_announcements_round_trip() {
+        let wire = untoken("a:\"b", 7, "5e1ec7");
+        assert_eq!(wire, r#"["a:\"b",7,"5e1ec7"]"#);
+        assert_eq!(
+            parse_untoken(wire.as_bytes()),
+            Some((Some(("a:\"b".to_string(), 7)), "5e1ec7".to_string()))
+        );
+        // An older server announced the bare selector.
+        assert_eq!(parse_untoken(b"5e1ec7"), Some((None, "5e1ec7".to_string())));
+        assert_eq!(parse_untoken(b"\xff"), None);
+    }
+
+    #[test]
     fn client_parts_cannot_share_a_key_or_leave_the_hash_tag() {
         // (appid, username) pairs that naive joining maps to one key.
         assert_ne!(username("a", "b:c"), username("a:b", "c"));

@@ -104,10 +104,24 @@ impl RedisStore {
         &self.groups
     }
 
-    /// Runs the append script for every receiver in one pipeline; `None`
-    /// for a receiver that already had this `cmsgid`. An unknown receiver
-    /// is `NoSuchUser` (the caller checks single receivers exist; group
-    /// members exist by construction).
+    /// The first of `uids` that is not a user of `appid`, if any.
+    fn first_missing(&self, appid: &str, uids: &[Uid]) -> Result<Option<Uid>> {
+        self.with(|c| {
+            let mut p = redis::pipe();
+            for &uid in uids {
+                p.cmd("EXISTS").arg(keys::user(appid, uid));
+            }
+            let exists: Vec<bool> = p.query(c)?;
+            Ok(uids.iter().zip(exists).find(|(_, e)| !e).map(|(&u, _)| u))
+        })
+    }
+
+    /// Runs the append script over every receiver, [`APPEND_BATCH`] a
+    /// call, in one pipeline; `None` for a receiver that already had this
+    /// `cmsgid`. An unknown receiver is `NoSuchUser`, and nothing is
+    /// written then: one call checks all its receivers before it writes;
+    /// receivers for several calls are checked first, in one pipeline
+    /// (users are never deleted); and this call's `cmsgid` claim is let go.
     fn append_scripts(
         &self,
         appid: &str,
@@ -118,9 +132,15 @@ impl RedisStore {
         if to.is_empty() {
             return Ok(Vec::new());
         }
+        if to.len() > APPEND_BATCH {
+            if let Some(uid) = self.first_missing(appid, to)? {
+                return Err(StoreError::NoSuchUser(uid));
+            }
+        }
         let stored = serde_json::to_string(&keys::Stored::of(msg))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let ttl = once.map_or(0, |o| o.until.saturating_sub(unix_now()).max(1));
+        let mut claimed = None;
         if let Some(o) = once {
             // The cmsgid is the sender's: claim it for this message first
             // (a retry of the same message goes on, and completes whatever
@@ -134,6 +154,9 @@ impl RedisStore {
             })?;
             if seen == 2 {
                 return Err(StoreError::CmsgidReused);
+            }
+            if seen == 0 {
+                claimed = Some(keys::sent(appid, msg.fromid, o.cmsgid));
             }
         }
         let per = if once.is_some() { 3 } else { 2 };
@@ -167,7 +190,8 @@ impl RedisStore {
                 "redis: an append answered for the wrong number of receivers".into(),
             ));
         }
-        to.iter()
+        let ids = to
+            .iter()
             .zip(ids)
             .map(|(&uid, id)| match id {
                 -2 => Ok(None),
@@ -175,7 +199,12 @@ impl RedisStore {
                     .map(Some)
                     .map_err(|_| StoreError::NoSuchUser(uid)),
             })
-            .collect()
+            .collect();
+        if let (Err(StoreError::NoSuchUser(_)), Some(sent)) = (&ids, claimed) {
+            // Nothing was sent, so the cmsgid names nothing yet.
+            self.with(|c| redis::cmd("DEL").arg(sent).exec(c))?;
+        }
+        ids
     }
 }
 
@@ -303,19 +332,7 @@ impl Store for RedisStore {
         members: &[Uid],
         max_owned: usize,
     ) -> Result<Gid> {
-        let missing = self.with(|c| {
-            let mut p = redis::pipe();
-            for &uid in members {
-                p.cmd("EXISTS").arg(keys::user(appid, uid));
-            }
-            let exists: Vec<bool> = p.query(c)?;
-            Ok(members
-                .iter()
-                .zip(exists)
-                .find(|(_, e)| !e)
-                .map(|(&u, _)| u))
-        })?;
-        if let Some(uid) = missing {
+        if let Some(uid) = self.first_missing(appid, members)? {
             return Err(StoreError::NoSuchUser(uid));
         }
         let owned: i64 = self.with(|c| {
@@ -370,14 +387,9 @@ impl Store for RedisStore {
         Ok(Some(members))
     }
 
-    /// Stores the token, then lists it under its user, then deletes (and
-    /// announces) what the quota drops.
+    /// Lists the token under its user (which checks the user exists), then
+    /// stores it, then deletes (and announces) what the quota drops.
     fn put_token(&self, selector: &str, info: &TokenInfo, keep: usize) -> Result<Vec<String>> {
-        self.with(|c| {
-            let mut p = redis::pipe();
-            write_token(&mut p, selector, info);
-            p.exec(c)
-        })?;
         let listed: redis::Value = self.with(|c| {
             self.tokens_list
                 .key(keys::user(&info.appid, info.uid))
@@ -391,6 +403,11 @@ impl Store for RedisStore {
             redis::Value::Int(-1) => return Err(StoreError::NoSuchUser(info.uid)),
             v => redis::from_redis_value(v).map_err(|e| StoreError::Unavailable(e.to_string()))?,
         };
+        self.with(|c| {
+            let mut p = redis::pipe();
+            write_token(&mut p, selector, info);
+            p.exec(c)
+        })?;
         for s in &revoked {
             self.delete_token(&info.appid, info.uid, s)?;
         }
@@ -495,12 +512,14 @@ impl Store for RedisStore {
     fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
         // Lua numbers are doubles: a cap past 2^53 means "no cap" anyway.
         let bytes = limit.bytes.min(1 << 53);
+        // ZRANGEBYSCORE's LIMIT takes a signed 64-bit count.
+        let count = limit.count.min(i64::MAX as usize);
         let answer: redis::Value = self.with(|c| {
             self.page
                 .key(keys::user(appid, uid))
                 .key(keys::inbox(appid, uid))
                 .arg(from)
-                .arg(limit.count)
+                .arg(count)
                 .arg(bytes)
                 .invoke(c)
         })?;

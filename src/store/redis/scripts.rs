@@ -12,8 +12,9 @@
 /// receivers (`[appid,message,`), ARGV[4] seconds a `cmsgid` is
 /// remembered, ARGV[5] the inbox cap (0: none; over it the oldest message
 /// goes), ARGV[6] keys per receiver (2 or 3), ARGV[7..] the receivers'
-/// uids. Returns, per receiver, its msgid, -1 if it does not exist, -2 if
-/// it already got this `cmsgid` (nothing written for it either way). The
+/// uids. Returns, per receiver, its msgid, or -2 if it already got this
+/// `cmsgid` (nothing written for it); if any receiver does not exist,
+/// nothing at all is written and its entry is -1 (the others 0). The
 /// announcement, `[appid,message,[[uid,msgid],...]]`, lists the receivers
 /// that got it; none, none is published.
 ///
@@ -21,13 +22,21 @@
 /// takes any receivers; a Redis Cluster would need one call per slot.
 pub const APPEND: &str = r#"
 local per, cap = tonumber(ARGV[6]), tonumber(ARGV[5])
-local out, got = {}, {}
-for i = 1, #KEYS / per do
+local out, got, n = {}, {}, #KEYS / per
+local missing = false
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[per * (i - 1) + 1]) == 0 then
+    out[i] = -1
+    missing = true
+  else
+    out[i] = 0
+  end
+end
+if missing then return out end
+for i = 1, n do
   local u, box = KEYS[per * (i - 1) + 1], KEYS[per * (i - 1) + 2]
   local once = per == 3 and KEYS[per * (i - 1) + 3]
-  if redis.call('EXISTS', u) == 0 then
-    out[i] = -1
-  elseif once and not redis.call('SET', once, '1', 'NX', 'EX', ARGV[4]) then
+  if once and not redis.call('SET', once, '1', 'NX', 'EX', ARGV[4]) then
     out[i] = -2
   else
     local id = redis.call('HINCRBY', u, 'seq', 1)
