@@ -10,7 +10,7 @@ mod conn;
 mod fleet;
 mod ipc;
 mod pace;
-mod proto;
+use haoshuo_loadtest::proto;
 mod provision;
 mod report;
 mod scenarios;

@@ -121,6 +121,8 @@ pub enum BodyKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RespHead {
     pub status: u16,
+    /// The minor HTTP version: 1 for HTTP/1.1.
+    pub version: u8,
     /// Bytes of the head, including the blank line.
     pub len: usize,
     pub body: BodyKind,
@@ -131,6 +133,16 @@ pub struct RespHead {
 /// Parses a response head at the start of `buf`: `Ok(None)` until it is
 /// complete, `Err` if it is not HTTP.
 pub fn parse_head(buf: &[u8]) -> Result<Option<RespHead>, String> {
+    parse_head_with(buf, &mut |_, _| {})
+}
+
+/// [`parse_head`], also handing every header to `each` (name, value), in
+/// order: what the integration tests (tests/common/http.rs) read a head
+/// with, so the load client and the tests decode responses one way.
+pub fn parse_head_with(
+    buf: &[u8],
+    each: &mut dyn FnMut(&str, &[u8]),
+) -> Result<Option<RespHead>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -142,6 +154,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<RespHead>, String> {
     let mut body = BodyKind::UntilClose;
     let mut close = false;
     for h in resp.headers.iter() {
+        each(h.name, h.value);
         let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
         if h.name.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked") {
             body = BodyKind::Chunked;
@@ -154,6 +167,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<RespHead>, String> {
     }
     Ok(Some(RespHead {
         status,
+        version: resp.version.unwrap_or(0),
         len,
         body,
         close,
@@ -202,10 +216,7 @@ impl ChunkDecoder {
                     }
                     break;
                 };
-                let line = std::str::from_utf8(&buf[pos..pos + eol]).map_err(|_| "bad size")?;
-                let hex = line.split(';').next().unwrap_or("").trim();
-                let size =
-                    usize::from_str_radix(hex, 16).map_err(|_| format!("bad size {hex:?}"))?;
+                let size = chunk_size(&buf[pos..pos + eol])?;
                 pos += eol + 2;
                 if size == 0 {
                     self.done = true;
@@ -216,6 +227,49 @@ impl ChunkDecoder {
         }
         Ok(pos)
     }
+}
+
+/// The size a chunk's size line (without its CRLF) gives; extensions
+/// after `;` are ignored.
+fn chunk_size(line: &[u8]) -> Result<usize, String> {
+    let line = std::str::from_utf8(line).map_err(|_| "chunk size line is not UTF-8")?;
+    let hex = line.split(';').next().unwrap_or("").trim();
+    usize::from_str_radix(hex, 16).map_err(|_| format!("bad chunk size line {line:?}"))
+}
+
+/// One whole chunk at the start of `buf`: `Ok(None)` until it is all
+/// there, else the bytes it takes and where its payload is. An empty
+/// payload is the last chunk (its trailers, if any, taken too). For
+/// readers that want chunk boundaries (the tests check one frame a chunk);
+/// [`ChunkDecoder`] streams payload without them.
+pub fn parse_chunk(buf: &[u8]) -> Result<Option<(usize, std::ops::Range<usize>)>, String> {
+    let Some(eol) = find(buf, b"\r\n") else {
+        return if buf.len() > 64 {
+            Err("chunk size line too long".into())
+        } else {
+            Ok(None)
+        };
+    };
+    let size = chunk_size(&buf[..eol])?;
+    let start = eol + 2;
+    if size == 0 {
+        let rest = &buf[start..];
+        if rest.starts_with(b"\r\n") {
+            return Ok(Some((start + 2, start..start)));
+        }
+        return Ok(find(rest, b"\r\n\r\n").map(|t| (start + t + 4, start..start)));
+    }
+    if buf.len() < start + size + 2 {
+        return Ok(None);
+    }
+    if &buf[start + size..start + size + 2] != b"\r\n" {
+        return Err("chunk not followed by CRLF".into());
+    }
+    Ok(Some((start + size + 2, start..start + size)))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// What one frame of the stream (or one poll answer) said.
@@ -316,6 +370,47 @@ mod tests {
             assert!(d.done);
             assert!(used <= pending.len());
         }
+    }
+
+    #[test]
+    fn whole_chunks_one_at_a_time() {
+        let wire = b"4\r\nabcd\r\na;x=1\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nnext";
+        let mut got = Vec::new();
+        let mut pos = 0;
+        loop {
+            let (used, payload) = parse_chunk(&wire[pos..]).unwrap().unwrap();
+            let payload = &wire[pos..][payload];
+            pos += used;
+            if payload.is_empty() {
+                break;
+            }
+            got.push(payload.to_vec());
+        }
+        assert_eq!(got, [b"abcd".to_vec(), b"0123456789".to_vec()]);
+        assert_eq!(&wire[pos..], b"next", "the trailers were taken");
+        // Every prefix of a chunk is incomplete, not an error.
+        for end in 0..wire.len().min(9) {
+            assert_eq!(parse_chunk(&wire[..end]).unwrap(), None, "prefix {end}");
+        }
+        assert!(parse_chunk(b"2\r\nabXY").is_err());
+        assert!(parse_chunk(b"zz\r\n").is_err());
+    }
+
+    #[test]
+    fn heads_give_every_header() {
+        let head = b"HTTP/1.1 405 Method Not Allowed\r\nAllow: POST\r\nContent-Length: 0\r\n\r\n";
+        let mut seen = Vec::new();
+        let h = parse_head_with(head, &mut |n, v| seen.push((n.to_owned(), v.to_vec())))
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.status, h.version, h.len), (405, 1, head.len()));
+        assert_eq!(
+            seen,
+            [
+                ("Allow".to_owned(), b"POST".to_vec()),
+                ("Content-Length".to_owned(), b"0".to_vec())
+            ]
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use super::frames::parse_frame;
 use super::{left, WAIT};
+use haoshuo_loadtest::proto;
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::io::{ErrorKind, Read, Write};
@@ -254,56 +255,37 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// A response head, read by the load client's decoder
+/// (`haoshuo_loadtest::proto`): one decoder for both. The server must
+/// speak HTTP/1.1.
 fn parse_head(buf: &[u8]) -> Option<(usize, Head)> {
-    let end = find(buf, b"\r\n\r\n")?;
-    let text = std::str::from_utf8(&buf[..end]).expect("response head is not UTF-8");
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
+    let mut headers = Vec::new();
+    let head = proto::parse_head_with(buf, &mut |name, value| {
+        let value = std::str::from_utf8(value).expect("a header value is not UTF-8");
+        headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(buf)))?;
     assert_eq!(
-        parts.next(),
-        Some("HTTP/1.1"),
-        "status line {status_line:?}"
+        head.version,
+        1,
+        "not an HTTP/1.1 answer: {:?}",
+        String::from_utf8_lossy(buf)
     );
-    let status = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers = lines
-        .map(|line| {
-            let (name, value) = line
-                .split_once(':')
-                .unwrap_or_else(|| panic!("bad header line {line:?}"));
-            (name.trim().to_ascii_lowercase(), value.trim().to_string())
-        })
-        .collect();
-    Some((end + 4, Head { status, headers }))
+    Some((
+        head.len,
+        Head {
+            status: head.status,
+            headers,
+        },
+    ))
 }
 
+/// One whole chunk at the start of `buf` and its payload (empty: the last
+/// chunk), by the load client's decoder.
 fn parse_chunk(buf: &[u8]) -> Option<(usize, Vec<u8>)> {
-    let line_end = find(buf, b"\r\n")?;
-    let line = std::str::from_utf8(&buf[..line_end]).expect("chunk size line is not UTF-8");
-    let hex = line.split(';').next().unwrap_or_default().trim();
-    let size =
-        usize::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
-    let start = line_end + 2;
-    if size == 0 {
-        // The last chunk: optional trailers, then an empty line.
-        let rest = &buf[start..];
-        if rest.starts_with(b"\r\n") {
-            return Some((start + 2, Vec::new()));
-        }
-        return find(rest, b"\r\n\r\n").map(|t| (start + t + 4, Vec::new()));
-    }
-    if buf.len() < start + size + 2 {
-        return None;
-    }
-    assert_eq!(
-        &buf[start + size..start + size + 2],
-        b"\r\n",
-        "chunk data not followed by CRLF"
-    );
-    Some((start + size + 2, buf[start..start + size].to_vec()))
+    let (used, payload) = proto::parse_chunk(buf)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(buf)))?;
+    Some((used, buf[payload].to_vec()))
 }
 
 fn parse_response(buf: &[u8]) -> Option<(usize, Response)> {
