@@ -60,6 +60,9 @@ pub struct Subscribed {
     /// Unix seconds when the token it was opened with expires: the
     /// subscription ends then with a `401` frame.
     pub expires_at: u64,
+    /// CORS header lines its response heads carry (a page on an allowed
+    /// origin subscribed).
+    pub cors: Option<Box<[u8]>>,
 }
 
 /// A worker's answer, carried back to the connection's reactor.
@@ -76,6 +79,8 @@ pub enum Reply {
         frame: &'static [u8],
         kind: Kind,
         keep_alive: bool,
+        /// CORS header lines for its head.
+        cors: Option<Box<[u8]>>,
     },
 }
 

@@ -168,6 +168,12 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_MAX_TOKENS_PER_USER", default_value_t = 100)]
     pub max_tokens_per_user: u32,
 
+    /// A web origin (`https://app.example`) whose pages may call the API
+    /// from a browser (CORS), repeatable or comma-separated; `*` for any.
+    /// Without it, browsers on other origins are refused as before.
+    #[arg(long, env = "HAOSHUO_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub allow_origin: Vec<String>,
+
     /// Seconds a send's `cmsgid` is remembered: a retry of `/p` or `/gp`
     /// with the same (appid, fromid, cmsgid) within it stores nothing new.
     #[arg(long, env = "HAOSHUO_CMSGID_WINDOW", default_value_t = 600)]

@@ -177,6 +177,7 @@ impl Server {
                 max_group_members: cfg.max_group_members as usize,
                 max_groups_per_user: cfg.max_groups_per_user as usize,
                 max_tokens_per_user: cfg.max_tokens_per_user as usize,
+                allow_origin: cfg.allow_origin.clone(),
             },
         ));
         let feed = match &redis {

@@ -14,6 +14,7 @@ use crate::auth;
 use crate::bus::{Reply, Sub, SubKey, Subscribed};
 use crate::delivery::frame;
 use crate::delivery::wire::Kind;
+use crate::http::cors::{self, Cors};
 use crate::http::query;
 use crate::http::request::{header_value, Head, Method};
 use crate::http::response::{head_only, write_response, write_response_head, CONTENT_JSON};
@@ -70,6 +71,8 @@ pub struct Options {
     /// Most tokens one user holds; a login beyond it revokes the oldest (0:
     /// no limit).
     pub max_tokens_per_user: usize,
+    /// Web origins whose pages may call the API (CORS); `*` for any.
+    pub allow_origin: Vec<String>,
 }
 
 pub struct Api {
@@ -84,6 +87,7 @@ pub struct Api {
     per_ip: RateLimit,
     per_user: RateLimit,
     per_sender: RateLimit,
+    cors: Cors,
 }
 
 /// Endpoints and the one method each takes.
@@ -146,6 +150,7 @@ impl Api {
                 limits.send_rate,
                 limits.send_rate.saturating_mul(10),
             ),
+            cors: Cors::new(&limits.allow_origin),
             limits,
             dummy_hash,
         }
@@ -158,7 +163,15 @@ impl Api {
     /// Runs one request for the connection `origin` names.
     pub fn handle(&self, origin: SubKey, req: &Request) -> Reply {
         let keep_alive = req.head.keep_alive;
-        let mut reply = match self.route(origin, req) {
+        // A page on an allowed origin may read the answer (CORS); the admin
+        // listener is for servers, never for pages.
+        let cors = match req.admin {
+            false => self
+                .cors
+                .headers(header_value(&req.raw[..req.head.head_len], "origin")),
+            true => None,
+        };
+        let mut reply = match self.route(origin, req, cors.as_deref()) {
             Ok(reply) => reply,
             Err(e) => Reply::Http {
                 bytes: e.response(keep_alive),
@@ -169,6 +182,11 @@ impl Api {
             // A HEAD is answered with the head alone: a body would be read
             // as the start of the next response.
             head_only(bytes);
+        }
+        if let (Some(lines), Reply::Http { bytes, .. }) = (&cors, &mut reply) {
+            if let Some(with) = cors::with_headers(bytes, lines) {
+                *bytes = with;
+            }
         }
         reply
     }
@@ -190,12 +208,21 @@ impl Api {
         }
     }
 
-    fn route(&self, origin: SubKey, req: &Request) -> Result<Reply, ApiError> {
+    fn route(&self, origin: SubKey, req: &Request, cors: Option<&[u8]>) -> Result<Reply, ApiError> {
         let path = req.head.path(&req.raw);
         let (endpoint, method) = Endpoint::parse(path, req.admin)
             .ok_or_else(|| ApiError::NotFound("no such path".into()))?;
         let keep_alive = req.head.keep_alive;
         let subscribes = matches!(endpoint, Endpoint::Stream | Endpoint::Poll | Endpoint::Sse);
+        if let (Method::Options, Some(_)) = (req.head.method, cors) {
+            // A preflight from an allowed origin; `handle` adds its lines.
+            let methods = match method {
+                Method::Get => "GET, HEAD",
+                _ => "POST",
+            };
+            let bytes = cors::preflight(b"", methods, keep_alive);
+            return Ok(Reply::Http { bytes, keep_alive });
+        }
         match (req.head.method, method) {
             (Method::Head, Method::Get) if subscribes => return Ok(head_of(&endpoint, &req.head)),
             // Answered as a GET; `handle` keeps the head alone.
@@ -212,7 +239,7 @@ impl Api {
                 Endpoint::Sse => last_event_id(req)?,
                 _ => None,
             };
-            return self.subscribe(origin, query, kind, keep_alive, resume);
+            return self.subscribe(origin, query, kind, keep_alive, resume, cors);
         }
         let f = match endpoint {
             // Probes for orchestrators: no body, no key (they reveal
@@ -535,6 +562,7 @@ impl Api {
         kind: Kind,
         keep_alive: bool,
         resume_after: Option<MsgId>,
+        cors: Option<&[u8]>,
     ) -> Result<Reply, ApiError> {
         let param = |name: &str| -> Result<Option<String>, ApiError> {
             query::field(query_str, name)
@@ -567,6 +595,7 @@ impl Api {
                 frame,
                 kind: stream,
                 keep_alive,
+                cors: cors.map(Box::from),
             },
         };
         let info = match self.token_owner(&token)? {
@@ -594,6 +623,7 @@ impl Api {
             kind,
             page,
             expires_at: info.expires_at,
+            cors: cors.map(Box::from),
         }))
     }
 

@@ -4,6 +4,7 @@
 //! and it must not print or log.
 
 pub mod chunked;
+pub mod cors;
 pub mod date;
 pub mod query;
 pub mod request;

@@ -75,6 +75,8 @@ pub enum Method {
     Get,
     Post,
     Head,
+    /// A CORS preflight, when `--allow-origin` allows its origin; else 405.
+    Options,
     /// Anything else; handlers answer 405.
     Other,
 }
@@ -192,6 +194,7 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, HttpError
         "GET" => Method::Get,
         "POST" => Method::Post,
         "HEAD" => Method::Head,
+        "OPTIONS" => Method::Options,
         _ => Method::Other,
     };
     let target_start = offset_in(window, target.as_bytes());

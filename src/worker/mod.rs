@@ -199,6 +199,7 @@ mod tests {
                 max_group_members: 100,
                 max_groups_per_user: 0,
                 max_tokens_per_user: 0,
+                allow_origin: Vec::new(),
             },
         ));
         let (jobs, rx) = queue(4);

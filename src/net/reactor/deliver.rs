@@ -11,6 +11,7 @@ use crate::bus::{ConnRef, Reply, SubKey, Subscribed, Target};
 use crate::delivery::frame::{LiveMsg, LiveSuffix, DATA_OPEN};
 use crate::delivery::subscriber::{expiry_tick, Live, Step, Subscriber};
 use crate::delivery::wire::Kind;
+use crate::http::cors;
 use crate::net::conn::State;
 use crate::store::{unix_now, MsgId, Page};
 use crate::worker::Job;
@@ -94,11 +95,15 @@ impl Reactor {
                 frame,
                 kind,
                 keep_alive,
+                cors,
             } => {
                 let mut bytes = Vec::with_capacity(256);
                 kind.write_head(&mut bytes);
                 kind.wire(frame.len(), None).write(frame, &mut bytes);
                 kind.finish(&mut bytes);
+                if let Some(with) = cors.and_then(|lines| cors::with_headers(&bytes, &lines)) {
+                    bytes = with;
+                }
                 self.answer(key, &bytes, keep_alive && kind == Kind::Chunked);
             }
             Reply::Subscribed(s) => self.subscribed(key, s, seen, revoked),
@@ -120,6 +125,15 @@ impl Reactor {
         } else {
             sub.on_page(&s.page, &mut out)
         };
+        if let Some(lines) = s.cors {
+            // On the stream's head, or on a poll answered at once; a held
+            // poll's answer gets them when it is written.
+            if let Some(with) = cors::with_headers(&out, &lines) {
+                out = with;
+            } else if s.kind.is_poll() {
+                self.cors_held.insert(key, lines);
+            }
+        }
         // The state first: closing a subscribed connection unsubscribes it.
         self.conns[key].state = State::Subscribed(sub);
         let period = if s.kind.is_poll() {
@@ -253,7 +267,12 @@ impl Reactor {
         }
         let last = items.last().map(|&(_, id)| id);
         let wire = kind.wire(parts[1..n].iter().map(|p| p.len()).sum(), last);
-        parts[0] = wire.head();
+        // A held poll's answer from an allowed origin carries CORS lines.
+        let head_with_cors = self
+            .cors_held
+            .get(&key)
+            .and_then(|lines| cors::with_headers(wire.head(), lines));
+        parts[0] = head_with_cors.as_deref().unwrap_or(wire.head());
         parts[n] = wire.tail();
         let sent = self.write(key, &parts[..=n]);
         *run = Run::default();
@@ -338,6 +357,11 @@ impl Reactor {
     /// Writes what a subscriber handed back and follows its step. Returns
     /// false if the subscription is over (or the connection closed).
     fn follow(&mut self, key: usize, bytes: &[u8], step: Step) -> bool {
+        let with_cors = self
+            .cors_held
+            .get(&key)
+            .and_then(|lines| cors::with_headers(bytes, lines));
+        let bytes = with_cors.as_deref().unwrap_or(bytes);
         if !bytes.is_empty() && !self.write(key, &[bytes]) {
             return false;
         }

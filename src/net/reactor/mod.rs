@@ -131,6 +131,9 @@ pub struct Reactor {
     /// Live deliveries taken from the inbox and not yet written, a slice
     /// per loop turn (see `deliver.rs`).
     due: deliver::Due,
+    /// CORS header lines of held polls from an allowed origin, for their
+    /// answer's head (a `Conn` has no room for them; few connections do).
+    cors_held: std::collections::HashMap<usize, Box<[u8]>>,
 }
 
 impl Reactor {
@@ -177,6 +180,7 @@ impl Reactor {
             again: Vec::new(),
             stopping: None,
             due: deliver::Due::default(),
+            cors_held: std::collections::HashMap::new(),
         })
     }
 
@@ -636,6 +640,7 @@ impl Reactor {
 
     /// Removes a stream's or held poll's subscription from the router.
     fn unsubscribe(&mut self, key: usize) {
+        self.cors_held.remove(&key);
         if let State::Subscribed(s) = &self.conns[key].state {
             let (app, uid) = (s.app, s.uid);
             self.router.unsubscribe(app, uid, self.sub_key(key));
