@@ -31,10 +31,33 @@ pub fn raise_nofile() -> libc::rlim_t {
     r.rlim_cur
 }
 
-/// VmRSS of a process in bytes, from `/proc/PID/status`.
+/// VmRSS in bytes of a process and its direct children, from
+/// `/proc/PID/status`: for `haoshuo --processes`, the supervisor and every
+/// server process; for nginx, the master and its workers (pages they share
+/// count once per process, which a before/after difference cancels).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_rss(&s)
+    let one = |p: u32| -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+        parse_rss(&s)
+    };
+    let own = one(pid)?;
+    Some(own + children(pid).into_iter().filter_map(one).sum::<u64>())
+}
+
+/// The direct children of `pid`, from every `/proc/N/stat`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| parse_stat(&s))
+                .is_some_and(|(_, ppid)| ppid == pid)
+        })
+        .collect()
 }
 
 fn parse_rss(status: &str) -> Option<u64> {
@@ -45,26 +68,16 @@ fn parse_rss(status: &str) -> Option<u64> {
 
 /// CPU time (user + system, all threads) in seconds of a process and its
 /// direct children, from `/proc/PID/stat`: for nginx, the master and its
-/// workers; for haoshuo, the one process.
+/// workers; for haoshuo, the one process (with `--processes`, the
+/// supervisor and every server process).
 pub fn cpu_secs_with_children(pid: u32) -> Option<f64> {
     let ticks = |p: &str| -> Option<(u64, u32)> {
         let s = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
         parse_stat(&s)
     };
     let (mut total, _) = ticks(&pid.to_string())?;
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let name = e.file_name();
-        let Some(p) = name
-            .to_str()
-            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        if let Some((t, ppid)) = ticks(p) {
-            if ppid == pid {
-                total += t;
-            }
-        }
+    for child in children(pid) {
+        total += ticks(&child.to_string()).map_or(0, |(t, _)| t);
     }
     // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
@@ -104,6 +117,23 @@ fn parse_sockstat(s: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_counts_with_its_parent() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        assert!(children(me).contains(&child.id()));
+        let alone = std::fs::read_to_string(format!("/proc/{me}/status"))
+            .ok()
+            .and_then(|s| parse_rss(&s))
+            .unwrap();
+        assert!(rss_bytes(me).unwrap() > alone, "the child's RSS is added");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 
     #[test]
     fn proc_parsing() {

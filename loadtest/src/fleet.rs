@@ -46,14 +46,19 @@ pub struct Fleet {
     gone: Vec<bool>,
 }
 
+/// Worker processes for `users` connections: as asked, or one per
+/// [`PER_PROC`]; each binds its own 127.0.0.x source address.
+pub fn planned_procs(asked: Option<usize>, users: usize) -> usize {
+    asked
+        .unwrap_or_else(|| users.div_ceil(PER_PROC))
+        .clamp(1, 250)
+        .min(users.max(1))
+}
+
 impl Fleet {
     /// Starts the workers and hands each its share of `users`.
     pub fn start(o: &FleetOpts, users: &[User]) -> Result<Fleet, String> {
-        let procs = o
-            .procs
-            .unwrap_or_else(|| users.len().div_ceil(PER_PROC))
-            .clamp(1, 250)
-            .min(users.len().max(1));
+        let procs = planned_procs(o.procs, users.len());
         let (mut workers, rx) =
             ipc::spawn_workers(procs).map_err(|e| format!("spawning workers: {e}"))?;
         let per = users.len().div_ceil(procs);

@@ -16,6 +16,7 @@ mod report;
 mod scenarios;
 mod sender;
 mod slow;
+mod sysctl;
 mod worker;
 
 use std::net::SocketAddr;
@@ -231,7 +232,8 @@ pub struct Common {
     pub drain: u64,
     /// The server's pid, to report its RSS (VmRSS) before and after, and
     /// (fanout) its CPU time, with its child processes' (nginx: master and
-    /// workers), while connecting and while sending and draining.
+    /// workers; `haoshuo --processes`: the supervisor's pid covers every
+    /// server process), while connecting and while sending and draining.
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Also append the results as a CSV row to this file.
@@ -252,6 +254,19 @@ fn main() {
     }
     let cli = Cli::parse();
     clock::raise_nofile();
+    let planned = match &cli.scenario {
+        Scenario::Idle { conns, common, .. } => Some((*conns as u64, common)),
+        Scenario::Fanout {
+            members, common, ..
+        } => Some((*members as u64, common)),
+        _ => None,
+    };
+    if let Some((conns, common)) = planned {
+        let sources = fleet::planned_procs(common.procs, conns as usize) as u64;
+        for line in sysctl::advice(conns, sources) {
+            eprintln!("haoshuo-load: note: {line}");
+        }
+    }
     let res = match cli.scenario {
         Scenario::Idle {
             conns,
