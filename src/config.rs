@@ -168,6 +168,12 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_MAX_TOKENS_PER_USER", default_value_t = 100)]
     pub max_tokens_per_user: u32,
 
+    /// Seconds between this process's reports of its online users to the
+    /// store (Redis: what `/online` on other processes sees; a process
+    /// that dies takes its users offline within three of these).
+    #[arg(long, env = "HAOSHUO_PRESENCE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub presence_secs: u64,
+
     /// A web origin (`https://app.example`) whose pages may call the API
     /// from a browser (CORS), repeatable or comma-separated; `*` for any.
     /// Without it, browsers on other origins are refused as before.

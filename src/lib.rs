@@ -13,6 +13,7 @@ pub mod config;
 pub mod delivery;
 pub mod http;
 pub mod net;
+pub mod presence;
 pub mod router;
 pub mod server;
 pub mod store;

@@ -15,6 +15,7 @@ use crate::config::{resolve, Config, FsyncPolicy};
 use crate::net::listener;
 use crate::net::mailbox::Mailbox;
 use crate::net::reactor::{Listeners, Reactor, Settings};
+use crate::presence::{self, Presence};
 use crate::router::Router;
 use crate::store::embedded::{EmbeddedStore, Fsync, Options};
 use crate::store::redis::feed::Feed;
@@ -126,6 +127,8 @@ pub struct Server {
     admin_addr: Option<SocketAddr>,
     /// The Redis announcement listener, with the Redis store.
     feed: Option<Feed>,
+    /// The online-status refresh, with the Redis store.
+    presence: Option<Presence>,
     store: Arc<dyn Store>,
     router: Arc<Router>,
     reactors: Vec<JoinHandle<io::Result<()>>>,
@@ -156,11 +159,11 @@ impl Server {
             mailboxes.push(mailbox);
             inboxes.push(inbox);
         }
-        let router = Arc::new(Router::new(
-            mailboxes.clone(),
-            cfg.max_subs_per_user,
-            cfg.max_conns,
-        ));
+        let router = Arc::new(
+            Router::new(mailboxes.clone(), cfg.max_subs_per_user, cfg.max_conns)
+                .with_poll_grace(std::time::Duration::from_secs(u64::from(cfg.heartbeat))),
+        );
+        let node = presence::node_id();
         let api = Arc::new(Api::new(
             store.clone(),
             router.clone(),
@@ -178,10 +181,23 @@ impl Server {
                 max_groups_per_user: cfg.max_groups_per_user as usize,
                 max_tokens_per_user: cfg.max_tokens_per_user as usize,
                 allow_origin: cfg.allow_origin.clone(),
+                node: node.clone(),
             },
         ));
         let feed = match &redis {
             Some(r) => Some(Feed::start(r, router.clone())?),
+            None => None,
+        };
+        let presence = match &redis {
+            Some(_) => Some(
+                Presence::start(
+                    router.clone(),
+                    store.clone(),
+                    node.clone(),
+                    Duration::from_secs(cfg.presence_secs),
+                )
+                .map_err(|e| format!("starting the presence thread: {e}"))?,
+            ),
             None => None,
         };
         let (jobs, job_rx) = worker::queue(cfg.job_queue);
@@ -251,6 +267,7 @@ impl Server {
             addrs: public,
             admin_addr,
             feed,
+            presence,
             store,
             router,
             reactors,
@@ -294,6 +311,9 @@ impl Server {
         // Every job sender lived in a reactor: the workers drain and exit.
         for w in self.workers {
             let _ = w.join();
+        }
+        if let Some(presence) = self.presence {
+            presence.stop();
         }
         if let Some(feed) = self.feed {
             feed.stop();

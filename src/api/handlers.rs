@@ -37,6 +37,9 @@ const MAX_GNAME: usize = 256;
 /// is 36), kept for the window in every receiver's store.
 const MAX_CMSGID: usize = 128;
 
+/// Most users one `/online` asks about: one Redis round trip carries them.
+const MAX_ONLINE_QUERY: usize = 1000;
+
 /// Most users one `/admin/users` call creates: its answer stays around a
 /// megabyte, and a bigger batch is simply several calls.
 const MAX_ADMIN_BATCH: u64 = 10_000;
@@ -73,6 +76,8 @@ pub struct Options {
     pub max_tokens_per_user: usize,
     /// Web origins whose pages may call the API (CORS); `*` for any.
     pub allow_origin: Vec<String>,
+    /// This process's presence id (see `crate::presence`).
+    pub node: String,
 }
 
 pub struct Api {
@@ -100,6 +105,7 @@ enum Endpoint {
     Pull,
     Ack,
     Logout,
+    Online,
     Stream,
     Poll,
     Sse,
@@ -128,6 +134,7 @@ impl Endpoint {
             b"/pull" => (Endpoint::Pull, Method::Post),
             b"/ack" => (Endpoint::Ack, Method::Post),
             b"/logout" => (Endpoint::Logout, Method::Post),
+            b"/online" => (Endpoint::Online, Method::Post),
             b"/cget/stream" => (Endpoint::Stream, Method::Get),
             b"/cget/poll" => (Endpoint::Poll, Method::Get),
             b"/cget/sse" => (Endpoint::Sse, Method::Get),
@@ -260,6 +267,7 @@ impl Api {
             Endpoint::Pull => self.pull(&f)?,
             Endpoint::Ack => self.ack(&f)?,
             Endpoint::Logout => self.logout(&f)?,
+            Endpoint::Online => self.online(&f)?,
             Endpoint::AdminUsers => self.admin_users(req, &f)?,
             Endpoint::Healthz | Endpoint::Readyz => unreachable!("answered above"),
             Endpoint::Stream | Endpoint::Poll | Endpoint::Sse => unreachable!("answered above"),
@@ -495,6 +503,47 @@ impl Api {
         self.store.delete_token(&appid, uid, &selector)?;
         self.revoked(&appid, uid, &selector);
         Ok(object(&[("uid", Num(uid)), ("msg", Str("ok"))]))
+    }
+
+    /// `/online`: which of `uids` have a stream, SSE stream or held poll
+    /// open (or had a poll answered within the heartbeat interval), on
+    /// this process or any other live one; in the order asked.
+    fn online(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
+        let appid = appid(f)?;
+        let uid = f.u64("uid")?;
+        self.check_token(f, &appid, uid)?;
+        let uids = f.u64_list("uids")?;
+        if uids.len() > MAX_ONLINE_QUERY {
+            return Err(ApiError::BadRequest(
+                format!("'uids' holds at most {MAX_ONLINE_QUERY} users").into(),
+            ));
+        }
+        let app = self.router.app_key(&appid);
+        let now = Instant::now();
+        let here: Vec<bool> = uids
+            .iter()
+            .map(|&u| self.router.is_online(app, u, now))
+            .collect();
+        let elsewhere = if here.iter().all(|&h| h) {
+            vec![true; uids.len()]
+        } else {
+            self.store
+                .online_elsewhere(&self.limits.node, &appid, &uids)?
+        };
+        let mut out = Vec::with_capacity(16 + uids.len() * 8);
+        out.extend_from_slice(br#"{"uids":["#);
+        let mut first = true;
+        for (i, &u) in uids.iter().enumerate() {
+            if here[i] || elsewhere.get(i).copied().unwrap_or(false) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(itoa::Buffer::new().format(u).as_bytes());
+            }
+        }
+        out.extend_from_slice(b"]}");
+        Ok(out)
     }
 
     /// `/admin/users` (admin listener only): creates `count` users named

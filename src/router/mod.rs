@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 pub use crate::bus::{AppKey, SubKey};
 use crate::bus::{CoreMsg, Target};
@@ -24,6 +25,9 @@ const SHARDS: usize = 64;
 
 /// One lock's share of the registry: each user's subscriptions.
 type Shard = Mutex<HashMap<(AppKey, Uid), Vec<Entry>>>;
+
+/// One lock's share of when users' last held polls were answered.
+type Polled = Mutex<HashMap<(AppKey, Uid), Instant>>;
 
 /// One subscription, and the token it was opened with (its selector as a
 /// number), so that a logout ends exactly the subscriptions of that token.
@@ -44,6 +48,10 @@ pub enum SubscribeError {
 
 pub struct Router {
     shards: Box<[Shard]>,
+    /// When each user's last held poll here was answered: a long-polling
+    /// client is between polls, not gone, for [`Router::poll_grace`].
+    polled: Box<[Polled]>,
+    poll_grace: Duration,
     apps: RwLock<Apps>,
     mailboxes: Box<[Arc<Mailbox>]>,
     per_user: usize,
@@ -61,6 +69,8 @@ impl Router {
     pub fn new(mailboxes: Vec<Arc<Mailbox>>, per_user: usize, max_total: usize) -> Router {
         Router {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            polled: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            poll_grace: Duration::from_secs(30),
             apps: RwLock::default(),
             mailboxes: mailboxes.into_boxed_slice(),
             per_user,
@@ -163,6 +173,53 @@ impl Router {
         }
     }
 
+    /// How long a user whose held poll was answered still counts as
+    /// online (the heartbeat interval).
+    pub fn with_poll_grace(mut self, grace: Duration) -> Router {
+        self.poll_grace = grace;
+        self
+    }
+
+    /// A held poll of `uid` was answered (or ended) at `now`.
+    pub fn poll_answered(&self, app: AppKey, uid: Uid, now: Instant) {
+        let mut polled = lock(&self.polled[self.shard_index(app, uid)]);
+        // Bounded by the users who polled within the grace: forget the
+        // rest whenever the map has doubled since it was last swept.
+        if polled.len() >= 1024 && polled.len().is_power_of_two() {
+            let grace = self.poll_grace;
+            polled.retain(|_, at| now.saturating_duration_since(*at) < grace);
+        }
+        polled.insert((app, uid), now);
+    }
+
+    /// Whether `uid` is online on this process at `now`: it holds a
+    /// stream or a poll, or its last poll was answered within the grace.
+    pub fn is_online(&self, app: AppKey, uid: Uid, now: Instant) -> bool {
+        if lock(self.shard(app, uid)).contains_key(&(app, uid)) {
+            return true;
+        }
+        lock(&self.polled[self.shard_index(app, uid)])
+            .get(&(app, uid))
+            .is_some_and(|at| now.saturating_duration_since(*at) < self.poll_grace)
+    }
+
+    /// Every user online on this process at `now`, as [`Router::is_online`]
+    /// says (for the presence other processes read through Redis).
+    pub fn online_users(&self, now: Instant) -> Vec<(AppKey, Uid)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(lock(shard).keys().copied());
+        }
+        for polled in self.polled.iter() {
+            let mut polled = lock(polled);
+            polled.retain(|_, at| now.saturating_duration_since(*at) < self.poll_grace);
+            out.extend(polled.keys().copied());
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Subscriptions held now, over all users.
     pub fn subscriptions(&self) -> usize {
         self.total.load(Ordering::Relaxed)
@@ -210,9 +267,13 @@ impl Router {
     }
 
     fn shard(&self, app: AppKey, uid: Uid) -> &Shard {
+        &self.shards[self.shard_index(app, uid)]
+    }
+
+    fn shard_index(&self, app: AppKey, uid: Uid) -> usize {
         // Fibonacci hashing spreads consecutive uids over the shards.
         let h = (uid ^ (u64::from(app) << 48)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        &self.shards[(h >> 58) as usize % SHARDS]
+        (h >> 58) as usize % SHARDS
     }
 }
 
@@ -341,5 +402,24 @@ mod tests {
         assert!(mailbox.take_lagged());
         assert!(!mailbox.take_lagged(), "taking the flag clears it");
         assert_eq!(inboxes[0].len(), INBOX_CAPACITY);
+    }
+
+    #[test]
+    fn online_is_subscribed_or_polled_within_the_grace() {
+        let (r, _inboxes, _polls) = router(1, 4, 100);
+        let r = r.with_poll_grace(Duration::from_secs(2));
+        let t0 = Instant::now();
+        r.subscribe(1, 7, sub(0, 1), 0).unwrap();
+        r.poll_answered(1, 8, t0);
+        r.poll_answered(2, 7, t0 - Duration::from_secs(3)); // long ago
+        assert!(r.is_online(1, 7, t0));
+        assert!(r.is_online(1, 8, t0 + Duration::from_millis(1999)));
+        assert!(!r.is_online(1, 8, t0 + Duration::from_secs(2)));
+        assert!(!r.is_online(2, 7, t0), "another app's uid 7");
+        assert_eq!(r.online_users(t0), [(1, 7), (1, 8)]);
+        // Past the grace the poll is forgotten; a subscription ends too.
+        r.unsubscribe(1, 7, sub(0, 1));
+        assert_eq!(r.online_users(t0 + Duration::from_secs(5)), []);
+        assert!(!r.is_online(1, 7, t0));
     }
 }

@@ -331,6 +331,25 @@ pub trait Store: Send + Sync + 'static {
     /// embedded log still takes writes.
     fn ping(&self) -> Result<()>;
 
+    /// Tells other processes which users this one (`node`) has online,
+    /// replacing what it told before, for `ttl` seconds: a process that
+    /// dies, even by SIGKILL, takes its users offline within that. A store
+    /// one process owns (embedded) has nobody to tell.
+    fn publish_presence(&self, _node: &str, _online: &[(&str, Uid)], _ttl: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Which of `uids` of `appid` another live process has online (as it
+    /// last published).
+    fn online_elsewhere(&self, _node: &str, _appid: &str, uids: &[Uid]) -> Result<Vec<bool>> {
+        Ok(vec![false; uids.len()])
+    }
+
+    /// Takes back what `node` published (it is stopping).
+    fn withdraw_presence(&self, _node: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Whether the store announces appends itself (Redis pub/sub reaching
     /// every node); otherwise the worker that appended hands the message to
     /// its own router.

@@ -200,6 +200,7 @@ mod tests {
                 max_groups_per_user: 0,
                 max_tokens_per_user: 0,
                 allow_origin: Vec::new(),
+                node: "test".into(),
             },
         ));
         let (jobs, rx) = queue(4);

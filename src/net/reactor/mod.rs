@@ -642,8 +642,12 @@ impl Reactor {
     fn unsubscribe(&mut self, key: usize) {
         self.cors_held.remove(&key);
         if let State::Subscribed(s) = &self.conns[key].state {
-            let (app, uid) = (s.app, s.uid);
+            let (app, uid, poll) = (s.app, s.uid, s.kind().is_poll());
             self.router.unsubscribe(app, uid, self.sub_key(key));
+            if poll {
+                // Between two polls a client is still online.
+                self.router.poll_answered(app, uid, Instant::now());
+            }
         }
     }
 

@@ -110,6 +110,21 @@ pub fn group(appid: &str, gid: Gid) -> String {
     format!("hs:{{g:{}:{gid}}}", part(appid))
 }
 
+/// `hs:nodes`: sorted set, each live process's presence id, scored by when
+/// its presence expires (unix seconds).
+pub const NODES: &str = "hs:nodes";
+
+/// `hs:on:NODE`: set, the users process NODE has online, as
+/// [`presence_member`]s; expires unless the process refreshes it.
+pub fn presence(node: &str) -> String {
+    format!("hs:on:{node}")
+}
+
+/// A user in a presence set: `APPID:UID` (APPID escaped as in every key).
+pub fn presence_member(appid: &str, uid: Uid) -> String {
+    format!("{}:{uid}", part(appid))
+}
+
 /// `hs:{t:SELECTOR}`: hash `v` (verifier), `a` (appid), `u` (uid), `e`
 /// (expiry, unix seconds); expires itself at `e`.
 pub fn token(selector: &str) -> String {

@@ -64,6 +64,7 @@ pub struct RedisStore {
     sent: Script,
     tokens_list: Script,
     own_group: Script,
+    online: Script,
 }
 
 impl RedisStore {
@@ -80,6 +81,7 @@ impl RedisStore {
             sent: Script::new(scripts::SENT),
             tokens_list: Script::new(scripts::TOKENS),
             own_group: Script::new(scripts::OWN_GROUP),
+            online: Script::new(scripts::ONLINE),
         };
         store.pool.with(|c| redis::cmd("PING").query::<String>(c))?;
         Ok(store)
@@ -580,6 +582,73 @@ impl Store for RedisStore {
 
     fn announces(&self) -> bool {
         true
+    }
+
+    /// Fills a new set and renames it over the old one (readers never see
+    /// it half full), then registers this process until `ttl` from now
+    /// and drops processes whose registration ran out. A few commands per
+    /// refresh, however many users: 10,000 members a SADD.
+    fn publish_presence(&self, node: &str, online: &[(&str, Uid)], ttl: u64) -> Result<()> {
+        let key = keys::presence(node);
+        let tmp = format!("{key}:next");
+        let now = unix_now();
+        self.with(|c| {
+            let mut p = redis::pipe();
+            p.cmd("DEL").arg(&tmp).ignore();
+            for chunk in online.chunks(10_000) {
+                let members: Vec<String> = chunk
+                    .iter()
+                    .map(|(appid, uid)| keys::presence_member(appid, *uid))
+                    .collect();
+                p.cmd("SADD").arg(&tmp).arg(members).ignore();
+            }
+            if online.is_empty() {
+                p.cmd("DEL").arg(&key).ignore();
+            } else {
+                p.cmd("EXPIRE").arg(&tmp).arg(ttl).ignore();
+                p.cmd("RENAME").arg(&tmp).arg(&key).ignore();
+            }
+            p.cmd("ZADD")
+                .arg(keys::NODES)
+                .arg(now + ttl)
+                .arg(node)
+                .ignore();
+            p.cmd("ZREMRANGEBYSCORE")
+                .arg(keys::NODES)
+                .arg("-inf")
+                .arg(format!("({now}"))
+                .ignore();
+            p.exec(c)
+        })
+    }
+
+    fn online_elsewhere(&self, node: &str, appid: &str, uids: &[Uid]) -> Result<Vec<bool>> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hits: Vec<i64> = self.with(|c| {
+            let mut call = self.online.prepare_invoke();
+            call.arg(unix_now()).arg(node);
+            for &uid in uids {
+                call.arg(keys::presence_member(appid, uid));
+            }
+            call.invoke(c)
+        })?;
+        Ok(hits.into_iter().map(|h| h == 1).collect())
+    }
+
+    fn withdraw_presence(&self, node: &str) -> Result<()> {
+        self.with(|c| {
+            redis::pipe()
+                .cmd("DEL")
+                .arg(keys::presence(node))
+                .ignore()
+                .cmd("ZREM")
+                .arg(keys::NODES)
+                .arg(node)
+                .ignore()
+                .exec(c)
+        })
     }
 
     fn ping(&self) -> Result<()> {

@@ -127,6 +127,27 @@ redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
 return old
 "#;
 
+/// Which of some users another live process has online: one round trip
+/// for the whole list.
+///
+/// ARGV[1] now (unix seconds), ARGV[2] the asking process's id, ARGV[3..]
+/// the users as presence members. Returns 1 or 0 per user. Reads keys it
+/// is not given (every live process's set): a standalone Redis only.
+pub const ONLINE: &str = r#"
+local nodes = redis.call('ZRANGEBYSCORE', 'hs:nodes', ARGV[1], '+inf')
+local out = {}
+for i = 3, #ARGV do out[i - 2] = 0 end
+for _, node in ipairs(nodes) do
+  if node ~= ARGV[2] then
+    local hit = redis.call('SMISMEMBER', 'hs:on:' .. node, unpack(ARGV, 3))
+    for i, h in ipairs(hit) do
+      if h == 1 then out[i] = 1 end
+    end
+  end
+end
+return out
+"#;
+
 /// Counts a group against its owner's quota.
 ///
 /// KEYS[1] the owner's user hash. ARGV[1] most groups one user may create

@@ -1,0 +1,104 @@
+//! Online status across processes: each process tells the store which
+//! users it has online, every `--presence-secs`, and `/online` asks the
+//! router (this process) and the store (every other live process).
+//!
+//! On the embedded store there is one process, and the store has nobody to
+//! tell: the router's answer is the whole answer. On Redis a process
+//! replaces its set of online users each refresh; the set expires after
+//! three refreshes, so a process killed with SIGKILL takes its users
+//! offline within that, and a process that stops cleanly takes them
+//! offline at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::router::Router;
+use crate::store::{Store, Uid};
+
+/// A published presence outlives this many refreshes: a late refresh is
+/// not an outage.
+const TTL_REFRESHES: u64 = 3;
+/// How often the refresh thread looks whether it must stop.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// The refresh thread.
+pub struct Presence {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    store: Arc<dyn Store>,
+    node: String,
+}
+
+/// This process's presence id: random, so a restarted process never reads
+/// its predecessor's set as another's.
+pub fn node_id() -> String {
+    let mut b = [0u8; 8];
+    // Without randomness the pid still tells processes of one box apart.
+    if getrandom::getrandom(&mut b).is_err() {
+        return format!("p{}", std::process::id());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Presence {
+    /// Publishes `router`'s online users to `store` every `every`.
+    pub fn start(
+        router: Arc<Router>,
+        store: Arc<dyn Store>,
+        node: String,
+        every: Duration,
+    ) -> std::io::Result<Presence> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, store, node) = (stop.clone(), store.clone(), node.clone());
+            std::thread::Builder::new()
+                .name("haoshuo-presence".into())
+                .spawn(move || refresh_loop(&router, &*store, &node, every, &stop))?
+        };
+        Ok(Presence {
+            stop,
+            thread: Some(thread),
+            store,
+            node,
+        })
+    }
+
+    /// Stops refreshing and takes this process's users offline.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = self.store.withdraw_presence(&self.node);
+    }
+}
+
+fn refresh_loop(
+    router: &Router,
+    store: &dyn Store,
+    node: &str,
+    every: Duration,
+    stop: &AtomicBool,
+) {
+    let ttl = every.as_secs().max(1) * TTL_REFRESHES;
+    while !stop.load(Ordering::Acquire) {
+        let users = router.online_users(Instant::now());
+        let names: HashMap<_, _> = users
+            .iter()
+            .map(|&(app, _)| (app, router.app_name(app)))
+            .collect();
+        let online: Vec<(&str, Uid)> = users
+            .iter()
+            .map(|(app, uid)| (&*names[app], *uid))
+            .collect();
+        // A store that cannot be reached now is tried again next time.
+        let _ = store.publish_presence(node, &online, ttl);
+        let next = Instant::now() + every;
+        while Instant::now() < next && !stop.load(Ordering::Acquire) {
+            std::thread::sleep(STOP_CHECK.min(next.saturating_duration_since(Instant::now())));
+        }
+    }
+}
