@@ -422,4 +422,44 @@ mod tests {
         assert_eq!(r.online_users(t0 + Duration::from_secs(5)), []);
         assert!(!r.is_online(1, 7, t0));
     }
+
+    #[test]
+    fn revoke_ends_only_that_tokens_subscriptions() {
+        let (r, inboxes, _polls) = router(2, 8, 100);
+        assert_eq!(r.cores(), 2);
+        r.subscribe(1, 7, sub(0, 1), 0xaa).unwrap();
+        r.subscribe(1, 7, sub(1, 2), 0xbb).unwrap();
+        r.subscribe(1, 7, sub(1, 3), 0xaa).unwrap();
+        r.subscribe(1, 8, sub(0, 4), 0xaa).unwrap(); // another user, same tag
+        r.revoke(1, 7, 0xaa);
+        assert_eq!(r.subscriptions(), 2, "two of the four ended");
+        let revoked = |inbox: &Receiver<CoreMsg>| -> Vec<u32> {
+            inbox
+                .try_iter()
+                .filter_map(|m| match m {
+                    CoreMsg::Revoke { conn } => Some(conn.slot),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(revoked(&inboxes[0]), [1]);
+        assert_eq!(revoked(&inboxes[1]), [3]);
+        // What is left still gets messages; the revoked do not.
+        r.publish(1, &[(7, 5), (8, 9)], &msg());
+        assert_eq!(delivered(&inboxes[1]), [(2, 5)]);
+        assert_eq!(delivered(&inboxes[0]), [(4, 9)]);
+        // Revoking what is not there changes nothing.
+        r.revoke(1, 7, 0xaa);
+        r.revoke(3, 1, 0xaa);
+        assert_eq!(r.subscriptions(), 2);
+    }
+
+    #[test]
+    fn catching_up_flags_every_reactor() {
+        let (r, _inboxes, _polls) = router(3, 8, 100);
+        r.catch_up_everyone();
+        for core in 0..3 {
+            assert!(r.mailbox(core).take_lagged(), "core {core}");
+        }
+    }
 }
