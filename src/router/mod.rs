@@ -462,4 +462,33 @@ mod tests {
             assert!(r.mailbox(core).take_lagged(), "core {core}");
         }
     }
+
+    #[test]
+    fn sweeping_old_polls_keeps_recent_ones() {
+        let (r, _inboxes, _polls) = router(1, 4, 100);
+        let r = r.with_poll_grace(Duration::from_secs(10));
+        let t0 = Instant::now();
+        // Enough users in one shard to make it sweep as it grows: some
+        // stale (polled 20 s before), the rest recent.
+        let mut uids = (1..).filter(|&u| r.shard_index(1, u) == r.shard_index(1, 1));
+        let stale: Vec<Uid> = uids.by_ref().take(600).collect();
+        let recent: Vec<Uid> = uids.by_ref().take(600).collect();
+        for &u in &stale {
+            r.poll_answered(1, u, t0);
+        }
+        let later = t0 + Duration::from_secs(20);
+        for &u in &recent {
+            r.poll_answered(1, u, later);
+        }
+        let shard = lock(&r.polled[r.shard_index(1, 1)]).len();
+        assert!(shard < 1200, "the stale ones were swept: {shard} left");
+        assert!(recent.iter().all(|&u| r.is_online(1, u, later)));
+        assert!(stale.iter().all(|&u| !r.is_online(1, u, later)));
+        // At the edge of the grace: still online one instant before.
+        let edge = later + Duration::from_secs(10);
+        assert!(r.is_online(1, recent[0], edge - Duration::from_millis(1)));
+        assert!(!r.is_online(1, recent[0], edge));
+        assert_eq!(r.online_users(edge - Duration::from_millis(1)).len(), 600);
+        assert_eq!(r.online_users(edge), []);
+    }
 }
