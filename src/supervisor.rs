@@ -10,6 +10,7 @@
 
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -76,10 +77,27 @@ pub fn run(cfg: &Config, processes: Processes, nofile_hard: u64) -> Result<(), S
         nofile_hard,
     );
     let spawn = |i: usize| -> Result<Child, String> {
-        let child = Command::new(&exe)
-            .args(&args)
+        let mut cmd = Command::new(&exe);
+        cmd.args(&args)
             .env_remove("HAOSHUO_PROCESSES")
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        // A supervisor that dies without stopping its children (SIGKILL)
+        // takes them with it: each gets SIGTERM and stops cleanly.
+        // SAFETY: between fork and exec the closure only calls prctl and
+        // getppid, which are async-signal-safe, and allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The supervisor died before the prctl took: stop now.
+                if libc::getppid() == 1 {
+                    return Err(std::io::Error::other("the supervisor is gone"));
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .spawn()
             .map_err(|e| format!("starting process {i}: {e}"))?;
         println!("haoshuo supervisor: process {i} pid {} started", child.id());

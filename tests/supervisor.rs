@@ -152,3 +152,21 @@ fn the_embedded_store_refuses_several_processes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--processes needs --redis"), "{err}");
 }
+
+#[test]
+fn children_stop_when_the_supervisor_is_killed() {
+    let mut srv = Server::start(Backend::Redis, Opts::default().flag("--processes", 2));
+    let pids: Vec<u32> = wait_children(&srv, 2, &[], 2).values().copied().collect();
+    srv.kill9();
+    // Each child gets SIGTERM from the kernel and drains (at most 5 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for pid in pids {
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} outlived its supervisor"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
