@@ -172,11 +172,11 @@ impl Api {
         let keep_alive = req.head.keep_alive;
         // A page on an allowed origin may read the answer (CORS); the admin
         // listener is for servers, never for pages.
-        let cors = match req.admin {
-            false => self
+        let cors = match !req.admin && self.cors.enabled() {
+            true => self
                 .cors
                 .headers(header_value(&req.raw[..req.head.head_len], "origin")),
-            true => None,
+            false => None,
         };
         let mut reply = match self.route(origin, req, cors.as_deref()) {
             Ok(reply) => reply,

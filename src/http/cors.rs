@@ -27,6 +27,12 @@ impl Cors {
         }
     }
 
+    /// Whether any origin is allowed (`--allow-origin` was given): without
+    /// it a request's `Origin` need not even be looked for.
+    pub fn enabled(&self) -> bool {
+        self.any || !self.origins.is_empty()
+    }
+
     /// The header lines (each ending in CRLF) a response to a request with
     /// this `Origin` carries, or `None` if the origin may not read it (or
     /// the request is not cross-origin).
@@ -103,6 +109,7 @@ mod tests {
         assert!(Cors::default()
             .headers(Some(b"https://app.example"))
             .is_none());
+        assert!(!Cors::default().enabled() && cors.enabled() && any.enabled());
     }
 
     #[test]

@@ -267,11 +267,15 @@ impl Reactor {
         }
         let last = items.last().map(|&(_, id)| id);
         let wire = kind.wire(parts[1..n].iter().map(|p| p.len()).sum(), last);
-        // A held poll's answer from an allowed origin carries CORS lines.
-        let head_with_cors = self
-            .cors_held
-            .get(&key)
-            .and_then(|lines| cors::with_headers(wire.head(), lines));
+        // A held poll's answer from an allowed origin carries CORS lines
+        // (a stream's frames never have a head of their own).
+        let head_with_cors = match kind.is_poll() {
+            true => self
+                .cors_held
+                .get(&key)
+                .and_then(|lines| cors::with_headers(wire.head(), lines)),
+            false => None,
+        };
         parts[0] = head_with_cors.as_deref().unwrap_or(wire.head());
         parts[n] = wire.tail();
         let sent = self.write(key, &parts[..=n]);
