@@ -628,7 +628,10 @@ impl Store for RedisStore {
         }
         let hits: Vec<i64> = self.with(|c| {
             let mut call = self.online.prepare_invoke();
-            call.arg(unix_now()).arg(node);
+            call.arg(unix_now())
+                .arg(node)
+                .arg(keys::NODES)
+                .arg(keys::presence(""));
             for &uid in uids {
                 call.arg(keys::presence_member(appid, uid));
             }

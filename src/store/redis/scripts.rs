@@ -130,16 +130,19 @@ return old
 /// Which of some users another live process has online: one round trip
 /// for the whole list.
 ///
-/// ARGV[1] now (unix seconds), ARGV[2] the asking process's id, ARGV[3..]
-/// the users as presence members. Returns 1 or 0 per user. Reads keys it
-/// is not given (every live process's set): a standalone Redis only.
+/// ARGV[1] now (unix seconds), ARGV[2] the asking process's id, ARGV[3]
+/// the key of the live processes (`keys::NODES`), ARGV[4] what a
+/// process's id follows in its set's key (`keys::presence("")`),
+/// ARGV[5..] the users as presence members. Returns 1 or 0 per user.
+/// Reads keys it is not given (every live process's set): a standalone
+/// Redis only.
 pub const ONLINE: &str = r#"
-local nodes = redis.call('ZRANGEBYSCORE', 'hs:nodes', ARGV[1], '+inf')
+local nodes = redis.call('ZRANGEBYSCORE', ARGV[3], ARGV[1], '+inf')
 local out = {}
-for i = 3, #ARGV do out[i - 2] = 0 end
+for i = 5, #ARGV do out[i - 4] = 0 end
 for _, node in ipairs(nodes) do
   if node ~= ARGV[2] then
-    local hit = redis.call('SMISMEMBER', 'hs:on:' .. node, unpack(ARGV, 3))
+    local hit = redis.call('SMISMEMBER', ARGV[4] .. node, unpack(ARGV, 5))
     for i, h in ipairs(hit) do
       if h == 1 then out[i] = 1 end
     end
