@@ -1,7 +1,8 @@
 //! What a group message costs Redis, counted by Redis itself (`INFO
 //! commandstats`): one append script per 512 members, one announcement per
 //! script (not one per member), and the member list read once per process,
-//! not on every `/gp`.
+//! not on every `/gp`; and a script Redis does not know yet is loaded and
+//! run once for each command that asked for it, never twice.
 
 mod common;
 
@@ -80,4 +81,35 @@ fn bulk_provisioning_lists_each_token_under_its_user() {
     expect_error(provision(&srv, None, &clash), 409);
     assert_eq!(srv.redis().command(&["GET", "hs:{a:a}:uids"]), "304");
     expect_error(api.post("/login", &login_body("a", "0", "pw")), 401);
+}
+
+/// Redis serves a long pipeline in pieces between other clients' commands,
+/// so another connection may load a script while a pipeline of its EVALSHAs
+/// is half answered NOSCRIPT. Only those are run again: here the pipeline
+/// itself loads the script half way, and a counter shows each EVALSHA ran
+/// once (running the whole pipeline again appended a group message twice to
+/// the members of its later batches).
+#[test]
+fn evalshas_answered_noscript_and_only_those_run_again() {
+    const COUNT: &str = "return redis.call('INCR', KEYS[1])";
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).expect("a redis url");
+    let mut c = client.get_connection().expect("a connection to redis");
+    let script = redis::Script::new(COUNT);
+    let mut p = redis::pipe();
+    p.cmd("EVALSHA").arg(script.get_hash()).arg(1).arg("n");
+    p.cmd("SCRIPT").arg("LOAD").arg(COUNT); // as if another client did
+    p.cmd("EVALSHA").arg(script.get_hash()).arg(1).arg("n");
+    let replies = haoshuo::store::redis::pipeline_with_script(&mut c, &script, &p)
+        .expect("every command answered");
+    assert_eq!(
+        replies,
+        [
+            redis::Value::Int(2),
+            redis::Value::BulkString(script.get_hash().as_bytes().to_vec()),
+            redis::Value::Int(1),
+        ],
+        "the first EVALSHA ran after the script was loaded, the second once"
+    );
+    assert_eq!(redis.command(&["GET", "n"]), "2");
 }

@@ -163,7 +163,7 @@ impl RedisStore {
         }
         let per = if once.is_some() { 3 } else { 2 };
         let prefix = keys::announce_prefix(appid, &stored);
-        let batches: Vec<Vec<i64>> = self.with(|c| {
+        let batches = self.with(|c| {
             let mut p = redis::pipe();
             for batch in to.chunks(APPEND_BATCH) {
                 let cmd = p
@@ -184,9 +184,14 @@ impl RedisStore {
                     .arg(per)
                     .arg(batch);
             }
-            with_script(c, &self.append, |c| p.query(c))
+            pipeline_with_script(c, &self.append, &p)
         })?;
-        let ids: Vec<i64> = batches.into_iter().flatten().collect();
+        let mut ids: Vec<i64> = Vec::with_capacity(to.len());
+        for batch in batches {
+            let batch: Vec<i64> = redis::from_redis_value(batch)
+                .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+            ids.extend(batch);
+        }
         if ids.len() != to.len() {
             return Err(StoreError::Unavailable(
                 "redis: an append answered for the wrong number of receivers".into(),
@@ -437,7 +442,7 @@ impl Store for RedisStore {
                     .arg(0)
                     .ignore();
             }
-            with_script(c, &self.tokens_list, |c| p.exec(c))
+            pipeline_with_script(c, &self.tokens_list, &p).map(drop)
         })
     }
 
@@ -675,19 +680,47 @@ fn write_token(p: &mut redis::Pipeline, selector: &str, info: &TokenInfo) {
     p.cmd("EXPIREAT").arg(&key).arg(info.expires_at).ignore();
 }
 
-/// Runs a pipeline of EVALSHAs of `script`, loading the script and
-/// running it again if Redis does not know it (after a restart). A
-/// NOSCRIPT answer means none of the pipeline's scripts ran.
-fn with_script<T>(
+/// Runs pipeline `p`, some of whose commands are EVALSHAs of `script`,
+/// and answers each command's reply in order.
+///
+/// A Redis that does not know the script (fresh, restarted or flushed)
+/// answers NOSCRIPT, and not necessarily to all of them: Redis serves a
+/// long pipeline in pieces between other clients' commands, and another
+/// connection may load the script in between. So only the commands that
+/// answered NOSCRIPT are sent again once the script is loaded; sending the
+/// whole pipeline again would run the others twice (a group message
+/// appended twice to the members of its later batches).
+pub fn pipeline_with_script(
     c: &mut dyn ConnectionLike,
     script: &Script,
-    run: impl Fn(&mut dyn ConnectionLike) -> RedisResult<T>,
-) -> RedisResult<T> {
-    match run(c) {
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            script.prepare_invoke().load(c)?;
-            run(c)
+    p: &redis::Pipeline,
+) -> RedisResult<Vec<redis::Value>> {
+    let cmds: Vec<&redis::Cmd> = p.cmd_iter().collect();
+    let mut replies = send_all(c, &cmds)?;
+    let missing: Vec<usize> = (0..replies.len())
+        .filter(|&i| matches!(&replies[i], redis::Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript)))
+        .collect();
+    if !missing.is_empty() {
+        script.prepare_invoke().load(c)?;
+        let again: Vec<&redis::Cmd> = missing.iter().map(|&i| cmds[i]).collect();
+        for (i, reply) in missing.into_iter().zip(send_all(c, &again)?) {
+            replies[i] = reply;
         }
-        other => other,
     }
+    replies
+        .into_iter()
+        .map(|r| match r {
+            redis::Value::ServerError(e) => Err(e.into()),
+            v => Ok(v),
+        })
+        .collect()
+}
+
+/// Sends `cmds` in one write and reads one reply for each.
+fn send_all(c: &mut dyn ConnectionLike, cmds: &[&redis::Cmd]) -> RedisResult<Vec<redis::Value>> {
+    let mut bytes = Vec::new();
+    for cmd in cmds {
+        cmd.write_packed_command(&mut bytes);
+    }
+    c.req_packed_commands(&bytes, 0, cmds.len())
 }
