@@ -17,11 +17,13 @@
 #            rewritten, its own temp prefix); the fan-out is ONE CHANNEL
 #            WITH N SUBSCRIBERS (http-chunked), one message buffer.
 #
-# Both get ONE PUBLISHER posting one message at a time (haoshuo-load's
-# nchan publisher is always one, so the seqs it stamps are published in
-# order; haoshuo gets --senders SENDERS, default 1, to match): message i is
-# due at start + i/RATE, but the next post waits for the answer to the last,
-# so a server slow to answer gets a lower rate; the achieved rate is shown.
+# Both get the same SENDERS publishing connections (default 4, haoshuo-load's
+# default): message i is due at start + i/RATE, each connection waits for
+# the answer to its last post before the next, so a server slow to answer
+# gets a lower rate; the achieved rate is shown. With SENDERS=1 every
+# subscriber must see the messages in publish order; with several, nchan's
+# subscribers must all see the one order the channel gave them (the
+# publishers' requests race), and haoshuo's members their msgids ascending.
 #
 # Per run it prints deliveries/s, latency p50/p99, the check (every
 # subscriber got every message once, in order), and the server's CPU time
@@ -45,7 +47,7 @@ NCHAN_MODULE=${NCHAN_MODULE:-/usr/lib/nginx/modules/ngx_nchan_module.so}
 SIZES=${SIZES:-10000x200x100 2000x200x100}
 REPS=${REPS:-3}
 PROCS=${PROCS:-2}
-SENDERS=${SENDERS:-1}
+SENDERS=${SENDERS:-4}
 LIFT=${LIFT:---max-group-members 20000 --max-body 1048576 --send-rate 0 --auth-per-ip 0}
 OUT=${OUT:-$(mktemp -d /tmp/fanout-vs-nchan.XXXXXX)}
 HZ=$(getconf CLK_TCK)
@@ -130,7 +132,7 @@ run_one() {
     start_nginx || die "nginx did not start"
     c0=$(worker_ticks "$SERVER_PID")
     "$LOAD" fanout --server-kind nchan --members "$m" --msgs "$n" --rate "$r" --procs "$PROCS" \
-      --target "$TARGET" --server-pid "$SERVER_PID" > "$out" 2> "$err"
+      --senders "$SENDERS" --target "$TARGET" --server-pid "$SERVER_PID" > "$out" 2> "$err"
     rc=$?
     c1=$(worker_ticks "$SERVER_PID")
   fi
@@ -153,7 +155,7 @@ run_one() {
 
 echo "commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null)$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty'), $(nginx -v 2>&1), nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), $(nproc) cores, results in $OUT"
 echo "haoshuo: one group message to N members (N users, N stored inboxes, N streams); $SENDERS sender(s)"
-echo "nchan:   one channel with N http-chunked subscribers; 1 publisher"
+echo "nchan:   one channel with N http-chunked subscribers; $SENDERS publisher(s)"
 for size in $SIZES; do
   IFS=x read -r m n r <<< "$size"
   for rep in $(seq "$REPS"); do

@@ -6,6 +6,13 @@
 //! [`Receiver`] per user it streams for (a user never moves between
 //! workers, also not across churn), sends a [`RecvSummary`] at the end, and
 //! the parent compares them with what the senders got `ok` for.
+//!
+//! An nchan channel published to over several connections has no such
+//! numbering: the publishers' sequence numbers reach the channel in
+//! whatever order their requests do. "In order" then means one order for
+//! every subscriber, the channel's: each receiver also keeps a hash of the
+//! order it saw, and [`judge_channel`] holds every receiver to the order
+//! most of them saw.
 
 use std::collections::HashMap;
 
@@ -26,6 +33,8 @@ pub struct Receiver {
     pub ooo: u64,
     /// msgid 0 or absurdly large.
     pub bogus: u64,
+    /// A hash of the new msgids in the order they came.
+    pub order: u64,
 }
 
 impl Receiver {
@@ -45,6 +54,10 @@ impl Receiver {
         }
         self.seen[word] |= 1 << bit;
         self.distinct += 1;
+        // FNV-1a over the msgids' bytes: equal hashes, equal orders.
+        for b in msgid.to_le_bytes() {
+            self.order = (self.order ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
         if msgid < self.max {
             self.ooo += 1;
         }
@@ -59,6 +72,7 @@ impl Receiver {
             ooo: self.ooo,
             max: self.max,
             bogus: self.bogus,
+            order: self.order,
         }
     }
 }
@@ -72,6 +86,8 @@ pub struct RecvSummary {
     pub ooo: u64,
     pub max: u64,
     pub bogus: u64,
+    #[serde(default)]
+    pub order: u64,
 }
 
 /// The verdict over all receivers.
@@ -117,6 +133,7 @@ pub fn judge(summaries: &[RecvSummary], expected: &HashMap<u64, u64>) -> Verdict
             ooo: 0,
             max: 0,
             bogus: 0,
+            order: 0,
         };
         let got = by_uid.get(&uid).copied().unwrap_or(&empty);
         if want == 0 && got.distinct == 0 && got.dups == 0 && got.bogus == 0 {
@@ -140,6 +157,31 @@ pub fn judge(summaries: &[RecvSummary], expected: &HashMap<u64, u64>) -> Verdict
         }
     }
     v
+}
+
+/// [`judge`] for one channel whose messages were published over several
+/// connections: the msgids (the publishers' sequence numbers) need not
+/// ascend, but every receiver must see them in one order, the one most
+/// receivers that got everything saw; a receiver that got everything in
+/// another order counts one out-of-order delivery.
+pub fn judge_channel(summaries: &[RecvSummary], expected: &HashMap<u64, u64>) -> Verdict {
+    let whole = |s: &RecvSummary| {
+        let want = expected.get(&s.uid).copied().unwrap_or(0);
+        s.distinct == want && s.max == want && s.dups == 0 && s.bogus == 0
+    };
+    let mut orders: HashMap<u64, u64> = HashMap::new();
+    for s in summaries.iter().filter(|s| whole(s)) {
+        *orders.entry(s.order).or_default() += 1;
+    }
+    let channel = orders.into_iter().max_by_key(|&(_, n)| n).map(|(o, _)| o);
+    let held: Vec<RecvSummary> = summaries
+        .iter()
+        .map(|s| RecvSummary {
+            ooo: u64::from(whole(s) && Some(s.order) != channel),
+            ..s.clone()
+        })
+        .collect();
+    judge(&held, expected)
 }
 
 #[cfg(test)]
@@ -189,6 +231,22 @@ mod tests {
         // Idle receivers are not counted.
         let v = judge(&[Receiver::default().summary(3)], &HashMap::new());
         assert_eq!(v.receivers, 0);
+    }
+
+    #[test]
+    fn one_channel_order_for_every_receiver() {
+        let exp = HashMap::from([(1, 3), (2, 3), (3, 3), (4, 3)]);
+        let same = [recv(&[2, 1, 3]), recv(&[2, 1, 3]), recv(&[2, 1, 3])];
+        let mut s: Vec<RecvSummary> = same.iter().zip(1..).map(|(r, u)| r.summary(u)).collect();
+        s.push(recv(&[2, 1, 3]).summary(4));
+        let v = judge_channel(&s, &exp);
+        assert!(v.ok(), "{v:?}");
+        assert_eq!(v.perfect, 4);
+        // One receiver saw the channel in another order; one lost a message.
+        s[3] = recv(&[1, 2, 3]).summary(4);
+        s[2] = recv(&[2, 1]).summary(3);
+        let v = judge_channel(&s, &exp);
+        assert_eq!((v.out_of_order, v.lost, v.perfect), (1, 1, 2), "{v:?}");
     }
 
     #[test]

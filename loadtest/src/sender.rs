@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::Client;
 use crate::clock::mono_ns;
+use hdrhistogram::Histogram;
 
 /// One message to post: path, body, and the key its success is counted
 /// under (the receiver uid for `/p`, the gid for `/gp`, 0 for nchan).
@@ -55,7 +56,7 @@ fn post_one(c: &mut Client, post: &Post) -> std::io::Result<Result<(), (u16, Vec
     })
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SendStats {
     pub ok: u64,
     /// Non-200 answers by status.
@@ -66,6 +67,22 @@ pub struct SendStats {
     /// Successful sends per key.
     pub ok_by_key: HashMap<u64, u64>,
     pub elapsed: Duration,
+    /// Time from writing each post to its answer, in µs (every answer).
+    pub answer_us: Histogram<u64>,
+}
+
+impl Default for SendStats {
+    fn default() -> SendStats {
+        SendStats {
+            ok: 0,
+            by_status: BTreeMap::new(),
+            io_errors: 0,
+            first_error: None,
+            ok_by_key: HashMap::new(),
+            elapsed: Duration::ZERO,
+            answer_us: crate::fleet::new_hist(),
+        }
+    }
 }
 
 impl SendStats {
@@ -106,7 +123,12 @@ pub fn run(
                         }
                     }
                     let post = make(i, mono_ns());
-                    match post_one(&mut c, &post) {
+                    let sent = Instant::now();
+                    let answer = post_one(&mut c, &post);
+                    let _ = local
+                        .answer_us
+                        .record(sent.elapsed().as_micros().max(1) as u64);
+                    match answer {
                         Ok(Ok(())) => {
                             local.ok += 1;
                             *local.ok_by_key.entry(post.key).or_default() += 1;
@@ -132,6 +154,7 @@ pub fn run(
                 let mut all = stats.lock().unwrap();
                 all.ok += local.ok;
                 all.io_errors += local.io_errors;
+                let _ = all.answer_us.add(&local.answer_us);
                 for (k, v) in local.by_status {
                     *all.by_status.entry(k).or_default() += v;
                 }
