@@ -1,13 +1,14 @@
 //! `haoshuo-load`: the command line. Parses the subcommands (idle, fanout,
-//! chat, poll, slow) and their options, checks them, and runs the scenario; the
-//! hidden `--worker` mode turns this process into a worker of another
-//! `haoshuo-load` (see worker.rs).
+//! chat, poll, slow, floor) and their options, checks them, and runs the
+//! scenario; the hidden `--worker` mode turns this process into a worker of
+//! another `haoshuo-load` (see worker.rs).
 
 mod checker;
 mod client;
 mod clock;
 mod conn;
 mod fleet;
+mod floor;
 mod ipc;
 mod pace;
 use haoshuo_loadtest::proto;
@@ -39,6 +40,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 ///   haoshuo-load fanout --server-kind nchan --target 127.0.0.1:18081 --members 1000 --msgs 100 --rate 50
 ///   haoshuo-load chat --users 2000 --rate 500 --secs 20 --churn 5
 ///   haoshuo-load slow --readers 100 --owed-mb 5 --rate-kbps 1024 --server-pid $(pidof haoshuo)
+///   haoshuo-load floor --conns 9500 --msgs 50 --rate 5   (no server: the kernel's floor)
 /// Without an admin listener add `--provision login` (slow: one /re and
 /// /login per user). Only loopback (127.0.0.0/8) targets are accepted.
 ///
@@ -120,6 +122,17 @@ enum Scenario {
         slow: SlowArgs,
         #[command(flatten)]
         common: Common,
+    },
+    /// No server: the kernel's own share of a fan-out, as a reference.
+    /// N loopback connections of this one process; --writers threads write
+    /// each message (one --bytes frame) to their share of the accepted
+    /// sockets, --readers threads poll the other ends. Delivery latency,
+    /// CPU per write and per read, and each fan-out's wall time, with
+    /// nothing but the kernel's work (floor.rs). Needs 2 file descriptors
+    /// per connection.
+    Floor {
+        #[command(flatten)]
+        floor: floor::FloorArgs,
     },
 }
 
@@ -292,6 +305,7 @@ fn main() {
         Scenario::Chat { chat, common } => scenarios::chat(&common, &chat, false),
         Scenario::Poll { chat, common } => scenarios::chat(&common, &chat, true),
         Scenario::Slow { slow, common } => slow::slow(&common, &slow),
+        Scenario::Floor { floor } => floor::floor(&floor),
     };
     match res {
         Ok(true) => {}
