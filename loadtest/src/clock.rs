@@ -114,6 +114,65 @@ fn parse_sockstat(s: &str) -> Option<(u64, u64)> {
     Some((field("mem")? * 4096, field("inuse")?))
 }
 
+/// The kernel's slab (`Slab:` in /proc/meminfo: sockets, files, epoll
+/// items...), in bytes.
+pub fn slab_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo(&s, "Slab:")
+}
+
+fn parse_meminfo(s: &str, key: &str) -> Option<u64> {
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    let kib: u64 = line[key.len()..].split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The whole machine's CPU time so far, from the first line of /proc/stat
+/// (clock ticks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineCpu {
+    pub busy: u64,
+    pub softirq: u64,
+    pub total: u64,
+}
+
+/// Shares of the machine's time between two readings.
+pub struct Busy {
+    pub total: f64,
+    pub softirq: f64,
+}
+
+impl MachineCpu {
+    pub fn busy_share_since(&self, before: &MachineCpu) -> Busy {
+        let all = self.total.saturating_sub(before.total).max(1) as f64;
+        Busy {
+            total: self.busy.saturating_sub(before.busy) as f64 / all,
+            softirq: self.softirq.saturating_sub(before.softirq) as f64 / all,
+        }
+    }
+}
+
+pub fn machine_cpu() -> Option<MachineCpu> {
+    parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_proc_stat(s: &str) -> Option<MachineCpu> {
+    let line = s.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .map(|w| w.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]:
+    // guest time is already inside user and nice.
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3)? + f.get(4)?;
+    Some(MachineCpu {
+        busy: total - idle,
+        softirq: *f.get(6)?,
+        total,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +209,23 @@ mod tests {
         assert_eq!(parse_stat("42 (x) S"), None);
         let me = cpu_secs_with_children(std::process::id()).unwrap();
         assert!(me >= 0.0);
+    }
+
+    #[test]
+    fn meminfo_and_proc_stat() {
+        let info =
+            "MemTotal:       24000000 kB\nSlab:            1048576 kB\nSReclaimable:    1 kB\n";
+        assert_eq!(parse_meminfo(info, "Slab:"), Some(1 << 30));
+        assert_eq!(parse_meminfo(info, "Nope:"), None);
+        let a = parse_proc_stat("cpu  100 10 50 800 40 0 20 0 0 0\ncpu0 1 2 3\n").unwrap();
+        assert_eq!((a.busy, a.softirq, a.total), (180, 20, 1020));
+        let b = MachineCpu {
+            busy: a.busy + 60,
+            softirq: a.softirq + 30,
+            total: a.total + 100,
+        };
+        let busy = b.busy_share_since(&a);
+        assert_eq!((busy.total, busy.softirq), (0.6, 0.3));
+        assert!(parse_proc_stat("intr 1 2 3\n").is_none());
     }
 }

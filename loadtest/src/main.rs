@@ -93,8 +93,10 @@ enum Scenario {
         #[command(flatten)]
         common: Common,
     },
-    /// U streaming users; single-chat messages from random users to random
-    /// others at R/s for T seconds, optionally with stream churn.
+    /// U streaming users; single-chat messages (/p) between them at R/s
+    /// for T seconds, any U in a row reaching every user once (and sent by
+    /// every user once); optionally with stream churn, and an idle hold
+    /// before the traffic (--idle-secs) that measures what holding costs.
     Chat {
         #[command(flatten)]
         chat: ChatArgs,
@@ -181,6 +183,12 @@ pub struct ChatArgs {
     /// their last msgid + 1 (the check must still see each message once).
     #[arg(long, default_value_t = 0.0)]
     pub churn: f64,
+    /// Hold the subscriptions this many seconds with no traffic before
+    /// sending, and report what holding them costs: the server's CPU (all
+    /// its processes, with --server-pid), the machine's, server RSS, TCP
+    /// buffers and kernel slab per connection.
+    #[arg(long, default_value_t = 0)]
+    pub idle_secs: u64,
 }
 
 /// Which server a fan-out drives.

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::checker::{self, Verdict};
 use crate::client::Client;
-use crate::clock::{cpu_secs_with_children, rss_bytes, tcp_mem};
+use crate::clock::{cpu_secs_with_children, machine_cpu, rss_bytes, slab_bytes, tcp_mem};
 use crate::fleet::{Collected, Fleet, FleetOpts};
 use crate::ipc::ToWorker;
 use crate::proto;
@@ -165,44 +165,70 @@ fn finish(c: &Common, r: &Report, col: &Collected) -> Result<(), String> {
 }
 
 pub fn idle(c: &Common, conns: usize, hold: u64) -> Result<bool, String> {
-    let rss_pre = c.server_pid.and_then(rss_bytes);
+    let before = Mem::now(c);
     let users = make_users(c, conns)?;
-    let rss0 = c.server_pid.and_then(rss_bytes);
-    let mem0 = tcp_mem();
+    let provisioned = Mem::now(c);
     let mut fleet = Fleet::start(&fleet_opts(c, false, false, hold), &users)?;
     let procs = fleet.procs();
     let connect = fleet.wait_connected(conns as u64, Duration::from_secs(c.connect_wait));
     fleet.hold("hold", Duration::from_secs(hold));
     let open = fleet.progress().open;
-    let rss1 = c.server_pid.and_then(rss_bytes);
-    let mem1 = tcp_mem();
+    let held = Mem::now(c);
     let col = fleet.stop();
     let mut r = Report::new("idle");
     conn_rows(&mut r, conns, procs, &col, connect);
     r.add("open_after_hold", open);
-    if let Some(a) = rss_pre {
+    mem_rows(&mut r, [before, provisioned, held], open);
+    let ok = open == conns as u64 && col.progress.dropped == 0;
+    r.add("check", pass(ok));
+    finish(c, &r, &col)?;
+    Ok(ok)
+}
+
+/// Memory read at one moment: the server's RSS (with its child
+/// processes), the kernel's TCP buffer pages and sockets, and its slab.
+struct Mem {
+    rss: Option<u64>,
+    tcp: Option<(u64, u64)>,
+    slab: Option<u64>,
+}
+
+impl Mem {
+    fn now(c: &Common) -> Mem {
+        Mem {
+            rss: c.server_pid.and_then(rss_bytes),
+            tcp: tcp_mem(),
+            slab: slab_bytes(),
+        }
+    }
+}
+
+/// Memory rows: `[before provisioning, provisioned, held]`; per connection
+/// is what holding `open` streams added after provisioning.
+fn mem_rows(r: &mut Report, [before, provisioned, held]: [Mem; 3], open: u64) {
+    let per = |a: u64, b: u64| b.saturating_sub(a) / open.max(1);
+    if let Some(a) = before.rss {
         r.add("server_rss_before_provision_mib", mib(a));
     }
-    if let (Some(a), Some(b)) = (rss0, rss1) {
+    if let (Some(a), Some(b)) = (provisioned.rss, held.rss) {
         r.add("server_rss_before_mib", mib(a));
         r.add("server_rss_after_mib", mib(b));
-        r.add(
-            "server_rss_per_conn_bytes",
-            (b.saturating_sub(a)) / open.max(1),
-        );
+        r.add("server_rss_per_conn_bytes", per(a, b));
     }
-    if let (Some((a, sa)), Some((b, sb))) = (mem0, mem1) {
+    if let (Some((a, sa)), Some((b, sb))) = (provisioned.tcp, held.tcp) {
         r.add("tcp_mem_before_mib", mib(a));
         r.add("tcp_mem_after_mib", mib(b));
         r.add("tcp_sockets_before", sa);
         r.add("tcp_sockets_after", sb);
         // Both ends of each connection live in this kernel.
-        r.add("tcp_mem_per_conn_bytes", b.saturating_sub(a) / open.max(1));
+        r.add("tcp_mem_per_conn_bytes", per(a, b));
     }
-    let ok = open == conns as u64 && col.progress.dropped == 0;
-    r.add("check", pass(ok));
-    finish(c, &r, &col)?;
-    Ok(ok)
+    if let (Some(a), Some(b)) = (provisioned.slab, held.slab) {
+        r.add("kernel_slab_before_mib", mib(a));
+        r.add("kernel_slab_after_mib", mib(b));
+        // Both sockets of each connection (and their files, epoll items).
+        r.add("kernel_slab_per_conn_bytes", per(a, b));
+    }
 }
 
 /// The server's CPU seconds so far (with its child processes: nginx's
@@ -424,19 +450,31 @@ fn mix(mut x: u64) -> u64 {
 
 pub fn chat(c: &Common, a: &ChatArgs, poll: bool) -> Result<bool, String> {
     let n = a.users.max(2);
+    let before = Mem::now(c);
     let users = make_users(c, n)?;
-    let mut fleet = Fleet::start(&fleet_opts(c, poll, true, a.secs * 2 + 60), &users)?;
+    let provisioned = Mem::now(c);
+    let run_secs = a.idle_secs + a.secs * 2 + 60;
+    let mut fleet = Fleet::start(&fleet_opts(c, poll, true, run_secs), &users)?;
     let procs = fleet.procs();
     let connect = fleet.wait_connected(n as u64, Duration::from_secs(c.connect_wait));
+    // Held and quiet first: what holding them costs, before any traffic.
+    let (cpu0, m0) = (server_cpu(c), machine_cpu());
+    let idle_start = Instant::now();
+    if a.idle_secs > 0 {
+        fleet.hold("idle", Duration::from_secs(a.idle_secs));
+    }
+    let idle_wall = idle_start.elapsed().as_secs_f64();
+    let (cpu1, m1) = (server_cpu(c), machine_cpu());
+    let held = Mem::now(c);
+    let open_idle = fleet.progress().open;
     if a.churn > 0.0 {
         fleet.broadcast(&ToWorker::Churn { pct: a.churn });
     }
     let total = (a.rate * a.secs as f64).round() as u64;
     let t0 = Instant::now();
+    let pairs = Pairs::new(n);
     let make = |i: u64, now: u64| {
-        let h = mix(i);
-        let from = (h % n as u64) as usize;
-        let to = (from + 1 + ((h >> 32) % (n as u64 - 1)) as usize) % n;
+        let (from, to) = pairs.get(i);
         let (f, t) = (&users[from], &users[to]);
         Post::form(
             "/p",
@@ -469,10 +507,104 @@ pub fn chat(c: &Common, a: &ChatArgs, poll: bool) -> Result<bool, String> {
     if poll {
         r.add("poll_answers", col.progress.polls);
     }
+    if a.idle_secs > 0 {
+        r.add("idle_secs", format!("{idle_wall:.1}"));
+        r.add("open_after_idle", open_idle);
+        mem_rows(&mut r, [before, provisioned, held], open_idle);
+        if let (Some(x), Some(y)) = (cpu0, cpu1) {
+            // % of one core, all server processes together.
+            r.add(
+                "idle_server_cpu_pct",
+                format!("{:.1}", (y - x) * 100.0 / idle_wall),
+            );
+        }
+        if let (Some(x), Some(y)) = (m0, m1) {
+            let busy = y.busy_share_since(&x);
+            r.add(
+                "idle_machine_busy_pct",
+                format!("{:.1}", busy.total * 100.0),
+            );
+            r.add(
+                "idle_machine_softirq_pct",
+                format!("{:.1}", busy.softirq * 100.0),
+            );
+        }
+    }
+    r.add("receivers_reached", v.receivers);
     send_rows(&mut r, &stats);
     verdict_rows(&mut r, &v, secs);
     r.add("check", pass(v.ok()));
     r.add_latency(&col.hist);
     finish(c, &r, &col)?;
     Ok(v.ok() && stats.errors() == 0)
+}
+
+/// Who sends message `i` to whom: an affine permutation of the users, so
+/// that any `n` messages in a row reach every user once (and are sent by
+/// every user once), spread over the whole population rather than in uid
+/// order.
+struct Pairs {
+    n: u64,
+    mul: u64,
+    add: u64,
+}
+
+impl Pairs {
+    fn new(n: usize) -> Pairs {
+        let n = n.max(2) as u64;
+        // A multiplier coprime with n makes i -> (mul * i + add) mod n a
+        // bijection of 0..n.
+        let mut mul = (0x9e37_79b9_7f4a_7c15 % n).max(1);
+        while gcd(mul, n) != 1 {
+            mul += 1;
+        }
+        Pairs {
+            n,
+            mul,
+            add: mix(n) % n,
+        }
+    }
+
+    fn at(&self, i: u64) -> usize {
+        let i = i % self.n;
+        ((u128::from(self.mul) * u128::from(i) + u128::from(self.add)) % u128::from(self.n))
+            as usize
+    }
+
+    /// (sender, receiver) of message `i`: never the same user.
+    fn get(&self, i: u64) -> (usize, usize) {
+        (self.at(i + 1), self.at(i))
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_n_messages_reach_every_user_once_from_another() {
+        for n in [2usize, 3, 10, 97, 1000, 1024] {
+            let pairs = Pairs::new(n);
+            for start in [0, 5, 1_000_003] {
+                let mut got = vec![0u32; n];
+                let mut sent = vec![0u32; n];
+                for i in start..start + n as u64 {
+                    let (from, to) = pairs.get(i);
+                    assert_ne!(from, to, "n {n}, message {i}");
+                    got[to] += 1;
+                    sent[from] += 1;
+                }
+                assert!(got.iter().all(|&k| k == 1), "n {n}: {got:?}");
+                assert!(sent.iter().all(|&k| k == 1), "n {n}: {sent:?}");
+            }
+        }
+    }
 }

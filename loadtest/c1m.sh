@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# c1m.sh [CONNS]: a million streams on this box with one command, and what
+# holding and serving them costs. Bounded: every step has a timeout, and
+# everything it started is stopped on exit (also on Ctrl-C).
+#
+#   cargo build --release --workspace
+#   loadtest/c1m.sh              # 1,000,000 streams; ~6 minutes here
+#   loadtest/c1m.sh 100000       # a smaller point of the same curve
+#
+# 1. A redis-server of its own (free port, temp dir, AOF everysec).
+# 2. `haoshuo --processes auto --max-conns CONNS --redis ...`: the supervisor
+#    starts as many server processes as the open-file limit asks for (one
+#    holds ~19,500 streams here), sharing one listen address; per process
+#    THREADS reactors, WORKERS workers and REDIS_POOL Redis connections.
+# 3. `haoshuo-load chat --users CONNS --idle-secs IDLE --rate RATE --secs
+#    SECS`: CONNS fresh users (bulk /admin/users), one stream each, spread
+#    over enough client worker processes with their own 127.0.0.x source
+#    addresses; held IDLE seconds with no traffic (the server's and the
+#    machine's CPU, server RSS, TCP buffers and kernel slab per stream),
+#    then RATE single-chat messages per second for SECS seconds between
+#    them (any CONNS in a row reach every user once), with latency
+#    percentiles, /p answer times and the delivery check (nothing lost,
+#    duplicated or out of order).
+#
+# Before a big run it raises the kernel settings the load client names as
+# short (somaxconn, tcp_max_syn_backlog, ip_local_port_range) when run as
+# root and RAISE_SYSCTLS=1 (the default); otherwise it only prints them.
+#
+# Environment: IDLE (60) RATE (10000) SECS (60) THREADS (1) WORKERS (2)
+# REDIS_POOL (1) PROCS (client worker processes; default: as many as the
+# open-file limit needs) RAISE_SYSCTLS (1) OUT (default: a new
+# /tmp/c1m.* dir, which keeps the logs and the table) HAOSHUO_BIN
+# HAOSHUO_LOAD. Exit status: haoshuo-load's (0 all good, 2 the check failed).
+set -uo pipefail
+CONNS=${1:-1000000}
+root=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${HAOSHUO_BIN:-$root/target/release/haoshuo}
+LOAD=${HAOSHUO_LOAD:-$root/target/release/haoshuo-load}
+IDLE=${IDLE:-60} RATE=${RATE:-10000} SECS=${SECS:-60}
+THREADS=${THREADS:-1} WORKERS=${WORKERS:-2} REDIS_POOL=${REDIS_POOL:-1}
+RAISE_SYSCTLS=${RAISE_SYSCTLS:-1}
+OUT=${OUT:-$(mktemp -d /tmp/c1m.XXXXXX)}
+# shellcheck source=bench/lib.sh
+. "$root/loadtest/bench/lib.sh"
+trap 'stop_all' EXIT
+trap 'exit 130' INT TERM
+
+for f in "$BIN" "$LOAD"; do
+  [ -x "$f" ] || { echo "c1m.sh: $f missing (cargo build --release --workspace)" >&2; exit 1; }
+done
+command -v redis-server >/dev/null || { echo "c1m.sh: redis-server not found (apt-get install redis-server)" >&2; exit 1; }
+mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)"
+
+if [ "$RAISE_SYSCTLS" = 1 ] && [ "$(id -u)" = 0 ]; then
+  for kv in net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535 \
+            "net.ipv4.ip_local_port_range=1024 65535"; do
+    k=${kv%%=*} want=${kv#*=}
+    have=$(sysctl -n "$k" | tr -s '\t ' ' ')
+    if [ "$have" != "$want" ]; then
+      log "sysctl $k: $have -> $want"
+      sysctl -qw "$k=$want"
+    fi
+  done
+fi
+
+# wait_for CMD SECS: polls a shell command until it succeeds.
+wait_for() {
+  local i
+  for i in $(seq $(($2 * 10))); do eval "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "c1m.sh: timed out: $1" >&2; exit 1
+}
+
+rport=$(free_port) port=$(free_port) admin=$(free_port)
+redis-server --bind 127.0.0.1 --port "$rport" --save "" --appendonly yes \
+  --appendfsync everysec --dir "$OUT" > "$OUT/redis.log" 2>&1 &
+PIDS+=($!)
+wait_for "redis-cli -p $rport ping" 10
+
+"$BIN" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+  --redis "redis://127.0.0.1:$rport/0" --processes auto --max-conns "$CONNS" \
+  --threads "$THREADS" --workers "$WORKERS" --redis-pool "$REDIS_POOL" \
+  --auth-per-ip 0 > "$OUT/server.log" 2>&1 &
+SUP=$!
+PIDS+=("$SUP")
+wait_for "grep -q 'processes serving' '$OUT/server.log'" 10
+head -1 "$OUT/server.log"
+n=$(sed -n 's/.*: \([0-9]*\) processes serving.*/\1/p' "$OUT/server.log")
+wait_for "[ \$(grep -c 'listening on' '$OUT/server.log') -ge $n ]" 60
+
+log "redis-server on $rport, $n server processes on $port (admin $admin); logs and the table in $OUT"
+procs=()
+[ -n "${PROCS:-}" ] && procs=(--procs "$PROCS")
+timeout $((IDLE + SECS * 3 + 1200)) "$LOAD" chat --users "$CONNS" --idle-secs "$IDLE" \
+  --rate "$RATE" --secs "$SECS" --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
+  --server-pid "$SUP" "${procs[@]}" --connect-wait 600 > "$OUT/table.txt" 2> "$OUT/load.log"
+rc=$?
+echo "redis_rss_mib                $(awk -F: '/^used_memory_rss:/ {printf "%.1f", $2 / 1048576}' <(redis-cli -p "$rport" info memory | tr -d '\r'))" >> "$OUT/table.txt"
+cat "$OUT/table.txt"
+[ "$rc" = 0 ] || tail -5 "$OUT/load.log" >&2
+exit "$rc"
