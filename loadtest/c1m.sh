@@ -23,7 +23,8 @@
 #    duplicated or out of order).
 #
 # Before a big run it raises the kernel settings the load client names as
-# short (somaxconn, tcp_max_syn_backlog, ip_local_port_range) when run as
+# short (somaxconn, tcp_max_syn_backlog, ip_local_port_range from 10000, above
+# the fixed ports of the bench scripts) when run as
 # root and RAISE_SYSCTLS=1 (the default); otherwise it only prints them.
 #
 # Environment: IDLE (60) RATE (10000) SECS (60) THREADS (1) WORKERS (2)
@@ -54,7 +55,7 @@ ulimit -n "$(ulimit -Hn)"
 
 if [ "$RAISE_SYSCTLS" = 1 ] && [ "$(id -u)" = 0 ]; then
   for kv in net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535 \
-            "net.ipv4.ip_local_port_range=1024 65535"; do
+            "net.ipv4.ip_local_port_range=10000 65535"; do
     k=${kv%%=*} want=${kv#*=}
     have=$(sysctl -n "$k" | tr -s '\t ' ' ')
     if [ "$have" != "$want" ]; then

@@ -111,7 +111,9 @@ fn check_unsafe(cfg: &Config, addrs: &Addrs) -> Result<(), String> {
             listener::check_free(addr).map_err(|e| match e.kind() {
                 std::io::ErrorKind::AddrInUse => format!(
                     "{addr} is already served by another process; pass --reuseport \
-                     to share it on purpose (several nodes on one Redis)"
+                     to share it on purpose (several nodes on one Redis). If nothing \
+                     listens there, a connection holds it as its local port: pick a \
+                     port outside net.ipv4.ip_local_port_range"
                 ),
                 _ => format!("binding {addr}: {e}"),
             })?;
