@@ -9,7 +9,8 @@
 //! Where a doc shows what a command prints, what it prints is compared:
 //! placeholders for what differs per run are `"<48 hex>"` (a token),
 //! `[...]` (any array), `"..."` (any string) and a trailing `,...` in an
-//! array (more elements). Benchmark and load commands, minutes long at the
+//! array (more elements), also in JSON text inside a string (a frame's
+//! `content`). Benchmark and load commands, minutes long at the
 //! documented sizes, run at tiny sizes ([`TINY`]) and must print their
 //! report and pass their own check.
 
@@ -29,19 +30,23 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 const README: &str = include_str!("../README.md");
 
-/// The lines of the first ```sh block that contains `marker`.
+/// The lines of the first ```sh block of the README that contains `marker`.
 fn block(marker: &str) -> Vec<&'static str> {
-    let mut lines = README.lines();
+    fenced(README, "sh", marker)
+        .unwrap_or_else(|| panic!("no ```sh block with {marker:?} in README.md"))
+}
+
+/// The lines of the first fenced block of `doc` tagged `tag` (`""`: none)
+/// that contains `marker`.
+fn fenced<'d>(doc: &'d str, tag: &str, marker: &str) -> Option<Vec<&'d str>> {
+    let mut lines = doc.lines();
     loop {
-        let Some(line) = lines.next() else {
-            panic!("no ```sh block with {marker:?} in README.md")
-        };
-        if line.trim() != "```sh" {
+        let Some(this_tag) = lines.next()?.trim().strip_prefix("```") else {
             continue;
-        }
+        };
         let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
-        if body.iter().any(|l| l.contains(marker)) {
-            return body;
+        if this_tag == tag && body.iter().any(|l| l.contains(marker)) {
+            return Some(body);
         }
     }
 }
@@ -70,23 +75,60 @@ fn bash(script: &str, vars: &[(&str, &str)]) -> String {
 
 /// `expected` (README text, with its placeholders) against `actual`.
 fn matches(expected: &str, actual: &Value) -> bool {
-    let text = expected
-        .replace("[...]", r#""__ANY__""#)
-        .replace(r#""...""#, r#""__ANY__""#)
-        .replace("<48 hex>", "__HEX48__")
-        .replace(",...]", r#","__REST__"]"#);
-    let want: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("README shows no JSON here ({e}): {expected}"));
+    let want: Value = serde_json::from_str(&placeholders(expected))
+        .unwrap_or_else(|e| panic!("the doc shows no JSON here ({e}): {expected}"));
     same(&want, actual)
+}
+
+/// `expected` with the placeholders that are not JSON, `[...]` and a
+/// trailing `,...]`, made strings [`same`] knows; only outside JSON
+/// strings, so that the JSON text inside a frame's `content` keeps them
+/// for its own turn.
+fn placeholders(expected: &str) -> String {
+    let mut out = String::with_capacity(expected.len());
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = expected;
+    while let Some(c) = rest.chars().next() {
+        if !in_string {
+            if let Some(after) = rest.strip_prefix("[...]") {
+                out.push_str(r#""...""#);
+                rest = after;
+                continue;
+            }
+            if let Some(after) = rest.strip_prefix(",...]") {
+                out.push_str(r#","__REST__"]"#);
+                rest = after;
+                continue;
+            }
+        }
+        if escaped {
+            escaped = false;
+        } else if in_string && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            in_string = !in_string;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 fn same(want: &Value, got: &Value) -> bool {
     match (want, got) {
-        (Value::String(w), _) if w == "__ANY__" => true,
-        (Value::String(w), Value::String(g)) if w == "__HEX48__" => {
+        (Value::String(w), _) if w == "..." => true,
+        (Value::String(w), Value::String(g)) if w == "<48 hex>" => {
             g.len() == 48
                 && g.bytes()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        }
+        // JSON text in a string (a frame's `content`), placeholders and all.
+        (Value::String(w), Value::String(g)) if w != g => {
+            let inner = |text: &str| serde_json::from_str::<Value>(text).ok();
+            match (inner(&placeholders(w)), inner(g)) {
+                (Some(w), Some(g)) => w.is_object() && same(&w, &g),
+                _ => false,
+            }
         }
         (Value::Array(w), Value::Array(g)) => match w.last() {
             Some(Value::String(r)) if r == "__REST__" => {
@@ -223,6 +265,44 @@ fn the_admin_example_prints_what_the_readme_shows() {
         .strip_prefix("# ")
         .expect("the answer, commented");
     assert!(matches(want, &value), "printed  {out}\nREADME shows {want}");
+}
+
+/// docs/API.md's Server-Sent Events example is what an SSE stream prints:
+/// the user with two stored messages, a heartbeat after a quiet second.
+#[test]
+fn the_sse_example_is_what_an_sse_stream_prints() {
+    let api_md = fs::read_to_string(Path::new(REPO).join("docs/API.md")).expect("read docs/API.md");
+    let shown = fenced(&api_md, "", "retry: ").expect("the SSE example in docs/API.md");
+    let srv = Server::start(Backend::Embedded, Opts::default().heartbeat(1));
+    let api = srv.api();
+    let alice = api.user("test", "alice");
+    let bob = api.user("test", "bob");
+    fill_inbox(&api, &alice, &bob, 2);
+    let out = bash(
+        &format!(
+            "timeout 2 curl -sN 'http://{}/cget/sse?seq=1&cname={}&token={}'",
+            srv.addr(),
+            bob.uid,
+            bob.token
+        ),
+        &[],
+    );
+    let got: Vec<&str> = out.lines().collect();
+    let shown: Vec<&str> = shown.iter().map(|l| l.trim_end()).collect();
+    assert!(
+        got.len() >= shown.len(),
+        "printed {out:?}\nAPI.md shows {shown:?}"
+    );
+    for (want, got) in shown.iter().zip(&got) {
+        let alike = match (want.strip_prefix("data: "), got.strip_prefix("data: ")) {
+            (Some(w), Some(g)) => serde_json::from_str(g).is_ok_and(|g| matches(w, &g)),
+            _ => want == got,
+        };
+        assert!(
+            alike,
+            "printed {got:?} where docs/API.md shows {want:?}\nall of it: {out:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
