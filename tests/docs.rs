@@ -21,9 +21,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
+
+/// How long a server may take to print its start line (as the harness).
+const START_WAIT: Duration = Duration::from_secs(10);
 
 /// The repository: doc commands run from here, as the docs assume.
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -278,19 +282,27 @@ fn the_sse_example_is_what_an_sse_stream_prints() {
     let alice = api.user("test", "alice");
     let bob = api.user("test", "bob");
     fill_inbox(&api, &alice, &bob, 2);
-    let out = bash(
-        &format!(
-            "timeout 2 curl -sN 'http://{}/cget/sse?seq=1&cname={}&token={}'",
+    // curl's lines until as many as the example shows have come.
+    let mut curl = Command::new("curl")
+        .arg("-sN")
+        .arg(format!(
+            "http://{}/cget/sse?seq=1&cname={}&token={}",
             srv.addr(),
             bob.uid,
             bob.token
-        ),
-        &[],
-    );
-    let got: Vec<&str> = out.lines().collect();
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run curl");
+    let stdout = curl.stdout.take().expect("curl's stdout");
+    let _curl = KillOnDrop(curl);
     let shown: Vec<&str> = shown.iter().map(|l| l.trim_end()).collect();
-    assert!(
-        got.len() >= shown.len(),
+    let got = first_lines(stdout, shown.len(), WAIT);
+    let out = got.join("\n");
+    assert_eq!(
+        got.len(),
+        shown.len(),
         "printed {out:?}\nAPI.md shows {shown:?}"
     );
     for (want, got) in shown.iter().zip(&got) {
@@ -688,6 +700,29 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The first `n` lines a process prints to `pipe`, or fewer if it ends
+/// or `within` passes first.
+fn first_lines(pipe: std::process::ChildStdout, n: usize, within: Duration) -> Vec<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)) {
+            if line.map(|l| tx.send(l)).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + within;
+    let mut lines = Vec::new();
+    while lines.len() < n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    lines
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -726,14 +761,8 @@ fn cargo_run_prints_the_readme_start_line() {
         .expect("run haoshuo");
     let stdout = child.stdout.take().expect("stdout");
     let _child = KillOnDrop(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
-        let _ = tx.send(line);
-    });
-    let ours = rx
-        .recv_timeout(WAIT * 2)
+    let ours = first_lines(stdout, 1, START_WAIT)
+        .pop()
         .expect("haoshuo prints its start line");
     // Field by field: the README's words, except the address (a free port
     // here) and the counts, which depend on the machine.
