@@ -345,6 +345,7 @@ const RUN: &[(&str, &str, &str)] = &[
     ("docs/benchmarks.md", "RATE_KBPS=512 SINGLE=0 loadtest/bench/slow.sh", "slow_sh_runs_at_tiny_sizes"),
     ("docs/benchmarks.md", "loadtest/bench/fanout_cpu.sh", "fanout_cpu_sh_runs_at_tiny_sizes"),
     ("docs/benchmarks.md", "LIFT=\"--max-body 1048576\" loadtest/bench/fanout_cpu.sh", "fanout_cpu_sh_runs_at_tiny_sizes"),
+    ("docs/benchmarks.md", "loadtest/bench/fanout_vs_nchan.sh", "fanout_vs_nchan_sh_runs_at_tiny_sizes"),
     ("docs/benchmarks.md", "target/release/haoshuo --listen 127.0.0.1:2101", "hostile_py_runs_briefly"),
     ("docs/benchmarks.md", "python3 loadtest/bench/hostile.py ", "hostile_py_runs_briefly"),
     ("docs/deploy.md", "mkdir -p /srv/haoshuo-nginx", "the_deploy_commands_serve_through_each_proxy"),
@@ -358,8 +359,6 @@ const RUN: &[(&str, &str, &str)] = &[
 const EXCEPTIONS: &[(&str, &str, &str)] = &[
     ("docs/benchmarks.md", "cargo build --release",
      "a release build takes minutes; cargo test builds the same workspace (debug), which the runners here use"),
-    ("docs/benchmarks.md", "loadtest/bench/fanout_vs_nchan.sh",
-     "needs nginx's nchan module (libnginx-mod-nchan), which CI does not install"),
     ("docs/testing.md", "cargo +nightly fuzz ",
      "needs the nightly toolchain and cargo-fuzz; CI runs tests/fuzz/smoke.sh, the same `fuzz list` and `fuzz run -s none -a` for 5 s a target, where they are installed"),
     ("docs/testing.md", "cargo install cargo-mutants",
@@ -583,6 +582,12 @@ const SLOW_SH_TINY: &[(&str, &str)] = &[
     ("OWED_MB", "0.05"),
     ("RATE_KBPS", "8192"),
 ];
+
+/// loadtest/bench/fanout_vs_nchan.sh's knobs, tiny.
+const FANOUT_VS_NCHAN_TINY: &[(&str, &str)] = &[("SIZES", "20x3x50"), ("REPS", "1")];
+
+/// Where Debian's libnginx-mod-nchan puts the module (the script's default).
+const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
 
 /// loadtest/bench/fanout_cpu.sh's MEMBERS MSGS RATE, tiny.
 const FANOUT_CPU_TINY: &str = "20 3 50";
@@ -892,6 +897,37 @@ fn fanout_cpu_sh_runs_at_tiny_sizes() {
                 && first.starts_with("exit=0 server_cpu_s=")
                 && load_report_passed(report, "fanout"),
             "{cmd}\nran {script}: {}\nstdout:\n{stdout}\nstderr:\n{}",
+            out.status,
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn fanout_vs_nchan_sh_runs_at_tiny_sizes() {
+    if ProxyKind::Nginx.installed().is_none() || !Path::new(NCHAN_MODULE).is_file() {
+        eprintln!("skipped: nginx's nchan module is not installed (.ci/run installs it)");
+        return;
+    }
+    let out_dir = tempfile::tempdir().expect("a temporary dir");
+    for cmd in claimed("fanout_vs_nchan_sh_runs_at_tiny_sizes") {
+        let mut vars = FANOUT_VS_NCHAN_TINY.to_vec();
+        vars.extend([
+            ("HAOSHUO_BIN", server_bin()),
+            ("HAOSHUO_LOAD", load_bin()),
+            ("OUT", out_dir.path().to_str().expect("a UTF-8 path")),
+        ]);
+        let out = sh(&cmd.text, &vars);
+        let stdout = text(&out.stdout);
+        // One line per run: `haoshuo  20x3x50  run 1: exit 0 ... check PASS ...`.
+        let runs: Vec<&str> = stdout.lines().filter(|l| l.contains(" run 1: ")).collect();
+        assert!(
+            out.status.success()
+                && runs.len() == 2
+                && runs
+                    .iter()
+                    .all(|l| l.contains(": exit 0 ") && l.contains(" check PASS ")),
+            "{cmd}: {}\nstdout:\n{stdout}\nstderr:\n{}",
             out.status,
             text(&out.stderr)
         );
