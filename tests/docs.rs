@@ -283,22 +283,17 @@ fn the_sse_example_is_what_an_sse_stream_prints() {
     let bob = api.user("test", "bob");
     fill_inbox(&api, &alice, &bob, 2);
     // curl's lines until as many as the example shows have come.
-    let mut curl = Command::new("curl")
-        .arg("-sN")
-        .arg(format!(
+    let shown: Vec<&str> = shown.iter().map(|l| l.trim_end()).collect();
+    let got = first_lines(
+        Command::new("curl").arg("-sN").arg(format!(
             "http://{}/cget/sse?seq=1&cname={}&token={}",
             srv.addr(),
             bob.uid,
             bob.token
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run curl");
-    let stdout = curl.stdout.take().expect("curl's stdout");
-    let _curl = KillOnDrop(curl);
-    let shown: Vec<&str> = shown.iter().map(|l| l.trim_end()).collect();
-    let got = first_lines(stdout, shown.len(), WAIT);
+        )),
+        shown.len(),
+        WAIT,
+    );
     let out = got.join("\n");
     assert_eq!(
         got.len(),
@@ -705,9 +700,16 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// The first `n` lines a process prints to `pipe`, or fewer if it ends
-/// or `within` passes first.
-fn first_lines(pipe: std::process::ChildStdout, n: usize, within: Duration) -> Vec<String> {
+/// Runs `cmd` until it has printed `n` lines, or ended, or `within`
+/// passed; the lines it printed. It is killed then.
+fn first_lines(cmd: &mut Command, n: usize, within: Duration) -> Vec<String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let pipe = child.stdout.take().expect("its stdout");
+    let _child = KillOnDrop(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)) {
@@ -750,25 +752,16 @@ fn cargo_run_prints_the_readme_start_line() {
     // What `cargo run` runs: the binary, no flags, in an empty directory;
     // only its port is a free one, not 2012 (set as a flag would be).
     let dir = tempfile::tempdir().expect("a temporary dir");
-    let mut cmd = Command::new(server_bin());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("HAOSHUO_") {
-            cmd.env_remove(key);
-        }
-    }
-    let mut child = cmd
-        .env("HAOSHUO_LISTEN", "127.0.0.1:0")
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run haoshuo");
-    let stdout = child.stdout.take().expect("stdout");
-    let _child = KillOnDrop(child);
-    let ours = first_lines(stdout, 1, START_WAIT)
-        .pop()
-        .expect("haoshuo prints its start line");
+    let ours = first_lines(
+        hermetic(&mut Command::new(server_bin()))
+            .env("HAOSHUO_LISTEN", "127.0.0.1:0")
+            .current_dir(dir.path())
+            .stderr(Stdio::null()),
+        1,
+        START_WAIT,
+    )
+    .pop()
+    .expect("haoshuo prints its start line");
     // Field by field: the README's words, except the address (a free port
     // here) and the counts, which depend on the machine.
     let digits = |s: &str| -> String {
