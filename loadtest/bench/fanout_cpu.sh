@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # fanout_cpu.sh BIN MEMBERS MSGS RATE
 #
-# One fresh server (BIN, embedded store, temp dir, loopback ports 2201/2202),
+# One fresh server (BIN, embedded store, temp dir, free loopback ports),
 # one `haoshuo-load fanout` run against it (a group of MEMBERS streaming
 # members, MSGS group messages at RATE/s), and the server's CPU time over the
 # run from /proc (utime + stime): divide by the deliveries for CPU per
@@ -10,8 +10,8 @@
 # body size for /gre, send rate, login rate): LIFT holds those flags, for
 # binaries older than them, e.g. LIFT="--max-body 1048576". Prints the CPU
 # seconds, then the client's table. Run it for two binaries back to back to
-# compare them. STORE=redis runs the server on a redis-server started on
-# port 2203 in the temp dir (AOF, everysec), and also prints that
+# compare them. STORE=redis runs the server on a redis-server started on a
+# free port in the temp dir (AOF, everysec), and also prints that
 # redis-server's CPU seconds over the run.
 set -euo pipefail
 BIN=$1 M=$2 N=$3 R=$4
@@ -24,23 +24,34 @@ P='' RP=''
 trap 'kill $P $RP 2>/dev/null || true; wait 2>/dev/null; rm -rf "$d"' EXIT
 store=(--data-dir "$d")
 if [ "$STORE" = redis ]; then
-  redis-server --bind 127.0.0.1 --port 2203 --save "" --appendonly yes \
+  # free_port
+  . "$root/loadtest/bench/lib.sh"
+  rport=$(free_port)
+  redis-server --bind 127.0.0.1 --port "$rport" --save "" --appendonly yes \
     --appendfsync everysec --dir "$d" > "$d/redis.log" 2>&1 &
   RP=$!
-  for _ in $(seq 50); do redis-cli -p 2203 ping > /dev/null 2>&1 && break; sleep 0.1; done
-  store=(--redis redis://127.0.0.1:2203/0)
+  for _ in $(seq 50); do redis-cli -p "$rport" ping > /dev/null 2>&1 && break; sleep 0.1; done
+  store=(--redis "redis://127.0.0.1:$rport/0")
 fi
+# Port 0: the server picks free ports and names them in its start line.
 # shellcheck disable=SC2086 # LIFT is a list of flags
-"$BIN" --listen 127.0.0.1:2201 --admin-listen 127.0.0.1:2202 "${store[@]}" $LIFT \
+"$BIN" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 "${store[@]}" $LIFT \
   > "$d/log" 2>&1 &
 P=$!
 for _ in $(seq 50); do grep -q "listening on" "$d/log" 2>/dev/null && break; sleep 0.1; done
+addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$d/log" | head -1)
+admin=$(sed -n 's/.*admin=\([0-9.:]*\).*/\1/p' "$d/log" | head -1)
+if [ -z "$addr" ] || [ -z "$admin" ]; then
+  echo "fanout_cpu.sh: haoshuo did not start:" >&2
+  cat "$d/log" >&2
+  exit 1
+fi
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 secs() { awk -v a="$1" -v b="$2" -v t="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b - a) / t}'; }
 t0=$(cpu $P) r0=$( [ -n "$RP" ] && cpu $RP || echo 0)
 rc=0
 "$LOAD" fanout --members "$M" --msgs "$N" --rate "$R" \
-  --target 127.0.0.1:2201 --admin 127.0.0.1:2202 --server-pid "$P" \
+  --target "$addr" --admin "$admin" --server-pid "$P" \
   > "$d/out" 2> "$d/err" || rc=$?
 t1=$(cpu $P) r1=$( [ -n "$RP" ] && cpu $RP || echo 0)
 echo "exit=$rc server_cpu_s=$(secs "$t0" "$t1") redis_cpu_s=$(secs "$r0" "$r1")"

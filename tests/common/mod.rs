@@ -48,8 +48,8 @@ mod redis;
 pub use redis::signal;
 pub use redis::RedisServer;
 mod proxy;
-#[allow(unused_imports)] // only tests/proxies.rs puts proxies in front
-pub use proxy::{Proxy, ProxyKind};
+#[allow(unused_imports)] // only tests/proxies.rs and tests/docs.rs run proxies
+pub use proxy::{free_port, wait_ready, Proxy, ProxyKind};
 
 use std::time::{Duration, Instant};
 

@@ -382,12 +382,7 @@ fn spawn(
         }
         None => Command::new(bin),
     };
-    // Hermetic: the server also reads HAOSHUO_* variables.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("HAOSHUO_") {
-            cmd.env_remove(key);
-        }
-    }
+    hermetic(&mut cmd);
     let mut child = cmd
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
@@ -429,6 +424,17 @@ fn spawn(
             }
         }
     }
+}
+
+/// Hermetic: the server also reads `HAOSHUO_*` variables; `cmd` gets none
+/// of the test's own.
+pub fn hermetic(cmd: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("HAOSHUO_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
 }
 
 /// Copies a pipe into `log` line by line (and each line to `lines`) until

@@ -76,8 +76,9 @@ impl ProxyKind {
     }
 
     /// The shipped config listening on `port` of the loopback and proxying
-    /// to `upstream` instead of its own `:80` and `127.0.0.1:2012`.
-    fn config(self, port: u16, upstream: SocketAddr) -> String {
+    /// to `upstream` instead of its own `:80` and `127.0.0.1:2012` (the two
+    /// lines docs/deploy.md says to change).
+    pub fn config(self, port: u16, upstream: SocketAddr) -> String {
         let (name, text) = self.shipped();
         let replacements = match self {
             ProxyKind::Nginx => [
@@ -206,7 +207,7 @@ impl Drop for Proxy {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -215,7 +216,7 @@ fn free_port() -> u16 {
 
 /// Waits until `addr` accepts a connection; false if the proxy exited
 /// first or the deadline passed.
-fn wait_ready(addr: SocketAddr, child: &mut Child) -> bool {
+pub fn wait_ready(addr: SocketAddr, child: &mut Child) -> bool {
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
