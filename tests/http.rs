@@ -114,6 +114,8 @@ fn http_musts() {
     let r = conn.read_response(WAIT);
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"));
+    // The message names the fix too, for whoever reads only the body.
+    assert_eq!(r.json()["msg"], "method not allowed: use POST");
     let date = r.header("date").expect("a Date header");
     assert!(date.ends_with(" GMT") && date.len() == 29, "{date:?}");
 
@@ -121,6 +123,7 @@ fn http_musts() {
     let r = conn.read_response(WAIT);
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    assert_eq!(r.json()["msg"], "method not allowed: use GET");
 
     // HEAD of a POST endpoint: 405 without a body; of the stream: its head,
     // without subscribing. Then a pipelined GET on the same connection.

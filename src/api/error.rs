@@ -52,7 +52,8 @@ impl ApiError {
             ApiError::BadRequest(m) | ApiError::NotFound(m) => m,
             ApiError::Unauthorized(m) | ApiError::Forbidden(m) | ApiError::Conflict(m) => m,
             ApiError::TooMany(m, _) => m,
-            ApiError::MethodNotAllowed(_) => "method not allowed",
+            ApiError::MethodNotAllowed(Method::Get) => "method not allowed: use GET",
+            ApiError::MethodNotAllowed(_) => "method not allowed: use POST",
             ApiError::Unavailable => "store unavailable",
             ApiError::Internal => "internal error",
         }
