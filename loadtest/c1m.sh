@@ -28,7 +28,8 @@
 # root and RAISE_SYSCTLS=1 (the default); otherwise it only prints them.
 #
 # Environment: IDLE (60) RATE (10000) SECS (60) THREADS (1) WORKERS (2)
-# REDIS_POOL (1) PROCS (client worker processes; default: as many as the
+# REDIS_POOL (1) PROCESSES (server processes, default auto) PROCS (client
+# worker processes; default: as many as the
 # open-file limit needs) RAISE_SYSCTLS (1) OUT (default: a new
 # /tmp/c1m.* dir, which keeps the logs and the table) HAOSHUO_BIN
 # HAOSHUO_LOAD. Exit status: haoshuo-load's (0 all good, 2 the check failed).
@@ -75,11 +76,12 @@ wait_for() {
 rport=$(free_port) port=$(free_port) admin=$(free_port)
 redis-server --bind 127.0.0.1 --port "$rport" --save "" --appendonly yes \
   --appendfsync everysec --dir "$OUT" > "$OUT/redis.log" 2>&1 &
-PIDS+=($!)
+RP=$!
+PIDS+=("$RP")
 wait_for "redis-cli -p $rport ping" 10
 
 "$BIN" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-  --redis "redis://127.0.0.1:$rport/0" --processes auto --max-conns "$CONNS" \
+  --redis "redis://127.0.0.1:$rport/0" --processes "${PROCESSES:-auto}" --max-conns "$CONNS" \
   --threads "$THREADS" --workers "$WORKERS" --redis-pool "$REDIS_POOL" \
   --auth-per-ip 0 > "$OUT/server.log" 2>&1 &
 SUP=$!
@@ -96,6 +98,7 @@ timeout $((IDLE + SECS * 3 + 1200)) "$LOAD" chat --users "$CONNS" --idle-secs "$
   --rate "$RATE" --secs "$SECS" --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
   --server-pid "$SUP" "${procs[@]}" --connect-wait 600 > "$OUT/table.txt" 2> "$OUT/load.log"
 rc=$?
+echo "redis_cpu_secs               $(awk -v t="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / t}' "/proc/$RP/stat")" >> "$OUT/table.txt"
 echo "redis_rss_mib                $(awk -F: '/^used_memory_rss:/ {printf "%.1f", $2 / 1048576}' <(redis-cli -p "$rport" info memory | tr -d '\r'))" >> "$OUT/table.txt"
 cat "$OUT/table.txt"
 [ "$rc" = 0 ] || tail -5 "$OUT/load.log" >&2

@@ -494,6 +494,7 @@ pub fn chat(c: &Common, a: &ChatArgs, poll: bool) -> Result<bool, String> {
     }
     fleet.drain(stats.ok, Duration::from_secs(c.drain));
     let secs = t0.elapsed().as_secs_f64();
+    let cpu2 = server_cpu(c);
     let col = fleet.stop();
     let v = checker::judge(&col.receivers, &stats.ok_by_key);
     let name = if poll { "poll" } else { "chat" };
@@ -532,6 +533,14 @@ pub fn chat(c: &Common, a: &ChatArgs, poll: bool) -> Result<bool, String> {
     }
     r.add("receivers_reached", v.receivers);
     send_rows(&mut r, &stats);
+    if let (Some(x), Some(y)) = (cpu1, cpu2) {
+        // Sending and draining, all server processes together.
+        r.add("server_cpu_send_secs", format!("{:.2}", y - x));
+        r.add(
+            "server_cpu_us_per_msg",
+            format!("{:.1}", (y - x) * 1e6 / stats.ok.max(1) as f64),
+        );
+    }
     verdict_rows(&mut r, &v, secs);
     r.add("check", pass(v.ok()));
     r.add_latency(&col.hist);
