@@ -568,3 +568,49 @@ impl Collector for Snapshot {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_latency_lands_in_the_first_bucket_that_holds_it() {
+        let h = Hist::default();
+        for took in [
+            Duration::from_micros(100), // on a bound: that bucket (`le`)
+            Duration::from_micros(101),
+            Duration::from_secs(6), // beyond the last: +Inf only
+        ] {
+            h.observe(took);
+        }
+        let mut sum = HistSum::default();
+        h.add_to(&mut sum);
+        assert_eq!(sum.buckets[0], 1);
+        assert_eq!(sum.buckets[1], 1);
+        assert_eq!(sum.buckets[BOUNDS.len()], 1);
+        assert_eq!(sum.count(), 3);
+        assert_eq!(sum.sum_ns, 6_000_201_000);
+    }
+
+    #[test]
+    fn a_connection_counts_in_one_state_at_a_time() {
+        let m = Metrics::new(1);
+        let core = m.core(0);
+        core.opened();
+        core.moved(READING, WAITING);
+        core.moved(WAITING, SUBSCRIBED + 2);
+        core.moved(SUBSCRIBED + 2, SUBSCRIBED + 2);
+        let now: Vec<i64> = core.conns.iter().map(|c| c.load(Relaxed) as i64).collect();
+        assert_eq!(now, [0, 0, 0, 0, 0, 1]);
+        core.closed(SUBSCRIBED + 2);
+        assert!(core.conns.iter().all(|c| c.load(Relaxed) == 0));
+        assert_eq!(core.accepted.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn unknown_statuses_count_as_other() {
+        assert_eq!(STATUS_LABELS[status_index(200)], "200");
+        assert_eq!(STATUS_LABELS[status_index(503)], "503");
+        assert_eq!(STATUS_LABELS[status_index(418)], "other");
+    }
+}
