@@ -185,7 +185,8 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_CMSGID_WINDOW", default_value_t = 600)]
     pub cmsgid_window: u64,
 
-    /// Address of the admin listener (bulk user provisioning, see README);
+    /// Address of the admin listener (bulk user provisioning, probes,
+    /// Prometheus metrics at /metrics; see README);
     /// off unless set. Must be a loopback address unless --admin-key is set.
     #[arg(long, env = "HAOSHUO_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,

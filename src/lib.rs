@@ -12,6 +12,7 @@ pub mod bus;
 pub mod config;
 pub mod delivery;
 pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod presence;
 pub mod router;

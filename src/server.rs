@@ -12,6 +12,7 @@ use mio::{Poll, Token, Waker};
 use crate::api::{Api, Options as ApiOptions};
 use crate::bus::CoreMsg;
 use crate::config::{resolve, Config, FsyncPolicy};
+use crate::metrics::{Metered, Metrics};
 use crate::net::listener;
 use crate::net::mailbox::Mailbox;
 use crate::net::reactor::{Listeners, Reactor, Settings};
@@ -150,6 +151,18 @@ impl Server {
         } = open_store(cfg)?;
 
         let threads = cfg.threads();
+        let (jobs, job_rx) = worker::queue(cfg.job_queue);
+        let mut metrics = Metrics::new(threads);
+        let queued = job_rx.clone();
+        metrics = metrics.with_queue(move || queued.len() as u64, cfg.job_queue);
+        if let Some(r) = &redis {
+            let r = r.clone();
+            metrics = metrics.with_redis(move || r.reconnects());
+        }
+        let metrics = Arc::new(metrics);
+        // Every store call is timed, the presence thread's too (the Redis
+        // feed's own reads are not: they are not API calls).
+        let store: Arc<dyn Store> = Arc::new(Metered::new(store, metrics.clone()));
         let mut polls = Vec::with_capacity(threads);
         let mut mailboxes = Vec::with_capacity(threads);
         let mut inboxes = Vec::with_capacity(threads);
@@ -166,26 +179,29 @@ impl Server {
                 .with_poll_grace(std::time::Duration::from_secs(u64::from(cfg.heartbeat))),
         );
         let node = presence::node_id();
-        let api = Arc::new(Api::new(
-            store.clone(),
-            router.clone(),
-            ApiOptions {
-                page_size: cfg.page_size as usize,
-                page_bytes: cfg.page_bytes as usize,
-                token_ttl: cfg.token_ttl,
-                admin_key: cfg.admin_key.clone(),
-                cmsgid_window: cfg.cmsgid_window,
-                hash_concurrency: cfg.hash_concurrency(),
-                auth_per_ip: cfg.auth_per_ip,
-                login_per_user: cfg.login_per_user,
-                send_rate: cfg.send_rate,
-                max_group_members: cfg.max_group_members as usize,
-                max_groups_per_user: cfg.max_groups_per_user as usize,
-                max_tokens_per_user: cfg.max_tokens_per_user as usize,
-                allow_origin: cfg.allow_origin.clone(),
-                node: node.clone(),
-            },
-        ));
+        let api = Arc::new(
+            Api::new(
+                store.clone(),
+                router.clone(),
+                ApiOptions {
+                    page_size: cfg.page_size as usize,
+                    page_bytes: cfg.page_bytes as usize,
+                    token_ttl: cfg.token_ttl,
+                    admin_key: cfg.admin_key.clone(),
+                    cmsgid_window: cfg.cmsgid_window,
+                    hash_concurrency: cfg.hash_concurrency(),
+                    auth_per_ip: cfg.auth_per_ip,
+                    login_per_user: cfg.login_per_user,
+                    send_rate: cfg.send_rate,
+                    max_group_members: cfg.max_group_members as usize,
+                    max_groups_per_user: cfg.max_groups_per_user as usize,
+                    max_tokens_per_user: cfg.max_tokens_per_user as usize,
+                    allow_origin: cfg.allow_origin.clone(),
+                    node: node.clone(),
+                },
+            )
+            .with_metrics(metrics.clone()),
+        );
         let feed = match &redis {
             Some(r) => Some(Feed::start(r, router.clone())?),
             None => None,
@@ -202,7 +218,6 @@ impl Server {
             ),
             None => None,
         };
-        let (jobs, job_rx) = worker::queue(cfg.job_queue);
         let workers = worker::spawn(cfg.workers(), api, job_rx);
 
         // The first listener fixes the port (port 0 picks one); the others
@@ -257,6 +272,7 @@ impl Server {
                 mailbox,
                 router.clone(),
                 jobs.clone(),
+                metrics.clone(),
             )
             .map_err(|e| format!("starting reactor {core}: {e}"))?;
             let handle = std::thread::Builder::new()

@@ -18,6 +18,7 @@ use crate::http::cors::{self, Cors};
 use crate::http::query;
 use crate::http::request::{header_value, Head, Method};
 use crate::http::response::{head_only, write_response, write_response_head, CONTENT_JSON};
+use crate::metrics::{self, Metrics};
 use crate::router::Router;
 use crate::store::{
     leading_run, unix_now, Limit, MsgId, NewMessage, Once, Page, Store, TokenInfo, Uid,
@@ -93,6 +94,7 @@ pub struct Api {
     per_user: RateLimit,
     per_sender: RateLimit,
     cors: Cors,
+    metrics: Arc<Metrics>,
 }
 
 /// Endpoints and the one method each takes.
@@ -112,6 +114,35 @@ enum Endpoint {
     AdminUsers,
     Healthz,
     Readyz,
+    Metrics,
+}
+
+/// The `endpoint` label of request metrics, in [`Endpoint`]'s order, then
+/// `other` (an unknown path, or a request refused before it was routed).
+pub const ENDPOINTS: [&str; 17] = [
+    "/re",
+    "/gre",
+    "/login",
+    "/p",
+    "/gp",
+    "/pull",
+    "/ack",
+    "/logout",
+    "/online",
+    "/cget/stream",
+    "/cget/poll",
+    "/cget/sse",
+    "/admin/users",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "other",
+];
+const _: () = assert!(Endpoint::Metrics as usize + 2 == ENDPOINTS.len());
+
+/// Which of [`ENDPOINTS`] a request for `path` counts under.
+pub fn endpoint_index(path: &[u8], admin: bool) -> usize {
+    Endpoint::parse(path, admin).map_or(ENDPOINTS.len() - 1, |(e, _)| e as usize)
 }
 
 impl Endpoint {
@@ -122,6 +153,7 @@ impl Endpoint {
                 b"/admin/users" => Some((Endpoint::AdminUsers, Method::Post)),
                 b"/healthz" => Some((Endpoint::Healthz, Method::Get)),
                 b"/readyz" => Some((Endpoint::Readyz, Method::Get)),
+                b"/metrics" => Some((Endpoint::Metrics, Method::Get)),
                 _ => None,
             };
         }
@@ -160,11 +192,24 @@ impl Api {
             cors: Cors::new(&limits.allow_origin),
             limits,
             dummy_hash,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Serves `metrics` at `/metrics` (without, that answers nothing
+    /// counted).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Api {
+        self.metrics = metrics;
+        self
     }
 
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// What the workers count requests into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Runs one request for the connection `origin` names.
@@ -256,6 +301,20 @@ impl Api {
                 self.store.ping()?;
                 return Ok(ok_json(br#"{"status":"ready"}"#, keep_alive));
             }
+            // What /admin reveals (users, traffic): the same key.
+            Endpoint::Metrics => {
+                self.check_admin_key(req)?;
+                let body = self.metrics.render(&self.router);
+                let mut bytes = Vec::with_capacity(160 + body.len());
+                write_response(
+                    &mut bytes,
+                    200,
+                    metrics::CONTENT_TYPE,
+                    body.as_bytes(),
+                    keep_alive,
+                );
+                return Ok(Reply::Http { bytes, keep_alive });
+            }
             _ => decode_body(req.body(), req.head.body)?,
         };
         let body = match endpoint {
@@ -269,7 +328,9 @@ impl Api {
             Endpoint::Logout => self.logout(&f)?,
             Endpoint::Online => self.online(&f)?,
             Endpoint::AdminUsers => self.admin_users(req, &f)?,
-            Endpoint::Healthz | Endpoint::Readyz => unreachable!("answered above"),
+            Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics => {
+                unreachable!("answered above")
+            }
             Endpoint::Stream | Endpoint::Poll | Endpoint::Sse => unreachable!("answered above"),
         };
         Ok(ok_json(&body, keep_alive))
@@ -550,12 +611,7 @@ impl Api {
     /// `prefix0`, `prefix1`, ... without a password, and a token for each.
     /// For provisioning load tests and app back ends; like icomet's `/sign`.
     fn admin_users(&self, req: &Request, f: &Fields) -> Result<Vec<u8>, ApiError> {
-        if let Some(key) = &self.limits.admin_key {
-            let sent = header_value(&req.raw[..req.head.head_len], "x-admin-key").unwrap_or(b"");
-            if !(sent.len() == key.len() && bool::from(sent.ct_eq(key.as_bytes()))) {
-                return Err(ApiError::Unauthorized("admin key required"));
-            }
-        }
+        self.check_admin_key(req)?;
         let appid = appid(f)?;
         let prefix = f.opt_str("prefix")?.unwrap_or_default();
         let count = f.u64("count")?;
@@ -599,6 +655,17 @@ impl Api {
         }
         out.extend_from_slice(b"]}");
         Ok(out)
+    }
+
+    /// With `--admin-key`: the request must carry it in `X-Admin-Key`.
+    fn check_admin_key(&self, req: &Request) -> Result<(), ApiError> {
+        if let Some(key) = &self.limits.admin_key {
+            let sent = header_value(&req.raw[..req.head.head_len], "x-admin-key").unwrap_or(b"");
+            if !(sent.len() == key.len() && bool::from(sent.ct_eq(key.as_bytes()))) {
+                return Err(ApiError::Unauthorized("admin key required"));
+            }
+        }
+        Ok(())
     }
 
     /// `/cget/stream` and `/cget/poll`: authenticate from the query,

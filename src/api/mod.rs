@@ -10,7 +10,7 @@ pub mod error;
 mod handlers;
 pub mod limits;
 
-pub use handlers::{Api, Options};
+pub use handlers::{endpoint_index, Api, Options, ENDPOINTS};
 
 use std::net::IpAddr;
 

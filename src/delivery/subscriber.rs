@@ -162,6 +162,12 @@ impl Subscriber {
     /// holds msgids the client is owed, then a data frame. A held poll
     /// answers with its first frame; with nothing to say it stays held.
     pub fn on_page(&mut self, page: &Page, out: &mut Vec<u8>) -> Step {
+        self.on_page_counted(page, out).0
+    }
+
+    /// [`Subscriber::on_page`], and how many messages the data frame it
+    /// wrote holds (0 without one).
+    pub fn on_page_counted(&mut self, page: &Page, out: &mut Vec<u8>) -> (Step, usize) {
         self.fetching = false;
         self.seen = self.seen.max(page.last);
         if let Some(reset) = page.reset {
@@ -170,7 +176,7 @@ impl Subscriber {
             let mut body = Vec::with_capacity(96);
             frame::reset_frame(&mut body, reset.epoch, self.next - 1, reset.found, self.uid);
             if let done @ Step::Done { .. } = self.emit(&body, Some(self.next - 1), out) {
-                return done;
+                return (done, 0);
             }
         }
         let msgs = {
@@ -189,16 +195,16 @@ impl Subscriber {
             let mut body = Vec::with_capacity(64);
             frame::trimmed_frame(&mut body, gone_upto, self.uid);
             if let done @ Step::Done { .. } = self.emit(&body, Some(gone_upto), out) {
-                return done;
+                return (done, 0);
             }
         }
         let Some(last) = msgs.last() else {
-            return Step::Continue;
+            return (Step::Continue, 0);
         };
         self.next = last.msgid + 1;
         let mut body = Vec::with_capacity(128 * msgs.len());
         frame::data_frame(&mut body, msgs, self.uid);
-        self.emit(&body, Some(last.msgid), out)
+        (self.emit(&body, Some(last.msgid), out), msgs.len())
     }
 
     /// The store could not be read for this subscriber: a stream ends

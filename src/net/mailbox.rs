@@ -5,7 +5,7 @@
 //! "something pending" (as Pushpin does): a burst of ten thousand deliveries
 //! costs one `eventfd` write, not ten thousand.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -28,6 +28,8 @@ pub struct Mailbox {
     notified: AtomicBool,
     /// Set when a delivery was dropped because the inbox was full.
     lagged: AtomicBool,
+    /// Deliveries dropped because the inbox was full, ever (metrics).
+    dropped: AtomicU64,
 }
 
 impl Mailbox {
@@ -38,6 +40,7 @@ impl Mailbox {
             waker,
             notified: AtomicBool::new(false),
             lagged: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
         };
         (Arc::new(mailbox), rx)
     }
@@ -56,7 +59,10 @@ impl Mailbox {
     pub fn deliver(&self, msg: CoreMsg) {
         match self.tx.try_send(msg) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return self.flag_lagged(),
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return self.flag_lagged();
+            }
             Err(TrySendError::Disconnected(_)) => return,
         }
         self.wake();
@@ -79,6 +85,21 @@ impl Mailbox {
     /// Called by the reactor before draining its channel.
     pub fn clear_notified(&self) {
         self.notified.store(false, Ordering::Release);
+    }
+
+    /// Messages waiting in the inbox now.
+    pub fn len(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Whether no message waits in the inbox now.
+    pub fn is_empty(&self) -> bool {
+        self.tx.is_empty()
+    }
+
+    /// Live delivery batches dropped so far because the inbox was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Called by the reactor: whether deliveries were dropped since last time.

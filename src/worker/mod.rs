@@ -8,6 +8,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -22,8 +23,12 @@ use crate::http::response::error_response;
 pub const QUEUE_CAPACITY: usize = 64 * 1024;
 
 pub enum Job {
-    /// A complete request from a connection.
-    Request { origin: SubKey, req: Request },
+    /// A complete request from a connection, handed on `at`.
+    Request {
+        origin: SubKey,
+        req: Request,
+        at: Instant,
+    },
     /// A subscriber asks for the page of stored messages from `sub.next` on.
     Page { origin: SubKey, sub: Sub },
 }
@@ -50,7 +55,7 @@ pub fn spawn(n: usize, api: Arc<Api>, jobs: Receiver<Job>) -> Vec<JoinHandle<()>
 fn run(api: &Api, jobs: &Receiver<Job>) {
     for job in jobs {
         let (origin, msg) = match job {
-            Job::Request { origin, req } => {
+            Job::Request { origin, req, at } => {
                 // A bug in one handler must not leave its client waiting
                 // forever, nor take the worker down with it: answer 500.
                 let reply = catch_unwind(AssertUnwindSafe(|| api.handle(origin, &req)))
@@ -58,6 +63,9 @@ fn run(api: &Api, jobs: &Receiver<Job>) {
                         bytes: error_response(500, "internal error", false),
                         keep_alive: false,
                     });
+                let endpoint = crate::api::endpoint_index(req.head.path(&req.raw), req.admin);
+                api.metrics()
+                    .request(endpoint, status_of(&reply), Some(at.elapsed()));
                 (
                     origin,
                     CoreMsg::Reply {
@@ -73,6 +81,18 @@ fn run(api: &Api, jobs: &Receiver<Job>) {
             }
         };
         api.router().mailbox(origin.core).send(msg);
+    }
+}
+
+/// The HTTP status a reply answers with (a stream's or poll's is 200,
+/// refusals included: they are frames).
+fn status_of(reply: &Reply) -> u16 {
+    match reply {
+        Reply::Http { bytes, .. } => bytes
+            .get(9..12)
+            .and_then(|code| std::str::from_utf8(code).ok()?.parse().ok())
+            .unwrap_or(0),
+        Reply::Subscribed(_) | Reply::StreamRefused { .. } => 200,
     }
 }
 
@@ -212,7 +232,8 @@ mod tests {
                 conn: ConnRef { slot, gen: 7 },
             };
             let req = pull_request();
-            assert!(jobs.send(Job::Request { origin, req }).is_ok());
+            let at = Instant::now();
+            assert!(jobs.send(Job::Request { origin, req, at }).is_ok());
             let msg = inbox
                 .recv_timeout(Duration::from_secs(5))
                 .expect("no answer: the worker died with its job");

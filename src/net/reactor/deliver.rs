@@ -16,7 +16,7 @@ use crate::net::conn::State;
 use crate::store::{unix_now, MsgId, Page};
 use crate::worker::Job;
 
-use super::Reactor;
+use super::{slot, Reactor};
 
 /// Live deliveries waiting beyond which they are all written at once,
 /// without taking more from the inbox meanwhile: a bound on the memory a
@@ -117,13 +117,13 @@ impl Reactor {
         let mut sub = Subscriber::new(s.sub, s.kind, seen, expires);
         let mut out = Vec::new();
         s.kind.write_head(&mut out);
-        let step = if revoked {
-            sub.on_revoked(&mut out)
+        let (step, msgs) = if revoked {
+            (sub.on_revoked(&mut out), 0)
         } else if self.stopping.is_some() {
             // Answered while the server stops: said goodbye at once.
-            sub.on_shutdown(&mut out)
+            (sub.on_shutdown(&mut out), 0)
         } else {
-            sub.on_page(&s.page, &mut out)
+            sub.on_page_counted(&s.page, &mut out)
         };
         if let Some(lines) = s.cors {
             // On the stream's head, or on a poll answered at once; a held
@@ -135,14 +135,17 @@ impl Reactor {
             }
         }
         // The state first: closing a subscribed connection unsubscribes it.
-        self.conns[key].state = State::Subscribed(sub);
+        let conn = &mut self.conns[key];
+        self.stats
+            .moved(slot(&conn.state), slot(&State::Subscribed(sub)));
+        conn.state = State::Subscribed(sub);
         let period = if s.kind.is_poll() {
             self.set.poll_timeout
         } else {
             self.set.heartbeat
         };
         self.set_deadline(key, sub.deadline(self.now, period));
-        self.follow(key, &out, step);
+        self.follow_counted(key, &out, step, msgs);
     }
 
     /// Takes a batch of live messages for the next slices of writes: a
@@ -279,6 +282,9 @@ impl Reactor {
         parts[0] = head_with_cors.as_deref().unwrap_or(wire.head());
         parts[n] = wire.tail();
         let sent = self.write(key, &parts[..=n]);
+        if sent {
+            self.stats.delivered(run.len);
+        }
         *run = Run::default();
         sent && self.step(key, true, kind.step())
     }
@@ -290,11 +296,11 @@ impl Reactor {
             return;
         };
         let mut out = Vec::new();
-        let step = match &page {
-            Some(page) => s.on_page(page, &mut out),
-            None => s.on_store_failed(&mut out),
+        let (step, msgs) = match &page {
+            Some(page) => s.on_page_counted(page, &mut out),
+            None => (s.on_store_failed(&mut out), 0),
         };
-        self.follow(key, &out, step);
+        self.follow_counted(key, &out, step, msgs);
     }
 
     /// The token of a subscription was logged out.
@@ -361,6 +367,11 @@ impl Reactor {
     /// Writes what a subscriber handed back and follows its step. Returns
     /// false if the subscription is over (or the connection closed).
     fn follow(&mut self, key: usize, bytes: &[u8], step: Step) -> bool {
+        self.follow_counted(key, bytes, step, 0)
+    }
+
+    /// [`Reactor::follow`], where the bytes hold `msgs` messages.
+    fn follow_counted(&mut self, key: usize, bytes: &[u8], step: Step, msgs: usize) -> bool {
         let with_cors = self
             .cors_held
             .get(&key)
@@ -369,6 +380,7 @@ impl Reactor {
         if !bytes.is_empty() && !self.write(key, &[bytes]) {
             return false;
         }
+        self.stats.delivered(msgs);
         self.step(key, !bytes.is_empty(), step)
     }
 

@@ -26,6 +26,7 @@ use crate::api::Request;
 use crate::bus::{ConnRef, CoreMsg, SubKey};
 use crate::http::request::{parse_head, Head, HttpError};
 use crate::http::response::{closing, error_response, CONTINUE};
+use crate::metrics::{self, CoreStats, Metrics};
 use crate::net::conn::{Conn, Input, State};
 use crate::net::mailbox::Mailbox;
 use crate::net::timer::{after, Secs, TimerWheel, NEVER};
@@ -134,6 +135,10 @@ pub struct Reactor {
     /// CORS header lines of held polls from an allowed origin, for their
     /// answer's head (a `Conn` has no room for them; few connections do).
     cors_held: std::collections::HashMap<usize, Box<[u8]>>,
+    /// This reactor's counters (only it writes them).
+    stats: Arc<CoreStats>,
+    /// Where requests it answers itself are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Reactor {
@@ -146,6 +151,7 @@ impl Reactor {
         mailbox: Arc<Mailbox>,
         router: Arc<Router>,
         jobs: Sender<Job>,
+        metrics: Arc<Metrics>,
     ) -> io::Result<Reactor> {
         let Listeners {
             public: mut listeners,
@@ -160,6 +166,8 @@ impl Reactor {
             poll.registry().register(admin, ADMIN, Interest::READABLE)?;
         }
         Ok(Reactor {
+            stats: metrics.core(set.core),
+            metrics,
             set,
             poll,
             listeners,
@@ -312,6 +320,7 @@ impl Reactor {
                     let mut conn = Conn::new(sock, self.next_gen);
                     conn.admin = admin;
                     entry.insert(conn);
+                    self.stats.opened();
                     self.set_deadline(key, after(self.now, self.set.keepalive_timeout));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -384,6 +393,7 @@ impl Reactor {
             Some(n) => {
                 if n > 0 {
                     conn.progress_at = self.now;
+                    self.stats.wrote(n);
                 }
                 if conn.out_empty() {
                     // The state's own deadline applies again.
@@ -405,6 +415,7 @@ impl Reactor {
                 false
             }
             Some(n) => {
+                self.stats.wrote(n);
                 if n > 0 || was_empty {
                     conn.progress_at = self.now;
                 }
@@ -502,6 +513,7 @@ impl Reactor {
         conn.armed_at = NEVER; // entries under the old gen are stale now
         conn.deadline = NEVER;
         conn.continue_sent = false;
+        self.stats.moved(slot(&conn.state), metrics::WAITING);
         conn.state = State::Waiting {
             seen: 0,
             revoked: false,
@@ -521,9 +533,15 @@ impl Reactor {
                 admin,
                 peer,
             },
+            at: Instant::now(),
         };
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.jobs.try_send(job)
+        if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
+            self.jobs.try_send(job)
         {
+            if let Job::Request { req, .. } = job {
+                let endpoint = crate::api::endpoint_index(req.head.path(&req.raw), admin);
+                self.metrics.request(endpoint, 503, None);
+            }
             let bytes = error_response(503, "server busy", head.keep_alive);
             self.answer(key, &bytes, head.keep_alive);
         }
@@ -531,6 +549,7 @@ impl Reactor {
 
     /// Answers a request the HTTP layer refused, then closes lingering.
     fn refuse(&mut self, key: usize, e: &HttpError) {
+        self.metrics.request(UNROUTED, e.status(), None);
         let bytes = error_response(e.status(), e.reason(), false);
         self.answer(key, &bytes, false);
     }
@@ -557,6 +576,7 @@ impl Reactor {
     fn finish_request(&mut self, key: usize, keep_alive: bool) {
         let stopping = self.stopping.is_some();
         let conn = &mut self.conns[key];
+        self.stats.moved(slot(&conn.state), metrics::READING);
         conn.state = State::Reading;
         if !keep_alive || stopping {
             conn.close_after_flush = true;
@@ -582,6 +602,7 @@ impl Reactor {
     fn linger(&mut self, key: usize) {
         self.unsubscribe(key);
         let conn = &mut self.conns[key];
+        self.stats.moved(slot(&conn.state), metrics::LINGER);
         conn.state = State::Linger;
         conn.close_after_flush = false;
         let _ = conn.sock.shutdown(std::net::Shutdown::Write);
@@ -628,6 +649,7 @@ impl Reactor {
     fn close(&mut self, key: usize) {
         self.unsubscribe(key);
         let mut conn = self.conns.remove(key);
+        self.stats.closed(slot(&conn.state));
         let _ = self.poll.registry().deregister(&mut conn.sock);
         give_buffer(&mut self.spare, conn.inbuf);
         if let Accepting::Full = self.accepting {
@@ -722,6 +744,7 @@ impl Reactor {
         match conn.state {
             State::Reading if conn.inbuf.is_empty() => self.close(key),
             State::Reading => {
+                self.metrics.request(UNROUTED, 408, None);
                 let bytes = error_response(408, "request timeout", false);
                 self.answer(key, &bytes, false);
             }
@@ -737,6 +760,7 @@ impl Reactor {
     fn drain_inbox(&mut self) -> bool {
         self.mailbox.clear_notified();
         if self.mailbox.take_lagged() {
+            self.stats.caught_up();
             self.catch_up_everyone();
         }
         let mut left = true;
@@ -783,6 +807,19 @@ impl Reactor {
                 State::Waiting { .. } | State::Linger => {}
             }
         }
+    }
+}
+
+/// The `endpoint` of requests refused before they were routed.
+const UNROUTED: usize = crate::api::ENDPOINTS.len() - 1;
+
+/// Which `haoshuo_connections` slot a connection in `state` counts under.
+fn slot(state: &State) -> usize {
+    match state {
+        State::Reading => metrics::READING,
+        State::Waiting { .. } => metrics::WAITING,
+        State::Linger => metrics::LINGER,
+        State::Subscribed(s) => metrics::SUBSCRIBED + metrics::kind_index(s.kind()),
     }
 }
 

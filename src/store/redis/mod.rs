@@ -92,6 +92,11 @@ impl RedisStore {
         &self.pool
     }
 
+    /// Connections to Redis made again after one was lost (metrics).
+    pub fn reconnects(&self) -> u64 {
+        self.pool.reconnects()
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut dyn ConnectionLike) -> RedisResult<T>) -> Result<T> {
         self.pool.with(f)
     }

@@ -46,6 +46,8 @@ pub struct Pool {
     /// count makes a new one before its next write, rather than failing
     /// one batch on a socket the old Redis process took with it.
     generation: Arc<AtomicU64>,
+    /// Connections made again after one was lost (metrics).
+    reconnects: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -77,6 +79,7 @@ impl Pool {
             timeout,
             health,
             generation: Arc::new(AtomicU64::new(0)),
+            reconnects: Arc::new(AtomicU64::new(0)),
         };
         for i in 0..lanes.max(1) {
             let (tx, rx) = crossbeam_channel::bounded(LANE_QUEUE);
@@ -86,6 +89,8 @@ impl Pool {
                 health: pool.health.clone(),
                 generation: pool.generation.clone(),
                 con: None,
+                reconnects: pool.reconnects.clone(),
+                connected_before: false,
             };
             let t = std::thread::Builder::new()
                 .name(format!("haoshuo-redis-{i}"))
@@ -123,8 +128,17 @@ impl Pool {
     /// early, and has every lane reconnect before its next write (its
     /// connection most likely went with the old Redis process).
     pub fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::AcqRel);
         *lock(&self.health) = Health::default();
+    }
+}
+
+impl Pool {
+    /// Connections made again after one was lost: a lane's, or the feed's
+    /// subscription (as [`Pool::reconnected`] reports it).
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
     }
 }
 
@@ -197,6 +211,9 @@ struct Lane {
     generation: Arc<AtomicU64>,
     /// The connection and the pool generation it was made in.
     con: Option<(Connection, u64)>,
+    /// Shared with the pool: counts this lane's connections after its first.
+    reconnects: Arc<AtomicU64>,
+    connected_before: bool,
 }
 
 impl Lane {
@@ -234,6 +251,9 @@ impl Lane {
             }
             self.con = Some((connect(&self.client, self.timeout)?, generation));
             *lock(&self.health) = Health::default();
+            if std::mem::replace(&mut self.connected_before, true) {
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let Some((con, _)) = self.con.as_mut() else {
             return Err(closed("no connection"));

@@ -1,0 +1,411 @@
+//! `GET /metrics` on the admin listener: what it counts matches what the
+//! clients saw (subscriptions open by kind, messages delivered, requests by
+//! endpoint and status, online users), gauges fall when connections close,
+//! its key rule is /admin's, and the output parses with a real Prometheus
+//! parser (Python's `prometheus_client`, as Debian's
+//! `python3-prometheus-client` installs it).
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::*;
+use serde_json::{json, Value};
+
+common::backend_tests!(
+    gauges_and_counters_follow_the_clients,
+    metrics_take_the_admin_key_and_stay_off_the_public_port,
+);
+
+mod redis_only {
+    #[test]
+    fn redis_reconnects_are_counted() {
+        super::redis_reconnects_are_counted();
+    }
+}
+
+const KEY: &str = "s3cret-admin-key";
+
+/// What the parser made of one scrape: each family's type, and every
+/// sample by name and labels.
+struct Scrape {
+    types: HashMap<String, String>,
+    samples: Vec<(String, HashMap<String, String>, f64)>,
+}
+
+impl Scrape {
+    /// The value of the one sample `name` whose labels include `labels`.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| *v)
+            .collect();
+        assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
+        found.first().copied()
+    }
+
+    /// Like [`Scrape::get`], 0 when the series is absent (a label set not
+    /// seen yet).
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+
+    fn subscriptions(&self) -> [f64; 3] {
+        ["stream", "poll", "sse"].map(|kind| {
+            self.get("haoshuo_subscriptions", &[("kind", kind)])
+                .unwrap_or_else(|| panic!("no haoshuo_subscriptions{{kind={kind:?}}}"))
+        })
+    }
+}
+
+/// A Python with `prometheus_client` (Debian's package serves the system
+/// Python, which may not be the first `python3` on the PATH).
+fn python() -> &'static str {
+    ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .find(|py| {
+            Command::new(py)
+                .args(["-c", "import prometheus_client.parser"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .expect("no python3 with prometheus_client: apt-get install python3-prometheus-client")
+}
+
+/// Parses Prometheus text with `prometheus_client.parser` and hands back
+/// what it found as JSON.
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for f in text_string_to_metric_families(sys.stdin.read()):
+    out.append({"name": f.name, "type": f.type,
+                "samples": [[s.name, s.labels, s.value] for s in f.samples]})
+print(json.dumps(out))
+"#;
+
+fn parse(text: &str) -> Scrape {
+    let mut child = Command::new(python())
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed the parser");
+    let out = child.wait_with_output().expect("the parser ends");
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the scrape: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let families: Vec<Value> = serde_json::from_slice(&out.stdout).expect("the parser's JSON");
+    let mut scrape = Scrape {
+        types: HashMap::new(),
+        samples: Vec::new(),
+    };
+    for f in families {
+        let name = f["name"].as_str().expect("a name").to_string();
+        scrape
+            .types
+            .insert(name, f["type"].as_str().expect("a type").to_string());
+        for s in f["samples"].as_array().expect("samples") {
+            let labels = s[1]
+                .as_object()
+                .expect("labels")
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().expect("a label value").to_string()))
+                .collect();
+            let value = s[2].as_f64().expect("a value");
+            scrape.samples.push((
+                s[0].as_str().expect("a sample name").to_string(),
+                labels,
+                value,
+            ));
+        }
+    }
+    scrape
+}
+
+/// `GET /metrics` on the admin port, with `key` as `X-Admin-Key`.
+fn get_metrics(server: &Server, key: Option<&str>) -> Response {
+    let headers: Vec<(&str, &str)> = key.map(|k| ("X-Admin-Key", k)).into_iter().collect();
+    request(server.admin_addr(), "GET", "/metrics", &headers, b"")
+}
+
+fn scrape(server: &Server) -> Scrape {
+    let r = get_metrics(server, None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    parse(std::str::from_utf8(&r.body).expect("metrics are UTF-8"))
+}
+
+/// Scrapes until `ok` holds for a scrape, and returns it; fails with the
+/// last one after [`WAIT`].
+fn scrape_until(server: &Server, what: &str, ok: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = scrape(server);
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {WAIT:?}; subscriptions {:?}, deliveries {:?}, online {:?}",
+            s.subscriptions(),
+            s.get("haoshuo_deliveries_total", &[]),
+            s.get("haoshuo_online_users", &[]),
+        );
+    }
+}
+
+/// The data messages of SSE events until `n` came (heartbeats skipped).
+fn sse_messages(sse: &mut SseClient, uid: u64, n: usize) -> Vec<Msg> {
+    let deadline = Instant::now() + WAIT;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = sse
+            .next_event(left)
+            .unwrap_or_else(|| panic!("SSE got {} of {n} messages: {got:?}", got.len()));
+        if event.data.is_some() {
+            got.extend(check_data_frame(&event.frame(), uid));
+        }
+    }
+    got
+}
+
+fn gauges_and_counters_follow_the_clients(backend: Backend) {
+    // A one-second heartbeat: a user whose poll was answered counts as
+    // online for that long, so the online gauge falls soon after.
+    let server = Server::start(backend, Opts::default().admin("").heartbeat(1));
+    let api = server.api();
+    let users = provisioned_users(
+        provision(&server, None, &json!({"appid":"m","prefix":"u","count":2})),
+        "m",
+    );
+    let (alice, bob) = (&users[0], &users[1]);
+
+    let before = scrape(&server);
+    for (family, kind) in [
+        ("haoshuo_subscriptions", "gauge"),
+        ("haoshuo_online_users", "gauge"),
+        ("haoshuo_deliveries", "counter"),
+        ("haoshuo_connections", "gauge"),
+        ("haoshuo_connections_accepted", "counter"),
+        ("haoshuo_bytes_out", "counter"),
+        ("haoshuo_requests", "counter"),
+        ("haoshuo_request_duration_seconds", "histogram"),
+        ("haoshuo_store_call_duration_seconds", "histogram"),
+        ("haoshuo_store_errors", "counter"),
+        ("haoshuo_job_queue_depth", "gauge"),
+        ("haoshuo_job_queue_capacity", "gauge"),
+        ("haoshuo_mailbox_depth", "gauge"),
+        ("haoshuo_mailbox_dropped", "counter"),
+        ("haoshuo_mailbox_lag_events", "counter"),
+    ] {
+        assert_eq!(
+            before.types.get(family).map(String::as_str),
+            Some(kind),
+            "{family}"
+        );
+    }
+    let redis = before.types.get("haoshuo_redis_reconnects");
+    match backend {
+        Backend::Redis => assert_eq!(redis.map(String::as_str), Some("counter")),
+        _ => assert_eq!(redis, None, "Redis reconnects on the embedded store"),
+    }
+    assert_eq!(before.subscriptions(), [0.0; 3]);
+    assert_eq!(before.value("haoshuo_online_users", &[]), 0.0);
+    assert_eq!(
+        before.value(
+            "haoshuo_requests_total",
+            &[("endpoint", "/admin/users"), ("status", "200")]
+        ),
+        1.0
+    );
+    let delivered_before = before.value("haoshuo_deliveries_total", &[]);
+
+    // Two messages stored before anyone listens: the streams read them
+    // from the store. Then 3 streams, 2 held polls (past what is stored)
+    // and an SSE stream of bob's.
+    const STORED: usize = 2;
+    const STREAMS: usize = 3;
+    const POLLS: usize = 2;
+    const K: usize = 4;
+    for i in 0..STORED {
+        api.send(alice, bob.uid, &format!("stored{i}"));
+    }
+    let mut streams: Vec<StreamClient> = (0..STREAMS).map(|_| api.stream(bob, 1)).collect();
+    let next = STORED as u64 + 1;
+    let mut polls: Vec<PendingPoll> = (0..POLLS).map(|_| api.start_poll(bob, next)).collect();
+    let mut sse = SseClient::open(server.addr(), &sub_query(1, bob.uid, &bob.token), None);
+    let open = scrape_until(&server, "every subscription counted", |s| {
+        s.subscriptions() == [STREAMS as f64, POLLS as f64, 1.0]
+    });
+    assert_eq!(
+        open.value("haoshuo_online_users", &[]),
+        1.0,
+        "bob is online"
+    );
+    assert_eq!(
+        open.value("haoshuo_connections", &[("state", "subscribed")]),
+        (STREAMS + POLLS + 1) as f64
+    );
+
+    // K messages to bob: each stream and the SSE stream get all of them,
+    // each poll is answered with what had come when it was.
+    for i in 0..K {
+        api.send(alice, bob.uid, &format!("m{i}"));
+    }
+    let mut delivered = 0;
+    for s in &mut streams {
+        delivered += s.collect(STORED + K, WAIT).len();
+    }
+    for p in &mut polls {
+        let frame = p.wait(WAIT).expect("the poll is answered");
+        let msgs = check_data_frame(&frame, bob.uid);
+        assert_eq!(msgs[0].msgid, next);
+        delivered += msgs.len();
+    }
+    delivered += sse_messages(&mut sse, bob.uid, STORED + K).len();
+
+    let after = scrape_until(&server, "the answered polls counted", |s| {
+        s.subscriptions() == [STREAMS as f64, 0.0, 1.0]
+    });
+    assert_eq!(
+        after.value("haoshuo_deliveries_total", &[]) - delivered_before,
+        delivered as f64,
+        "deliveries counted against messages the clients read"
+    );
+    let requests = |s: &Scrape, endpoint: &str, status: &str| {
+        s.value(
+            "haoshuo_requests_total",
+            &[("endpoint", endpoint), ("status", status)],
+        )
+    };
+    assert_eq!(requests(&after, "/p", "200"), (STORED + K) as f64);
+    assert_eq!(requests(&after, "/cget/stream", "200"), STREAMS as f64);
+    assert_eq!(requests(&after, "/cget/poll", "200"), POLLS as f64);
+    assert_eq!(requests(&after, "/cget/sse", "200"), 1.0);
+    let p_latency = [("endpoint", "/p")];
+    assert_eq!(
+        after.value("haoshuo_request_duration_seconds_count", &p_latency),
+        (STORED + K) as f64
+    );
+    assert_eq!(
+        after.value(
+            "haoshuo_request_duration_seconds_bucket",
+            &[("endpoint", "/p"), ("le", "+Inf")]
+        ),
+        (STORED + K) as f64
+    );
+    assert!(after.value("haoshuo_request_duration_seconds_sum", &p_latency) > 0.0);
+    // One append per send, each timed.
+    assert_eq!(
+        after.value(
+            "haoshuo_store_call_duration_seconds_count",
+            &[("op", "append")]
+        ),
+        (STORED + K) as f64
+    );
+    assert_eq!(
+        after.value("haoshuo_store_errors_total", &[("op", "append")]),
+        0.0
+    );
+    assert!(
+        after.value("haoshuo_bytes_out_total", &[]) > before.value("haoshuo_bytes_out_total", &[])
+    );
+
+    // Refusals are counted under their endpoint and status, unknown paths
+    // under `other`.
+    let bad = json!({"appid":"m","uid":bob.uid,"token":"0".repeat(48)});
+    expect_error(api.post("/pull", &bad), 401);
+    expect_error(api.post("/nowhere", &bad), 404);
+    let refused = scrape(&server);
+    assert_eq!(requests(&refused, "/pull", "401"), 1.0);
+    assert_eq!(requests(&refused, "other", "404"), 1.0);
+    assert_eq!(
+        requests(&refused, "/metrics", "200"),
+        requests(&after, "/metrics", "200") + 1.0
+    );
+
+    // Everything closes: the gauges fall to nothing.
+    drop(streams);
+    drop(sse);
+    drop(polls);
+    let closed = scrape_until(&server, "every subscription gone, bob offline", |s| {
+        s.subscriptions() == [0.0; 3] && s.value("haoshuo_online_users", &[]) == 0.0
+    });
+    assert_eq!(
+        closed.value("haoshuo_connections", &[("state", "subscribed")]),
+        0.0
+    );
+    assert_eq!(
+        closed.value("haoshuo_deliveries_total", &[]),
+        after.value("haoshuo_deliveries_total", &[]),
+        "nothing delivered since"
+    );
+}
+
+fn metrics_take_the_admin_key_and_stay_off_the_public_port(backend: Backend) {
+    let server = Server::start(backend, Opts::default().admin(KEY));
+    for key in [None, Some("wrong"), Some(&KEY[..KEY.len() - 1])] {
+        let r = get_metrics(&server, key);
+        expect_error((r.status, r.json()), 401);
+    }
+    let r = get_metrics(&server, Some(KEY));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let s = parse(std::str::from_utf8(&r.body).expect("UTF-8"));
+    assert_eq!(s.subscriptions(), [0.0; 3]);
+    // The refused scrapes were requests too.
+    assert_eq!(
+        s.value(
+            "haoshuo_requests_total",
+            &[("endpoint", "/metrics"), ("status", "401")]
+        ),
+        3.0
+    );
+    // The probes stay keyless.
+    let health = request(server.admin_addr(), "GET", "/healthz", &[], b"");
+    assert_eq!(health.status, 200);
+    let public = request(server.addr(), "GET", "/metrics", &[], b"");
+    expect_error((public.status, public.json()), 404);
+}
+
+fn redis_reconnects_are_counted() {
+    let mut server = Server::start(Backend::Redis, Opts::default().admin(""));
+    let api = server.api();
+    let users = provisioned_users(
+        provision(&server, None, &json!({"appid":"m","prefix":"u","count":1})),
+        "m",
+    );
+    let reconnects = |s: &Scrape| s.value("haoshuo_redis_reconnects_total", &[]);
+    assert_eq!(reconnects(&scrape(&server)), 0.0);
+    server.redis().restart();
+    // The feed notices at once; the lanes on their next call.
+    let deadline = Instant::now() + WAIT;
+    while api.post("/pull", &pull_body(&users[0])).0 != 200 {
+        assert!(Instant::now() < deadline, "Redis did not come back");
+    }
+    scrape_until(&server, "a reconnect counted", |s| reconnects(s) >= 1.0);
+}
