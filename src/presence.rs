@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use crate::router::Router;
 use crate::store::{Store, Uid};
 
+/// Routes renewed per refresh: one uid residue class of this many.
+const ROUTE_SLICES: u64 = 10;
+
 /// A published presence outlives this many refreshes: a late refresh is
 /// not an outage.
 const TTL_REFRESHES: u64 = 3;
@@ -84,21 +87,44 @@ fn refresh_loop(
     stop: &AtomicBool,
 ) {
     let ttl = every.as_secs().max(1) * TTL_REFRESHES;
+    let mut tick: u64 = 0;
     while !stop.load(Ordering::Acquire) {
-        let users = router.online_users(Instant::now());
-        let names: HashMap<_, _> = users
-            .iter()
-            .map(|&(app, _)| (app, router.app_name(app)))
-            .collect();
-        let online: Vec<(&str, Uid)> = users
-            .iter()
-            .map(|(app, uid)| (&*names[app], *uid))
-            .collect();
+        let users = online(router);
+        let online: Vec<(&str, Uid)> = users.iter().map(|(a, u)| (&**a, *u)).collect();
         // A store that cannot be reached now is tried again next time.
         let _ = store.publish_presence(node, &online, ttl);
+        // Routes hold for ROUTE_SLICES refreshes and more: one slice of
+        // the users a refresh renews them all in time.
+        let slice: Vec<(&str, Uid)> = online
+            .iter()
+            .copied()
+            .filter(|&(_, uid)| uid % ROUTE_SLICES == tick % ROUTE_SLICES)
+            .collect();
+        let _ = store.renew_routes(&slice);
+        tick += 1;
         let next = Instant::now() + every;
         while Instant::now() < next && !stop.load(Ordering::Acquire) {
             std::thread::sleep(STOP_CHECK.min(next.saturating_duration_since(Instant::now())));
         }
     }
+}
+
+/// This process's online users, by app name.
+pub fn online(router: &Router) -> Vec<(Arc<str>, Uid)> {
+    let users = router.online_users(Instant::now());
+    let mut names: HashMap<_, Arc<str>> = HashMap::new();
+    users
+        .iter()
+        .map(|&(app, uid)| {
+            let name = names.entry(app).or_insert_with(|| router.app_name(app));
+            (name.clone(), uid)
+        })
+        .collect()
+}
+
+/// How long a route holds when presence refreshes every `every`: the
+/// refreshes renew each route within [`ROUTE_SLICES`] of them, and a
+/// late refresh or two is no reason to lose a user's announcements.
+pub fn route_ttl(every: Duration) -> Duration {
+    every.max(Duration::from_secs(1)) * (ROUTE_SLICES * TTL_REFRESHES) as u32
 }

@@ -36,7 +36,7 @@ struct Opened {
     name: String,
 }
 
-fn open_store(cfg: &Config) -> Result<Opened, String> {
+fn open_store(cfg: &Config, node: &str) -> Result<Opened, String> {
     if let Some(url) = &cfg.redis {
         let opts = RedisOptions {
             url: url.clone(),
@@ -44,6 +44,8 @@ fn open_store(cfg: &Config) -> Result<Opened, String> {
             timeout: Duration::from_millis(cfg.redis_timeout_ms),
             inbox_cap: cfg.inbox_cap,
             token_cache: Duration::from_secs(cfg.token_cache_secs),
+            node: node.to_owned(),
+            route_ttl: presence::route_ttl(Duration::from_secs(cfg.presence_secs)),
         };
         let store =
             Arc::new(RedisStore::open(&opts).map_err(|e| format!("opening Redis at {url}: {e}"))?);
@@ -144,11 +146,14 @@ impl Server {
     pub fn start(cfg: &Config) -> Result<Server, String> {
         let addrs = resolve_addrs(cfg)?;
         check_unsafe(cfg, &addrs)?;
+        // This process's id among the nodes of one Redis: its presence set
+        // and its announcement channel.
+        let node = presence::node_id();
         let Opened {
             store,
             redis,
             name: store_name,
-        } = open_store(cfg)?;
+        } = open_store(cfg, &node)?;
 
         let threads = cfg.threads();
         let (jobs, job_rx) = worker::queue(cfg.job_queue);

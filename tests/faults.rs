@@ -3,7 +3,8 @@
 //! resume delivery, and a Redis restart under load loses nothing answered
 //! `ok` and duplicates nothing (senders retry with a `cmsgid`). Calls a lane
 //! has written to a Redis that dies are answered at once, and the lane works
-//! again after the restart; the feed's reconnect empties the token cache.
+//! again after the restart; the feed's reconnect empties the token cache
+//! and writes its routes again.
 
 mod common;
 
@@ -52,14 +53,20 @@ fn with_cmsgid(mut body: serde_json::Value, cmsgid: String) -> serde_json::Value
     body
 }
 
-#[test]
-fn redis_down_is_503_then_it_recovers_and_streams_resume() {
-    let mut server = Server::start(Backend::Redis, Opts::default());
+/// A server on Redis where alice sent bob "before" and bob's stream got it.
+fn bob_streaming() -> (Server, Api, User, User, StreamClient) {
+    let server = Server::start(Backend::Redis, Opts::default());
     let api = server.api();
     let (alice, bob) = (api.user("app", "alice"), api.user("app", "bob"));
     let mut stream = api.stream(&bob, 1);
     api.send(&alice, bob.uid, "before");
     assert_eq!(stream.collect(1, WAIT)[0].content, "before");
+    (server, api, alice, bob, stream)
+}
+
+#[test]
+fn redis_down_is_503_then_it_recovers_and_streams_resume() {
+    let (mut server, api, alice, bob, mut stream) = bob_streaming();
 
     server.redis().kill();
     for path in ["/p", "/pull"] {
@@ -289,4 +296,35 @@ fn calls_at_a_lane_when_redis_dies_get_503_and_all_work_after_a_restart() {
         .filter(|c| c.starts_with("after "))
         .collect();
     assert_eq!(got, after.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// A Redis that comes back without this node's routes (a replica that took
+/// over before they reached it): the feed writes them again when its
+/// subscription is back, so a stream left open goes on getting what is
+/// sent to it, not only what the catch-up reads.
+#[test]
+fn the_feed_writes_its_routes_again_when_it_reconnects() {
+    let (mut server, api, alice, bob, mut stream) = bob_streaming();
+
+    let routes = format!("hs:{{u:app:{}}}:at", bob.uid);
+    assert_eq!(server.redis().command(&["EXISTS", &routes]), ":1");
+    server.redis().command(&["DEL", &routes]);
+    // The feed's subscription breaks, as in a failover.
+    server
+        .redis()
+        .command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let deadline = Instant::now() + RECOVERY;
+    while server.redis().command(&["EXISTS", &routes]) != ":1" {
+        assert!(
+            Instant::now() < deadline,
+            "the route of bob was not written again within {RECOVERY:?}"
+        );
+        // Waiting on the feed's own reconnect: nothing to watch.
+        thread::sleep(Duration::from_millis(20));
+    }
+    api.send(&alice, bob.uid, "after");
+    assert_eq!(
+        stream.collect(1, RECOVERY),
+        vec![Msg::single(&alice, bob.uid, 2, "after")]
+    );
 }

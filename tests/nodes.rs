@@ -112,3 +112,94 @@ fn the_token_cache_lifetime_bounds_a_missed_logout() {
         );
     }
 }
+
+/// The announcement channels of the nodes on `redis`, sorted.
+fn deliver_channels(redis: &RedisServer) -> Vec<String> {
+    let listed = redis.command(&["PUBSUB", "CHANNELS", "hs:deliver:*"]);
+    let mut channels: Vec<String> = listed
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    channels.sort();
+    channels
+}
+
+/// Each node hears only of the users it serves: an append is announced on
+/// the channel of the node that has its receiver subscribed, and to no
+/// node when nobody has the receiver subscribed. (Every node hearing every
+/// append cost each of N nodes a wakeup and a parse per message.)
+#[test]
+fn an_append_is_announced_only_to_the_node_serving_its_receiver() {
+    let mut a = Server::start(Backend::Redis, Opts::default());
+    let a_channel = deliver_channels(a.redis());
+    assert_eq!(a_channel.len(), 1, "node a listens on its own channel");
+    let b = a.another_node();
+    let b_channel: Vec<String> = deliver_channels(a.redis())
+        .into_iter()
+        .filter(|c| !a_channel.contains(c))
+        .collect();
+    assert_eq!(b_channel.len(), 1, "node b listens on a channel of its own");
+    let (api_a, api_b) = (a.api(), b.api());
+    let alice = api_a.user("app", "alice");
+    let bob = api_a.user("app", "bob");
+    let carol = api_a.user("app", "carol");
+    let mut spy = a.redis().psubscribe("hs:deliver:*");
+
+    let mut bob_on_b = api_b.stream(&bob, 1);
+    // Nobody has carol subscribed: nothing is announced for her.
+    api_a.send(&alice, carol.uid, "stored, not announced");
+    api_a.send(&alice, bob.uid, "to b only");
+    assert_eq!(
+        bob_on_b.collect(1, WAIT),
+        vec![Msg::single(&alice, bob.uid, 1, "to b only")]
+    );
+    let (channel, announced) = spy.next(WAIT).expect("bob's message was announced");
+    assert_eq!(
+        channel, b_channel[0],
+        "announced on b's channel: {announced}"
+    );
+    assert!(announced.contains("to b only"), "{announced}");
+    assert!(
+        announced.ends_with(&format!("[[{},1]]]", bob.uid)),
+        "{announced}"
+    );
+    assert_eq!(
+        spy.next(Duration::from_millis(300)),
+        None,
+        "one announcement only"
+    );
+    // Carol's message is in her inbox all the same.
+    assert_eq!(api_a.pull(&carol).msgids(), vec![1]);
+}
+
+/// Routes run out (a node that went away stops being announced to), so a
+/// node renews the routes of the users it keeps: the presence thread
+/// renews one uid residue class of ten per refresh. Ten users with
+/// consecutive uids cover every class: within two refreshes one of their
+/// routes is pushed further out than its subscription wrote it.
+#[test]
+fn the_routes_of_users_a_node_keeps_are_renewed() {
+    let mut a = Server::start(Backend::Redis, Opts::default().flag("--presence-secs", 1));
+    let api = a.api();
+    let users: Vec<User> = (0..10).map(|i| api.user("app", &format!("u{i}"))).collect();
+    let _streams: Vec<StreamClient> = users.iter().map(|u| api.stream(u, 1)).collect();
+    let until = |redis: &RedisServer, u: &User| -> u64 {
+        let fields = redis.command(&["HGETALL", &format!("hs:{{u:app:{}}}:at", u.uid)]);
+        // node, until: one node here.
+        let lines: Vec<&str> = fields.lines().collect();
+        assert_eq!(lines.len(), 2, "one route of user {}: {fields:?}", u.uid);
+        lines[1].parse().expect("a unix time")
+    };
+    let written: Vec<u64> = users.iter().map(|u| until(a.redis(), u)).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now: Vec<u64> = users.iter().map(|u| until(a.redis(), u)).collect();
+        if now.iter().zip(&written).any(|(n, w)| n > w) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no route renewed: {now:?}");
+        // Waiting on the presence thread's clock: nothing to watch.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,7 +1,7 @@
 //! What a group message costs Redis, counted by Redis itself (`INFO
-//! commandstats`): one append script per 512 members, one announcement per
-//! script (not one per member), and the member list read once per process,
-//! not on every `/gp`; and a script Redis does not know yet is loaded and
+//! commandstats`): one append script per 512 members, at most one
+//! announcement per script and node (none where no member streams), and
+//! the member list read once per process, not on every `/gp`; and a script Redis does not know yet is loaded and
 //! run once for each command that asked for it, never twice.
 
 mod common;
@@ -24,7 +24,7 @@ fn calls(redis: &RedisServer, command: &str) -> u64 {
 }
 
 #[test]
-fn a_group_message_is_one_script_and_one_announcement_per_512_members() {
+fn a_group_message_is_one_script_per_512_members_announced_where_members_stream() {
     let mut srv = Server::start(
         Backend::Redis,
         Opts::default().admin("").flag("--send-rate", 0),
@@ -34,12 +34,25 @@ fn a_group_message_is_one_script_and_one_announcement_per_512_members() {
     let members = provisioned_users(provision(&srv, None, &body), "a");
     let uids: Vec<u64> = members[1..].iter().map(|u| u.uid).collect();
     let gid = api.group(&members[0], "big", &uids);
-    let mut last = api.stream(&members[599], 1);
 
+    // Nobody streams: two scripts (600 members), nothing announced.
     api.gsend(&members[0], gid, "warm-up"); // reads the member list
-    assert_eq!(last.collect(1, WAIT)[0].content, "warm-up");
-    let redis = srv.redis();
-    let before = ["evalsha", "publish", "hget"].map(|c| calls(redis, c));
+    let counted = ["evalsha", "publish", "hget"];
+    let before = counted.map(|c| calls(srv.redis(), c));
+    api.gsend(&members[0], gid, "unheard");
+    let after = counted.map(|c| calls(srv.redis(), c));
+    let spent: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    assert_eq!(
+        spent,
+        [2, 0, 0],
+        "evalsha, publish, hget with no stream open"
+    );
+
+    // One member streams: one announcement per message (from the script
+    // whose 512 members include it), to this node.
+    let mut last = api.stream(&members[599], 1);
+    assert_eq!(last.collect(2, WAIT).len(), 2, "the stored two, read back");
+    let before = counted.map(|c| calls(srv.redis(), c));
     for i in 0..3 {
         api.gsend(&members[0], gid, &format!("m{i}"));
     }
@@ -49,11 +62,21 @@ fn a_group_message_is_one_script_and_one_announcement_per_512_members() {
         .map(|m| m.content)
         .collect();
     assert_eq!(got, ["m0", "m1", "m2"]);
-    let after = ["evalsha", "publish", "hget"].map(|c| calls(srv.redis(), c));
+    let after = counted.map(|c| calls(srv.redis(), c));
     let spent: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
-    // 600 members: two scripts, two announcements per message; the member
-    // list came from the cache.
-    assert_eq!(spent, [6, 6, 0], "evalsha, publish, hget for 3 messages");
+    // The member list came from the cache.
+    assert_eq!(spent, [6, 3, 0], "evalsha, publish, hget for 3 messages");
+
+    // A member of the first 512 streams too: each script announces.
+    let mut first = api.stream(&members[1], 1);
+    assert_eq!(first.collect(5, WAIT).len(), 5);
+    let before = counted.map(|c| calls(srv.redis(), c));
+    api.gsend(&members[0], gid, "both");
+    assert_eq!(first.collect(1, WAIT)[0].content, "both");
+    assert_eq!(last.collect(1, WAIT)[0].content, "both");
+    let after = counted.map(|c| calls(srv.redis(), c));
+    let spent: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    assert_eq!(spent, [2, 2, 0], "evalsha, publish, hget for one message");
 }
 
 #[test]

@@ -76,6 +76,8 @@ impl Backend {
                     inbox_cap: self.inbox_cap,
                     // Every get_token asks Redis: the tests see what is stored.
                     token_cache: Duration::ZERO,
+                    node: "conformance".into(),
+                    route_ttl: Duration::from_secs(300),
                 })
                 .expect("open the Redis store"),
             ),

@@ -727,7 +727,10 @@ impl Api {
         if self.router.subscribe(sub.app, uid, origin, tag).is_err() {
             return Ok(refuse(frame::TOO_MANY));
         }
-        let page = match self.store.page(&info.appid, uid, seq, self.limit()) {
+        let page = match self
+            .store
+            .subscribe_page(&info.appid, uid, seq, self.limit())
+        {
             Ok(page) => page,
             Err(e) => {
                 self.router.unsubscribe(sub.app, uid, origin);

@@ -38,10 +38,11 @@ pub enum Op {
     PublishPresence,
     OnlineElsewhere,
     WithdrawPresence,
+    RenewRoutes,
 }
 
 /// The label of each [`Op`], in its order.
-pub const OPS: [&str; 21] = [
+pub const OPS: [&str; 22] = [
     "create_user",
     "create_users",
     "find_user",
@@ -63,6 +64,7 @@ pub const OPS: [&str; 21] = [
     "publish_presence",
     "online_elsewhere",
     "withdraw_presence",
+    "renew_routes",
 ];
 
 /// The wrapper.
@@ -142,6 +144,9 @@ impl Store for Metered {
     fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
         self.timed(Op::Page, |s| s.page(appid, uid, from, limit))
     }
+    fn subscribe_page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
+        self.timed(Op::Page, |s| s.subscribe_page(appid, uid, from, limit))
+    }
     fn read(&self, appid: &str, uid: Uid, from: MsgId, limit: usize) -> Result<Vec<Message>> {
         self.timed(Op::Read, |s| s.read(appid, uid, from, limit))
     }
@@ -170,10 +175,13 @@ impl Store for Metered {
     fn withdraw_presence(&self, node: &str) -> Result<()> {
         self.timed(Op::WithdrawPresence, |s| s.withdraw_presence(node))
     }
+    fn renew_routes(&self, users: &[(&str, Uid)]) -> Result<()> {
+        self.timed(Op::RenewRoutes, |s| s.renew_routes(users))
+    }
     fn announces(&self) -> bool {
         self.inner.announces()
     }
 }
 
 // Every operation has its label.
-const _: () = assert!(Op::WithdrawPresence as usize + 1 == OPS.len());
+const _: () = assert!(Op::RenewRoutes as usize + 1 == OPS.len());

@@ -310,6 +310,14 @@ pub trait Store: Send + Sync + 'static {
     /// reader holds are never handed out again.
     fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page>;
 
+    /// [`Store::page`] for a subscription that starts now on this process.
+    /// A store shared by several processes first records that this process
+    /// serves `uid`, so that every append after the page is read is
+    /// announced here (one before it is in the page).
+    fn subscribe_page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
+        self.page(appid, uid, from, limit)
+    }
+
     /// Up to `limit` stored messages of `uid`'s inbox with msgid >= `from`, in
     /// msgid order.
     fn read(&self, appid: &str, uid: Uid, from: MsgId, limit: usize) -> Result<Vec<Message>> {
@@ -343,6 +351,13 @@ pub trait Store: Send + Sync + 'static {
     /// last published).
     fn online_elsewhere(&self, _node: &str, _appid: &str, uids: &[Uid]) -> Result<Vec<bool>> {
         Ok(vec![false; uids.len()])
+    }
+
+    /// Renews this process's routes of `users` (it still serves them), so
+    /// that appends to them keep being announced here. A store one process
+    /// owns has no routes.
+    fn renew_routes(&self, _users: &[(&str, Uid)]) -> Result<()> {
+        Ok(())
     }
 
     /// Takes back what `node` published (it is stopping).

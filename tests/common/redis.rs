@@ -140,6 +140,54 @@ impl RedisServer {
     }
 }
 
+/// A pattern subscription of the test's own on a Redis: what the servers
+/// publish, as Redis hands it out.
+pub struct PubSubSpy {
+    reader: BufReader<TcpStream>,
+}
+
+impl RedisServer {
+    /// Subscribes to the channels matching `pattern` (PSUBSCRIBE).
+    pub fn psubscribe(&self, pattern: &str) -> PubSubSpy {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut s = TcpStream::connect_timeout(&addr, START_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to redis-server at {addr}: {e}"));
+        let req = format!(
+            "*2\r\n$10\r\nPSUBSCRIBE\r\n${}\r\n{pattern}\r\n",
+            pattern.len()
+        );
+        s.write_all(req.as_bytes()).expect("write to redis-server");
+        let mut reader = BufReader::new(s);
+        let ack = read_reply(&mut reader);
+        assert!(
+            ack.starts_with("psubscribe\n"),
+            "PSUBSCRIBE answered {ack:?}"
+        );
+        PubSubSpy { reader }
+    }
+}
+
+impl PubSubSpy {
+    /// The next (channel, message) published, waiting up to `wait`.
+    pub fn next(&mut self, wait: Duration) -> Option<(String, String)> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(wait))
+            .expect("set read timeout");
+        // Nothing arrived within the wait: a timeout before any byte.
+        if self.reader.fill_buf().is_err() {
+            return None;
+        }
+        let reply = read_reply(&mut self.reader);
+        let mut parts = reply.splitn(4, '\n');
+        assert_eq!(parts.next(), Some("pmessage"), "{reply:?}");
+        let _pattern = parts.next();
+        let channel = parts.next().expect("a channel").to_owned();
+        let message = parts.next().expect("a message").to_owned();
+        Some((channel, message))
+    }
+}
+
 /// Sends signal `name` (`STOP`, `CONT`, ...) to process `pid`.
 pub fn signal(pid: u32, name: &str) {
     let sent = Command::new("kill")

@@ -1,7 +1,8 @@
-//! The live feed: one thread per server process subscribed to the
-//! announcement channel, handing every announced append to the router, and
-//! to the logout channel, dropping logged-out tokens from the token cache
-//! and ending the subscriptions held with them.
+//! The live feed: one thread per server process subscribed to its own
+//! announcement channel (`hs:deliver:NODE`: appends to users this process
+//! serves, see `keys::routes`), handing every announced append to the
+//! router, and to the logout channel, dropping logged-out tokens from the
+//! token cache and ending the subscriptions held with them.
 //!
 //! Announcements come in the order Redis ran the appends, so per user in
 //! msgid order. When the subscription breaks (Redis restarted, network) the
@@ -15,9 +16,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::router::Router;
-use crate::store::NewMessage;
+use crate::store::{NewMessage, Uid};
 
-use super::keys::{parse_untoken, Announce, DELIVER_CHANNEL, UNTOKEN_CHANNEL};
+use super::keys::{deliver_channel, parse_untoken, Announce, UNTOKEN_CHANNEL};
 use super::RedisStore;
 use crate::auth;
 
@@ -47,7 +48,7 @@ impl Feed {
                 stop,
                 thread: Some(thread),
             }),
-            Ok(Err(e)) => Err(format!("subscribing to {DELIVER_CHANNEL}: {e}")),
+            Ok(Err(e)) => Err(format!("subscribing to the Redis announcements: {e}")),
             Err(_) => Err("the Redis feed thread died at start".into()),
         }
     }
@@ -82,7 +83,7 @@ fn run(
         };
         let mut pubsub = con.as_pubsub();
         let subscribed = pubsub
-            .subscribe(&[DELIVER_CHANNEL, UNTOKEN_CHANNEL])
+            .subscribe(&[deliver_channel(store.node()).as_str(), UNTOKEN_CHANNEL])
             .and_then(|()| pubsub.set_read_timeout(Some(STOP_CHECK)));
         match (subscribed, ready.take()) {
             (Err(e), Some(r)) => {
@@ -101,11 +102,18 @@ fn run(
             // its backoff now that Redis answers, and whose connections
             // most likely went down with ours: each lane makes a new one.
             // Logouts were lost too: forget every cached token. And
-            // cached groups: a Redis that lost data may reuse a gid.
+            // cached groups: a Redis that lost data may reuse a gid. A
+            // Redis that lost data lost our routes as well: they are
+            // written again before the catch-up reads, so an append after
+            // them is announced and one before them is read.
             (Ok(()), None) => {
                 store.pool().reconnected();
                 store.tokens().clear();
                 store.groups().clear();
+                let users = crate::presence::online(router);
+                let users: Vec<(&str, Uid)> = users.iter().map(|(a, u)| (&**a, *u)).collect();
+                // If Redis fails again now, the next reconnect tries again.
+                let _ = store.write_routes(&users);
                 router.catch_up_everyone();
             }
         }

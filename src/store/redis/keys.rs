@@ -11,8 +11,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{Gid, Message, MsgId, NewMessage, Uid};
 
-/// The pub/sub channel on which every append is announced to every node.
-pub const DELIVER_CHANNEL: &str = "hs:deliver";
+/// The pub/sub channels on which appends are announced: one per node,
+/// `hs:deliver:NODE` (see [`deliver_channel`]); an append is announced on
+/// the channels of the nodes its receivers' [`routes`] name, so a node
+/// hears only of its own users.
+pub const DELIVER_PREFIX: &str = "hs:deliver:";
+
+/// The announcement channel of node `node` (its presence id).
+pub fn deliver_channel(node: &str) -> String {
+    format!("{DELIVER_PREFIX}{node}")
+}
 /// The pub/sub channel on which logouts announce a token (see [`untoken`]),
 /// so every node drops it from its token cache and ends the subscriptions
 /// held with it.
@@ -81,6 +89,15 @@ pub fn user(appid: &str, uid: Uid) -> String {
 /// `<msgid>:<message JSON>`.
 pub fn inbox(appid: &str, uid: Uid) -> String {
     format!("hs:{{u:{}:{uid}}}:inbox", part(appid))
+}
+
+/// `hs:{u:APPID:UID}:at`: hash, the nodes that have `uid` subscribed:
+/// node id -> until when (unix seconds) the entry holds. A node writes it
+/// before it reads a new subscription's first page, and renews it while
+/// it keeps the user; the append script announces to the nodes whose
+/// entries hold and deletes the others.
+pub fn routes(appid: &str, uid: Uid) -> String {
+    format!("hs:{{u:{}:{uid}}}:at", part(appid))
 }
 
 /// `hs:{u:APPID:UID}:tokens`: sorted set, the selectors of the user's

@@ -30,7 +30,7 @@ use crate::store::{
     StoreError, TokenInfo, Uid,
 };
 
-pub use keys::DELIVER_CHANNEL;
+pub use keys::{deliver_channel, DELIVER_PREFIX};
 
 /// Receivers appended to by one script call. Redis runs nothing else while
 /// a script runs: 512 appends keep that under a millisecond or so, and a
@@ -51,10 +51,19 @@ pub struct Options {
     pub inbox_cap: usize,
     /// How long a token read from Redis is trusted without asking again.
     pub token_cache: Duration,
+    /// This process's node id: appends for users subscribed here are
+    /// announced on its channel (`hs:deliver:NODE`).
+    pub node: String,
+    /// How long a route (this node serves a user) holds once written; the
+    /// presence thread renews each route within it (`presence::route_ttl`).
+    pub route_ttl: Duration,
 }
 
 pub struct RedisStore {
     pool: pool::Pool,
+    node: String,
+    /// Seconds a route holds once written.
+    route_ttl: u64,
     tokens: tokens::TokenCache,
     groups: groups::GroupCache,
     inbox_cap: usize,
@@ -72,6 +81,8 @@ impl RedisStore {
     pub fn open(opts: &Options) -> Result<RedisStore> {
         let store = RedisStore {
             pool: pool::Pool::new(&opts.url, opts.pool, opts.timeout)?,
+            node: opts.node.clone(),
+            route_ttl: opts.route_ttl.as_secs().max(1),
             inbox_cap: opts.inbox_cap,
             tokens: tokens::TokenCache::new(opts.token_cache),
             groups: groups::GroupCache::default(),
@@ -104,6 +115,31 @@ impl RedisStore {
     /// The token cache, for the feed to drop logged-out tokens from.
     pub(crate) fn tokens(&self) -> &tokens::TokenCache {
         &self.tokens
+    }
+
+    /// This process's node id (its announcement channel's suffix).
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Writes (or renews) this node's route of each of `users`: appends to
+    /// them are announced here until the route runs out.
+    pub(crate) fn write_routes(&self, users: &[(&str, Uid)]) -> Result<()> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let until = unix_now() + self.route_ttl;
+        self.with(|c| {
+            let mut p = redis::pipe();
+            for &(appid, uid) in users {
+                p.cmd("HSET")
+                    .arg(keys::routes(appid, uid))
+                    .arg(&self.node)
+                    .arg(until)
+                    .ignore();
+            }
+            p.exec(c)
+        })
     }
 
     /// The group member cache, for the feed to clear on reconnect.
@@ -166,7 +202,8 @@ impl RedisStore {
                 claimed = Some(keys::sent(appid, msg.fromid, o.cmsgid));
             }
         }
-        let per = if once.is_some() { 3 } else { 2 };
+        let per = if once.is_some() { 4 } else { 3 };
+        let now = unix_now();
         let prefix = keys::announce_prefix(appid, &stored);
         let batches = self.with(|c| {
             let mut p = redis::pipe();
@@ -176,17 +213,20 @@ impl RedisStore {
                     .arg(self.append.get_hash())
                     .arg(batch.len() * per);
                 for &uid in batch {
-                    cmd.arg(keys::user(appid, uid)).arg(keys::inbox(appid, uid));
+                    cmd.arg(keys::user(appid, uid))
+                        .arg(keys::inbox(appid, uid))
+                        .arg(keys::routes(appid, uid));
                     if let Some(o) = once {
                         cmd.arg(keys::once(appid, uid, msg.fromid, o.cmsgid));
                     }
                 }
                 cmd.arg(&stored)
-                    .arg(keys::DELIVER_CHANNEL)
+                    .arg(keys::DELIVER_PREFIX)
                     .arg(&prefix)
                     .arg(ttl)
                     .arg(self.inbox_cap)
                     .arg(per)
+                    .arg(now)
                     .arg(batch);
             }
             pipeline_with_script(c, &self.append, &p)
@@ -522,10 +562,7 @@ impl Store for RedisStore {
     }
 
     fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
-        // Lua numbers are doubles: a cap past 2^53 means "no cap" anyway.
-        let bytes = limit.bytes.min(1 << 53);
-        // ZRANGEBYSCORE's LIMIT takes a signed 64-bit count.
-        let count = limit.count.min(i64::MAX as usize);
+        let (count, bytes) = page_limits(limit);
         let answer: redis::Value = self.with(|c| {
             self.page
                 .key(keys::user(appid, uid))
@@ -535,24 +572,35 @@ impl Store for RedisStore {
                 .arg(bytes)
                 .invoke(c)
         })?;
-        let corrupt = || StoreError::Unavailable(format!("a corrupt page of the inbox of {uid}"));
-        let (last, members, reset): (MsgId, Vec<Vec<u8>>, Option<Reset>) = match answer {
-            redis::Value::Int(-1) => return Err(StoreError::NoSuchUser(uid)),
-            redis::Value::Array(v) if v.len() == 4 => {
-                let (last, members, epoch, found) =
-                    redis::from_redis_value(redis::Value::Array(v)).map_err(|_| corrupt())?;
-                (last, members, Some(Reset { epoch, found }))
-            }
-            v => {
-                let (last, members) = redis::from_redis_value(v).map_err(|_| corrupt())?;
-                (last, members, None)
-            }
-        };
-        let msgs = members
-            .iter()
-            .map(|m| keys::decode_member(m).ok_or_else(corrupt))
-            .collect::<Result<_>>()?;
-        Ok(Page { msgs, last, reset })
+        parse_page(uid, answer)
+    }
+
+    /// Writes this node's route of `uid` before reading the page, in one
+    /// round trip: an append after the route is announced here, one before
+    /// it is in the page.
+    fn subscribe_page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
+        let (count, bytes) = page_limits(limit);
+        let until = unix_now() + self.route_ttl;
+        let mut replies = self.with(|c| {
+            let mut p = redis::pipe();
+            p.cmd("HSET")
+                .arg(keys::routes(appid, uid))
+                .arg(&self.node)
+                .arg(until);
+            p.cmd("EVALSHA")
+                .arg(self.page.get_hash())
+                .arg(2)
+                .arg(keys::user(appid, uid))
+                .arg(keys::inbox(appid, uid))
+                .arg(from)
+                .arg(count)
+                .arg(bytes);
+            pipeline_with_script(c, &self.page, &p)
+        })?;
+        let answer = replies
+            .pop()
+            .ok_or_else(|| StoreError::Unavailable("redis: no page answer".into()))?;
+        parse_page(uid, answer)
     }
 
     fn acked(&self, appid: &str, uid: Uid) -> Result<MsgId> {
@@ -650,6 +698,10 @@ impl Store for RedisStore {
         Ok(hits.into_iter().map(|h| h == 1).collect())
     }
 
+    fn renew_routes(&self, users: &[(&str, Uid)]) -> Result<()> {
+        self.write_routes(users)
+    }
+
     fn withdraw_presence(&self, node: &str) -> Result<()> {
         self.with(|c| {
             redis::pipe()
@@ -668,6 +720,35 @@ impl Store for RedisStore {
         self.with(|c| redis::cmd("PING").query::<String>(c))
             .map(drop)
     }
+}
+
+/// The PAGE script's count and byte caps for `limit`.
+fn page_limits(limit: Limit) -> (usize, usize) {
+    // Lua numbers are doubles: a cap past 2^53 means "no cap" anyway;
+    // ZRANGEBYSCORE's LIMIT takes a signed 64-bit count.
+    (limit.count.min(i64::MAX as usize), limit.bytes.min(1 << 53))
+}
+
+/// The PAGE script's answer for `uid`'s inbox.
+fn parse_page(uid: Uid, answer: redis::Value) -> Result<Page> {
+    let corrupt = || StoreError::Unavailable(format!("a corrupt page of the inbox of {uid}"));
+    let (last, members, reset): (MsgId, Vec<Vec<u8>>, Option<Reset>) = match answer {
+        redis::Value::Int(-1) => return Err(StoreError::NoSuchUser(uid)),
+        redis::Value::Array(v) if v.len() == 4 => {
+            let (last, members, epoch, found) =
+                redis::from_redis_value(redis::Value::Array(v)).map_err(|_| corrupt())?;
+            (last, members, Some(Reset { epoch, found }))
+        }
+        v => {
+            let (last, members) = redis::from_redis_value(v).map_err(|_| corrupt())?;
+            (last, members, None)
+        }
+    };
+    let msgs = members
+        .iter()
+        .map(|m| keys::decode_member(m).ok_or_else(corrupt))
+        .collect::<Result<_>>()?;
+    Ok(Page { msgs, last, reset })
 }
 
 /// Adds to `p` the commands that store a token: its hash, expiring with it.

@@ -3,26 +3,30 @@
 //! restarted Redis answers NOSCRIPT.
 
 /// Appends one message to the inboxes of several users and announces it
-/// once, atomically: no two messages get one msgid in an inbox, none is
-/// skipped, and the announcement of N+1 is never published before N's.
+/// to the nodes that serve them, atomically: no two messages get one msgid
+/// in an inbox, none is skipped, and the announcement of N+1 is never
+/// published before N's.
 ///
-/// KEYS, per receiver: its user hash, its inbox, and (with a `cmsgid`) the
-/// send's `once` key in its slot: ARGV[6] keys each. ARGV[1] the stored
-/// message JSON, ARGV[2] the channel, ARGV[3] the announcement up to its
-/// receivers (`[appid,message,`), ARGV[4] seconds a `cmsgid` is
-/// remembered, ARGV[5] the inbox cap (0: none; over it the oldest message
-/// goes), ARGV[6] keys per receiver (2 or 3), ARGV[7..] the receivers'
+/// KEYS, per receiver: its user hash, its inbox, its routes (the nodes
+/// that have it subscribed, see `keys::routes`), and (with a `cmsgid`)
+/// the send's `once` key in its slot: ARGV[6] keys each. ARGV[1] the
+/// stored message JSON, ARGV[2] the announcement channels' prefix, ARGV[3]
+/// the announcement up to its receivers (`[appid,message,`), ARGV[4]
+/// seconds a `cmsgid` is remembered, ARGV[5] the inbox cap (0: none; over
+/// it the oldest message goes), ARGV[6] keys per receiver (3 or 4), ARGV[7]
+/// the time (unix seconds) routes are held to, ARGV[8..] the receivers'
 /// uids. Returns, per receiver, its msgid, or -2 if it already got this
 /// `cmsgid` (nothing written for it); if any receiver does not exist,
-/// nothing at all is written and its entry is -1 (the others 0). The
-/// announcement, `[appid,message,[[uid,msgid],...]]`, lists the receivers
-/// that got it; none, none is published.
+/// nothing at all is written and its entry is -1 (the others 0). Each node
+/// that serves some of the receivers gets one announcement on its channel,
+/// `[appid,message,[[uid,msgid],...]]`, naming its receivers; a node whose
+/// route has run out is dropped from the routes, not announced to.
 ///
 /// Every key of a call must live on one Redis node: a standalone Redis
 /// takes any receivers; a Redis Cluster would need one call per slot.
 pub const APPEND: &str = r#"
-local per, cap = tonumber(ARGV[6]), tonumber(ARGV[5])
-local out, got, n = {}, {}, #KEYS / per
+local per, cap, now = tonumber(ARGV[6]), tonumber(ARGV[5]), tonumber(ARGV[7])
+local out, n = {}, #KEYS / per
 local missing = false
 for i = 1, n do
   if redis.call('EXISTS', KEYS[per * (i - 1) + 1]) == 0 then
@@ -33,9 +37,11 @@ for i = 1, n do
   end
 end
 if missing then return out end
+local by, nodes = {}, {}
 for i = 1, n do
-  local u, box = KEYS[per * (i - 1) + 1], KEYS[per * (i - 1) + 2]
-  local once = per == 3 and KEYS[per * (i - 1) + 3]
+  local base = per * (i - 1)
+  local u, box, at = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
+  local once = per == 4 and KEYS[base + 4]
   if once and not redis.call('SET', once, '1', 'NX', 'EX', ARGV[4]) then
     out[i] = -2
   else
@@ -46,11 +52,25 @@ for i = 1, n do
       if over > 0 then redis.call('ZREMRANGEBYRANK', box, 0, over - 1) end
     end
     out[i] = id
-    got[#got + 1] = '[' .. ARGV[6 + i] .. ',' .. id .. ']'
+    local routes = redis.call('HGETALL', at)
+    for j = 1, #routes, 2 do
+      local node = routes[j]
+      if tonumber(routes[j + 1]) >= now then
+        local list = by[node]
+        if not list then
+          list = {}
+          by[node] = list
+          nodes[#nodes + 1] = node
+        end
+        list[#list + 1] = '[' .. ARGV[7 + i] .. ',' .. id .. ']'
+      else
+        redis.call('HDEL', at, node)
+      end
+    end
   end
 end
-if #got > 0 then
-  redis.call('PUBLISH', ARGV[2], ARGV[3] .. '[' .. table.concat(got, ',') .. ']]')
+for _, node in ipairs(nodes) do
+  redis.call('PUBLISH', ARGV[2] .. node, ARGV[3] .. '[' .. table.concat(by[node], ',') .. ']]')
 end
 return out
 "#;
