@@ -8,7 +8,8 @@
 #   loadtest/c1m.sh 100000       # a smaller point of the same curve
 #
 # 1. A redis-server of its own (free port, temp dir, AOF everysec).
-# 2. `haoshuo --processes auto --max-conns CONNS --redis ...`: the supervisor
+# 2. `haoshuo --processes auto --max-conns CONNS+1000 --redis ...` (room for
+#    the senders' connections beside the streams): the supervisor
 #    starts as many server processes as the open-file limit asks for (one
 #    holds ~19,500 streams here), sharing one listen address; per process
 #    THREADS reactors, WORKERS workers and REDIS_POOL Redis connections.
@@ -26,6 +27,8 @@
 # short (somaxconn, tcp_max_syn_backlog, ip_local_port_range from 10000, above
 # the fixed ports of the bench scripts) when run as
 # root and RAISE_SYSCTLS=1 (the default); otherwise it only prints them.
+#
+# Also in OUT: redis.tsv, Redis's commands, CPU and RSS every 5 s.
 #
 # Environment: IDLE (60) RATE (10000) SECS (60) THREADS (1) WORKERS (2)
 # REDIS_POOL (1) PROCESSES (server processes, default auto) PROCS (client
@@ -81,7 +84,7 @@ PIDS+=("$RP")
 wait_for "redis-cli -p $rport ping" 10
 
 "$BIN" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-  --redis "redis://127.0.0.1:$rport/0" --processes "${PROCESSES:-auto}" --max-conns "$CONNS" \
+  --redis "redis://127.0.0.1:$rport/0" --processes "${PROCESSES:-auto}" --max-conns "$((CONNS + 1000))" \
   --threads "$THREADS" --workers "$WORKERS" --redis-pool "$REDIS_POOL" \
   --auth-per-ip 0 > "$OUT/server.log" 2>&1 &
 SUP=$!
@@ -92,6 +95,18 @@ n=$(sed -n 's/.*: \([0-9]*\) processes serving.*/\1/p' "$OUT/server.log")
 wait_for "[ \$(grep -c 'listening on' '$OUT/server.log') -ge $n ]" 60
 
 log "redis-server on $rport, $n server processes on $port (admin $admin); logs and the table in $OUT"
+# Redis's own account every 5 s (unix time, commands processed so far, its
+# CPU seconds so far, its RSS): redis.tsv shows what each phase costs it.
+(
+  while redis-cli -p "$rport" ping >/dev/null 2>&1; do
+    redis-cli -p "$rport" info all 2>/dev/null | tr -d '\r' | awk -F: -v t="$(date +%s)" '
+      /^total_commands_processed:/ {c = $2} /^used_cpu_sys:/ {s = $2}
+      /^used_cpu_user:/ {u = $2} /^used_memory_rss:/ {m = $2}
+      END {printf "%s\t%s\t%.2f\t%.1f\n", t, c, s + u, m / 1048576}'
+    sleep 5
+  done
+) > "$OUT/redis.tsv" 2>/dev/null &
+PIDS+=($!)
 procs=()
 [ -n "${PROCS:-}" ] && procs=(--procs "$PROCS")
 timeout $((IDLE + SECS * 3 + 1200)) "$LOAD" chat --users "$CONNS" --idle-secs "$IDLE" \

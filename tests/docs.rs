@@ -343,6 +343,7 @@ const RUN: &[(&str, &str, &str)] = &[
     ("docs/benchmarks.md", "loadtest/bench/fanout_vs_nchan.sh", "fanout_vs_nchan_sh_runs_at_tiny_sizes"),
     ("docs/benchmarks.md", "target/release/haoshuo --listen 127.0.0.1:2101", "hostile_py_runs_briefly"),
     ("docs/benchmarks.md", "python3 loadtest/bench/hostile.py ", "hostile_py_runs_briefly"),
+    ("docs/c1m.md", "loadtest/c1m.sh", "c1m_sh_runs_at_a_tiny_size"),
     ("docs/deploy.md", "mkdir -p /srv/haoshuo-nginx", "the_deploy_commands_serve_through_each_proxy"),
     ("docs/deploy.md", "nginx -p /srv/haoshuo-nginx/", "the_deploy_commands_serve_through_each_proxy"),
     ("docs/deploy.md", "haproxy -f /path/to/loadtest/proxy/haproxy.cfg", "the_deploy_commands_serve_through_each_proxy"),
@@ -352,6 +353,8 @@ const RUN: &[(&str, &str, &str)] = &[
 /// Keep it short: a command that can run in seconds belongs in [`RUN`].
 #[rustfmt::skip]
 const EXCEPTIONS: &[(&str, &str, &str)] = &[
+    ("docs/c1m.md", "cargo build --release",
+     "a release build takes minutes; cargo test builds the same workspace (debug), which the runners here use"),
     ("docs/benchmarks.md", "cargo build --release",
      "a release build takes minutes; cargo test builds the same workspace (debug), which the runners here use"),
     ("docs/testing.md", "cargo +nightly fuzz ",
@@ -866,6 +869,44 @@ fn slow_sh_runs_at_tiny_sizes() {
             "{cmd}: {}\nstdout:\n{}\nstderr:\n{}",
             out.status,
             text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+}
+
+/// c1m.sh at 300 streams, a second of idling and a second of traffic:
+/// Redis, the supervisor and its processes, the chat run and the check,
+/// then everything stopped. Sysctls are left alone.
+const C1M_TINY: &str = "300";
+
+#[test]
+fn c1m_sh_runs_at_a_tiny_size() {
+    let out_dir = tempfile::tempdir().expect("a temporary dir");
+    for cmd in claimed("c1m_sh_runs_at_a_tiny_size") {
+        let w = words(&cmd.text);
+        assert_eq!(w.len(), 2, "loadtest/c1m.sh CONNS: {cmd}");
+        let script = format!("{} {C1M_TINY}", w[0]);
+        let vars = [
+            ("IDLE", "1"),
+            ("RATE", "100"),
+            ("SECS", "1"),
+            ("RAISE_SYSCTLS", "0"),
+            ("HAOSHUO_BIN", server_bin()),
+            ("HAOSHUO_LOAD", load_bin()),
+            ("OUT", out_dir.path().to_str().expect("a UTF-8 path")),
+        ];
+        let out = sh(&script, &vars);
+        let stdout = text(&out.stdout);
+        let report = stdout
+            .find("== haoshuo-load chat ==")
+            .map_or("", |at| &stdout[at..]);
+        assert!(
+            out.status.success()
+                && stdout.starts_with("haoshuo supervisor pid ")
+                && load_report_passed(report, "chat")
+                && report.contains("\nredis_cpu_secs "),
+            "{cmd}\nran {script}: {}\nstdout:\n{stdout}\nstderr:\n{}",
+            out.status,
             text(&out.stderr)
         );
     }
