@@ -1,7 +1,8 @@
 //! The live feed: one thread per server process subscribed to the
 //! announcement channel, handing every announced append to the router, and
 //! to the logout channel, dropping logged-out tokens from the token cache
-//! and ending the subscriptions held with them.
+//! and ending the subscriptions held with them. Between messages it sweeps
+//! expired tokens out of the cache.
 //!
 //! Announcements come in the order Redis ran the appends, so per user in
 //! msgid order. When the subscription breaks (Redis restarted, network) the
@@ -12,7 +13,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::router::Router;
 use crate::store::NewMessage;
@@ -109,7 +110,14 @@ fn run(
                 router.catch_up_everyone();
             }
         }
+        let mut swept = Instant::now();
         while !stop.load(Ordering::Acquire) {
+            // This thread wakes at least every STOP_CHECK: it also rids
+            // the token cache of tokens past their trust.
+            if swept.elapsed() >= store.tokens().sweep_every() {
+                swept = Instant::now();
+                store.tokens().sweep(swept);
+            }
             match pubsub.get_message() {
                 Ok(msg) if msg.get_channel_name() == UNTOKEN_CHANNEL => {
                     untoken(store, router, msg.get_payload_bytes());
