@@ -9,12 +9,12 @@
 //! offline within that, and a process that stops cleanly takes them
 //! offline at once.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::router::AppKey;
 use crate::router::Router;
 use crate::store::{Store, Uid};
 
@@ -85,20 +85,53 @@ fn refresh_loop(
 ) {
     let ttl = every.as_secs().max(1) * TTL_REFRESHES;
     while !stop.load(Ordering::Acquire) {
-        let users = router.online_users(Instant::now());
-        let names: HashMap<_, _> = users
-            .iter()
-            .map(|&(app, _)| (app, router.app_name(app)))
-            .collect();
-        let online: Vec<(&str, Uid)> = users
-            .iter()
-            .map(|(app, uid)| (&*names[app], *uid))
-            .collect();
         // A store that cannot be reached now is tried again next time.
-        let _ = store.publish_presence(node, &online, ttl);
+        let _ = refresh(router, store, node, ttl);
         let next = Instant::now() + every;
         while Instant::now() < next && !stop.load(Ordering::Acquire) {
             std::thread::sleep(STOP_CHECK.min(next.saturating_duration_since(Instant::now())));
         }
     }
+}
+
+/// Users handed to the store per call: what a refresh holds at once,
+/// however many users are online (a refresh that first listed every user,
+/// their appids and the members' strings held some 150 bytes per user at
+/// once, every `--presence-secs`).
+const PRESENCE_BATCH: usize = 1000;
+
+/// Replaces this process's presence with the users the router has online.
+fn refresh(router: &Router, store: &dyn Store, node: &str, ttl: u64) -> crate::store::Result<()> {
+    store.presence_begin(node)?;
+    let mut batch: Vec<(AppKey, Uid)> = Vec::with_capacity(PRESENCE_BATCH);
+    let mut uids: Vec<Uid> = Vec::with_capacity(PRESENCE_BATCH);
+    let mut added = 0;
+    let mut failed = None;
+    let mut send = |batch: &mut Vec<(AppKey, Uid)>| -> crate::store::Result<()> {
+        batch.sort_unstable();
+        for run in batch.chunk_by(|a, b| a.0 == b.0) {
+            uids.clear();
+            uids.extend(run.iter().map(|&(_, uid)| uid));
+            store.presence_add(node, &router.app_name(run[0].0), &uids)?;
+        }
+        added += batch.len();
+        batch.clear();
+        Ok(())
+    };
+    router.for_each_online(Instant::now(), |users| {
+        for &u in users {
+            if failed.is_some() {
+                return;
+            }
+            batch.push(u);
+            if batch.len() == PRESENCE_BATCH {
+                failed = send(&mut batch).err();
+            }
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    send(&mut batch)?;
+    store.presence_commit(node, added, ttl)
 }

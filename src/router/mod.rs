@@ -263,19 +263,34 @@ impl Router {
     }
 
     /// Every user online on this process at `now`, as [`Router::is_online`]
-    /// says (for the presence other processes read through Redis).
-    pub fn online_users(&self, now: Instant) -> Vec<(AppKey, Uid)> {
+    /// says (for the presence other processes read through Redis), handed
+    /// to `f` a shard at a time, each user once, in order within a shard:
+    /// what is held at once is one shard's users, not everyone's. `f` runs
+    /// with no lock held.
+    pub fn for_each_online(&self, now: Instant, mut f: impl FnMut(&[(AppKey, Uid)])) {
+        let mut users = Vec::new();
+        for (shard, polled) in self.shards.iter().zip(self.polled.iter()) {
+            users.clear();
+            users.extend(lock(shard).keys().copied());
+            {
+                let mut polled = lock(polled);
+                polled.retain(|_, at| now.saturating_duration_since(*at) < self.poll_grace);
+                users.extend(polled.keys().copied());
+            }
+            // A user's streams and polls are in shards of the same index:
+            // one shard's list holds all of its duplicates.
+            users.sort_unstable();
+            users.dedup();
+            f(&users);
+        }
+    }
+
+    /// Every user online on this process at `now`, sorted.
+    #[cfg(test)]
+    fn online_users(&self, now: Instant) -> Vec<(AppKey, Uid)> {
         let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            out.extend(lock(shard).keys().copied());
-        }
-        for polled in self.polled.iter() {
-            let mut polled = lock(polled);
-            polled.retain(|_, at| now.saturating_duration_since(*at) < self.poll_grace);
-            out.extend(polled.keys().copied());
-        }
+        self.for_each_online(now, |users| out.extend_from_slice(users));
         out.sort_unstable();
-        out.dedup();
         out
     }
 
