@@ -41,7 +41,7 @@ CONNS=${CONNS:-15000}
 HOLD=${HOLD:-14}
 EXTRA=${EXTRA:-}
 
-# log, PIDS, untrack, stop, stop_all
+# log, PIDS, untrack, stop, stop_all, low_port
 . "$here/lib.sh"
 die() { log "FATAL: $*"; exit 1; }
 trap stop_all EXIT
@@ -58,16 +58,6 @@ for b in $BUILDS; do
 done
 cp "$HAOSHUO_LOAD" "$tmp/haoshuo-load" || die "build haoshuo-load first"
 
-# A port below the ephemeral range: a load client's thousands of sockets
-# (on 127.0.0.x) may hold any port inside it.
-port() { python3 -c '
-import random, socket
-while True:
-    p = random.randint(11000, 31000)
-    s = socket.socket()
-    try:
-        s.bind(("0.0.0.0", p)); print(p); break
-    except OSError: pass'; }
 # up FILE TEXT: wait (up to 30 s) until FILE says TEXT.
 up() { for _ in $(seq 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; log "not up: $1"; return 1; }
 
@@ -76,18 +66,18 @@ run() {
   local bin=$tmp/haoshuo-$1 store=$2 out=$RESULTS/$2-$1-$3 p a rp sp
   mkdir -p "$out"
   RESULT=FAIL
-  p=$(port); a=$(port)
+  p=$(low_port); a=$(low_port)
   case $store in
     embedded)
       $bin --listen 127.0.0.1:$p --admin-listen 127.0.0.1:$a --data-dir "$out/data" $EXTRA \
         >"$out/server.log" 2>&1 & sp=$!; PIDS+=($sp) ;;
     redis|redis-self)
-      rp=$(port)
+      rp=$(low_port)
       redis-server --port $rp --bind 127.0.0.1 --dir "$out" --save '' --appendonly no \
         --daemonize no >"$out/redis.log" 2>&1 & PIDS+=($!)
       up "$out/redis.log" "Ready to accept" || return 1
       if [ $store = redis ]; then
-        $bin --listen 127.0.0.1:$(port) --admin-listen 127.0.0.1:$a --redis redis://127.0.0.1:$rp/0 \
+        $bin --listen 127.0.0.1:$(low_port) --admin-listen 127.0.0.1:$a --redis redis://127.0.0.1:$rp/0 \
           --reuseport >"$out/admin.log" 2>&1 & PIDS+=($!)
         up "$out/admin.log" listening || return 1
         $bin --listen 127.0.0.1:$p --redis redis://127.0.0.1:$rp/0 --reuseport $EXTRA \
