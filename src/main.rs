@@ -69,18 +69,46 @@ fn main() -> ExitCode {
 /// user each; docs/benchmarks.md). Small allocations go through each
 /// thread's own cache first, so fewer arenas cost little contention. An
 /// operator's `MALLOC_ARENA_MAX` wins.
+///
+/// And fixes the thresholds glibc otherwise moves by itself: after the
+/// first free of a block it had mapped on its own, it raises the mmap
+/// threshold to that block's size and the trim threshold to twice it
+/// (here past 7 MiB during start: the 7 MiB job queue was put in the
+/// main arena), so an arena then kept up to twice that free at its top:
+/// what a burst of connects left behind stayed resident (docs/benchmarks.md, session
+/// 4). Fixed at glibc's own starting values, blocks of 128 KiB and more
+/// (slabs, queues, the token cache's tables, a full page of
+/// `--page-bytes`) are mapped on their own and unmapped when freed, and
+/// an arena gives back what is free at its top beyond 128 KiB.
+/// `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` set by an operator
+/// win.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+    {
+        let unset = |name: &str| std::env::var_os(name).is_none();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let arenas = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
-        // SAFETY: mallopt only sets a tunable of the allocator; it is
+        // SAFETY: mallopt only sets tunables of the allocator; it is
         // called before this process starts any thread.
         unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, arenas);
+            if unset("MALLOC_ARENA_MAX") {
+                libc::mallopt(libc::M_ARENA_MAX, arenas);
+            }
+            if unset("MALLOC_MMAP_THRESHOLD_") && unset("MALLOC_TRIM_THRESHOLD_") {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+            }
         }
     }
 }
+
+/// Blocks this large or larger are mapped on their own (see
+/// [`limit_malloc_arenas`]).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+/// Free memory beyond this at an arena's top goes back to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_THRESHOLD: libc::c_int = 128 * 1024;
 
 fn fail(msg: &str) -> ExitCode {
     eprintln!("haoshuo: {msg}");

@@ -9,12 +9,12 @@
 //! offline within that, and a process that stops cleanly takes them
 //! offline at once.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::router::AppKey;
 use crate::router::Router;
 use crate::store::{Store, Uid};
 
@@ -89,18 +89,8 @@ fn refresh_loop(
     let ttl = every.as_secs().max(1) * TTL_REFRESHES;
     let mut tick: u64 = 0;
     while !stop.load(Ordering::Acquire) {
-        let users = online(router);
-        let online: Vec<(&str, Uid)> = users.iter().map(|(a, u)| (&**a, *u)).collect();
         // A store that cannot be reached now is tried again next time.
-        let _ = store.publish_presence(node, &online, ttl);
-        // Routes hold for ROUTE_SLICES refreshes and more: one slice of
-        // the users a refresh renews them all in time.
-        let slice: Vec<(&str, Uid)> = online
-            .iter()
-            .copied()
-            .filter(|&(_, uid)| uid % ROUTE_SLICES == tick % ROUTE_SLICES)
-            .collect();
-        let _ = store.renew_routes(&slice);
+        let _ = refresh(router, store, node, ttl, tick % ROUTE_SLICES);
         tick += 1;
         let next = Instant::now() + every;
         while Instant::now() < next && !stop.load(Ordering::Acquire) {
@@ -109,22 +99,76 @@ fn refresh_loop(
     }
 }
 
-/// This process's online users, by app name.
-pub fn online(router: &Router) -> Vec<(Arc<str>, Uid)> {
-    let users = router.online_users(Instant::now());
-    let mut names: HashMap<_, Arc<str>> = HashMap::new();
-    users
-        .iter()
-        .map(|&(app, uid)| {
-            let name = names.entry(app).or_insert_with(|| router.app_name(app));
-            (name.clone(), uid)
-        })
-        .collect()
-}
-
 /// How long a route holds when presence refreshes every `every`: the
 /// refreshes renew each route within [`ROUTE_SLICES`] of them, and a
 /// late refresh or two is no reason to lose a user's announcements.
 pub fn route_ttl(every: Duration) -> Duration {
     every.max(Duration::from_secs(1)) * (ROUTE_SLICES * TTL_REFRESHES) as u32
+}
+
+/// Users handed to the store per call: what a refresh holds at once,
+/// however many users are online (a refresh that first listed every user,
+/// their appids and the members' strings held some 150 bytes per user at
+/// once, every `--presence-secs`).
+const PRESENCE_BATCH: usize = 1000;
+
+/// Replaces this process's presence with the users the router has online,
+/// and renews the routes of those whose uid is `class` modulo
+/// [`ROUTE_SLICES`].
+fn refresh(
+    router: &Router,
+    store: &dyn Store,
+    node: &str,
+    ttl: u64,
+    class: u64,
+) -> crate::store::Result<()> {
+    store.presence_begin(node)?;
+    let mut renew: Vec<Uid> = Vec::with_capacity(PRESENCE_BATCH);
+    let added = each_online(router, |appid, uids| {
+        store.presence_add(node, appid, uids)?;
+        renew.clear();
+        renew.extend(uids.iter().filter(|&&uid| uid % ROUTE_SLICES == class));
+        store.renew_routes(appid, &renew)
+    })?;
+    store.presence_commit(node, added, ttl)
+}
+
+/// Hands `f` the users the router has online, at most [`PRESENCE_BATCH`]
+/// at a time and one app per call, so nothing holds them all at once;
+/// stops at the first error. Returns how many users it handed over.
+pub fn each_online(
+    router: &Router,
+    mut f: impl FnMut(&str, &[Uid]) -> crate::store::Result<()>,
+) -> crate::store::Result<usize> {
+    let mut batch: Vec<(AppKey, Uid)> = Vec::with_capacity(PRESENCE_BATCH);
+    let mut uids: Vec<Uid> = Vec::with_capacity(PRESENCE_BATCH);
+    let mut added = 0;
+    let mut failed = None;
+    let mut send = |batch: &mut Vec<(AppKey, Uid)>| -> crate::store::Result<()> {
+        batch.sort_unstable();
+        for run in batch.chunk_by(|a, b| a.0 == b.0) {
+            uids.clear();
+            uids.extend(run.iter().map(|&(_, uid)| uid));
+            f(&router.app_name(run[0].0), &uids)?;
+        }
+        added += batch.len();
+        batch.clear();
+        Ok(())
+    };
+    router.for_each_online(Instant::now(), |users| {
+        for &u in users {
+            if failed.is_some() {
+                return;
+            }
+            batch.push(u);
+            if batch.len() == PRESENCE_BATCH {
+                failed = send(&mut batch).err();
+            }
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    send(&mut batch)?;
+    Ok(added)
 }

@@ -881,6 +881,37 @@ fn redis_a_failed_append_pipeline_is_not_run_again() {
     );
 }
 
+/// A process's presence is poured in a piece at a time (an app's users
+/// per call) and replaces the last one whole at commit: another process
+/// reads the new set, never a half-filled one nor the old one's leftovers,
+/// and a commit with nobody added takes everyone offline.
+#[test]
+fn redis_presence_poured_in_pieces_replaces_the_last_whole() {
+    let b = Backend::new(Kind::Redis);
+    let s = b.store();
+    let elsewhere = |app: &str, uids: &[Uid]| s.online_elsewhere("other", app, uids).unwrap();
+    s.presence_begin("n1").unwrap();
+    s.presence_add("n1", APP, &[1, 2]).unwrap();
+    s.presence_add("n1", OTHER_APP, &[1]).unwrap();
+    s.presence_add("n1", APP, &[]).unwrap();
+    s.presence_add("n1", APP, &[3]).unwrap();
+    s.presence_commit("n1", 4, 30).unwrap();
+    assert_eq!(elsewhere(APP, &[1, 2, 3, 4]), [true, true, true, false]);
+    assert_eq!(elsewhere(OTHER_APP, &[1, 2]), [true, false]);
+    // Not its own: a process asks only about the others.
+    assert_eq!(s.online_elsewhere("n1", APP, &[1]).unwrap(), [false]);
+    // The next refresh: while it fills, readers see the last one.
+    s.presence_begin("n1").unwrap();
+    s.presence_add("n1", APP, &[4]).unwrap();
+    assert_eq!(elsewhere(APP, &[1, 4]), [true, false]);
+    s.presence_commit("n1", 1, 30).unwrap();
+    assert_eq!(elsewhere(APP, &[1, 2, 3, 4]), [false, false, false, true]);
+    assert_eq!(elsewhere(OTHER_APP, &[1]), [false]);
+    s.presence_begin("n1").unwrap();
+    s.presence_commit("n1", 0, 30).unwrap();
+    assert_eq!(elsewhere(APP, &[4]), [false]);
+}
+
 /// A Redis group send is appended member by member; a send that died part
 /// way left the sender's claim, and the message with the members it
 /// reached. Here the first try reached members 1 and 2 of 4 (an

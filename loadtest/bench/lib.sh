@@ -33,3 +33,15 @@ stop_all() {
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# low_port: a free port below the ephemeral range (11000-31000), on every
+# address: a load client's thousands of sockets on 127.0.0.x may take any
+# port inside that range by the time a server binds the one free_port saw.
+low_port() { python3 -c '
+import random, socket
+while True:
+    p = random.randint(11000, 31000)
+    s = socket.socket()
+    try:
+        s.bind(("0.0.0.0", p)); print(p); break
+    except OSError: pass'; }

@@ -333,7 +333,9 @@ impl Metrics {
             .collect();
         s.queue = self.queue.as_ref().map(|(len, cap)| (len(), *cap));
         s.redis_reconnects = self.redis_reconnects.as_ref().map(|count| count());
-        s.online_users = router.online_users(Instant::now()).len() as u64;
+        let mut online = 0;
+        router.for_each_online(Instant::now(), |users| online += users.len());
+        s.online_users = online as u64;
         s
     }
 

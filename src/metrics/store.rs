@@ -35,14 +35,16 @@ pub enum Op {
     Ack,
     Flush,
     Ping,
-    PublishPresence,
+    PresenceBegin,
+    PresenceAdd,
+    PresenceCommit,
     OnlineElsewhere,
     WithdrawPresence,
     RenewRoutes,
 }
 
 /// The label of each [`Op`], in its order.
-pub const OPS: [&str; 22] = [
+pub const OPS: [&str; 24] = [
     "create_user",
     "create_users",
     "find_user",
@@ -61,7 +63,9 @@ pub const OPS: [&str; 22] = [
     "ack",
     "flush",
     "ping",
-    "publish_presence",
+    "presence_begin",
+    "presence_add",
+    "presence_commit",
     "online_elsewhere",
     "withdraw_presence",
     "renew_routes",
@@ -162,10 +166,14 @@ impl Store for Metered {
     fn ping(&self) -> Result<()> {
         self.timed(Op::Ping, |s| s.ping())
     }
-    fn publish_presence(&self, node: &str, online: &[(&str, Uid)], ttl: u64) -> Result<()> {
-        self.timed(Op::PublishPresence, |s| {
-            s.publish_presence(node, online, ttl)
-        })
+    fn presence_begin(&self, node: &str) -> Result<()> {
+        self.timed(Op::PresenceBegin, |s| s.presence_begin(node))
+    }
+    fn presence_add(&self, node: &str, appid: &str, uids: &[Uid]) -> Result<()> {
+        self.timed(Op::PresenceAdd, |s| s.presence_add(node, appid, uids))
+    }
+    fn presence_commit(&self, node: &str, added: usize, ttl: u64) -> Result<()> {
+        self.timed(Op::PresenceCommit, |s| s.presence_commit(node, added, ttl))
     }
     fn online_elsewhere(&self, node: &str, appid: &str, uids: &[Uid]) -> Result<Vec<bool>> {
         self.timed(Op::OnlineElsewhere, |s| {
@@ -175,8 +183,8 @@ impl Store for Metered {
     fn withdraw_presence(&self, node: &str) -> Result<()> {
         self.timed(Op::WithdrawPresence, |s| s.withdraw_presence(node))
     }
-    fn renew_routes(&self, users: &[(&str, Uid)]) -> Result<()> {
-        self.timed(Op::RenewRoutes, |s| s.renew_routes(users))
+    fn renew_routes(&self, appid: &str, uids: &[Uid]) -> Result<()> {
+        self.timed(Op::RenewRoutes, |s| s.renew_routes(appid, uids))
     }
     fn announces(&self) -> bool {
         self.inner.announces()

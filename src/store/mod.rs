@@ -339,11 +339,24 @@ pub trait Store: Send + Sync + 'static {
     /// embedded log still takes writes.
     fn ping(&self) -> Result<()>;
 
-    /// Tells other processes which users this one (`node`) has online,
-    /// replacing what it told before, for `ttl` seconds: a process that
-    /// dies, even by SIGKILL, takes its users offline within that. A store
-    /// one process owns (embedded) has nobody to tell.
-    fn publish_presence(&self, _node: &str, _online: &[(&str, Uid)], _ttl: u64) -> Result<()> {
+    /// Starts replacing what this process (`node`) told other processes
+    /// about which users it has online: [`Store::presence_add`] pours the
+    /// users in, a piece at a time (so no list of every user online is
+    /// ever held), and [`Store::presence_commit`] makes them the
+    /// presence. A store one process owns (embedded) has nobody to tell.
+    fn presence_begin(&self, _node: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Adds `uids` of `appid` to the presence `node` is building.
+    fn presence_add(&self, _node: &str, _appid: &str, _uids: &[Uid]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Makes the `added` users poured in since [`Store::presence_begin`]
+    /// `node`'s presence for `ttl` seconds: a process that dies, even by
+    /// SIGKILL, takes its users offline within that.
+    fn presence_commit(&self, _node: &str, _added: usize, _ttl: u64) -> Result<()> {
         Ok(())
     }
 
@@ -353,10 +366,10 @@ pub trait Store: Send + Sync + 'static {
         Ok(vec![false; uids.len()])
     }
 
-    /// Renews this process's routes of `users` (it still serves them), so
-    /// that appends to them keep being announced here. A store one process
-    /// owns has no routes.
-    fn renew_routes(&self, _users: &[(&str, Uid)]) -> Result<()> {
+    /// Renews this process's routes of `uids` of `appid` (it still serves
+    /// them), so that appends to them keep being announced here. A store
+    /// one process owns has no routes.
+    fn renew_routes(&self, _appid: &str, _uids: &[Uid]) -> Result<()> {
         Ok(())
     }
 

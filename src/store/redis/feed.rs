@@ -2,7 +2,8 @@
 //! announcement channel (`hs:deliver:NODE`: appends to users this process
 //! serves, see `keys::routes`), handing every announced append to the
 //! router, and to the logout channel, dropping logged-out tokens from the
-//! token cache and ending the subscriptions held with them.
+//! token cache and ending the subscriptions held with them. Between
+//! messages it sweeps expired tokens out of the cache.
 //!
 //! Announcements come in the order Redis ran the appends, so per user in
 //! msgid order. When the subscription breaks (Redis restarted, network) the
@@ -13,10 +14,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::router::Router;
-use crate::store::{NewMessage, Uid};
+use crate::store::NewMessage;
 
 use super::keys::{deliver_channel, parse_untoken, Announce, UNTOKEN_CHANNEL};
 use super::RedisStore;
@@ -110,14 +111,21 @@ fn run(
                 store.pool().reconnected();
                 store.tokens().clear();
                 store.groups().clear();
-                let users = crate::presence::online(router);
-                let users: Vec<(&str, Uid)> = users.iter().map(|(a, u)| (&**a, *u)).collect();
                 // If Redis fails again now, the next reconnect tries again.
-                let _ = store.write_routes(&users);
+                let _ = crate::presence::each_online(router, |appid, uids| {
+                    store.write_routes(appid, uids)
+                });
                 router.catch_up_everyone();
             }
         }
+        let mut swept = Instant::now();
         while !stop.load(Ordering::Acquire) {
+            // This thread wakes at least every STOP_CHECK: it also rids
+            // the token cache of tokens past their trust.
+            if swept.elapsed() >= store.tokens().sweep_every() {
+                swept = Instant::now();
+                store.tokens().sweep(swept);
+            }
             match pubsub.get_message() {
                 Ok(msg) if msg.get_channel_name() == UNTOKEN_CHANNEL => {
                     untoken(store, router, msg.get_payload_bytes());

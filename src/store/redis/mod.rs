@@ -122,16 +122,16 @@ impl RedisStore {
         &self.node
     }
 
-    /// Writes (or renews) this node's route of each of `users`: appends to
+    /// Writes (or renews) this node's route of each of `uids`: appends to
     /// them are announced here until the route runs out.
-    pub(crate) fn write_routes(&self, users: &[(&str, Uid)]) -> Result<()> {
-        if users.is_empty() {
+    pub(crate) fn write_routes(&self, appid: &str, uids: &[Uid]) -> Result<()> {
+        if uids.is_empty() {
             return Ok(());
         }
         let until = unix_now() + self.route_ttl;
         self.with(|c| {
             let mut p = redis::pipe();
-            for &(appid, uid) in users {
+            for &uid in uids {
                 p.cmd("HSET")
                     .arg(keys::routes(appid, uid))
                     .arg(&self.node)
@@ -642,27 +642,36 @@ impl Store for RedisStore {
         true
     }
 
-    /// Fills a new set and renames it over the old one (readers never see
-    /// it half full), then registers this process until `ttl` from now
-    /// and drops processes whose registration ran out. A few commands per
-    /// refresh, however many users: 10,000 members a SADD.
-    fn publish_presence(&self, node: &str, online: &[(&str, Uid)], ttl: u64) -> Result<()> {
+    /// Empties the set the refresh fills (readers never see it half full:
+    /// [`Store::presence_commit`] renames it over the old one).
+    fn presence_begin(&self, node: &str) -> Result<()> {
+        let tmp = presence_next(node);
+        self.with(|c| redis::cmd("DEL").arg(&tmp).exec(c))
+    }
+
+    fn presence_add(&self, node: &str, appid: &str, uids: &[Uid]) -> Result<()> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let mut sadd = redis::cmd("SADD");
+        sadd.arg(presence_next(node));
+        for &uid in uids {
+            sadd.arg(keys::presence_member(appid, uid));
+        }
+        self.with(|c| sadd.exec(c))
+    }
+
+    /// Puts the filled set in place, registers this process until `ttl`
+    /// from now and drops processes whose registration ran out.
+    fn presence_commit(&self, node: &str, added: usize, ttl: u64) -> Result<()> {
         let key = keys::presence(node);
-        let tmp = format!("{key}:next");
         let now = unix_now();
         self.with(|c| {
             let mut p = redis::pipe();
-            p.cmd("DEL").arg(&tmp).ignore();
-            for chunk in online.chunks(10_000) {
-                let members: Vec<String> = chunk
-                    .iter()
-                    .map(|(appid, uid)| keys::presence_member(appid, *uid))
-                    .collect();
-                p.cmd("SADD").arg(&tmp).arg(members).ignore();
-            }
-            if online.is_empty() {
+            if added == 0 {
                 p.cmd("DEL").arg(&key).ignore();
             } else {
+                let tmp = presence_next(node);
                 p.cmd("EXPIRE").arg(&tmp).arg(ttl).ignore();
                 p.cmd("RENAME").arg(&tmp).arg(&key).ignore();
             }
@@ -698,8 +707,8 @@ impl Store for RedisStore {
         Ok(hits.into_iter().map(|h| h == 1).collect())
     }
 
-    fn renew_routes(&self, users: &[(&str, Uid)]) -> Result<()> {
-        self.write_routes(users)
+    fn renew_routes(&self, appid: &str, uids: &[Uid]) -> Result<()> {
+        self.write_routes(appid, uids)
     }
 
     fn withdraw_presence(&self, node: &str) -> Result<()> {
@@ -749,6 +758,12 @@ fn parse_page(uid: Uid, answer: redis::Value) -> Result<Page> {
         .map(|m| keys::decode_member(m).ok_or_else(corrupt))
         .collect::<Result<_>>()?;
     Ok(Page { msgs, last, reset })
+}
+
+/// The set a presence refresh of `node` fills before it replaces
+/// `node`'s presence.
+fn presence_next(node: &str) -> String {
+    format!("{}:next", keys::presence(node))
 }
 
 /// Adds to `p` the commands that store a token: its hash, expiring with it.

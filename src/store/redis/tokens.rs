@@ -20,6 +20,9 @@ const SHARDS: usize = 16;
 /// Entries per shard before the shard is emptied: a bound on memory (a
 /// burst of distinct tokens refills it from Redis; nothing is lost).
 const SHARD_LIMIT: usize = 16 * 1024;
+/// Bounds on how often expired tokens are swept out.
+const MIN_SWEEP: Duration = Duration::from_secs(1);
+const MAX_SWEEP: Duration = Duration::from_secs(60);
 /// Distinct appids interned before the table starts over.
 const APPS_LIMIT: usize = 4096;
 
@@ -154,6 +157,34 @@ impl TokenCache {
         a
     }
 
+    /// How often [`TokenCache::sweep`] should run: an entry then outlives
+    /// its usefulness by at most this.
+    pub fn sweep_every(&self) -> Duration {
+        self.ttl.clamp(MIN_SWEEP, MAX_SWEEP)
+    }
+
+    /// Drops the entries no longer trusted, and gives a shard that emptied
+    /// by three quarters the room back. Without it a token stays until its
+    /// shard fills: every stream that connected in the last few minutes
+    /// held its token here (a map entry of some 80-150 bytes) long after
+    /// `--token-cache-secs` had made it useless.
+    pub fn sweep(&self, now: Instant) {
+        for s in self.shards.iter() {
+            let mut shard = lock(s);
+            shard.retain(|_, c| now.saturating_duration_since(c.read_at) < self.ttl);
+            let len = shard.len();
+            if shard.capacity() > 4 * len {
+                shard.shrink_to(2 * len);
+            }
+        }
+    }
+
+    /// Entries cached now, over all shards.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
     pub fn clear(&self) {
         self.forgets.fetch_add(1, Ordering::AcqRel);
         for s in self.shards.iter() {
@@ -224,6 +255,38 @@ mod tests {
         let none = TokenCache::new(Duration::ZERO);
         none.put("ab12", &info(1), 0);
         assert_eq!(none.get("ab12"), None);
+    }
+
+    #[test]
+    fn a_sweep_drops_what_is_no_longer_trusted_and_gives_the_room_back() {
+        let ttl = Duration::from_secs(5);
+        let c = TokenCache::new(ttl);
+        assert_eq!(c.sweep_every(), ttl);
+        for i in 0..2000u64 {
+            c.put(&format!("{i:x}"), &info(i), 0);
+        }
+        let t0 = Instant::now();
+        c.sweep(t0);
+        assert_eq!(c.len(), 2000, "all still fresh");
+        // Time is passed in: "later" is when all of them were read
+        // longer ago than the cache trusts.
+        let later = t0 + ttl + Duration::from_secs(1);
+        let fresh = c
+            .shards
+            .iter()
+            .position(|s| lock(s).contains_key(&0x7b1))
+            .unwrap();
+        lock(&c.shards[fresh]).get_mut(&0x7b1).unwrap().read_at = later;
+        c.sweep(later);
+        assert_eq!(c.len(), 1, "only the one read later is left");
+        assert_eq!(lock(&c.shards[fresh])[&0x7b1].uid, 0x7b1);
+        let room: usize = c.shards.iter().map(|s| lock(s).capacity()).sum();
+        assert!(room <= 16 * 4, "the emptied shards kept room for {room}");
+        assert_eq!(TokenCache::new(Duration::ZERO).sweep_every(), MIN_SWEEP);
+        assert_eq!(
+            TokenCache::new(Duration::from_secs(300)).sweep_every(),
+            MAX_SWEEP
+        );
     }
 
     #[test]
