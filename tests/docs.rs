@@ -344,6 +344,7 @@ const RUN: &[(&str, &str, &str)] = &[
     ("docs/benchmarks.md", "target/release/haoshuo --listen 127.0.0.1:2101", "hostile_py_runs_briefly"),
     ("docs/benchmarks.md", "python3 loadtest/bench/hostile.py ", "hostile_py_runs_briefly"),
     ("docs/c1m.md", "loadtest/c1m.sh", "c1m_sh_runs_at_a_tiny_size"),
+    ("docs/benchmarks.md", "BUILDS=", "idle_stores_sh_runs_at_a_tiny_size"),
     ("docs/deploy.md", "mkdir -p /srv/haoshuo-nginx", "the_deploy_commands_serve_through_each_proxy"),
     ("docs/deploy.md", "nginx -p /srv/haoshuo-nginx/", "the_deploy_commands_serve_through_each_proxy"),
     ("docs/deploy.md", "haproxy -f /path/to/loadtest/proxy/haproxy.cfg", "the_deploy_commands_serve_through_each_proxy"),
@@ -905,6 +906,41 @@ fn c1m_sh_runs_at_a_tiny_size() {
                 && stdout.starts_with("haoshuo supervisor pid ")
                 && load_report_passed(report, "chat")
                 && report.contains("\nredis_cpu_secs "),
+            "{cmd}\nran {script}: {}\nstdout:\n{stdout}\nstderr:\n{}",
+            out.status,
+            text(&out.stderr)
+        );
+    }
+}
+
+/// idle_stores.sh with one build (this test's server), 50 streams held a
+/// second, one round on each store: it prints its medians table.
+#[test]
+fn idle_stores_sh_runs_at_a_tiny_size() {
+    let results = tempfile::tempdir().expect("a temporary dir");
+    for cmd in claimed("idle_stores_sh_runs_at_a_tiny_size") {
+        let at = cmd
+            .text
+            .find("loadtest/bench/idle_stores.sh")
+            .expect("the script");
+        let script = &cmd.text[at..];
+        let build = format!("tiny={}", server_bin());
+        let vars = [
+            ("BUILDS", build.as_str()),
+            ("STORES", "embedded redis"),
+            ("ROUNDS", "1"),
+            ("CONNS", "50"),
+            ("HOLD", "1"),
+            ("HAOSHUO_LOAD", load_bin()),
+            ("RESULTS", results.path().to_str().expect("a UTF-8 path")),
+        ];
+        let out = sh(script, &vars);
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success()
+                && stdout.contains("| store | tiny |")
+                && stdout.contains("| embedded | ")
+                && stdout.contains("| redis | "),
             "{cmd}\nran {script}: {}\nstdout:\n{stdout}\nstderr:\n{}",
             out.status,
             text(&out.stderr)
