@@ -31,7 +31,8 @@
 # Also in OUT: redis.tsv, Redis's commands, CPU and RSS every 5 s.
 #
 # Environment: IDLE (60) RATE (10000) SECS (60) THREADS (1) WORKERS (2)
-# REDIS_POOL (1) PROCESSES (server processes, default auto) PROCS (client
+# REDIS_POOL (1) PROCESSES (server processes, default auto) INFLIGHT (new
+# streams in flight over all client workers, 25000) PROCS (client
 # worker processes; default: as many as the
 # open-file limit needs) RAISE_SYSCTLS (1) OUT (default: a new
 # /tmp/c1m.* dir, which keeps the logs and the table) HAOSHUO_BIN
@@ -109,9 +110,16 @@ log "redis-server on $rport, $n server processes on $port (admin $admin); logs a
 PIDS+=($!)
 procs=()
 [ -n "${PROCS:-}" ] && procs=(--procs "$PROCS")
+# New streams in flight over all client workers: each costs the server a
+# token read and a route + page round trip to Redis, and a million at
+# once (2,000 per worker x 53) drove subscribes past the client's connect
+# timeout, whose retries kept the storm going. INFLIGHT in all, shared.
+workers=$(( (CONNS + 18999) / 19000 ))  # haoshuo-load's PER_PROC
+per_worker=$(( ${INFLIGHT:-25000} / workers ))
+[ "$per_worker" -ge 50 ] || per_worker=50
 timeout $((IDLE + SECS * 3 + 1200)) "$LOAD" chat --users "$CONNS" --idle-secs "$IDLE" \
   --rate "$RATE" --secs "$SECS" --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
-  --server-pid "$SUP" "${procs[@]}" --connect-wait 600 > "$OUT/table.txt" 2> "$OUT/load.log"
+  --server-pid "$SUP" "${procs[@]}" --max-inflight "$per_worker" --connect-wait 600 > "$OUT/table.txt" 2> "$OUT/load.log"
 rc=$?
 echo "redis_cpu_secs               $(awk -v t="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / t}' "/proc/$RP/stat")" >> "$OUT/table.txt"
 echo "redis_rss_mib                $(awk -F: '/^used_memory_rss:/ {printf "%.1f", $2 / 1048576}' <(redis-cli -p "$rport" info memory | tr -d '\r'))" >> "$OUT/table.txt"

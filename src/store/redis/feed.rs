@@ -132,7 +132,10 @@ fn run(
                 }
                 Ok(msg) => deliver(router, msg.get_payload_bytes()),
                 Err(e) if e.is_timeout() => {}
-                Err(_) => break,
+                Err(e) => {
+                    eprintln!("haoshuo: the Redis feed lost its subscription ({e}); reconnecting");
+                    break;
+                }
             }
         }
     }
