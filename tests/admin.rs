@@ -191,7 +191,7 @@ fn health_and_readiness_probes(backend: Backend) {
         // Only on the admin listener.
         let (status, _) = post(server.addr(), path, &json!({}));
         assert_eq!(status, 404, "{path} on the public port");
-        // HEAD: the head alone, then the next answer on the connection.
+        // HEAD: the GET's head alone, then the next answer on the connection.
         let mut conn = Conn::connect(server.admin_addr());
         conn.send(
             &[
@@ -200,11 +200,11 @@ fn health_and_readiness_probes(backend: Backend) {
             ]
             .concat(),
         );
-        assert_eq!(
-            conn.read_head(WAIT).expect("HEAD answered").status,
-            200,
-            "HEAD {path}"
-        );
+        let head = conn.read_head(WAIT).expect("HEAD answered");
+        assert_eq!(head.status, 200, "HEAD {path}");
+        for name in ["content-type", "content-length", "transfer-encoding"] {
+            assert_eq!(head.header(name), r.header(name), "HEAD {path}: {name}");
+        }
         assert_eq!(
             conn.read_response(WAIT).status,
             404,
