@@ -332,6 +332,45 @@ mod tests {
         assert_eq!(conn.out.capacity(), 0, "an idle connection keeps no buffer");
     }
 
+    /// Waits until `conn`'s socket is readable.
+    fn wait_readable(conn: &mut Conn) {
+        let mut poll = mio::Poll::new().unwrap();
+        poll.registry()
+            .register(&mut conn.sock, mio::Token(0), mio::Interest::READABLE)
+            .unwrap();
+        let mut events = mio::Events::with_capacity(4);
+        poll.poll(&mut events, Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert!(!events.is_empty(), "never readable");
+        poll.registry().deregister(&mut conn.sock).unwrap();
+    }
+
+    /// Bytes, then nothing for now, then the peer's close; a connection the
+    /// peer reset reads as closed too, not as "nothing for now" (which would
+    /// keep the dead connection until its timer).
+    #[test]
+    fn reads_tell_data_drained_and_closed_apart() {
+        let mut scratch = [0; 16];
+        let (mut conn, mut peer) = slow_pair();
+        peer.write_all(b"hello").unwrap();
+        wait_readable(&mut conn);
+        assert!(matches!(conn.read(&mut scratch), Input::Data(5)));
+        assert_eq!(&scratch[..5], b"hello");
+        conn.readable = true;
+        assert!(matches!(conn.read(&mut scratch), Input::Drained));
+        assert!(!conn.readable, "WouldBlock clears the readiness");
+        drop(peer);
+        wait_readable(&mut conn);
+        assert!(matches!(conn.read(&mut scratch), Input::Closed));
+
+        let (mut conn, peer) = slow_pair();
+        let peer = socket2::Socket::from(peer);
+        peer.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(peer); // a reset
+        wait_readable(&mut conn);
+        assert!(matches!(conn.read(&mut scratch), Input::Closed));
+    }
+
     #[test]
     fn write_parts_resumes_mid_part_and_stops_on_would_block() {
         for (cap, calls, expect) in [(3, 100, 11), (3, 2, 6), (100, 1, 11), (1, 0, 0)] {
