@@ -55,7 +55,15 @@ fn bulk_users_get_working_tokens(backend: Backend) {
 fn a_set_key_is_required(backend: Backend) {
     let server = Server::start(backend, Opts::default().admin(KEY));
     let body = json!({"appid":"bench","prefix":"k","count":2});
-    for key in [None, Some("wrong"), Some(""), Some(&KEY[..KEY.len() - 1])] {
+    // A key of the right length with one character changed, too.
+    let near = format!("{}X", &KEY[..KEY.len() - 1]);
+    for key in [
+        None,
+        Some("wrong"),
+        Some(""),
+        Some(&KEY[..KEY.len() - 1]),
+        Some(&near),
+    ] {
         expect_error(provision(&server, key, &body), 401);
     }
     let made = provisioned_users(provision(&server, Some(KEY), &body), "bench");
@@ -75,9 +83,21 @@ fn bad_batches_are_refused_whole(backend: Backend) {
         json!({"appid":"bench","prefix":"u"}),
         json!({"prefix":"u","count":1}),
         json!({"appid":"bench","prefix":"u","count":"many"}),
+        // Names are at most 128 bytes: "pp...p0" would be 129.
+        json!({"appid":"bench","prefix":"p".repeat(128),"count":1}),
     ] {
         expect_error(provision(&server, None, &bad), 400);
     }
+    // 127 bytes of prefix and one digit: the longest name there is.
+    let longest = provisioned_users(
+        provision(
+            &server,
+            None,
+            &json!({"appid":"bench","prefix":"p".repeat(127),"count":1}),
+        ),
+        "bench",
+    );
+    assert_eq!(longest[0].name, format!("{}0", "p".repeat(127)));
     provisioned_users(
         provision(
             &server,
@@ -95,7 +115,7 @@ fn bad_batches_are_refused_whole(backend: Backend) {
         ),
         409,
     );
-    // ...so the next user is uid 3.
+    // ...so the next user is uid 4 (the longest name above is uid 1).
     let more = provisioned_users(
         provision(
             &server,
@@ -104,7 +124,7 @@ fn bad_batches_are_refused_whole(backend: Backend) {
         ),
         "bench",
     );
-    assert_eq!(more[0].uid, 3);
+    assert_eq!(more[0].uid, 4);
 }
 
 fn admin_and_public_ports_are_apart(backend: Backend) {
@@ -171,7 +191,7 @@ fn health_and_readiness_probes(backend: Backend) {
         // Only on the admin listener.
         let (status, _) = post(server.addr(), path, &json!({}));
         assert_eq!(status, 404, "{path} on the public port");
-        // HEAD: the head alone, then the next answer on the connection.
+        // HEAD: the GET's head alone, then the next answer on the connection.
         let mut conn = Conn::connect(server.admin_addr());
         conn.send(
             &[
@@ -180,11 +200,11 @@ fn health_and_readiness_probes(backend: Backend) {
             ]
             .concat(),
         );
-        assert_eq!(
-            conn.read_head(WAIT).expect("HEAD answered").status,
-            200,
-            "HEAD {path}"
-        );
+        let head = conn.read_head(WAIT).expect("HEAD answered");
+        assert_eq!(head.status, 200, "HEAD {path}");
+        for name in ["content-type", "content-length", "transfer-encoding"] {
+            assert_eq!(head.header(name), r.header(name), "HEAD {path}: {name}");
+        }
         assert_eq!(
             conn.read_response(WAIT).status,
             404,

@@ -18,6 +18,7 @@ common::backend_tests!(
     both_encodings_and_numeric_strings,
     form_encoding_round_trips_special_characters,
     malformed_requests_are_400,
+    strings_up_to_their_limits,
     bad_tokens_are_401,
     non_member_is_403_and_unknowns_are_404,
     wrong_method_is_405,
@@ -262,6 +263,32 @@ fn malformed_requests_are_400(backend: Backend) {
     let mut bad_uids = gre_body(&alice, "g", &[bob.uid]);
     bad_uids["uids"] = json!("not an array");
     expect_error(api.post("/gre", &bad_uids), 400);
+}
+
+/// Each string field of the contract may be as long as its limit (appid
+/// 64 bytes, username 128, pass 1024, gname 256), not a byte longer.
+fn strings_up_to_their_limits(backend: Backend) {
+    let srv = server(backend);
+    let api = srv.api();
+    let (appid, name, pass) = ("a".repeat(64), "u".repeat(128), "p".repeat(1024));
+    for (field, long) in [("appid", 65), ("username", 129), ("pass", 1025)] {
+        let mut body = register_body(&appid, &name, &pass);
+        body[field] = json!("x".repeat(long));
+        expect_error(api.post("/re", &body), 400);
+    }
+    let uid = api.register(&appid, &name, &pass);
+    let token = api.login(&appid, &name, &pass);
+    let owner = User {
+        appid: appid.clone(),
+        name,
+        uid,
+        token,
+    };
+    expect_error(
+        api.post("/gre", &gre_body(&owner, &"g".repeat(257), &[])),
+        400,
+    );
+    assert_eq!(api.group(&owner, &"g".repeat(256), &[]), 1);
 }
 
 fn bad_tokens_are_401(backend: Backend) {

@@ -2,7 +2,8 @@
 //! origin gets `Access-Control-Allow-Origin` (and `Vary: Origin`) on every
 //! answer, streams, SSE and held polls included, and its preflight
 //! (`OPTIONS`) a 204 saying what it may send; another origin gets none of
-//! it, and without the flag nothing changes.
+//! it, and without the flag nothing changes. The admin listener never
+//! answers a page.
 
 mod common;
 
@@ -116,8 +117,32 @@ fn an_allowed_origin_may_call_and_listen() {
 fn other_origins_and_servers_without_the_flag_get_nothing() {
     let allowing = Server::start(
         Backend::Embedded,
-        Opts::default().flag("--allow-origin", APP_ORIGIN),
+        Opts::default().flag("--allow-origin", APP_ORIGIN).admin(""),
     );
+    // The admin listener is for servers: not even an allowed origin's page
+    // may call it.
+    let probe = request(
+        allowing.admin_addr(),
+        "GET",
+        "/healthz",
+        &[("Origin", APP_ORIGIN)],
+        b"",
+    );
+    assert_eq!(probe.status, 200);
+    assert_eq!(probe.header("access-control-allow-origin"), None);
+    let mut conn = Conn::connect(allowing.admin_addr());
+    conn.send(&request_bytes(
+        "OPTIONS",
+        "/admin/users",
+        &[
+            ("Origin", APP_ORIGIN),
+            ("Access-Control-Request-Method", "POST"),
+        ],
+        b"",
+    ));
+    let head = conn.read_head(WAIT).expect("an answer to OPTIONS");
+    assert_eq!(head.status, 405, "no preflight on the admin listener");
+    assert_eq!(head.header("access-control-allow-origin"), None);
     let plain = Server::start(Backend::Embedded, Opts::default());
     for (srv, origin) in [(&allowing, "https://evil.example"), (&plain, APP_ORIGIN)] {
         let pre = preflight(srv, "/p", origin);

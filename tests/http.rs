@@ -76,6 +76,22 @@ fn http10_closes_unless_kept_alive(backend: Backend) {
         conn.send(b"GET /nope HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
         assert_eq!(conn.read_response(WAIT).status, 404);
     }
+
+    // A 1.0 stream's body ends with the close, so its head says
+    // `Connection: close`, a HEAD's too: then the server closes, keep-alive
+    // asked or not.
+    let alice = server.api().user("a", "alice");
+    let query = sub_query(1, alice.uid, &alice.token);
+    for path in ["/cget/stream", "/cget/sse"] {
+        let mut conn = Conn::connect(server.addr());
+        conn.send(
+            format!("HEAD {path}?{query} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes(),
+        );
+        let head = conn.read_head(WAIT).expect("the HEAD answer");
+        assert_eq!(head.status, 200, "{path}");
+        assert_eq!(head.header("connection"), Some("close"), "{path}");
+        assert!(conn.closed_within(WAIT), "{path} stayed open");
+    }
 }
 
 fn accepting_pauses_at_max_conns_and_resumes(backend: Backend) {

@@ -11,7 +11,7 @@ common::backend_tests!(
     a_retried_send_is_stored_once,
     a_retried_group_send_is_stored_once_per_member,
     a_cmsgid_names_one_message_of_its_sender,
-    bad_cmsgids_are_400,
+    cmsgids_of_1_to_128_bytes,
     a_retry_after_kill_9_is_not_a_duplicate,
 );
 
@@ -107,7 +107,9 @@ fn a_cmsgid_names_one_message_of_its_sender(backend: Backend) {
     );
 }
 
-fn bad_cmsgids_are_400(backend: Backend) {
+/// Empty, longer than 128 bytes or not a string: 400, nothing stored;
+/// exactly 128 bytes (the longest) works.
+fn cmsgids_of_1_to_128_bytes(backend: Backend) {
     let server = Server::start(backend, Opts::default());
     let api = server.api();
     let (alice, bob) = (api.user("app", "alice"), api.user("app", "bob"));
@@ -117,6 +119,11 @@ fn bad_cmsgids_are_400(backend: Backend) {
         expect_error(api.post("/p", &body), 400);
     }
     assert!(api.pull(&bob).msgids().is_empty());
+    let longest = with_cmsgid(send_body(&alice, bob.uid, "y"), &"y".repeat(128));
+    for _ in 0..2 {
+        check_ok(&api.ok("/p", &longest));
+    }
+    assert_eq!(api.pull(&bob).contents(), ["y"]);
 }
 
 fn a_retry_after_kill_9_is_not_a_duplicate(backend: Backend) {

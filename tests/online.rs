@@ -82,7 +82,9 @@ fn subscribed_users_are_online_and_leave_when_they_close(backend: Backend) {
     drop(sse);
     wait_online(&api, &alice, &everyone, &[]);
 
-    // Bad input: a clear error.
+    // At most 1000 users a call; beyond, a clear error.
+    let most: Vec<u64> = (1..=1000).collect();
+    assert_eq!(online(&api, &alice, &most), Vec::<u64>::new());
     expect_error(api.post("/online", &online_body(&alice, &[1; 1001])), 400);
     let mut forged = online_body(&alice, &[1]);
     forged["token"] = json!(BAD_TOKEN);

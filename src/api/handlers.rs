@@ -789,9 +789,12 @@ fn head_of(endpoint: &Endpoint, head: &Head) -> Reply {
         }
         stream => stream.write_head(&mut bytes),
     }
+    // A stream framed for HTTP/1.0 ends with the close, and its head says
+    // `Connection: close`: the answer to its HEAD closes too.
+    let closes = matches!(kind, Kind::Raw | Kind::Sse { chunked: false });
     Reply::Http {
         bytes,
-        keep_alive: head.keep_alive && kind != Kind::Raw,
+        keep_alive: head.keep_alive && !closes,
     }
 }
 

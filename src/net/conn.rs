@@ -245,6 +245,132 @@ mod tests {
         }
     }
 
+    /// A connection on loopback whose socket takes only a few KiB (small
+    /// send and receive buffers), and its blocking peer.
+    fn slow_pair() -> (Conn, std::net::TcpStream) {
+        use socket2::{Domain, Socket, Type};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        peer.set_recv_buffer_size(4096).unwrap();
+        peer.connect(&listener.local_addr().unwrap().into())
+            .unwrap();
+        let ours = Socket::from(listener.accept().unwrap().0);
+        ours.set_send_buffer_size(4096).unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let peer = std::net::TcpStream::from(peer);
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        (Conn::new(TcpStream::from_std(ours.into()), 1), peer)
+    }
+
+    /// The output of a stream whose reader keeps up exactly with what is
+    /// produced, after falling behind once: every byte arrives, in order;
+    /// `send` and `flush` count what went to the socket and `queued` what
+    /// did not; the queue keeps only what is unsent (it does not grow with
+    /// all that ever passed through it); an emptied queue frees its buffer.
+    #[test]
+    fn a_slow_peer_gets_every_byte_and_the_queue_stays_bounded() {
+        let (mut conn, mut peer) = slow_pair();
+        assert_eq!(conn.send(&[b"ab", b"", b"cd"]), Some(4), "all fits");
+        assert!(conn.out_empty());
+        assert_eq!(conn.flush(), Some(0));
+        let mut sent = b"abcd".to_vec();
+        let mut to_socket = 4;
+        let mut counter = 0u8;
+        // 4000 bytes in three parts (one empty) of a running count.
+        let mut send = |conn: &mut Conn, sent: &mut Vec<u8>| -> usize {
+            let bytes: Vec<u8> = (0..4000)
+                .map(|_| {
+                    counter = counter.wrapping_add(1) % 251;
+                    counter
+                })
+                .collect();
+            let (a, b) = bytes.split_at(1500);
+            sent.extend_from_slice(&bytes);
+            conn.send(&[a, b"", b]).expect("the peer is there")
+        };
+        let mut rounds = 0;
+        while conn.queued() == 0 {
+            to_socket += send(&mut conn, &mut sent);
+            rounds += 1;
+            assert!(rounds < 10_000, "the socket never filled");
+        }
+        assert_eq!(conn.queued(), sent.len() - to_socket);
+        let mut got = vec![0; 4];
+        peer.read_exact(&mut got).unwrap();
+        let mut behind = 0;
+        for _ in 0..200 {
+            let mut buf = [0; 4000];
+            peer.read_exact(&mut buf).unwrap();
+            got.extend_from_slice(&buf);
+            to_socket += conn.flush().expect("the peer is there");
+            to_socket += send(&mut conn, &mut sent);
+            assert_eq!(conn.queued(), sent.len() - to_socket);
+            behind += usize::from(conn.queued() > 0);
+            assert!(
+                conn.out.len() <= 64 * 1024,
+                "{} bytes kept for {} unsent",
+                conn.out.len(),
+                conn.queued()
+            );
+        }
+        assert!(behind > 150, "the queue was in use in only {behind} rounds");
+        // The reader catches up.
+        while conn.queued() > 0 {
+            let mut buf = [0; 4096];
+            let n = peer.read(&mut buf).unwrap();
+            assert!(n > 0, "the connection closed early");
+            got.extend_from_slice(&buf[..n]);
+            to_socket += conn.flush().expect("the peer is there");
+        }
+        assert_eq!(to_socket, sent.len());
+        let mut rest = vec![0; sent.len() - got.len()];
+        peer.read_exact(&mut rest).unwrap();
+        got.extend_from_slice(&rest);
+        assert!(got == sent, "the bytes arrived changed or out of order");
+        assert!(conn.out_empty());
+        assert_eq!(conn.out.capacity(), 0, "an idle connection keeps no buffer");
+    }
+
+    /// Waits until `conn`'s socket is readable.
+    fn wait_readable(conn: &mut Conn) {
+        let mut poll = mio::Poll::new().unwrap();
+        poll.registry()
+            .register(&mut conn.sock, mio::Token(0), mio::Interest::READABLE)
+            .unwrap();
+        let mut events = mio::Events::with_capacity(4);
+        poll.poll(&mut events, Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert!(!events.is_empty(), "never readable");
+        poll.registry().deregister(&mut conn.sock).unwrap();
+    }
+
+    /// Bytes, then nothing for now, then the peer's close; a connection the
+    /// peer reset reads as closed too, not as "nothing for now" (which would
+    /// keep the dead connection until its timer).
+    #[test]
+    fn reads_tell_data_drained_and_closed_apart() {
+        let mut scratch = [0; 16];
+        let (mut conn, mut peer) = slow_pair();
+        peer.write_all(b"hello").unwrap();
+        wait_readable(&mut conn);
+        assert!(matches!(conn.read(&mut scratch), Input::Data(5)));
+        assert_eq!(&scratch[..5], b"hello");
+        conn.readable = true;
+        assert!(matches!(conn.read(&mut scratch), Input::Drained));
+        assert!(!conn.readable, "WouldBlock clears the readiness");
+        drop(peer);
+        wait_readable(&mut conn);
+        assert!(matches!(conn.read(&mut scratch), Input::Closed));
+
+        let (mut conn, peer) = slow_pair();
+        let peer = socket2::Socket::from(peer);
+        peer.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(peer); // a reset
+        wait_readable(&mut conn);
+        assert!(matches!(conn.read(&mut scratch), Input::Closed));
+    }
+
     #[test]
     fn write_parts_resumes_mid_part_and_stops_on_would_block() {
         for (cap, calls, expect) in [(3, 100, 11), (3, 2, 6), (100, 1, 11), (1, 0, 0)] {

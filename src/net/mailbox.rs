@@ -107,3 +107,82 @@ impl Mailbox {
         self.lagged.swap(false, Ordering::AcqRel)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mio::{Events, Poll, Token};
+
+    use super::*;
+
+    const WAKER: Token = Token(1);
+
+    /// Wake-ups the poller has pending (0 or 1: an eventfd coalesces).
+    fn wakes(poll: &mut Poll) -> usize {
+        let mut events = Events::with_capacity(8);
+        poll.poll(&mut events, Some(Duration::ZERO)).unwrap();
+        events.iter().filter(|e| e.token() == WAKER).count()
+    }
+
+    fn mailbox() -> (Poll, Arc<Mailbox>, Receiver<CoreMsg>) {
+        let poll = Poll::new().unwrap();
+        let waker = Waker::new(poll.registry(), WAKER).unwrap();
+        let (mailbox, inbox) = Mailbox::new(waker);
+        (poll, mailbox, inbox)
+    }
+
+    #[test]
+    fn a_burst_wakes_the_reactor_once_until_it_looks() {
+        let (mut poll, mailbox, inbox) = mailbox();
+        assert_eq!(wakes(&mut poll), 0);
+        assert!(mailbox.send(CoreMsg::Shutdown));
+        assert_eq!(wakes(&mut poll), 1, "the first message wakes");
+        for _ in 0..10 {
+            assert!(mailbox.send(CoreMsg::Shutdown));
+            mailbox.deliver(CoreMsg::Shutdown);
+        }
+        assert_eq!(wakes(&mut poll), 0, "the rest of the burst does not");
+        assert_eq!(inbox.try_iter().count(), 21);
+        // The reactor looked: the next message wakes it again.
+        mailbox.clear_notified();
+        mailbox.deliver(CoreMsg::Shutdown);
+        assert_eq!(wakes(&mut poll), 1, "a delivery after the reactor looked");
+        mailbox.clear_notified();
+        mailbox.flag_lagged();
+        assert_eq!(wakes(&mut poll), 1, "a lag flag after the reactor looked");
+        assert!(mailbox.take_lagged());
+        assert!(!mailbox.take_lagged(), "taking the flag clears it");
+    }
+
+    #[test]
+    fn a_full_inbox_drops_deliveries_and_flags_lag_replies_wait() {
+        let (mut poll, mailbox, inbox) = mailbox();
+        for _ in 0..INBOX_CAPACITY {
+            mailbox.deliver(CoreMsg::Shutdown);
+        }
+        assert_eq!(wakes(&mut poll), 1);
+        assert!(!mailbox.take_lagged(), "full, but nothing dropped yet");
+        mailbox.clear_notified();
+        mailbox.deliver(CoreMsg::Shutdown);
+        assert!(mailbox.take_lagged(), "the delivery past the bound");
+        assert_eq!(wakes(&mut poll), 1, "and the reactor is woken to catch up");
+        assert_eq!(inbox.len(), INBOX_CAPACITY);
+        // A reply waits for room instead of being dropped.
+        let sender = {
+            let mailbox = Arc::clone(&mailbox);
+            std::thread::spawn(move || mailbox.send(CoreMsg::Shutdown))
+        };
+        inbox.recv().unwrap();
+        assert!(sender.join().unwrap(), "sent once there was room");
+        assert_eq!(inbox.len(), INBOX_CAPACITY);
+        // A reactor that has exited: sends fail, deliveries vanish.
+        drop(inbox);
+        assert!(!mailbox.send(CoreMsg::Shutdown));
+        mailbox.deliver(CoreMsg::Shutdown);
+        assert!(
+            !mailbox.take_lagged(),
+            "a dead reactor has nothing to catch up"
+        );
+    }
+}
