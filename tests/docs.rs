@@ -366,6 +366,8 @@ const EXCEPTIONS: &[(&str, &str, &str)] = &[
      "mutation testing: a build and a test run per mutant, tens of minutes"),
     ("docs/testing.md", "CARGO_TARGET_DIR=target/mutants cargo mutants ",
      "mutation testing: a build and a test run per mutant, tens of minutes"),
+    ("docs/testing.md", "CARGO_TARGET_DIR=target/mutants nice -n 19 cargo mutants ",
+     "mutation testing: a build and a test run per mutant, tens of minutes"),
 ];
 
 /// A command a doc shows: its file, the line it starts on (1-based) and
