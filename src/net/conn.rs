@@ -125,15 +125,7 @@ impl Conn {
             self.out.drain(..self.out_pos as usize);
             self.out_pos = 0;
         }
-        let mut skip = written;
-        for part in parts {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            self.out.extend_from_slice(&part[skip..]);
-            skip = 0;
-        }
+        queue_unsent(&mut self.out, parts, written);
         Some(written)
     }
 
@@ -166,6 +158,20 @@ impl Conn {
     /// Bytes waiting for the socket.
     pub fn queued(&self) -> usize {
         self.out.len() - self.out_pos as usize
+    }
+}
+
+/// Appends to `out` what of `parts` (in order) lies past their first
+/// `written` bytes: the part the socket did not take.
+fn queue_unsent(out: &mut Vec<u8>, parts: &[&[u8]], written: usize) {
+    let mut skip = written;
+    for part in parts {
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        out.extend_from_slice(&part[skip..]);
+        skip = 0;
     }
 }
 
@@ -330,6 +336,23 @@ mod tests {
         assert!(got == sent, "the bytes arrived changed or out of order");
         assert!(conn.out_empty());
         assert_eq!(conn.out.capacity(), 0, "an idle connection keeps no buffer");
+    }
+
+    /// What the socket did not take is queued whole and in order, wherever
+    /// the write stopped: inside the first part, at a part's edge, inside a
+    /// later one, or past an empty part.
+    #[test]
+    fn the_unsent_rest_of_the_parts_is_queued() {
+        let parts: [&[u8]; 4] = [b"abc", b"", b"defgh", b"ij"];
+        for written in 0..=10 {
+            let mut out = b"q".to_vec();
+            queue_unsent(&mut out, &parts, written);
+            assert_eq!(
+                out,
+                [b"q".as_slice(), &b"abcdefghij"[written..]].concat(),
+                "{written} written"
+            );
+        }
     }
 
     /// Waits until `conn`'s socket is readable.
