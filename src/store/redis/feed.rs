@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::router::Router;
-use crate::store::NewMessage;
+use crate::store::{NewMessage, Store};
 
 use super::keys::{deliver_channel, parse_untoken, Announce, UNTOKEN_CHANNEL};
 use super::RedisStore;
@@ -113,7 +113,7 @@ fn run(
                 store.groups().clear();
                 // If Redis fails again now, the next reconnect tries again.
                 let _ = crate::presence::each_online(router, |appid, uids| {
-                    store.write_routes(appid, uids)
+                    store.renew_routes(appid, uids)
                 });
                 router.catch_up_everyone();
             }

@@ -122,24 +122,19 @@ impl RedisStore {
         &self.node
     }
 
-    /// Writes (or renews) this node's route of each of `uids`: appends to
-    /// them are announced here until the route runs out.
-    pub(crate) fn write_routes(&self, appid: &str, uids: &[Uid]) -> Result<()> {
-        if uids.is_empty() {
-            return Ok(());
-        }
-        let until = unix_now() + self.route_ttl;
-        self.with(|c| {
-            let mut p = redis::pipe();
-            for &uid in uids {
-                p.cmd("HSET")
-                    .arg(keys::routes(appid, uid))
-                    .arg(&self.node)
-                    .arg(until)
-                    .ignore();
-            }
-            p.exec(c)
-        })
+    /// Adds to `p` the HSET that writes (or renews) this node's route of
+    /// `uid` until `until` ([`RedisStore::route_until`]): appends to it are
+    /// announced here until then.
+    fn write_route(&self, p: &mut redis::Pipeline, appid: &str, uid: Uid, until: u64) {
+        p.cmd("HSET")
+            .arg(keys::routes(appid, uid))
+            .arg(&self.node)
+            .arg(until);
+    }
+
+    /// When a route written now runs out (unix seconds).
+    fn route_until(&self) -> u64 {
+        unix_now() + self.route_ttl
     }
 
     /// The group member cache, for the feed to clear on reconnect.
@@ -580,13 +575,9 @@ impl Store for RedisStore {
     /// it is in the page.
     fn subscribe_page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
         let (count, bytes) = page_limits(limit);
-        let until = unix_now() + self.route_ttl;
         let mut replies = self.with(|c| {
             let mut p = redis::pipe();
-            p.cmd("HSET")
-                .arg(keys::routes(appid, uid))
-                .arg(&self.node)
-                .arg(until);
+            self.write_route(&mut p, appid, uid, self.route_until());
             p.cmd("EVALSHA")
                 .arg(self.page.get_hash())
                 .arg(2)
@@ -708,7 +699,17 @@ impl Store for RedisStore {
     }
 
     fn renew_routes(&self, appid: &str, uids: &[Uid]) -> Result<()> {
-        self.write_routes(appid, uids)
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let until = self.route_until();
+        self.with(|c| {
+            let mut p = redis::pipe();
+            for &uid in uids {
+                self.write_route(&mut p, appid, uid, until);
+            }
+            p.exec(c)
+        })
     }
 
     fn withdraw_presence(&self, node: &str) -> Result<()> {
