@@ -144,15 +144,27 @@ fn crash_the_store(srv: &mut Server, fsync: Fsync, with_haoshuo: bool, probe: &U
             srv.kill9();
             srv.restart_same_dir();
         }
-        Backend::Redis => {
-            if fsync == Fsync::Everysec {
-                wait_until_redis_wrote_its_aof(srv.redis());
+        Backend::Redis | Backend::Cluster => {
+            let nodes = match srv.backend() {
+                Backend::Cluster => srv.cluster().len(),
+                _ => 1,
+            };
+            for i in 0..nodes {
+                let redis = node(srv, i);
+                if fsync == Fsync::Everysec {
+                    wait_until_redis_wrote_its_aof(redis);
+                }
+                redis.kill();
             }
-            srv.redis().kill();
             if with_haoshuo {
                 srv.kill9();
             }
-            srv.redis().start_again();
+            for i in 0..nodes {
+                node(srv, i).start_again();
+            }
+            if srv.backend() == Backend::Cluster {
+                srv.cluster().wait_ok();
+            }
             if with_haoshuo {
                 srv.restart_same_dir();
             }
@@ -172,6 +184,15 @@ fn crash_the_store(srv: &mut Server, fsync: Fsync, with_haoshuo: bool, probe: &U
                 thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+}
+
+/// Node `i` of the server's Redis: its redis-server, or its cluster's
+/// node `i`.
+fn node(srv: &mut Server, i: usize) -> &mut RedisServer {
+    match srv.backend() {
+        Backend::Cluster => srv.cluster().node(i),
+        _ => srv.redis(),
     }
 }
 

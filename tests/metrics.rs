@@ -227,7 +227,9 @@ fn gauges_and_counters_follow_the_clients(backend: Backend) {
     }
     let redis = before.types.get("haoshuo_redis_reconnects");
     match backend {
-        Backend::Redis => assert_eq!(redis.map(String::as_str), Some("counter")),
+        Backend::Redis | Backend::Cluster => {
+            assert_eq!(redis.map(String::as_str), Some("counter"))
+        }
         _ => assert_eq!(redis, None, "Redis reconnects on the embedded store"),
     }
     assert_eq!(before.subscriptions(), [0.0; 3]);

@@ -13,7 +13,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::RedisServer;
+use common::{RedisCluster, RedisServer};
 use haoshuo::store::embedded::{self as embedded_store, EmbeddedStore};
 use haoshuo::store::redis::{self as redis_store, RedisStore};
 use haoshuo::store::{
@@ -28,6 +28,8 @@ const OTHER_APP: &str = "other";
 enum Kind {
     Embedded,
     Redis,
+    /// A Redis Cluster of three masters.
+    Cluster,
 }
 
 /// A store and what it runs on; reopens and restarts keep the data.
@@ -36,6 +38,7 @@ struct Backend {
     inbox_cap: usize,
     dir: Option<tempfile::TempDir>,
     redis: Option<RedisServer>,
+    cluster: Option<RedisCluster>,
     store: Option<Box<dyn Store>>,
 }
 
@@ -50,11 +53,13 @@ impl Backend {
             inbox_cap,
             dir: None,
             redis: None,
+            cluster: None,
             store: None,
         };
         match kind {
             Kind::Embedded => b.dir = Some(tempfile::tempdir().expect("a temporary data dir")),
             Kind::Redis => b.redis = Some(RedisServer::start()),
+            Kind::Cluster => b.cluster = Some(RedisCluster::start(3, 0)),
         }
         b.store = Some(b.open());
         b
@@ -68,9 +73,12 @@ impl Backend {
                 opts.inbox_cap = self.inbox_cap;
                 Box::new(EmbeddedStore::open(opts).expect("open the embedded store"))
             }
-            Kind::Redis => Box::new(
+            Kind::Redis | Kind::Cluster => Box::new(
                 RedisStore::open(&redis_store::Options {
-                    url: self.redis.as_ref().unwrap().url(),
+                    url: match &self.cluster {
+                        Some(c) => c.url(),
+                        None => self.redis.as_ref().unwrap().url(),
+                    },
                     pool: 2,
                     timeout: Duration::from_secs(5),
                     inbox_cap: self.inbox_cap,
@@ -101,11 +109,18 @@ impl Backend {
         if let Some(redis) = &mut self.redis {
             redis.restart();
         }
+        if let Some(cluster) = &mut self.cluster {
+            for i in 0..cluster.len() {
+                cluster.node(i).restart();
+            }
+            cluster.wait_ok();
+        }
         self.store = Some(self.open());
     }
 }
 
-/// `conformance!(a, b);` makes `embedded::a`, `redis::a`, `embedded::b`, ...
+/// `conformance!(a, b);` makes `embedded::a`, `redis::a`, `cluster::a`,
+/// `embedded::b`, ...
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
         mod embedded {
@@ -113,6 +128,9 @@ macro_rules! conformance {
         }
         mod redis {
             $( #[test] fn $name() { super::$name(super::Kind::Redis); } )+
+        }
+        mod cluster {
+            $( #[test] fn $name() { super::$name(super::Kind::Cluster); } )+
         }
     };
 }
@@ -852,7 +870,7 @@ fn cmsgids_that_join_alike_stay_apart(kind: Kind) {
 /// saying `false` would have each message delivered twice).
 fn only_redis_announces(kind: Kind) {
     let b = Backend::new(kind);
-    assert_eq!(b.store().announces(), kind == Kind::Redis);
+    assert_eq!(b.store().announces(), kind != Kind::Embedded);
 }
 
 // ---- Redis only ----

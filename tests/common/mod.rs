@@ -43,7 +43,10 @@ pub use http::*;
 #[allow(unused_imports)]
 pub use process::*;
 
+mod cluster;
 mod redis;
+#[allow(unused_imports)] // the cluster tests only
+pub use cluster::RedisCluster;
 #[allow(unused_imports)] // only tests/overload.rs signals a process by pid
 pub use redis::signal;
 pub use redis::RedisServer;
@@ -67,6 +70,10 @@ pub const QUIET: Duration = Duration::from_millis(300);
 #[allow(unused_macros)]
 macro_rules! backend_tests {
     ($($name:ident),+ $(,)?) => {
+        $crate::common::backend_tests!(@each [embedded Embedded, redis Redis, cluster Cluster] $($name),+);
+    };
+    // Tests that stop, pause or roll back their one redis-server.
+    (single_redis: $($name:ident),+ $(,)?) => {
         $crate::common::backend_tests!(@each [embedded Embedded, redis Redis] $($name),+);
     };
     (@each [] $($name:ident),+) => {};

@@ -8,7 +8,7 @@
 
 use super::api::Api;
 use super::left;
-use super::RedisServer;
+use super::{RedisCluster, RedisServer};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -34,6 +34,9 @@ pub enum Backend {
     Embedded,
     /// A real `redis-server` the harness starts for each server under test.
     Redis,
+    /// A Redis Cluster of three masters the harness starts for each server
+    /// under test (tests/common/cluster.rs).
+    Cluster,
 }
 
 impl Backend {
@@ -41,8 +44,10 @@ impl Backend {
     fn args(self, redis_url: Option<&str>) -> Vec<String> {
         match (self, redis_url) {
             (Backend::Embedded, _) => Vec::new(),
-            (Backend::Redis, Some(url)) => vec!["--redis".into(), url.into()],
-            (Backend::Redis, None) => unreachable!("a Redis backend runs with its redis-server"),
+            (Backend::Redis | Backend::Cluster, Some(url)) => vec!["--redis".into(), url.into()],
+            (Backend::Redis | Backend::Cluster, None) => {
+                unreachable!("a Redis backend runs with its redis-server")
+            }
         }
     }
 }
@@ -213,6 +218,8 @@ pub struct Server {
     /// The Redis backend's own redis-server (outlives restarts of haoshuo);
     /// `None` on a node started by [`Server::another_node`].
     redis: Option<RedisServer>,
+    /// The Cluster backend's own cluster, the same way.
+    cluster: Option<RedisCluster>,
     redis_url: Option<String>,
     /// Everything the server printed (stdout and stderr), across restarts.
     log: Arc<Mutex<String>>,
@@ -225,11 +232,16 @@ impl Server {
         let log = Arc::new(Mutex::new(String::new()));
         let fsync = opts.fsync.unwrap_or(Fsync::Always);
         let redis = (backend == Backend::Redis).then(|| RedisServer::start_with(fsync));
-        let redis_url = redis.as_ref().map(RedisServer::url);
+        let cluster = (backend == Backend::Cluster).then(|| RedisCluster::start_with(3, 0, fsync));
+        let redis_url = redis
+            .as_ref()
+            .map(RedisServer::url)
+            .or_else(|| cluster.as_ref().map(RedisCluster::url));
         let (child, addr, admin_addr) =
             spawn(backend, redis_url.as_deref(), &opts, dir.path(), &log);
         Server {
             redis,
+            cluster,
             redis_url,
             backend,
             opts,
@@ -251,6 +263,7 @@ impl Server {
             spawn(self.backend, Some(&url), &self.opts, dir.path(), &log);
         Server {
             redis: None,
+            cluster: None,
             redis_url: Some(url),
             backend: self.backend,
             opts: self.opts.clone(),
@@ -283,6 +296,13 @@ impl Server {
         self.redis
             .as_mut()
             .expect("this server runs on the embedded store")
+    }
+
+    /// The Cluster backend's cluster, to fail its nodes.
+    pub fn cluster(&mut self) -> &mut RedisCluster {
+        self.cluster
+            .as_mut()
+            .expect("this server does not run on a Redis Cluster")
     }
 
     pub fn backend(&self) -> Backend {

@@ -23,6 +23,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// Its `appendfsync`.
     fsync: Fsync,
+    /// A node of a Redis Cluster (tests/common/cluster.rs).
+    cluster: bool,
 }
 
 impl RedisServer {
@@ -33,16 +35,23 @@ impl RedisServer {
 
     /// Starts one with AOF on and this `appendfsync` policy.
     pub fn start_with(fsync: Fsync) -> RedisServer {
+        RedisServer::start_node(fsync, false)
+    }
+
+    /// Starts one with AOF on and this `appendfsync` policy; with
+    /// `cluster`, as a Redis Cluster node not yet in any cluster.
+    pub fn start_node(fsync: Fsync, cluster: bool) -> RedisServer {
         let dir = tempfile::tempdir().expect("a temporary dir for redis-server");
         for _ in 0..PORT_TRIES {
             let port = free_port();
-            let mut child = spawn(dir.path(), port, fsync);
+            let mut child = spawn(dir.path(), port, fsync, cluster);
             if wait_ready(port, &mut child) {
                 return RedisServer {
                     child: Some(child),
                     port,
                     dir,
                     fsync,
+                    cluster,
                 };
             }
             let _ = child.kill();
@@ -53,6 +62,16 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Whether it runs (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Its loopback port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Stops redis-server at once (SIGKILL). With either `appendfsync`
@@ -112,7 +131,7 @@ impl RedisServer {
     /// directory (replaying its AOF).
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "redis-server is still running");
-        let mut child = spawn(self.dir.path(), self.port, self.fsync);
+        let mut child = spawn(self.dir.path(), self.port, self.fsync, self.cluster);
         assert!(
             wait_ready(self.port, &mut child),
             "redis-server did not come back on port {}",
@@ -233,9 +252,15 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-fn spawn(dir: &Path, port: u16, fsync: Fsync) -> Child {
-    Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+fn spawn(dir: &Path, port: u16, fsync: Fsync, cluster: bool) -> Child {
+    let mut cmd = Command::new("redis-server");
+    if cluster {
+        // A node is found failing after a second, so a failover takes a
+        // few: tests wait for it.
+        cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"]);
+        cmd.args(["--cluster-config-file", "nodes.conf"]);
+    }
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--save", "", "--appendonly", "yes", "--appendfsync"])
         .arg(fsync.as_arg())
         .arg("--dir")

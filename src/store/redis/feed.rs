@@ -1,5 +1,6 @@
 //! The live feed: one thread per server process subscribed to its own
-//! announcement channel (`hs:deliver:NODE`: appends to users this process
+//! announcement channel (`hs:deliver:NODE`, by sharded pub/sub on a Redis
+//! Cluster: appends to users this process
 //! serves, see `keys::routes`), handing every announced append to the
 //! router, and to the logout channel, dropping logged-out tokens from the
 //! token cache and ending the subscriptions held with them. Between
@@ -15,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use redis::PushKind;
 
 use crate::router::Router;
 use crate::store::{NewMessage, Store};
@@ -70,23 +73,10 @@ fn run(
     stop: &AtomicBool,
     mut ready: Option<mpsc::Sender<Result<(), String>>>,
 ) {
+    let channel = deliver_channel(store.node());
     while !stop.load(Ordering::Acquire) {
-        let mut con = match store.pool().connect() {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(r) = ready.take() {
-                    let _ = r.send(Err(e.to_string()));
-                    return;
-                }
-                std::thread::sleep(RECONNECT_WAIT);
-                continue;
-            }
-        };
-        let mut pubsub = con.as_pubsub();
-        let subscribed = pubsub
-            .subscribe(&[deliver_channel(store.node()).as_str(), UNTOKEN_CHANNEL])
-            .and_then(|()| pubsub.set_read_timeout(Some(STOP_CHECK)));
-        match (subscribed, ready.take()) {
+        let subscribed = subscribe(store, &channel);
+        let mut con = match (subscribed, ready.take()) {
             (Err(e), Some(r)) => {
                 let _ = r.send(Err(e.to_string()));
                 return;
@@ -95,8 +85,9 @@ fn run(
                 std::thread::sleep(RECONNECT_WAIT);
                 continue;
             }
-            (Ok(()), Some(r)) => {
+            (Ok(con), Some(r)) => {
                 let _ = r.send(Ok(()));
+                con
             }
             // Announcements were lost while the subscription was down; the
             // catch-up reads go through the pool, which need not wait out
@@ -107,7 +98,7 @@ fn run(
             // Redis that lost data lost our routes as well: they are
             // written again before the catch-up reads, so an append after
             // them is announced and one before them is read.
-            (Ok(()), None) => {
+            (Ok(con), None) => {
                 store.pool().reconnected();
                 store.tokens().clear();
                 store.groups().clear();
@@ -116,8 +107,9 @@ fn run(
                     store.renew_routes(appid, uids)
                 });
                 router.catch_up_everyone();
+                con
             }
-        }
+        };
         let mut swept = Instant::now();
         while !stop.load(Ordering::Acquire) {
             // This thread wakes at least every STOP_CHECK: it also rids
@@ -126,11 +118,30 @@ fn run(
                 swept = Instant::now();
                 store.tokens().sweep(swept);
             }
-            match pubsub.get_message() {
-                Ok(msg) if msg.get_channel_name() == UNTOKEN_CHANNEL => {
-                    untoken(store, router, msg.get_payload_bytes());
-                }
-                Ok(msg) => deliver(router, msg.get_payload_bytes()),
+            // RESP3: everything on a subscribed connection is a push, which
+            // the crate never mistakes for a late reply after a timeout.
+            match con.recv_response() {
+                Ok(redis::Value::Push { kind, data }) => match (kind, data.as_slice()) {
+                    (PushKind::Message | PushKind::SMessage, [from, payload]) => {
+                        let (Some(from), Some(payload)) = (bytes(from), bytes(payload)) else {
+                            continue;
+                        };
+                        if from == UNTOKEN_CHANNEL.as_bytes() {
+                            untoken(store, router, payload);
+                        } else {
+                            deliver(router, payload);
+                        }
+                    }
+                    // A cluster moved our channel's slot to another master.
+                    (PushKind::SUnsubscribe, _) => {
+                        eprintln!(
+                            "haoshuo: the Redis feed's channel moved to another master; resubscribing"
+                        );
+                        break;
+                    }
+                    _ => {}
+                },
+                Ok(_) => {}
                 Err(e) if e.is_timeout() => {}
                 Err(e) => {
                     eprintln!("haoshuo: the Redis feed lost its subscription ({e}); reconnecting");
@@ -138,6 +149,50 @@ fn run(
                 }
             }
         }
+    }
+}
+
+/// A connection subscribed to this node's announcements and to logouts:
+/// on a Redis Cluster, to the master of the channel's slot with SSUBSCRIBE
+/// (sharded pub/sub: an announcement goes only to that master, not to
+/// every node of the cluster); logouts, rare, by plain pub/sub, which a
+/// cluster hands to every node.
+fn subscribe(store: &RedisStore, channel: &str) -> redis::RedisResult<redis::Connection> {
+    let mut con = store.pool().connect_for(channel)?;
+    let kind = if store.pool().is_cluster() {
+        "SSUBSCRIBE"
+    } else {
+        "SUBSCRIBE"
+    };
+    let mut packed = redis::cmd(kind).arg(channel).get_packed_command();
+    packed.extend(
+        redis::cmd("SUBSCRIBE")
+            .arg(UNTOKEN_CHANNEL)
+            .get_packed_command(),
+    );
+    con.send_packed_command(&packed)?;
+    for _ in 0..2 {
+        match con.recv_response()? {
+            redis::Value::Push {
+                kind: PushKind::Subscribe | PushKind::SSubscribe,
+                ..
+            } => {}
+            reply => {
+                return Err(redis::RedisError::from(std::io::Error::other(format!(
+                    "unexpected answer to {kind}: {reply:?}"
+                ))))
+            }
+        }
+    }
+    con.set_read_timeout(Some(STOP_CHECK))?;
+    Ok(con)
+}
+
+/// A bulk string's bytes.
+fn bytes(v: &redis::Value) -> Option<&[u8]> {
+    match v {
+        redis::Value::BulkString(b) => Some(b),
+        _ => None,
     }
 }
 

@@ -131,10 +131,22 @@ pub fn group(appid: &str, gid: Gid) -> String {
 /// its presence expires (unix seconds).
 pub const NODES: &str = "hs:nodes";
 
-/// `hs:on:NODE`: set, the users process NODE has online, as
-/// [`presence_member`]s; expires unless the process refreshes it.
+/// `hs:on:{NODE}`: set, the users process NODE has online, as
+/// [`presence_member`]s; expires unless the process refreshes it. The hash
+/// tag keeps it in one slot with the set a refresh fills
+/// ([`presence_next`]), which replaces it by RENAME.
 pub fn presence(node: &str) -> String {
-    format!("hs:on:{node}")
+    format!("{PRESENCE_PREFIX}{node}{PRESENCE_SUFFIX}")
+}
+
+/// What a presence set's key puts before and after its node's id.
+pub const PRESENCE_PREFIX: &str = "hs:on:{";
+pub const PRESENCE_SUFFIX: &str = "}";
+
+/// `hs:on:{NODE}:next`: the set a presence refresh of NODE fills before
+/// it replaces NODE's presence.
+pub fn presence_next(node: &str) -> String {
+    format!("{}:next", presence(node))
 }
 
 /// A user in a presence set: `APPID:UID` (APPID escaped as in every key).

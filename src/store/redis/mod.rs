@@ -13,6 +13,7 @@
 //! (pipelined). If the server dies part way, some members have it and the
 //! others do not; each member's inbox stays contiguous.
 
+mod cluster;
 pub mod feed;
 mod groups;
 mod keys;
@@ -154,8 +155,59 @@ impl RedisStore {
         })
     }
 
-    /// Runs the append script over every receiver, [`APPEND_BATCH`] a
-    /// call, in one pipeline; `None` for a receiver that already had this
+    /// [`Store::online_elsewhere`] in a cluster, where each process's
+    /// presence set is in a slot of its own: the live processes, then
+    /// every other one's set asked in one pipeline.
+    fn online_in_cluster(&self, node: &str, members: &[String]) -> Result<Vec<bool>> {
+        self.with(|c| {
+            let nodes: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(keys::NODES)
+                .arg(unix_now())
+                .arg("+inf")
+                .query(c)?;
+            let others: Vec<&String> = nodes.iter().filter(|n| *n != node).collect();
+            let mut online = vec![false; members.len()];
+            if others.is_empty() {
+                return Ok(online);
+            }
+            let mut p = redis::pipe();
+            for other in others {
+                p.cmd("SMISMEMBER").arg(keys::presence(other)).arg(members);
+            }
+            let hits: Vec<Vec<bool>> = p.query(c)?;
+            for set in hits {
+                for (on, hit) in online.iter_mut().zip(set) {
+                    *on |= hit;
+                }
+            }
+            Ok(online)
+        })
+    }
+
+    /// The receivers (indexes into `to`) of each append script call: at
+    /// most [`APPEND_BATCH`] a call, and in a cluster all of one slot
+    /// (each call's keys must be), in the order of `to` within a slot.
+    fn append_calls(&self, appid: &str, to: &[Uid]) -> Vec<Vec<usize>> {
+        let chunks = |all: Vec<usize>| -> Vec<Vec<usize>> {
+            all.chunks(APPEND_BATCH).map(<[usize]>::to_vec).collect()
+        };
+        if !self.pool.is_cluster() {
+            return chunks((0..to.len()).collect());
+        }
+        let mut slotted: Vec<(u16, usize)> = to
+            .iter()
+            .enumerate()
+            .map(|(i, &uid)| (cluster::slot(keys::user(appid, uid).as_bytes()), i))
+            .collect();
+        slotted.sort_unstable();
+        slotted
+            .chunk_by(|a, b| a.0 == b.0)
+            .flat_map(|same| chunks(same.iter().map(|&(_, i)| i).collect()))
+            .collect()
+    }
+
+    /// Runs the append script over every receiver ([`Self::append_calls`])
+    /// in one pipeline; `None` for a receiver that already had this
     /// `cmsgid`. An unknown receiver is `NoSuchUser`, and nothing is
     /// written then: one call checks all its receivers before it writes;
     /// receivers for several calls are checked first, in one pipeline
@@ -170,7 +222,8 @@ impl RedisStore {
         if to.is_empty() {
             return Ok(Vec::new());
         }
-        if to.len() > APPEND_BATCH {
+        let calls = self.append_calls(appid, to);
+        if calls.len() > 1 {
             if let Some(uid) = self.first_missing(appid, to)? {
                 return Err(StoreError::NoSuchUser(uid));
             }
@@ -200,14 +253,21 @@ impl RedisStore {
         let per = if once.is_some() { 4 } else { 3 };
         let now = unix_now();
         let prefix = keys::announce_prefix(appid, &stored);
-        let batches = self.with(|c| {
+        // In a cluster the script answers what to announce instead.
+        let channels = if self.pool.is_cluster() {
+            ""
+        } else {
+            keys::DELIVER_PREFIX
+        };
+        let answers = self.with(|c| {
             let mut p = redis::pipe();
-            for batch in to.chunks(APPEND_BATCH) {
+            for call in &calls {
                 let cmd = p
                     .cmd("EVALSHA")
                     .arg(self.append.get_hash())
-                    .arg(batch.len() * per);
-                for &uid in batch {
+                    .arg(call.len() * per);
+                for &i in call {
+                    let uid = to[i];
                     cmd.arg(keys::user(appid, uid))
                         .arg(keys::inbox(appid, uid))
                         .arg(keys::routes(appid, uid));
@@ -216,37 +276,80 @@ impl RedisStore {
                     }
                 }
                 cmd.arg(&stored)
-                    .arg(keys::DELIVER_PREFIX)
+                    .arg(channels)
                     .arg(&prefix)
                     .arg(ttl)
                     .arg(self.inbox_cap)
                     .arg(per)
-                    .arg(now)
-                    .arg(batch);
+                    .arg(now);
+                for &i in call {
+                    cmd.arg(to[i]);
+                }
             }
             pipeline_with_script(c, &self.append, &p)
         })?;
-        let mut ids: Vec<i64> = Vec::with_capacity(to.len());
-        for batch in batches {
-            let batch: Vec<i64> = redis::from_redis_value(batch)
+        let mut ids: Vec<Option<i64>> = vec![None; to.len()];
+        let mut announce: Vec<(String, String)> = Vec::new();
+        for (call, answer) in calls.iter().zip(answers) {
+            let answer: Vec<redis::Value> = redis::from_redis_value(answer)
                 .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
-            ids.extend(batch);
-        }
-        if ids.len() != to.len() {
-            return Err(StoreError::Unavailable(
-                "redis: an append answered for the wrong number of receivers".into(),
-            ));
+            if answer.len() < call.len() {
+                return Err(StoreError::Unavailable(
+                    "redis: an append answered for the wrong number of receivers".into(),
+                ));
+            }
+            let (got, routed) = answer.split_at(call.len());
+            for (&i, id) in call.iter().zip(got) {
+                ids[i] = match id {
+                    redis::Value::Int(id) => Some(*id),
+                    _ => None,
+                };
+            }
+            for pair in routed.chunks(2) {
+                let [node, list] = pair else { continue };
+                let (Ok(node), Ok(list)) = (
+                    redis::from_redis_value::<String>(node.clone()),
+                    redis::from_redis_value::<String>(list.clone()),
+                ) else {
+                    continue;
+                };
+                match announce.iter_mut().find(|(n, _)| *n == node) {
+                    Some((_, all)) => {
+                        all.push(',');
+                        all.push_str(&list);
+                    }
+                    None => announce.push((node, list)),
+                }
+            }
         }
         let ids = to
             .iter()
             .zip(ids)
             .map(|(&uid, id)| match id {
-                -2 => Ok(None),
-                id => u64::try_from(id)
+                Some(-2) => Ok(None),
+                Some(id) => u64::try_from(id)
                     .map(Some)
                     .map_err(|_| StoreError::NoSuchUser(uid)),
+                None => Err(StoreError::Unavailable(
+                    "redis: an append answered for the wrong number of receivers".into(),
+                )),
             })
             .collect();
+        if !announce.is_empty() {
+            // Stored already: if announcing fails (the channel's master just
+            // failed), the receivers get the message from the store at their
+            // next message or when their node's feed reconnects.
+            let _ = self.with(|c| {
+                let mut p = redis::pipe();
+                for (node, list) in &announce {
+                    p.cmd("SPUBLISH")
+                        .arg(deliver_channel(node))
+                        .arg(format!("{prefix}[{list}]]"))
+                        .ignore();
+                }
+                p.exec(c)
+            });
+        }
         if let (Err(StoreError::NoSuchUser(_)), Some(sent)) = (&ids, claimed) {
             // Nothing was sent, so the cmsgid names nothing yet.
             self.with(|c| redis::cmd("DEL").arg(sent).exec(c))?;
@@ -636,7 +739,7 @@ impl Store for RedisStore {
     /// Empties the set the refresh fills (readers never see it half full:
     /// [`Store::presence_commit`] renames it over the old one).
     fn presence_begin(&self, node: &str) -> Result<()> {
-        let tmp = presence_next(node);
+        let tmp = keys::presence_next(node);
         self.with(|c| redis::cmd("DEL").arg(&tmp).exec(c))
     }
 
@@ -645,7 +748,7 @@ impl Store for RedisStore {
             return Ok(());
         }
         let mut sadd = redis::cmd("SADD");
-        sadd.arg(presence_next(node));
+        sadd.arg(keys::presence_next(node));
         for &uid in uids {
             sadd.arg(keys::presence_member(appid, uid));
         }
@@ -662,7 +765,7 @@ impl Store for RedisStore {
             if added == 0 {
                 p.cmd("DEL").arg(&key).ignore();
             } else {
-                let tmp = presence_next(node);
+                let tmp = keys::presence_next(node);
                 p.cmd("EXPIRE").arg(&tmp).arg(ttl).ignore();
                 p.cmd("RENAME").arg(&tmp).arg(&key).ignore();
             }
@@ -684,15 +787,21 @@ impl Store for RedisStore {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
+        let members: Vec<String> = uids
+            .iter()
+            .map(|&uid| keys::presence_member(appid, uid))
+            .collect();
+        if self.pool.is_cluster() {
+            return self.online_in_cluster(node, &members);
+        }
         let hits: Vec<i64> = self.with(|c| {
             let mut call = self.online.prepare_invoke();
             call.arg(unix_now())
                 .arg(node)
                 .arg(keys::NODES)
-                .arg(keys::presence(""));
-            for &uid in uids {
-                call.arg(keys::presence_member(appid, uid));
-            }
+                .arg(keys::PRESENCE_PREFIX)
+                .arg(keys::PRESENCE_SUFFIX)
+                .arg(&members);
             call.invoke(c)
         })?;
         Ok(hits.into_iter().map(|h| h == 1).collect())
@@ -759,12 +868,6 @@ fn parse_page(uid: Uid, answer: redis::Value) -> Result<Page> {
         .map(|m| keys::decode_member(m).ok_or_else(corrupt))
         .collect::<Result<_>>()?;
     Ok(Page { msgs, last, reset })
-}
-
-/// The set a presence refresh of `node` fills before it replaces
-/// `node`'s presence.
-fn presence_next(node: &str) -> String {
-    format!("{}:next", keys::presence(node))
 }
 
 /// Adds to `p` the commands that store a token: its hash, expiring with it.

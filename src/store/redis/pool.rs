@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use redis::{Client, Connection, ConnectionLike, RedisError, RedisResult, Value};
 
+use super::cluster::{self, Cluster};
 use crate::store::{Result, StoreError};
 
 /// First wait after Redis failed; doubles per failure up to the maximum.
@@ -35,12 +36,22 @@ const MAX_BATCH: usize = 512;
 const LANE_QUEUE: usize = 4096;
 
 pub struct Pool {
-    client: Client,
-    lanes: Vec<Sender<Call>>,
-    threads: Vec<JoinHandle<()>>,
-    next: AtomicUsize,
+    mode: Mode,
     timeout: Duration,
-    health: Arc<Mutex<Health>>,
+    shared: Shared,
+}
+
+/// Where the calls go.
+enum Mode {
+    /// One Redis server.
+    Single { client: Client, lanes: Lanes },
+    /// A Redis Cluster: lanes to each master, calls routed by key slot.
+    Cluster(Cluster),
+}
+
+/// What every lane of a pool shares.
+#[derive(Clone, Default)]
+pub(super) struct Shared {
     /// Counts the times Redis was found to have dropped every connection
     /// (the feed lost its own): a lane whose connection is from an earlier
     /// count makes a new one before its next write, rather than failing
@@ -48,6 +59,170 @@ pub struct Pool {
     generation: Arc<AtomicU64>,
     /// Connections made again after one was lost (metrics).
     reconnects: Arc<AtomicU64>,
+}
+
+/// The lanes to one Redis server: a standalone one, or a cluster's master.
+pub(super) struct Lanes {
+    lanes: Vec<Sender<Call>>,
+    threads: Vec<JoinHandle<()>>,
+    next: AtomicUsize,
+    health: Arc<Mutex<Health>>,
+}
+
+impl Lanes {
+    /// Starts `count` lanes to the server `client` names.
+    pub(super) fn start(
+        client: &Client,
+        count: usize,
+        timeout: Duration,
+        shared: &Shared,
+    ) -> Result<Lanes> {
+        let mut lanes = Lanes {
+            lanes: Vec::new(),
+            threads: Vec::new(),
+            next: AtomicUsize::new(0),
+            health: Arc::new(Mutex::new(Health::default())),
+        };
+        for i in 0..count.max(1) {
+            let (tx, rx) = crossbeam_channel::bounded(LANE_QUEUE);
+            let lane = Lane {
+                client: client.clone(),
+                timeout,
+                health: lanes.health.clone(),
+                generation: shared.generation.clone(),
+                con: None,
+                reconnects: shared.reconnects.clone(),
+                connected_before: false,
+            };
+            let t = std::thread::Builder::new()
+                .name(format!("haoshuo-redis-{i}"))
+                .spawn(move || lane.run(&rx))
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            lanes.lanes.push(tx);
+            lanes.threads.push(t);
+        }
+        Ok(lanes)
+    }
+
+    /// Whether calls fail at once for now (the server failed lately and
+    /// its backoff has not passed).
+    pub(super) fn down(&self) -> bool {
+        lock(&self.health)
+            .retry_at
+            .is_some_and(|at| Instant::now() < at)
+    }
+
+    /// Queues `bytes` (`skip + count` replies, the first `skip` dropped)
+    /// on the next lane; the replies come on the receiver.
+    pub(super) fn submit(
+        &self,
+        bytes: Vec<u8>,
+        skip: usize,
+        count: usize,
+    ) -> RedisResult<Receiver<RedisResult<Vec<Value>>>> {
+        let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        let (done, answer) = crossbeam_channel::bounded(1);
+        let call = Call {
+            bytes,
+            replies: skip + count,
+            skip,
+            done,
+        };
+        self.lanes[lane]
+            .send(call)
+            .map_err(|_| closed("the Redis lane stopped"))?;
+        Ok(answer)
+    }
+
+    /// Ends the backoff: the next call tries at once.
+    fn healthy(&self) {
+        *lock(&self.health) = Health::default();
+    }
+}
+
+impl Drop for Lanes {
+    fn drop(&mut self) {
+        self.lanes.clear(); // disconnects: each lane thread exits
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Pool {
+    /// A pool for `url`: `redis://HOST:PORT/DB` (one server) or
+    /// `redis+cluster://HOST:PORT,HOST:PORT` (a cluster, found from any of
+    /// the nodes named), with `lanes` connections per server.
+    pub fn new(url: &str, lanes: usize, timeout: Duration) -> Result<Pool> {
+        let shared = Shared::default();
+        let mode = match cluster::seeds(url) {
+            Some(seeds) => Mode::Cluster(Cluster::connect(seeds?, lanes, timeout, &shared)?),
+            None => {
+                let client = Client::open(url)
+                    .map_err(|e| StoreError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?;
+                let lanes = Lanes::start(&client, lanes, timeout, &shared)?;
+                Mode::Single { client, lanes }
+            }
+        };
+        Ok(Pool {
+            mode,
+            timeout,
+            shared,
+        })
+    }
+
+    /// Whether this is a Redis Cluster: calls are routed by slot, and
+    /// announcements go by sharded pub/sub.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.mode, Mode::Cluster(_))
+    }
+
+    /// A fresh connection of its own, with this pool's timeouts, to the
+    /// server that holds `channel`: the one server, or in a cluster the
+    /// master of the channel's slot (for SSUBSCRIBE).
+    pub fn connect_for(&self, channel: &str) -> RedisResult<Connection> {
+        match &self.mode {
+            Mode::Single { client, .. } => connect(&resp3(client), self.timeout),
+            Mode::Cluster(c) => c.connect_for(channel.as_bytes()),
+        }
+    }
+
+    /// Runs `f` against a lane: every command it sends is queued with
+    /// other workers' and answered in order. In a cluster each command goes
+    /// to the master of its key's slot.
+    pub fn with<T>(&self, f: impl FnOnce(&mut dyn ConnectionLike) -> RedisResult<T>) -> Result<T> {
+        // The lane's own timeouts bound the wait; this is a backstop.
+        let wait = self.timeout * 3;
+        let result = match &self.mode {
+            Mode::Single { lanes, .. } => {
+                if lanes.down() {
+                    return Err(StoreError::Unavailable("redis is down".into()));
+                }
+                f(&mut Handle { lanes, wait })
+            }
+            Mode::Cluster(c) => f(&mut c.handle(wait)),
+        };
+        result.map_err(|e| StoreError::Unavailable(format!("redis: {e}")))
+    }
+
+    /// Redis is back after the feed lost its connection: ends the backoff
+    /// early, and has every lane reconnect before its next write (its
+    /// connection most likely went with the old Redis process). In a
+    /// cluster the slot map is read again too.
+    pub fn reconnected(&self) {
+        self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        match &self.mode {
+            Mode::Single { lanes, .. } => lanes.healthy(),
+            Mode::Cluster(c) => c.reconnected(),
+        }
+    }
+
+    /// Connections made again after one was lost: a lane's, or the feed's
+    /// subscription (as [`Pool::reconnected`] reports it).
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Default)]
@@ -60,119 +235,33 @@ struct Health {
 /// One caller's packed command(s) and where its replies go.
 struct Call {
     bytes: Vec<u8>,
-    /// Replies to read; the first `skip` are dropped (MULTI's).
+    /// Replies to read; the first `skip` are dropped (MULTI's, ASKING's).
     replies: usize,
     skip: usize,
     done: Sender<RedisResult<Vec<Value>>>,
 }
 
-impl Pool {
-    pub fn new(url: &str, lanes: usize, timeout: Duration) -> Result<Pool> {
-        let client = Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?;
-        let health = Arc::new(Mutex::new(Health::default()));
-        let mut pool = Pool {
-            client,
-            lanes: Vec::new(),
-            threads: Vec::new(),
-            next: AtomicUsize::new(0),
-            timeout,
-            health,
-            generation: Arc::new(AtomicU64::new(0)),
-            reconnects: Arc::new(AtomicU64::new(0)),
-        };
-        for i in 0..lanes.max(1) {
-            let (tx, rx) = crossbeam_channel::bounded(LANE_QUEUE);
-            let lane = Lane {
-                client: pool.client.clone(),
-                timeout,
-                health: pool.health.clone(),
-                generation: pool.generation.clone(),
-                con: None,
-                reconnects: pool.reconnects.clone(),
-                connected_before: false,
-            };
-            let t = std::thread::Builder::new()
-                .name(format!("haoshuo-redis-{i}"))
-                .spawn(move || lane.run(&rx))
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            pool.lanes.push(tx);
-            pool.threads.push(t);
-        }
-        Ok(pool)
-    }
-
-    /// A fresh connection of its own with this pool's timeouts (pub/sub).
-    pub fn connect(&self) -> RedisResult<Connection> {
-        connect(&self.client, self.timeout)
-    }
-
-    /// Runs `f` against a lane: every command it sends is queued with
-    /// other workers' and answered in order.
-    pub fn with<T>(&self, f: impl FnOnce(&mut dyn ConnectionLike) -> RedisResult<T>) -> Result<T> {
-        if let Some(at) = lock(&self.health).retry_at {
-            if Instant::now() < at {
-                return Err(StoreError::Unavailable("redis is down".into()));
-            }
-        }
-        let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        let mut handle = Handle {
-            lane: &self.lanes[lane],
-            // The lane's own timeouts bound the wait; this is a backstop.
-            wait: self.timeout * 3,
-        };
-        f(&mut handle).map_err(|e| StoreError::Unavailable(format!("redis: {e}")))
-    }
-
-    /// Redis is back after the feed lost its connection: ends the backoff
-    /// early, and has every lane reconnect before its next write (its
-    /// connection most likely went with the old Redis process).
-    pub fn reconnected(&self) {
-        self.reconnects.fetch_add(1, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        *lock(&self.health) = Health::default();
-    }
-}
-
-impl Pool {
-    /// Connections made again after one was lost: a lane's, or the feed's
-    /// subscription (as [`Pool::reconnected`] reports it).
-    pub fn reconnects(&self) -> u64 {
-        self.reconnects.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.lanes.clear(); // disconnects: each lane thread exits
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
 /// What a worker's commands see: a `ConnectionLike` that queues on a lane.
 struct Handle<'a> {
-    lane: &'a Sender<Call>,
+    lanes: &'a Lanes,
     wait: Duration,
 }
 
 impl Handle<'_> {
     fn call(&mut self, bytes: &[u8], skip: usize, count: usize) -> RedisResult<Vec<Value>> {
-        let (done, answer) = crossbeam_channel::bounded(1);
-        let call = Call {
-            bytes: bytes.to_vec(),
-            replies: skip + count,
-            skip,
-            done,
-        };
-        self.lane
-            .send(call)
-            .map_err(|_| closed("the Redis lane stopped"))?;
-        answer
-            .recv_timeout(self.wait)
-            .map_err(|_| closed("no answer from the Redis lane"))?
+        let answer = self.lanes.submit(bytes.to_vec(), skip, count)?;
+        wait_for(&answer, self.wait)
     }
+}
+
+/// The replies to a call [`Lanes::submit`] queued, waiting at most `wait`.
+pub(super) fn wait_for(
+    answer: &Receiver<RedisResult<Vec<Value>>>,
+    wait: Duration,
+) -> RedisResult<Vec<Value>> {
+    answer
+        .recv_timeout(wait)
+        .map_err(|_| closed("no answer from the Redis lane"))?
 }
 
 impl ConnectionLike for Handle<'_> {
@@ -279,14 +368,26 @@ impl Lane {
     }
 }
 
-fn connect(client: &Client, timeout: Duration) -> RedisResult<Connection> {
+/// `client` speaking RESP3, where pub/sub messages are pushes: a
+/// subscriber reading with a timeout must not have a message taken for a
+/// late reply (the crate skips one reply per timed-out read).
+pub(super) fn resp3(client: &Client) -> Client {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    Client::open(info.set_redis_settings(settings)).unwrap_or_else(|_| client.clone())
+}
+
+pub(super) fn connect(client: &Client, timeout: Duration) -> RedisResult<Connection> {
     let con = client.get_connection_with_timeout(timeout)?;
     con.set_read_timeout(Some(timeout))?;
     con.set_write_timeout(Some(timeout))?;
     Ok(con)
 }
 
-fn closed(why: &'static str) -> RedisError {
+pub(super) fn closed(why: &'static str) -> RedisError {
     RedisError::from(std::io::Error::new(
         std::io::ErrorKind::ConnectionAborted,
         why,

@@ -22,8 +22,13 @@
 /// `[appid,message,[[uid,msgid],...]]`, naming its receivers; a node whose
 /// route has run out is dropped from the routes, not announced to.
 ///
+/// With ARGV[2] empty (a Redis Cluster) nothing is published: after the
+/// receivers' entries the answer lists, per node, the node and its
+/// receivers (`[uid,msgid],...`), and the caller announces them by sharded
+/// pub/sub (a script may only touch its own slot's channels).
+///
 /// Every key of a call must live on one Redis node: a standalone Redis
-/// takes any receivers; a Redis Cluster would need one call per slot.
+/// takes any receivers; a Redis Cluster needs one call per slot.
 pub const APPEND: &str = r#"
 local per, cap, now = tonumber(ARGV[6]), tonumber(ARGV[5]), tonumber(ARGV[7])
 local out, n = {}, #KEYS / per
@@ -70,7 +75,12 @@ for i = 1, n do
   end
 end
 for _, node in ipairs(nodes) do
-  redis.call('PUBLISH', ARGV[2] .. node, ARGV[3] .. '[' .. table.concat(by[node], ',') .. ']]')
+  if ARGV[2] == '' then
+    out[#out + 1] = node
+    out[#out + 1] = table.concat(by[node], ',')
+  else
+    redis.call('PUBLISH', ARGV[2] .. node, ARGV[3] .. '[' .. table.concat(by[node], ',') .. ']]')
+  end
 end
 return out
 "#;
@@ -151,18 +161,19 @@ return old
 /// for the whole list.
 ///
 /// ARGV[1] now (unix seconds), ARGV[2] the asking process's id, ARGV[3]
-/// the key of the live processes (`keys::NODES`), ARGV[4] what a
-/// process's id follows in its set's key (`keys::presence("")`),
-/// ARGV[5..] the users as presence members. Returns 1 or 0 per user.
-/// Reads keys it is not given (every live process's set): a standalone
-/// Redis only.
+/// the key of the live processes (`keys::NODES`), ARGV[4] and ARGV[5] what
+/// a process's id goes between in its set's key (`keys::PRESENCE_PREFIX`,
+/// `keys::PRESENCE_SUFFIX`), ARGV[6..] the users as presence members.
+/// Returns 1 or 0 per user. Reads keys it is not given (every live
+/// process's set): a standalone Redis only; a cluster asks each set in a
+/// pipeline instead.
 pub const ONLINE: &str = r#"
 local nodes = redis.call('ZRANGEBYSCORE', ARGV[3], ARGV[1], '+inf')
 local out = {}
-for i = 5, #ARGV do out[i - 4] = 0 end
+for i = 6, #ARGV do out[i - 5] = 0 end
 for _, node in ipairs(nodes) do
   if node ~= ARGV[2] then
-    local hit = redis.call('SMISMEMBER', ARGV[4] .. node, unpack(ARGV, 5))
+    local hit = redis.call('SMISMEMBER', ARGV[4] .. node .. ARGV[5], unpack(ARGV, 6))
     for i, h in ipairs(hit) do
       if h == 1 then out[i] = 1 end
     end
