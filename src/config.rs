@@ -48,6 +48,13 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_TOKEN_CACHE_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub token_cache_secs: u64,
 
+    /// Replicas every Redis write must reach before it is answered (Redis
+    /// WAIT, once per pipelined batch), so that a failover to a replica
+    /// loses nothing that was answered `ok`. 0: Redis's asynchronous
+    /// replication, which may lose the last writes (docs/redis.md).
+    #[arg(long, env = "HAOSHUO_REDIS_WAIT_REPLICAS", default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=16))]
+    pub redis_wait_replicas: usize,
+
     /// Milliseconds a Redis connect, read or write may take before the API
     /// call answers 503.
     #[arg(long, env = "HAOSHUO_REDIS_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]

@@ -46,6 +46,7 @@ fn open_store(cfg: &Config, node: &str) -> Result<Opened, String> {
             token_cache: Duration::from_secs(cfg.token_cache_secs),
             node: node.to_owned(),
             route_ttl: presence::route_ttl(Duration::from_secs(cfg.presence_secs)),
+            wait_replicas: cfg.redis_wait_replicas,
         };
         let store =
             Arc::new(RedisStore::open(&opts).map_err(|e| format!("opening Redis at {url}: {e}"))?);

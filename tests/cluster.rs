@@ -4,7 +4,10 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::*;
+use serde_json::json;
 
 #[test]
 fn a_message_sent_on_one_node_reaches_a_stream_on_another() {
@@ -31,4 +34,122 @@ fn a_message_sent_on_one_node_reaches_a_stream_on_another() {
         carol_on_a.collect(1, WAIT),
         vec![Msg::group(&alice, gid, 1, "to the team")]
     );
+}
+
+/// How long a send may keep answering 503 while a replica takes over from
+/// a killed master (node timeout 1 s, then an election).
+const FAILOVER: Duration = Duration::from_secs(30);
+
+/// `/p` of `content` from `from` to `to` with `cmsgid`, sent again after
+/// each 503 (a master down, not yet replaced) until it is answered `ok`.
+fn send_until_ok(api: &Api, from: &User, to: &User, content: &str, cmsgid: &str) {
+    let mut body = send_body(from, to.uid, content);
+    body["cmsgid"] = json!(cmsgid);
+    let deadline = Instant::now() + FAILOVER;
+    loop {
+        let (status, answer) = api.post("/p", &body);
+        match status {
+            200 => return check_ok(&answer),
+            503 => assert!(
+                Instant::now() < deadline,
+                "{content} not stored within {FAILOVER:?}: {answer}"
+            ),
+            _ => panic!("{content}: HTTP {status} {answer}"),
+        }
+        // Waiting out the failover: nothing to watch from here but the
+        // answers themselves.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_master_killed_under_load_loses_nothing_answered_and_streams_resume() {
+    // Two replicas a master: after one takes over, the other replicates
+    // it, so `--redis-wait-replicas 1` can still be met.
+    let cluster = RedisCluster::start(3, 2);
+    let mut srv =
+        Server::start_on_cluster(cluster, Opts::default().flag("--redis-wait-replicas", 1));
+    let api = srv.api();
+    let alice = api.user("app", "alice");
+    let receivers: Vec<User> = (0..6).map(|i| api.user("app", &format!("r{i}"))).collect();
+    let mut streams: Vec<StreamClient> = receivers.iter().map(|r| api.stream(r, 1)).collect();
+    let victim = srv
+        .cluster()
+        .master_of(&format!("hs:{{u:app:{}}}", receivers[0].uid));
+
+    const SENDS: usize = 120;
+    for i in 0..SENDS {
+        if i == SENDS / 3 {
+            srv.cluster().node(victim).kill();
+        }
+        let to = &receivers[i % receivers.len()];
+        send_until_ok(&api, &alice, to, &format!("m{i}"), &format!("c{i}"));
+    }
+    srv.cluster().wait_failover(victim);
+
+    for (j, (receiver, stream)) in receivers.iter().zip(&mut streams).enumerate() {
+        let sent: Vec<String> = (j..SENDS)
+            .step_by(receivers.len())
+            .map(|i| format!("m{i}"))
+            .collect();
+        // Every message answered `ok`, once, in order, and live: the stream
+        // outlived the failover (msgids are checked contiguous as read).
+        let got: Vec<String> = stream
+            .collect(sent.len(), FAILOVER)
+            .iter()
+            .map(|m| m.content.clone())
+            .collect();
+        assert_eq!(got, sent, "stream of r{j}");
+        let pulled = api.pull(receiver);
+        assert_eq!(pulled.contents(), sent, "inbox of r{j}");
+        assert_eq!(
+            pulled.msgids(),
+            (1..=sent.len() as u64).collect::<Vec<_>>(),
+            "msgids of r{j}"
+        );
+    }
+}
+
+#[test]
+fn a_cluster_without_the_replicas_to_wait_for_is_refused_at_start() {
+    // Three masters, no replica: WAIT 1 can never be met, so nothing
+    // could ever be answered; say so at once.
+    let cluster = RedisCluster::start(3, 0);
+    let dir = tempfile::tempdir().expect("a data dir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_haoshuo"))
+        .args(["--listen", "127.0.0.1:0", "--redis", &cluster.url()])
+        .args(["--redis-wait-replicas", "1", "--redis-timeout-ms", "200"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run haoshuo");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not replicated: 0 of 1 replicas"), "{err}");
+}
+
+#[test]
+fn announcements_go_by_sharded_pubsub_not_to_every_node() {
+    let mut srv = Server::start(Backend::Cluster, Opts::default());
+    let api = srv.api();
+    let alice = api.user("app", "alice");
+    let bob = api.user("app", "bob");
+    let mut stream = api.stream(&bob, 1);
+    // Plain pub/sub in a cluster reaches a subscriber on any node; these
+    // watch every node.
+    let mut spies: Vec<PubSubSpy> = (0..srv.cluster().len())
+        .map(|i| srv.cluster().node(i).psubscribe("hs:*"))
+        .collect();
+    api.send(&alice, bob.uid, "sharded");
+    assert_eq!(
+        stream.collect(1, WAIT),
+        [Msg::single(&alice, bob.uid, 1, "sharded")]
+    );
+    // A logout is announced by plain pub/sub: every spy hears it (they
+    // work), and before it none heard the message's announcement.
+    api.logout(&alice);
+    for spy in &mut spies {
+        let (channel, _) = spy.next(WAIT).expect("the logout announcement");
+        assert_eq!(channel, "hs:untoken", "only the logout is broadcast");
+    }
 }

@@ -86,6 +86,7 @@ impl Backend {
                     token_cache: Duration::ZERO,
                     node: "conformance".into(),
                     route_ttl: Duration::from_secs(300),
+                    wait_replicas: 0,
                 })
                 .expect("open the Redis store"),
             ),

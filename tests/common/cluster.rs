@@ -68,6 +68,13 @@ impl RedisCluster {
             }
         }
         cluster.wait_ok();
+        for replica in &cluster.nodes[masters..] {
+            wait_for("replicas to sync", || {
+                replica
+                    .command(&["INFO", "replication"])
+                    .contains("master_link_status:up")
+            });
+        }
         cluster
     }
 
@@ -120,11 +127,6 @@ impl RedisCluster {
         (0..self.nodes.len())
             .find(|&i| self.nodes[i].port() == port)
             .expect("the master is one of ours")
-    }
-
-    /// Runs `args` on the master of `key`'s slot.
-    pub fn command_for(&self, key: &str, args: &[&str]) -> String {
-        self.nodes[self.master_of(key)].command(args)
     }
 
     /// Waits until some replica has taken over from the (killed) master

@@ -49,7 +49,8 @@ mod redis;
 pub use cluster::RedisCluster;
 #[allow(unused_imports)] // only tests/overload.rs signals a process by pid
 pub use redis::signal;
-pub use redis::RedisServer;
+#[allow(unused_imports)] // only tests/cluster.rs names the spy's type
+pub use redis::{PubSubSpy, RedisServer};
 mod proxy;
 #[allow(unused_imports)] // only tests/proxies.rs and tests/docs.rs run proxies
 pub use proxy::{free_port, wait_ready, Proxy, ProxyKind};

@@ -253,6 +253,28 @@ impl Server {
         }
     }
 
+    /// Starts the server on a Redis Cluster the test made (with replicas,
+    /// say), which it then owns.
+    pub fn start_on_cluster(cluster: RedisCluster, opts: Opts) -> Server {
+        let dir = tempfile::tempdir().expect("create a temporary data dir");
+        let log = Arc::new(Mutex::new(String::new()));
+        let url = cluster.url();
+        let (child, addr, admin_addr) =
+            spawn(Backend::Cluster, Some(&url), &opts, dir.path(), &log);
+        Server {
+            redis: None,
+            cluster: Some(cluster),
+            redis_url: Some(url),
+            backend: Backend::Cluster,
+            opts,
+            dir,
+            child: Some(child),
+            addr,
+            admin_addr,
+            log,
+        }
+    }
+
     /// A second haoshuo process on the same Redis (its own data dir and
     /// port): another node of one deployment.
     pub fn another_node(&self) -> Server {

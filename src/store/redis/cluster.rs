@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, ConnectionLike, RedisError, RedisResult, ServerErrorKind, Value};
+use redis::{Client, Connection, ConnectionLike, RedisResult, ServerErrorKind, Value};
 
-use super::pool::{closed, connect, resp3, wait_for, Lanes, Shared};
+use super::pool::{closed, closed_owned, connect, resp3, wait_for, Lanes, Shared};
 use crate::store::{Result, StoreError};
 
 /// Hash slots in a Redis Cluster.
@@ -266,13 +266,6 @@ impl Cluster {
 /// A client for the node at `addr` (`HOST:PORT`).
 fn client(addr: &str) -> RedisResult<Client> {
     Client::open(format!("redis://{addr}/"))
-}
-
-fn closed_owned(why: String) -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::ConnectionAborted,
-        why,
-    ))
 }
 
 /// `CLUSTER SLOTS`' reply as (first slot, last slot, master `HOST:PORT`);

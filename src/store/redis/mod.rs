@@ -58,6 +58,10 @@ pub struct Options {
     /// How long a route (this node serves a user) holds once written; the
     /// presence thread renews each route within it (`presence::route_ttl`).
     pub route_ttl: Duration,
+    /// Replicas every write must reach before it is answered (WAIT), so a
+    /// failover loses nothing acknowledged; 0: Redis's asynchronous
+    /// replication (docs/redis.md).
+    pub wait_replicas: usize,
 }
 
 pub struct RedisStore {
@@ -81,7 +85,7 @@ impl RedisStore {
     /// Connects once to check that Redis answers.
     pub fn open(opts: &Options) -> Result<RedisStore> {
         let store = RedisStore {
-            pool: pool::Pool::new(&opts.url, opts.pool, opts.timeout)?,
+            pool: pool::Pool::new(&opts.url, opts.pool, opts.timeout, opts.wait_replicas)?,
             node: opts.node.clone(),
             route_ttl: opts.route_ttl.as_secs().max(1),
             inbox_cap: opts.inbox_cap,

@@ -59,6 +59,8 @@ pub(super) struct Shared {
     generation: Arc<AtomicU64>,
     /// Connections made again after one was lost (metrics).
     reconnects: Arc<AtomicU64>,
+    /// Replicas each write must reach before it is answered (WAIT).
+    replicas: usize,
 }
 
 /// The lanes to one Redis server: a standalone one, or a cluster's master.
@@ -93,6 +95,7 @@ impl Lanes {
                 con: None,
                 reconnects: shared.reconnects.clone(),
                 connected_before: false,
+                replicas: shared.replicas,
             };
             let t = std::thread::Builder::new()
                 .name(format!("haoshuo-redis-{i}"))
@@ -153,8 +156,12 @@ impl Pool {
     /// A pool for `url`: `redis://HOST:PORT/DB` (one server) or
     /// `redis+cluster://HOST:PORT,HOST:PORT` (a cluster, found from any of
     /// the nodes named), with `lanes` connections per server.
-    pub fn new(url: &str, lanes: usize, timeout: Duration) -> Result<Pool> {
-        let shared = Shared::default();
+    /// Every write is answered only once `replicas` replicas have it.
+    pub fn new(url: &str, lanes: usize, timeout: Duration, replicas: usize) -> Result<Pool> {
+        let shared = Shared {
+            replicas,
+            ..Shared::default()
+        };
         let mode = match cluster::seeds(url) {
             Some(seeds) => Mode::Cluster(Cluster::connect(seeds?, lanes, timeout, &shared)?),
             None => {
@@ -303,6 +310,9 @@ struct Lane {
     /// Shared with the pool: counts this lane's connections after its first.
     reconnects: Arc<AtomicU64>,
     connected_before: bool,
+    /// Replicas that must have every write of a batch before its calls
+    /// are answered (WAIT); 0: none.
+    replicas: usize,
 }
 
 impl Lane {
@@ -347,15 +357,44 @@ impl Lane {
         let Some((con, _)) = self.con.as_mut() else {
             return Err(closed("no connection"));
         };
-        let bytes: Vec<u8> = batch.iter().flat_map(|c| c.bytes.iter().copied()).collect();
+        let mut bytes: Vec<u8> = batch.iter().flat_map(|c| c.bytes.iter().copied()).collect();
+        if self.replicas > 0 {
+            // One WAIT for the whole batch, answered before the batch's
+            // calls are: nothing is acknowledged that a failover to a
+            // replica could lose. Its timeout leaves room in the read's.
+            let wait_ms = (self.timeout.as_millis() / 2).max(1) as u64;
+            redis::cmd("WAIT")
+                .arg(self.replicas)
+                .arg(wait_ms)
+                .write_packed_command(&mut bytes);
+        }
         con.send_packed_command(&bytes)?;
-        while !batch.is_empty() {
-            let mut replies = Vec::with_capacity(batch[0].replies);
-            for _ in 0..batch[0].replies {
+        let mut answers = Vec::with_capacity(batch.len());
+        for call in batch.iter() {
+            let mut replies = Vec::with_capacity(call.replies);
+            for _ in 0..call.replies {
                 replies.push(con.recv_response()?);
             }
-            let call = batch.remove(0);
             replies.drain(..call.skip);
+            answers.push(replies);
+        }
+        if self.replicas > 0 {
+            let acked = match con.recv_response()? {
+                Value::Int(n) => n,
+                _ => 0,
+            };
+            if acked < self.replicas as i64 {
+                let why = format!(
+                    "not replicated: {acked} of {} replicas acknowledged in time",
+                    self.replicas
+                );
+                for call in batch.drain(..) {
+                    let _ = call.done.send(Err(closed_owned(why.clone())));
+                }
+                return Ok(());
+            }
+        }
+        for (call, replies) in batch.drain(..).zip(answers) {
             let _ = call.done.send(Ok(replies));
         }
         Ok(())
@@ -385,6 +424,14 @@ pub(super) fn connect(client: &Client, timeout: Duration) -> RedisResult<Connect
     con.set_read_timeout(Some(timeout))?;
     con.set_write_timeout(Some(timeout))?;
     Ok(con)
+}
+
+/// The same, for a reason made at run time.
+pub(super) fn closed_owned(why: String) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        why,
+    ))
 }
 
 pub(super) fn closed(why: &'static str) -> RedisError {
