@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use serde_json::json;
 
 #[test]
 fn a_message_sent_on_one_node_reaches_a_stream_on_another() {
@@ -40,28 +39,6 @@ fn a_message_sent_on_one_node_reaches_a_stream_on_another() {
 /// a killed master (node timeout 1 s, then an election).
 const FAILOVER: Duration = Duration::from_secs(30);
 
-/// `/p` of `content` from `from` to `to` with `cmsgid`, sent again after
-/// each 503 (a master down, not yet replaced) until it is answered `ok`.
-fn send_until_ok(api: &Api, from: &User, to: &User, content: &str, cmsgid: &str) {
-    let mut body = send_body(from, to.uid, content);
-    body["cmsgid"] = json!(cmsgid);
-    let deadline = Instant::now() + FAILOVER;
-    loop {
-        let (status, answer) = api.post("/p", &body);
-        match status {
-            200 => return check_ok(&answer),
-            503 => assert!(
-                Instant::now() < deadline,
-                "{content} not stored within {FAILOVER:?}: {answer}"
-            ),
-            _ => panic!("{content}: HTTP {status} {answer}"),
-        }
-        // Waiting out the failover: nothing to watch from here but the
-        // answers themselves.
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_master_killed_under_load_loses_nothing_answered_and_streams_resume() {
     // Two replicas a master: after one takes over, the other replicates
@@ -83,7 +60,14 @@ fn a_master_killed_under_load_loses_nothing_answered_and_streams_resume() {
             srv.cluster().node(victim).kill();
         }
         let to = &receivers[i % receivers.len()];
-        send_until_ok(&api, &alice, to, &format!("m{i}"), &format!("c{i}"));
+        send_until_ok(
+            &api,
+            &alice,
+            to,
+            &format!("m{i}"),
+            &format!("c{i}"),
+            FAILOVER,
+        );
     }
     srv.cluster().wait_failover(victim);
 

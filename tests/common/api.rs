@@ -282,6 +282,36 @@ pub fn send_body(from: &User, toid: u64, content: &str) -> Value {
            "content": content, "token": from.token, "restart": "all"})
 }
 
+/// `/p` of `content` from `from` to `to` with `cmsgid`, sent again after
+/// each 503 (a Redis master down, not yet replaced) until it is answered
+/// `ok`; fails after `within`.
+pub fn send_until_ok(
+    api: &Api,
+    from: &User,
+    to: &User,
+    content: &str,
+    cmsgid: &str,
+    within: std::time::Duration,
+) {
+    let mut body = send_body(from, to.uid, content);
+    body["cmsgid"] = json!(cmsgid);
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (status, answer) = api.post("/p", &body);
+        match status {
+            200 => return check_ok(&answer),
+            503 => assert!(
+                std::time::Instant::now() < deadline,
+                "{content} not stored within {within:?}: {answer}"
+            ),
+            _ => panic!("{content}: HTTP {status} {answer}"),
+        }
+        // Waiting out a failover: nothing to watch from here but the
+        // answers themselves.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 pub fn gsend_body(from: &User, gid: u64, content: &str) -> Value {
     json!({"appid": from.appid, "fromid": from.uid, "datatype": 2, "toid": gid,
            "content": content, "token": from.token, "restart": "all"})

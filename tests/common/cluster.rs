@@ -9,9 +9,9 @@
 //! its master, and the harness waits until every node says the cluster is
 //! `ok` and sees every node.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{Fsync, RedisServer};
+use super::{poll_until, Fsync, RedisServer};
 
 /// How long a cluster may take to form, or to fail over.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,15 +61,16 @@ impl RedisCluster {
             for r in 0..replicas {
                 let replica = &cluster.nodes[masters + m * replicas + r];
                 // It may not know the master yet: the nodes gossip.
-                wait_for(
+                poll_until(
                     &format!("node {} to replicate {id}", replica.port()),
+                    FORM_TIMEOUT,
                     || replica.command(&["CLUSTER", "REPLICATE", &id]) == "+OK",
                 );
             }
         }
         cluster.wait_ok();
         for replica in &cluster.nodes[masters..] {
-            wait_for("replicas to sync", || {
+            poll_until("replicas to sync", FORM_TIMEOUT, || {
                 replica
                     .command(&["INFO", "replication"])
                     .contains("master_link_status:up")
@@ -133,7 +134,7 @@ impl RedisCluster {
     /// `i` and the cluster is `ok` again on every running node.
     pub fn wait_failover(&self, i: usize) {
         let port = self.nodes[i].port().to_string();
-        wait_for("a replica to take over", || {
+        poll_until("a replica to take over", FORM_TIMEOUT, || {
             self.nodes.iter().filter(|n| n.is_running()).all(|n| {
                 let info = n.command(&["CLUSTER", "INFO"]);
                 let nodes = n.command(&["CLUSTER", "NODES"]);
@@ -157,7 +158,7 @@ impl RedisCluster {
     /// cluster is `ok` (after it formed, or all its nodes came back).
     pub fn wait_ok(&self) {
         let known = format!("cluster_known_nodes:{}", self.nodes.len());
-        wait_for("the cluster to form", || {
+        poll_until("the cluster to form", FORM_TIMEOUT, || {
             self.nodes.iter().all(|n| {
                 let info = n.command(&["CLUSTER", "INFO"]);
                 info.contains("cluster_state:ok") && info.contains(&known)
@@ -168,14 +169,4 @@ impl RedisCluster {
 
 fn ok(reply: String) {
     assert_eq!(reply, "+OK", "a cluster command failed");
-}
-
-/// Polls `done` (a cluster's state changes by gossip, with nothing to
-/// wait on) until it holds, or fails the test after [`FORM_TIMEOUT`].
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + FORM_TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -45,12 +45,15 @@ pub use process::*;
 
 mod cluster;
 mod redis;
+mod sentinel;
 #[allow(unused_imports)] // the cluster tests only
 pub use cluster::RedisCluster;
 #[allow(unused_imports)] // only tests/overload.rs signals a process by pid
 pub use redis::signal;
 #[allow(unused_imports)] // only tests/cluster.rs names the spy's type
 pub use redis::{PubSubSpy, RedisServer};
+#[allow(unused_imports)] // the Sentinel tests only
+pub use sentinel::RedisSentinels;
 mod proxy;
 #[allow(unused_imports)] // only tests/proxies.rs and tests/docs.rs run proxies
 pub use proxy::{free_port, wait_ready, Proxy, ProxyKind};
@@ -93,6 +96,17 @@ macro_rules! backend_tests {
 }
 #[allow(unused_imports)]
 pub(crate) use backend_tests;
+
+/// Polls `done` until it holds, or fails the test after `timeout`: for
+/// state that changes on another process's own timers (a Redis Cluster's
+/// gossip, a Sentinel's checks), with nothing to block on.
+pub fn poll_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// How long is left until `deadline` (zero once it passed).
 fn left(deadline: Instant) -> Duration {

@@ -8,7 +8,7 @@
 
 use super::api::Api;
 use super::left;
-use super::{RedisCluster, RedisServer};
+use super::{RedisCluster, RedisSentinels, RedisServer};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -220,6 +220,8 @@ pub struct Server {
     redis: Option<RedisServer>,
     /// The Cluster backend's own cluster, the same way.
     cluster: Option<RedisCluster>,
+    /// A Sentinel-managed Redis a test started it on.
+    sentinels: Option<RedisSentinels>,
     redis_url: Option<String>,
     /// Everything the server printed (stdout and stderr), across restarts.
     log: Arc<Mutex<String>>,
@@ -242,6 +244,7 @@ impl Server {
         Server {
             redis,
             cluster,
+            sentinels: None,
             redis_url,
             backend,
             opts,
@@ -256,16 +259,31 @@ impl Server {
     /// Starts the server on a Redis Cluster the test made (with replicas,
     /// say), which it then owns.
     pub fn start_on_cluster(cluster: RedisCluster, opts: Opts) -> Server {
+        let url = cluster.url();
+        let mut server = Server::start_on(Backend::Cluster, &url, opts);
+        server.cluster = Some(cluster);
+        server
+    }
+
+    /// Starts the server on a master that Sentinels watch, which it then
+    /// owns.
+    pub fn start_on_sentinels(sentinels: RedisSentinels, opts: Opts) -> Server {
+        let url = sentinels.url();
+        let mut server = Server::start_on(Backend::Redis, &url, opts);
+        server.sentinels = Some(sentinels);
+        server
+    }
+
+    fn start_on(backend: Backend, url: &str, opts: Opts) -> Server {
         let dir = tempfile::tempdir().expect("create a temporary data dir");
         let log = Arc::new(Mutex::new(String::new()));
-        let url = cluster.url();
-        let (child, addr, admin_addr) =
-            spawn(Backend::Cluster, Some(&url), &opts, dir.path(), &log);
+        let (child, addr, admin_addr) = spawn(backend, Some(url), &opts, dir.path(), &log);
         Server {
             redis: None,
-            cluster: Some(cluster),
-            redis_url: Some(url),
-            backend: Backend::Cluster,
+            cluster: None,
+            sentinels: None,
+            redis_url: Some(url.to_owned()),
+            backend,
             opts,
             dir,
             child: Some(child),
@@ -286,6 +304,7 @@ impl Server {
         Server {
             redis: None,
             cluster: None,
+            sentinels: None,
             redis_url: Some(url),
             backend: self.backend,
             opts: self.opts.clone(),
@@ -325,6 +344,13 @@ impl Server {
         self.cluster
             .as_mut()
             .expect("this server does not run on a Redis Cluster")
+    }
+
+    /// The Sentinel-managed Redis it runs on, to fail its master.
+    pub fn sentinels(&mut self) -> &mut RedisSentinels {
+        self.sentinels
+            .as_mut()
+            .expect("this server does not run on Sentinels")
     }
 
     pub fn backend(&self) -> Backend {

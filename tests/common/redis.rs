@@ -145,18 +145,23 @@ impl RedisServer {
     /// anything else as its line (`:1`, `+OK`, `-ERR ...`). For tests that
     /// look at or change Redis behind haoshuo's back.
     pub fn command(&self, args: &[&str]) -> String {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let mut s = TcpStream::connect_timeout(&addr, START_TIMEOUT)
-            .unwrap_or_else(|e| panic!("connect to redis-server at {addr}: {e}"));
-        s.set_read_timeout(Some(START_TIMEOUT))
-            .expect("set read timeout");
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes()).expect("write to redis-server");
-        read_reply(&mut BufReader::new(s))
+        command_at(self.port, args)
     }
+}
+
+/// [`RedisServer::command`] on the server (or Sentinel) at loopback `port`.
+pub fn command_at(port: u16, args: &[&str]) -> String {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, START_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to redis-server at {addr}: {e}"));
+    s.set_read_timeout(Some(START_TIMEOUT))
+        .expect("set read timeout");
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).expect("write to redis-server");
+    read_reply(&mut BufReader::new(s))
 }
 
 /// A pattern subscription of the test's own on a Redis: what the servers
@@ -245,7 +250,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -273,7 +278,7 @@ fn spawn(dir: &Path, port: u16, fsync: Fsync, cluster: bool) -> Child {
 }
 
 /// Waits until the server answers PING; false if it exited first.
-fn wait_ready(port: u16, child: &mut Child) -> bool {
+pub(super) fn wait_ready(port: u16, child: &mut Child) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {

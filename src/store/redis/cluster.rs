@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, ConnectionLike, RedisResult, ServerErrorKind, Value};
 
-use super::pool::{closed, closed_owned, connect, resp3, wait_for, Lanes, Shared};
+use super::pool::{closed, closed_owned, connect, resp3, wait_for, Lanes, Shared, Source};
 use crate::store::{Result, StoreError};
 
 /// Hash slots in a Redis Cluster.
@@ -245,9 +245,13 @@ impl Cluster {
             let i = match map.nodes.iter().position(|(a, _)| a == addr) {
                 Some(i) => i,
                 None => {
-                    let lanes =
-                        Lanes::start(&client(addr)?, self.lanes, self.timeout, &self.shared)
-                            .map_err(|e| closed_owned(e.to_string()))?;
+                    let lanes = Lanes::start(
+                        &Source::Fixed(client(addr)?),
+                        self.lanes,
+                        self.timeout,
+                        &self.shared,
+                    )
+                    .map_err(|e| closed_owned(e.to_string()))?;
                     map.nodes.push((addr.clone(), Arc::new(lanes)));
                     map.nodes.len() - 1
                 }

@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{Client, Connection, ConnectionLike, RedisError, RedisResult, Value};
 
 use super::cluster::{self, Cluster};
@@ -44,7 +45,7 @@ pub struct Pool {
 /// Where the calls go.
 enum Mode {
     /// One Redis server.
-    Single { client: Client, lanes: Lanes },
+    Single { source: Source, lanes: Lanes },
     /// A Redis Cluster: lanes to each master, calls routed by key slot.
     Cluster(Cluster),
 }
@@ -72,9 +73,9 @@ pub(super) struct Lanes {
 }
 
 impl Lanes {
-    /// Starts `count` lanes to the server `client` names.
+    /// Starts `count` lanes to the server `source` names.
     pub(super) fn start(
-        client: &Client,
+        source: &Source,
         count: usize,
         timeout: Duration,
         shared: &Shared,
@@ -88,7 +89,7 @@ impl Lanes {
         for i in 0..count.max(1) {
             let (tx, rx) = crossbeam_channel::bounded(LANE_QUEUE);
             let lane = Lane {
-                client: client.clone(),
+                source: source.clone(),
                 timeout,
                 health: lanes.health.clone(),
                 generation: shared.generation.clone(),
@@ -165,10 +166,9 @@ impl Pool {
         let mode = match cluster::seeds(url) {
             Some(seeds) => Mode::Cluster(Cluster::connect(seeds?, lanes, timeout, &shared)?),
             None => {
-                let client = Client::open(url)
-                    .map_err(|e| StoreError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?;
-                let lanes = Lanes::start(&client, lanes, timeout, &shared)?;
-                Mode::Single { client, lanes }
+                let source = Source::of(url)?;
+                let lanes = Lanes::start(&source, lanes, timeout, &shared)?;
+                Mode::Single { source, lanes }
             }
         };
         Ok(Pool {
@@ -189,7 +189,7 @@ impl Pool {
     /// master of the channel's slot (for SSUBSCRIBE).
     pub fn connect_for(&self, channel: &str) -> RedisResult<Connection> {
         match &self.mode {
-            Mode::Single { client, .. } => connect(&resp3(client), self.timeout),
+            Mode::Single { source, .. } => connect(&resp3(&source.client()?), self.timeout),
             Mode::Cluster(c) => c.connect_for(channel.as_bytes()),
         }
     }
@@ -299,9 +299,54 @@ impl ConnectionLike for Handle<'_> {
     }
 }
 
+/// Where a lane's connections go: a server named once, or the master a
+/// set of Sentinels names at each connect (so a lane follows a failover).
+#[derive(Clone)]
+pub(super) enum Source {
+    Fixed(Client),
+    Sentinel(Arc<Mutex<SentinelClient>>),
+}
+
+impl Source {
+    /// The source `url` names: `redis://HOST:PORT/DB`, or
+    /// `redis+sentinel://HOST:PORT,HOST:PORT/MASTER` (Sentinels, and the
+    /// name they monitor the master under).
+    fn of(url: &str) -> Result<Source> {
+        let bad = |e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!("bad Redis URL {url:?}: {e}"))
+        };
+        let Some(rest) = url.strip_prefix(SENTINEL_SCHEME) else {
+            return Client::open(url).map(Source::Fixed).map_err(|e| bad(&e));
+        };
+        let (hosts, name) = rest
+            .split_once('/')
+            .filter(|(h, n)| !h.is_empty() && !n.is_empty() && !n.contains('/'))
+            .ok_or_else(|| {
+                bad(&format!(
+                    "expected {SENTINEL_SCHEME}HOST:PORT[,HOST:PORT...]/MASTER"
+                ))
+            })?;
+        let sentinels: Vec<String> = hosts.split(',').map(|h| format!("redis://{h}/")).collect();
+        SentinelClient::build(sentinels, name.to_owned(), None, SentinelServerType::Master)
+            .map(|s| Source::Sentinel(Arc::new(Mutex::new(s))))
+            .map_err(|e| bad(&e))
+    }
+
+    /// A client for the server to connect to now.
+    pub(super) fn client(&self) -> RedisResult<Client> {
+        match self {
+            Source::Fixed(c) => Ok(c.clone()),
+            Source::Sentinel(s) => lock(s).get_client(),
+        }
+    }
+}
+
+/// The URL scheme that names a master by the Sentinels that monitor it.
+pub const SENTINEL_SCHEME: &str = "redis+sentinel://";
+
 /// One connection and the thread that owns it.
 struct Lane {
-    client: Client,
+    source: Source,
     timeout: Duration,
     health: Arc<Mutex<Health>>,
     generation: Arc<AtomicU64>,
@@ -348,7 +393,7 @@ impl Lane {
                     return Err(closed("redis is down"));
                 }
             }
-            self.con = Some((connect(&self.client, self.timeout)?, generation));
+            self.con = Some((connect(&self.source.client()?, self.timeout)?, generation));
             *lock(&self.health) = Health::default();
             if std::mem::replace(&mut self.connected_before, true) {
                 self.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -378,6 +423,11 @@ impl Lane {
             replies.drain(..call.skip);
             answers.push(replies);
         }
+        // A master demoted by a failover refuses writes: the next batch
+        // connects again, to whichever server the source names then.
+        let demoted = answers.iter().flatten().any(|r| {
+            matches!(r, Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::ReadOnly))
+        });
         if self.replicas > 0 {
             let acked = match con.recv_response()? {
                 Value::Int(n) => n,
@@ -396,6 +446,9 @@ impl Lane {
         }
         for (call, replies) in batch.drain(..).zip(answers) {
             let _ = call.done.send(Ok(replies));
+        }
+        if demoted {
+            self.con = None;
         }
         Ok(())
     }

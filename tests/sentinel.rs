@@ -1,0 +1,58 @@
+//! haoshuo on a master that Redis Sentinels watch
+//! (`--redis redis+sentinel://...`): when the master is killed and the
+//! Sentinels promote a replica, the lanes and the feed follow them there,
+//! and nothing answered `ok` is lost.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// How long a send may keep answering 503 while the Sentinels fail over.
+const FAILOVER: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_killed_master_is_replaced_and_nothing_answered_is_lost() {
+    // Two replicas: the one not promoted replicates the new master, so
+    // `--redis-wait-replicas 1` can still be met.
+    let set = RedisSentinels::start(2, 3);
+    let mut srv = Server::start_on_sentinels(set, Opts::default().flag("--redis-wait-replicas", 1));
+    let api = srv.api();
+    let alice = api.user("app", "alice");
+    let receivers: Vec<User> = (0..3).map(|i| api.user("app", &format!("r{i}"))).collect();
+    let mut streams: Vec<StreamClient> = receivers.iter().map(|r| api.stream(r, 1)).collect();
+
+    const SENDS: usize = 60;
+    let old = srv.sentinels().master_port();
+    for i in 0..SENDS {
+        if i == SENDS / 3 {
+            srv.sentinels().server(old).kill();
+        }
+        let to = &receivers[i % receivers.len()];
+        send_until_ok(
+            &api,
+            &alice,
+            to,
+            &format!("m{i}"),
+            &format!("c{i}"),
+            FAILOVER,
+        );
+    }
+    srv.sentinels().wait_failover(old);
+    assert_ne!(srv.sentinels().master_port(), old);
+
+    for (j, (receiver, stream)) in receivers.iter().zip(&mut streams).enumerate() {
+        let sent: Vec<String> = (j..SENDS)
+            .step_by(receivers.len())
+            .map(|i| format!("m{i}"))
+            .collect();
+        let got: Vec<String> = stream
+            .collect(sent.len(), FAILOVER)
+            .iter()
+            .map(|m| m.content.clone())
+            .collect();
+        assert_eq!(got, sent, "stream of r{j}");
+        assert_eq!(api.pull(receiver).contents(), sent, "inbox of r{j}");
+    }
+}
