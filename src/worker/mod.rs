@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::api::{Api, Request};
 use crate::bus::{CoreMsg, Reply, Sub, SubKey};
+use crate::delivery::wire::Kind;
 use crate::http::response::error_response;
 
 /// Jobs that may wait for a worker, by default (`--job-queue`). When the
@@ -84,14 +85,16 @@ fn run(api: &Api, jobs: &Receiver<Job>) {
     }
 }
 
-/// The HTTP status a reply answers with (a stream's or poll's is 200,
-/// refusals included: they are frames).
+/// The HTTP status a reply answers with (a stream's or poll's is 200, a
+/// WebSocket's 101, refusals included: they are frames).
 fn status_of(reply: &Reply) -> u16 {
     match reply {
         Reply::Http { bytes, .. } => bytes
             .get(9..12)
             .and_then(|code| std::str::from_utf8(code).ok()?.parse().ok())
             .unwrap_or(0),
+        Reply::Subscribed(s) if s.kind == Kind::Ws => 101,
+        Reply::StreamRefused { kind: Kind::Ws, .. } => 101,
         Reply::Subscribed(_) | Reply::StreamRefused { .. } => 200,
     }
 }

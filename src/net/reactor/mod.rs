@@ -9,7 +9,9 @@
 //!
 //! What a stream or held poll is owed is not decided here: each has a
 //! [`Subscriber`](crate::delivery::subscriber::Subscriber), fed by
-//! `deliver.rs` with what happens and obeyed for what to write.
+//! `deliver.rs` with what happens and obeyed for what to write. A
+//! WebSocket's client frames are read here and handed to its subscriber
+//! too, which says what to answer.
 
 use std::io;
 use std::sync::Arc;
@@ -24,6 +26,8 @@ mod deliver;
 
 use crate::api::Request;
 use crate::bus::{ConnRef, CoreMsg, SubKey};
+use crate::delivery::subscriber::{Step, HIGH_WATER};
+use crate::delivery::wire::Kind;
 use crate::http::request::{parse_head, Head, HttpError};
 use crate::http::response::{closing, error_response, CONTINUE};
 use crate::metrics::{self, CoreStats, Metrics};
@@ -364,9 +368,14 @@ impl Reactor {
         let conn = &self.conns[key];
         if !conn.readable {
             // Requests read ahead (behind a held poll, or pipelined) are
-            // parsed even when the socket has nothing new.
-            if matches!(conn.state, State::Reading) && !conn.inbuf.is_empty() {
-                self.read_request(key);
+            // parsed even when the socket has nothing new; so are a
+            // WebSocket client's frames sent right behind its handshake.
+            if !conn.inbuf.is_empty() {
+                match &conn.state {
+                    State::Reading => self.read_request(key),
+                    State::Subscribed(s) if s.kind() == Kind::Ws => self.read_ws(key),
+                    _ => {}
+                }
             }
             return;
         }
@@ -375,6 +384,7 @@ impl Reactor {
             // The request's answer comes first; the rest waits in the kernel.
             State::Waiting { .. } => {}
             State::Subscribed(s) if s.kind().is_poll() => self.read_ahead(key),
+            State::Subscribed(s) if s.kind() == Kind::Ws => self.read_ws(key),
             State::Subscribed(_) | State::Linger => self.discard_input(key),
         }
     }
@@ -631,6 +641,63 @@ impl Reactor {
             conn.inbuf.extend_from_slice(&self.scratch[..n]);
         }
         self.again.push(key);
+    }
+
+    /// Reads a WebSocket client's frames and has its subscriber answer
+    /// them (pongs, the close). Only a partial frame stays in the
+    /// connection's buffer: at most a header and
+    /// [`crate::http::ws::MAX_CLIENT_PAYLOAD`], as the subscriber refuses larger ones
+    /// from their header. While the connection's output is above the
+    /// high-water mark (a client that pings and never reads), its input
+    /// waits in the kernel: the writable event brings the reactor back.
+    fn read_ws(&mut self, key: usize) {
+        if !self.conns[key].inbuf.is_empty() && !self.ws_input(key, 0) {
+            return;
+        }
+        for _ in 0..READS_PER_WAKE {
+            let conn = &mut self.conns[key];
+            if conn.queued() > HIGH_WATER {
+                return;
+            }
+            let n = match conn.read(&mut self.scratch) {
+                Input::Data(n) => n,
+                Input::Drained => return,
+                Input::Closed => return self.close(key),
+            };
+            if !self.ws_input(key, n) {
+                return;
+            }
+        }
+        self.again.push(key);
+    }
+
+    /// Hands a WebSocket's subscriber what its client sent: the bytes
+    /// buffered, then the `n` just read into the scratch buffer. Returns
+    /// false if the subscription is over.
+    fn ws_input(&mut self, key: usize, n: usize) -> bool {
+        let conn = &mut self.conns[key];
+        let State::Subscribed(s) = &mut conn.state else {
+            return false;
+        };
+        let mut out = Vec::new();
+        let step = if conn.inbuf.is_empty() {
+            // The common case: whole frames, straight from the scratch.
+            let (used, step) = s.on_input(&self.scratch[..n], &mut out);
+            if used < n && step == Step::Continue {
+                conn.inbuf = take_buffer(&mut self.spare);
+                conn.inbuf.extend_from_slice(&self.scratch[used..n]);
+            }
+            step
+        } else {
+            conn.inbuf.extend_from_slice(&self.scratch[..n]);
+            let (used, step) = s.on_input(&conn.inbuf, &mut out);
+            conn.inbuf.drain(..used);
+            if conn.inbuf.is_empty() {
+                give_buffer(&mut self.spare, std::mem::take(&mut conn.inbuf));
+            }
+            step
+        };
+        self.follow(key, &out, step)
     }
 
     /// Reads and drops input (streams, held polls, lingering closes); EOF
