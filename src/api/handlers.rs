@@ -80,6 +80,8 @@ pub struct Options {
     pub allow_origin: Vec<String>,
     /// This process's presence id (see `crate::presence`).
     pub node: String,
+    /// Proxies whose `X-Forwarded-For` names the client in the access log.
+    pub trust_proxy: Vec<std::net::IpAddr>,
 }
 
 pub struct Api {
@@ -209,6 +211,17 @@ impl Api {
 
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// The client of a request for the access log: its peer, or the
+    /// address a trusted proxy's `X-Forwarded-For` names.
+    pub fn client(&self, req: &Request) -> Option<std::net::IpAddr> {
+        let peer = req.peer?;
+        if self.limits.trust_proxy.is_empty() {
+            return Some(peer);
+        }
+        let xff = header_value(&req.raw[..req.head.head_len], "x-forwarded-for");
+        Some(crate::log::client_addr(peer, xff, &self.limits.trust_proxy))
     }
 
     /// What the workers count requests into.

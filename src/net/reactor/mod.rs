@@ -529,7 +529,7 @@ impl Reactor {
             revoked: false,
         };
         let admin = conn.admin;
-        let peer = if crate::api::needs_peer(head.path(&raw)) {
+        let peer = if crate::api::needs_peer(head.path(&raw)) || crate::log::access_enabled() {
             conn.sock.peer_addr().ok().map(|a| a.ip())
         } else {
             None
@@ -548,11 +548,12 @@ impl Reactor {
         if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
             self.jobs.try_send(job)
         {
+            let bytes = error_response(503, "server busy", head.keep_alive);
             if let Job::Request { req, .. } = job {
                 let endpoint = crate::api::endpoint_index(req.head.path(&req.raw), admin);
                 self.metrics.request(endpoint, 503, None);
+                self.log_answer(key, Some((&req.raw, &req.head)), 503, bytes.len());
             }
-            let bytes = error_response(503, "server busy", head.keep_alive);
             self.answer(key, &bytes, head.keep_alive);
         }
     }
@@ -561,7 +562,32 @@ impl Reactor {
     fn refuse(&mut self, key: usize, e: &HttpError) {
         self.metrics.request(UNROUTED, e.status(), None);
         let bytes = error_response(e.status(), e.reason(), false);
+        self.log_answer(key, None, e.status(), bytes.len());
         self.answer(key, &bytes, false);
+    }
+
+    /// The access log's line for a request the reactor answers itself (a
+    /// refusal before or instead of a worker; `req` when it was parsed).
+    fn log_answer(&self, key: usize, req: Option<(&[u8], &Head)>, status: u16, bytes: usize) {
+        if !crate::log::access_enabled() {
+            return;
+        }
+        let client = self.conns[key].sock.peer_addr().ok().map(|a| a.ip());
+        let (method, target) = match req {
+            Some((raw, head)) => (
+                raw.split(|&b| b == b' ').next().unwrap_or(b"-"),
+                crate::log::access_target(head.path(raw), head.query(raw)),
+            ),
+            None => (b"-".as_slice(), "-".to_owned()),
+        };
+        crate::log::access(&crate::log::Access {
+            client,
+            method,
+            target: &target,
+            status,
+            bytes: Some(bytes),
+            took: std::time::Duration::ZERO,
+        });
     }
 
     /// Writes a whole response and moves on: next request, or close.
@@ -813,6 +839,7 @@ impl Reactor {
             State::Reading => {
                 self.metrics.request(UNROUTED, 408, None);
                 let bytes = error_response(408, "request timeout", false);
+                self.log_answer(key, None, 408, bytes.len());
                 self.answer(key, &bytes, false);
             }
             State::Waiting { .. } => {}

@@ -133,7 +133,7 @@ fn run(
                 Ok(msg) => deliver(router, msg.get_payload_bytes()),
                 Err(e) if e.is_timeout() => {}
                 Err(e) => {
-                    eprintln!("haoshuo: the Redis feed lost its subscription ({e}); reconnecting");
+                    warn!("the Redis feed lost its subscription ({e}); reconnecting");
                     break;
                 }
             }
