@@ -53,16 +53,17 @@ pub struct Sub {
 #[derive(Debug)]
 pub struct Subscribed {
     pub sub: Sub,
-    /// A stream (chunked, or close-delimited for HTTP/1.0) or a held poll.
+    /// A stream (chunked, or close-delimited for HTTP/1.0; SSE; WebSocket)
+    /// or a held poll.
     pub kind: Kind,
     /// The first page of what is stored from `sub.next` on.
     pub page: Page,
     /// Unix seconds when the token it was opened with expires: the
     /// subscription ends then with a `401` frame.
     pub expires_at: u64,
-    /// CORS header lines its response heads carry (a page on an allowed
-    /// origin subscribed).
-    pub cors: Option<Box<[u8]>>,
+    /// Header lines its response heads carry: CORS lines (a page on an
+    /// allowed origin subscribed), a WebSocket's `Sec-WebSocket-Accept`.
+    pub head_lines: Option<Box<[u8]>>,
 }
 
 /// A worker's answer, carried back to the connection's reactor.
@@ -79,8 +80,8 @@ pub enum Reply {
         frame: &'static [u8],
         kind: Kind,
         keep_alive: bool,
-        /// CORS header lines for its head.
-        cors: Option<Box<[u8]>>,
+        /// Header lines for its head (as [`Subscribed::head_lines`]).
+        head_lines: Option<Box<[u8]>>,
     },
 }
 

@@ -187,6 +187,22 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_ALLOW_ORIGIN", value_delimiter = ',')]
     pub allow_origin: Vec<String>,
 
+    /// Which events are logged to stderr: `error`, `warn`, `info` or
+    /// `debug` (each includes the ones before it). Repeats of one error
+    /// are written once a second with a count.
+    #[arg(long, env = "HAOSHUO_LOG_LEVEL", value_enum, default_value = "info")]
+    pub log_level: crate::log::Level,
+
+    /// Log one line per answered request to stderr: time, client, method,
+    /// path (the query's token left out), status, bytes, duration.
+    #[arg(long, env = "HAOSHUO_ACCESS_LOG")]
+    pub access_log: bool,
+
+    /// A proxy's address (repeatable or comma-separated) whose
+    /// `X-Forwarded-For` names the client in the access log.
+    #[arg(long, env = "HAOSHUO_TRUST_PROXY", value_delimiter = ',')]
+    pub trust_proxy: Vec<std::net::IpAddr>,
+
     /// Seconds a send's `cmsgid` is remembered: a retry of `/p` or `/gp`
     /// with the same (appid, fromid, cmsgid) within it stores nothing new.
     #[arg(long, env = "HAOSHUO_CMSGID_WINDOW", default_value_t = 600)]

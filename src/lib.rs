@@ -6,6 +6,9 @@
 //! message to the reactor that owns each subscriber's connection. See
 //! `docs/architecture.md` for where data flows.
 
+// First: its macros (`error!`, `warn!`, ...) are for every module below.
+#[macro_use]
+pub mod log;
 pub mod api;
 pub mod auth;
 pub mod bus;

@@ -16,6 +16,8 @@ use haoshuo::supervisor;
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cfg = Config::parse();
+    haoshuo::log::configure(cfg.log_level, cfg.access_log);
+    haoshuo::log::start_flusher();
     if let Some(processes) = cfg.processes {
         let hard = raise_nofile_limit().map_or(1024, |(_, hard)| hard);
         return match supervisor::run(&cfg, processes, hard) {
@@ -55,8 +57,12 @@ fn main() -> ExitCode {
     );
     let _ = std::io::stdout().flush();
     signals.forever().next();
+    haoshuo::info!("stopping: answering everyone, then flushing the store");
     match server.stop() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            haoshuo::info!("stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => fail(&e),
     }
 }
@@ -111,6 +117,6 @@ const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
 const TRIM_THRESHOLD: libc::c_int = 128 * 1024;
 
 fn fail(msg: &str) -> ExitCode {
-    eprintln!("haoshuo: {msg}");
+    haoshuo::error!("{msg}");
     ExitCode::FAILURE
 }

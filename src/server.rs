@@ -204,6 +204,7 @@ impl Server {
                     max_tokens_per_user: cfg.max_tokens_per_user as usize,
                     allow_origin: cfg.allow_origin.clone(),
                     node: node.clone(),
+                    trust_proxy: cfg.trust_proxy.clone(),
                 },
             )
             .with_metrics(metrics.clone()),
@@ -283,7 +284,13 @@ impl Server {
             .map_err(|e| format!("starting reactor {core}: {e}"))?;
             let handle = std::thread::Builder::new()
                 .name(format!("haoshuo-core-{core}"))
-                .spawn(move || reactor.run())
+                .spawn(move || {
+                    let ran = reactor.run();
+                    if let Err(e) = &ran {
+                        error!("reactor {core} failed: {e}");
+                    }
+                    ran
+                })
                 .map_err(|e| e.to_string())?;
             reactors.push(handle);
         }
@@ -328,8 +335,9 @@ impl Server {
         for r in self.reactors {
             match r.join() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => eprintln!("haoshuo: a reactor failed: {e}"),
-                Err(_) => eprintln!("haoshuo: a reactor panicked"),
+                // Logged by its thread as it failed.
+                Ok(Err(_)) => {}
+                Err(_) => error!("a reactor panicked"),
             }
         }
         // Every job sender lived in a reactor: the workers drain and exit.

@@ -132,7 +132,7 @@ pub fn run(cfg: &Config, processes: Processes, nofile_hard: u64) -> Result<(), S
                 if now.duration_since(slot.started) >= HEALTHY_AFTER {
                     slot.backoff = BACKOFF_START;
                 }
-                eprintln!(
+                warn!(
                     "haoshuo supervisor: process {i} exited ({status}); restarting in {} ms",
                     slot.backoff.as_millis()
                 );
@@ -145,7 +145,7 @@ pub fn run(cfg: &Config, processes: Processes, nofile_hard: u64) -> Result<(), S
                 match spawn(i) {
                     Ok(c) => slot.child = Some(c),
                     Err(e) => {
-                        eprintln!("haoshuo supervisor: {e}");
+                        error!("haoshuo supervisor: {e}");
                         slot.restart_at = Some(now + slot.backoff);
                     }
                 }

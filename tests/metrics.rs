@@ -60,8 +60,8 @@ impl Scrape {
         self.get(name, labels).unwrap_or(0.0)
     }
 
-    fn subscriptions(&self) -> [f64; 3] {
-        ["stream", "poll", "sse"].map(|kind| {
+    fn subscriptions(&self) -> [f64; 4] {
+        ["stream", "poll", "sse", "ws"].map(|kind| {
             self.get("haoshuo_subscriptions", &[("kind", kind)])
                 .unwrap_or_else(|| panic!("no haoshuo_subscriptions{{kind={kind:?}}}"))
         })
@@ -232,7 +232,7 @@ fn gauges_and_counters_follow_the_clients(backend: Backend) {
         }
         _ => assert_eq!(redis, None, "Redis reconnects on the embedded store"),
     }
-    assert_eq!(before.subscriptions(), [0.0; 3]);
+    assert_eq!(before.subscriptions(), [0.0; 4]);
     assert_eq!(before.value("haoshuo_online_users", &[]), 0.0);
     assert_eq!(
         before.value(
@@ -244,8 +244,8 @@ fn gauges_and_counters_follow_the_clients(backend: Backend) {
     let delivered_before = before.value("haoshuo_deliveries_total", &[]);
 
     // Two messages stored before anyone listens: the streams read them
-    // from the store. Then 3 streams, 2 held polls (past what is stored)
-    // and an SSE stream of bob's.
+    // from the store. Then 3 streams, 2 held polls (past what is stored),
+    // an SSE stream and a WebSocket of bob's.
     const STORED: usize = 2;
     const STREAMS: usize = 3;
     const POLLS: usize = 2;
@@ -257,8 +257,9 @@ fn gauges_and_counters_follow_the_clients(backend: Backend) {
     let next = STORED as u64 + 1;
     let mut polls: Vec<PendingPoll> = (0..POLLS).map(|_| api.start_poll(bob, next)).collect();
     let mut sse = SseClient::open(server.addr(), &sub_query(1, bob.uid, &bob.token), None);
+    let mut ws = RawWs::open(server.addr(), &sub_query(1, bob.uid, &bob.token));
     let open = scrape_until(&server, "every subscription counted", |s| {
-        s.subscriptions() == [STREAMS as f64, POLLS as f64, 1.0]
+        s.subscriptions() == [STREAMS as f64, POLLS as f64, 1.0, 1.0]
     });
     assert_eq!(
         open.value("haoshuo_online_users", &[]),
@@ -267,7 +268,7 @@ fn gauges_and_counters_follow_the_clients(backend: Backend) {
     );
     assert_eq!(
         open.value("haoshuo_connections", &[("state", "subscribed")]),
-        (STREAMS + POLLS + 1) as f64
+        (STREAMS + POLLS + 2) as f64
     );
 
     // K messages to bob: each stream and the SSE stream get all of them,
@@ -286,9 +287,14 @@ fn gauges_and_counters_follow_the_clients(backend: Backend) {
         delivered += msgs.len();
     }
     delivered += sse_messages(&mut sse, bob.uid, STORED + K).len();
+    let mut ws_msgs = Vec::new();
+    while ws_msgs.len() < STORED + K {
+        ws_msgs.extend(check_data_frame(&ws.next_frame(WAIT), bob.uid));
+    }
+    delivered += ws_msgs.len();
 
     let after = scrape_until(&server, "the answered polls counted", |s| {
-        s.subscriptions() == [STREAMS as f64, 0.0, 1.0]
+        s.subscriptions() == [STREAMS as f64, 0.0, 1.0, 1.0]
     });
     assert_eq!(
         after.value("haoshuo_deliveries_total", &[]) - delivered_before,
@@ -305,6 +311,7 @@ fn gauges_and_counters_follow_the_clients(backend: Backend) {
     assert_eq!(requests(&after, "/cget/stream", "200"), STREAMS as f64);
     assert_eq!(requests(&after, "/cget/poll", "200"), POLLS as f64);
     assert_eq!(requests(&after, "/cget/sse", "200"), 1.0);
+    assert_eq!(requests(&after, "/cget/ws", "101"), 1.0);
     let p_latency = [("endpoint", "/p")];
     assert_eq!(
         after.value("haoshuo_request_duration_seconds_count", &p_latency),
@@ -350,9 +357,10 @@ fn gauges_and_counters_follow_the_clients(backend: Backend) {
     // Everything closes: the gauges fall to nothing.
     drop(streams);
     drop(sse);
+    drop(ws);
     drop(polls);
     let closed = scrape_until(&server, "every subscription gone, bob offline", |s| {
-        s.subscriptions() == [0.0; 3] && s.value("haoshuo_online_users", &[]) == 0.0
+        s.subscriptions() == [0.0; 4] && s.value("haoshuo_online_users", &[]) == 0.0
     });
     assert_eq!(
         closed.value("haoshuo_connections", &[("state", "subscribed")]),
@@ -378,7 +386,7 @@ fn metrics_take_the_admin_key_and_stay_off_the_public_port(backend: Backend) {
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
     let s = parse(std::str::from_utf8(&r.body).expect("UTF-8"));
-    assert_eq!(s.subscriptions(), [0.0; 3]);
+    assert_eq!(s.subscriptions(), [0.0; 4]);
     // The refused scrapes were requests too.
     assert_eq!(
         s.value(

@@ -8,12 +8,16 @@ use crate::auth::AuthError;
 use crate::http::request::Method;
 pub use crate::http::response::error_response;
 use crate::http::response::write_error_with;
+use crate::http::ws::HandshakeError;
 use crate::store::StoreError;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ApiError {
     /// 400: malformed request, JSON or missing field.
     BadRequest(Cow<'static, str>),
+    /// 400: not a WebSocket handshake we take (answered with the version
+    /// we speak, as RFC 6455, 4.2.2 asks).
+    BadHandshake(HandshakeError),
     /// 401: bad, expired or someone else's token; wrong password.
     Unauthorized(&'static str),
     /// 403: e.g. sending to a group one is not a member of.
@@ -35,7 +39,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
-            ApiError::BadRequest(_) => 400,
+            ApiError::BadRequest(_) | ApiError::BadHandshake(_) => 400,
             ApiError::Unauthorized(_) => 401,
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
@@ -52,6 +56,7 @@ impl ApiError {
             ApiError::BadRequest(m) | ApiError::NotFound(m) => m,
             ApiError::Unauthorized(m) | ApiError::Forbidden(m) | ApiError::Conflict(m) => m,
             ApiError::TooMany(m, _) => m,
+            ApiError::BadHandshake(e) => e.reason(),
             ApiError::MethodNotAllowed(Method::Get) => "method not allowed: use GET",
             ApiError::MethodNotAllowed(_) => "method not allowed: use POST",
             ApiError::Unavailable => "store unavailable",
@@ -67,6 +72,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(Method::Get) => b"Allow: GET, HEAD\r\n".to_vec(),
             ApiError::MethodNotAllowed(_) => b"Allow: POST\r\n".to_vec(),
             ApiError::TooMany(_, secs) => format!("Retry-After: {secs}\r\n").into_bytes(),
+            ApiError::BadHandshake(_) => b"Sec-WebSocket-Version: 13\r\n".to_vec(),
             _ => Vec::new(),
         };
         let mut out = Vec::with_capacity(200);

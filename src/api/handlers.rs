@@ -18,6 +18,7 @@ use crate::http::cors::{self, Cors};
 use crate::http::query;
 use crate::http::request::{header_value, Head, Method};
 use crate::http::response::{head_only, write_response, write_response_head, CONTENT_JSON};
+use crate::http::ws;
 use crate::metrics::{self, Metrics};
 use crate::router::Router;
 use crate::store::{
@@ -79,6 +80,8 @@ pub struct Options {
     pub allow_origin: Vec<String>,
     /// This process's presence id (see `crate::presence`).
     pub node: String,
+    /// Proxies whose `X-Forwarded-For` names the client in the access log.
+    pub trust_proxy: Vec<std::net::IpAddr>,
 }
 
 pub struct Api {
@@ -111,6 +114,7 @@ enum Endpoint {
     Stream,
     Poll,
     Sse,
+    Ws,
     AdminUsers,
     Healthz,
     Readyz,
@@ -119,7 +123,7 @@ enum Endpoint {
 
 /// The `endpoint` label of request metrics, in [`Endpoint`]'s order, then
 /// `other` (an unknown path, or a request refused before it was routed).
-pub const ENDPOINTS: [&str; 17] = [
+pub const ENDPOINTS: [&str; 18] = [
     "/re",
     "/gre",
     "/login",
@@ -132,6 +136,7 @@ pub const ENDPOINTS: [&str; 17] = [
     "/cget/stream",
     "/cget/poll",
     "/cget/sse",
+    "/cget/ws",
     "/admin/users",
     "/healthz",
     "/readyz",
@@ -170,6 +175,7 @@ impl Endpoint {
             b"/cget/stream" => (Endpoint::Stream, Method::Get),
             b"/cget/poll" => (Endpoint::Poll, Method::Get),
             b"/cget/sse" => (Endpoint::Sse, Method::Get),
+            b"/cget/ws" => (Endpoint::Ws, Method::Get),
             _ => return None,
         })
     }
@@ -205,6 +211,17 @@ impl Api {
 
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// The client of a request for the access log: its peer, or the
+    /// address a trusted proxy's `X-Forwarded-For` names.
+    pub fn client(&self, req: &Request) -> Option<std::net::IpAddr> {
+        let peer = req.peer?;
+        if self.limits.trust_proxy.is_empty() {
+            return Some(peer);
+        }
+        let xff = header_value(&req.raw[..req.head.head_len], "x-forwarded-for");
+        Some(crate::log::client_addr(peer, xff, &self.limits.trust_proxy))
     }
 
     /// What the workers count requests into.
@@ -282,6 +299,20 @@ impl Api {
             (sent, wanted) if sent != wanted => return Err(ApiError::MethodNotAllowed(wanted)),
             _ => {}
         }
+        if let Endpoint::Ws = endpoint {
+            // The opening handshake first: a request that is not one gets
+            // a 400 naming what is wrong, before anything else is looked at.
+            let accept = ws::check_handshake(
+                &req.raw[..req.head.head_len],
+                req.head.method == Method::Get,
+                req.head.http10,
+            )
+            .map_err(ApiError::BadHandshake)?;
+            let mut lines = cors.map(<[u8]>::to_vec).unwrap_or_default();
+            lines.extend_from_slice(&ws::accept_line(&accept));
+            let query = req.head.query(&req.raw);
+            return self.subscribe(origin, query, Kind::Ws, keep_alive, None, Some(&lines));
+        }
         if let Endpoint::Stream | Endpoint::Poll | Endpoint::Sse = endpoint {
             let query = req.head.query(&req.raw);
             let kind = subscription_kind(&endpoint, &req.head);
@@ -331,7 +362,9 @@ impl Api {
             Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics => {
                 unreachable!("answered above")
             }
-            Endpoint::Stream | Endpoint::Poll | Endpoint::Sse => unreachable!("answered above"),
+            Endpoint::Stream | Endpoint::Poll | Endpoint::Sse | Endpoint::Ws => {
+                unreachable!("answered above")
+            }
         };
         Ok(ok_json(&body, keep_alive))
     }
@@ -668,7 +701,8 @@ impl Api {
         Ok(())
     }
 
-    /// `/cget/stream` and `/cget/poll`: authenticate from the query,
+    /// `/cget/stream`, `/cget/poll`, `/cget/sse` and `/cget/ws`:
+    /// authenticate from the query,
     /// subscribe, then read what is stored (subscribing first means nothing
     /// committed in between can be missed: it is either read or delivered).
     fn subscribe(
@@ -678,7 +712,7 @@ impl Api {
         kind: Kind,
         keep_alive: bool,
         resume_after: Option<MsgId>,
-        cors: Option<&[u8]>,
+        head_lines: Option<&[u8]>,
     ) -> Result<Reply, ApiError> {
         let param = |name: &str| -> Result<Option<String>, ApiError> {
             query::field(query_str, name)
@@ -711,7 +745,7 @@ impl Api {
                 frame,
                 kind: stream,
                 keep_alive,
-                cors: cors.map(Box::from),
+                head_lines: head_lines.map(Box::from),
             },
         };
         let info = match self.token_owner(&token)? {
@@ -742,7 +776,7 @@ impl Api {
             kind,
             page,
             expires_at: info.expires_at,
-            cors: cors.map(Box::from),
+            head_lines: head_lines.map(Box::from),
         }))
     }
 

@@ -2,7 +2,8 @@
 //! as a sans-IO state machine.
 //!
 //! Events come in (a live message, a page read from the store, the socket
-//! draining, a timer, the token revoked, shutdown); what the reactor must do
+//! draining, a timer, the token revoked, shutdown, a WebSocket client's
+//! frames); what the reactor must do
 //! comes out (write these bytes, ask the store for a page from msgid N, end
 //! the subscription). The subscriber never touches a socket, a channel or
 //! the clock: the reactor passes in how many bytes are still queued on the
@@ -23,6 +24,7 @@
 use crate::bus::{AppKey, Sub};
 use crate::delivery::frame;
 use crate::delivery::wire::Kind;
+use crate::http::ws;
 use crate::net::timer::{Secs, NEVER};
 use crate::store::{leading_run, MsgId, Page, Uid};
 
@@ -246,15 +248,67 @@ impl Subscriber {
         self.end(frame::TOKEN_ERROR, out)
     }
 
-    /// The server is stopping: a stream ends with its last chunk, a held
-    /// poll answers `noop` and its connection closes.
+    /// The server is stopping: a stream ends with its last chunk (a
+    /// WebSocket with a close frame saying 1001, going away), a held poll
+    /// answers `noop` and its connection closes.
     pub fn on_shutdown(&mut self, out: &mut Vec<u8>) -> Step {
         match self.kind {
             Kind::Poll { .. } => {
                 self.kind = Kind::Poll { keep_alive: false };
                 self.emit(frame::NOOP, None, out)
             }
-            _ => self.end(&[], out),
+            _ => {
+                self.kind.going_away(out);
+                Step::Done { keep_alive: false }
+            }
+        }
+    }
+
+    /// What a WebSocket client sent: `input` holds its frames from the
+    /// start of one. Each complete frame is answered: a ping with a pong
+    /// (same payload), a close with a close (the client's code echoed),
+    /// then the end; a message or a pong is dropped. A frame that breaks
+    /// the protocol (unmasked, reserved bits, an unknown opcode, a long or
+    /// fragmented control frame) ends it with close 1002, one larger than
+    /// [`ws::MAX_CLIENT_PAYLOAD`] with 1009, as soon as its header shows
+    /// it. Returns how many bytes it used: a partial frame waits for more.
+    pub fn on_input(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Step) {
+        const DONE: Step = Step::Done { keep_alive: false };
+        let mut used = 0;
+        loop {
+            let rest = &input[used..];
+            let frame = match ws::parse_frame(rest) {
+                Ok(Some(f)) if f.total_len() <= rest.len() => f,
+                Ok(_) => return (used, Step::Continue),
+                Err(e) => {
+                    ws::write_close(out, e.close_code(), &e.to_string());
+                    return (input.len(), DONE);
+                }
+            };
+            used += frame.total_len();
+            if !frame.is_control() {
+                continue; // a client's message: nothing for a push server
+            }
+            let mut payload = [0u8; 125];
+            let n = frame.unmask(rest, &mut payload);
+            match frame.opcode {
+                ws::PING => {
+                    out.extend_from_slice(ws::FrameHeader::new(ws::PONG, n).as_bytes());
+                    out.extend_from_slice(&payload[..n]);
+                }
+                ws::CLOSE => {
+                    let code = match payload[..n] {
+                        [] => ws::NORMAL,
+                        [a, b, ..] if ws::valid_close_code(u16::from_be_bytes([a, b])) => {
+                            u16::from_be_bytes([a, b])
+                        }
+                        _ => ws::PROTOCOL_ERROR,
+                    };
+                    ws::write_close(out, code, "");
+                    return (input.len(), DONE);
+                }
+                _ => {} // a pong
+            }
         }
     }
 

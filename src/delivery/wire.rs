@@ -3,7 +3,8 @@
 //! connection, as RFC 9112 requires: a 1.0 client knows no chunked
 //! coding), as a whole response for a held poll, and as one Server-Sent
 //! Event each on an SSE stream (`text/event-stream`, what a browser's
-//! `EventSource` reads).
+//! `EventSource` reads), and as one text message each on a WebSocket
+//! (after its `101 Switching Protocols`, closed with a close frame).
 //!
 //! Pure bytes: the reactor writes a frame as `head`, the frame's parts
 //! where they already are, and `tail`, in one vectored write.
@@ -13,6 +14,7 @@ use crate::http::chunked::{ChunkHeader, CHUNK_TRAILER, LAST_CHUNK};
 use crate::http::response::{
     write_response_head, write_stream_head, CONTENT_EVENT_STREAM, CONTENT_JSON,
 };
+use crate::http::ws::{self, FrameHeader};
 use crate::store::MsgId;
 
 /// What an SSE stream starts with: how long `EventSource` waits before it
@@ -38,6 +40,10 @@ pub enum Kind {
     /// its last msgid when it has one), chunked on HTTP/1.1, ended by the
     /// close on 1.0.
     Sse { chunked: bool },
+    /// A WebSocket: a frame a text message (the frame's JSON and its
+    /// `\n`), heartbeats included; a close frame at the end (1001 when
+    /// the server stops). Client frames are read (`Subscriber::on_input`).
+    Ws,
 }
 
 /// What goes around one frame.
@@ -55,6 +61,8 @@ enum Head {
     Answer(Vec<u8>),
     /// An SSE event's start: chunk header, `id:` line, `data: `.
     Inline([u8; SSE_HEAD_MAX], u8),
+    /// A WebSocket frame's header.
+    Ws(FrameHeader),
 }
 
 impl Kind {
@@ -78,9 +86,12 @@ impl Kind {
 
     /// Appends the response head a stream starts with (polls have none of
     /// their own: each answer carries its head), and an SSE stream's
-    /// reconnect hint.
+    /// reconnect hint. A WebSocket's `101` lacks its `Sec-WebSocket-Accept`
+    /// line, which differs per connection: the worker makes it
+    /// ([`ws::accept_line`]) and the reactor adds it.
     pub fn write_head(self, out: &mut Vec<u8>) {
         match self {
+            Kind::Ws => ws::write_upgrade_head(out),
             Kind::Chunked => write_stream_head(out, CONTENT_JSON, true),
             Kind::Raw => write_stream_head(out, CONTENT_JSON, false),
             Kind::Poll { .. } => {}
@@ -155,6 +166,10 @@ impl Kind {
                 head: Head::Nothing,
                 tail: b"",
             },
+            Kind::Ws => Wire {
+                head: Head::Ws(FrameHeader::new(ws::TEXT, len)),
+                tail: b"",
+            },
             Kind::Poll { keep_alive } => {
                 let mut head = Vec::with_capacity(160);
                 write_response_head(&mut head, 200, CONTENT_JSON, len, keep_alive);
@@ -170,15 +185,27 @@ impl Kind {
     pub fn step(self) -> Step {
         match self {
             Kind::Poll { keep_alive } => Step::Done { keep_alive },
-            Kind::Chunked | Kind::Raw | Kind::Sse { .. } => Step::Continue,
+            Kind::Chunked | Kind::Raw | Kind::Sse { .. } | Kind::Ws => Step::Continue,
         }
     }
 
-    /// Appends what ends a stream's body: the last chunk of a chunked one.
-    /// An HTTP/1.0 stream ends with the close; a poll with its answer.
+    /// Appends what ends a stream's body: the last chunk of a chunked one,
+    /// a WebSocket's close frame (1000). An HTTP/1.0 stream ends with the
+    /// close; a poll with its answer.
     pub fn finish(self, out: &mut Vec<u8>) {
-        if let Kind::Chunked | Kind::Sse { chunked: true } = self {
-            out.extend_from_slice(LAST_CHUNK);
+        match self {
+            Kind::Chunked | Kind::Sse { chunked: true } => out.extend_from_slice(LAST_CHUNK),
+            Kind::Ws => ws::write_close(out, ws::NORMAL, ""),
+            _ => {}
+        }
+    }
+
+    /// Appends how a stream ends when the server stops: as [`Kind::finish`]
+    /// says, but a WebSocket's close frame says 1001 (going away).
+    pub fn going_away(self, out: &mut Vec<u8>) {
+        match self {
+            Kind::Ws => ws::write_close(out, ws::GOING_AWAY, "server stopping"),
+            _ => self.finish(out),
         }
     }
 
@@ -190,6 +217,7 @@ impl Kind {
             Kind::Poll { .. } => {
                 crate::http::response::write_error(out, status, msg, false);
             }
+            Kind::Ws => ws::write_close(out, ws::INTERNAL_ERROR, msg),
             _ => self.finish(out),
         }
         Step::Done { keep_alive: false }
@@ -203,6 +231,7 @@ impl Wire {
             Head::Nothing => b"",
             Head::Answer(h) => h,
             Head::Inline(bytes, n) => &bytes[..usize::from(*n)],
+            Head::Ws(header) => header.as_bytes(),
         }
     }
 
@@ -339,5 +368,53 @@ mod tests {
         let mut end = Vec::new();
         Kind::sse(false).finish(&mut end);
         assert_eq!(end, LAST_CHUNK);
+    }
+
+    #[test]
+    fn a_websocket_frame_is_one_text_message_and_ends_with_a_close() {
+        // A 101 without its per-connection accept line, and no body framing.
+        let mut head = Vec::new();
+        Kind::Ws.write_head(&mut head);
+        let text = String::from_utf8(head).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("Content-Length") && !text.contains("Transfer-Encoding"));
+        // A frame is a text message: FIN + text, the length, no mask.
+        let mut frame = Vec::new();
+        Kind::Ws.wire(3, None).write(b"{}\n", &mut frame);
+        assert_eq!(frame, b"\x81\x03{}\n");
+        assert_eq!(Kind::Ws.step(), Step::Continue);
+        // A heartbeat is the noop frame as a text message.
+        let mut beat = Vec::new();
+        Kind::Ws.heartbeat(b"{\"type\":\"noop\"}\n", &mut beat);
+        assert_eq!(beat, b"\x81\x10{\"type\":\"noop\"}\n");
+        // A 200-byte frame takes the 16-bit length; the id is not on the wire.
+        let body = [b'x'; 200];
+        let wire = Kind::Ws.wire(body.len(), Some(9));
+        assert_eq!(wire.head(), [0x81, 126, 0, 200]);
+        assert_eq!(wire.tail(), b"");
+        // (how it ends, close frame)
+        let mut end = Vec::new();
+        Kind::Ws.finish(&mut end);
+        assert_eq!(end, [0x88, 2, 0x03, 0xE8], "1000");
+        let mut away = Vec::new();
+        Kind::Ws.going_away(&mut away);
+        assert_eq!(&away[..4], [0x88, 17, 0x03, 0xE9], "1001");
+        assert_eq!(&away[4..], b"server stopping");
+        let mut failed = Vec::new();
+        let step = Kind::Ws.fail(503, "store unavailable", &mut failed);
+        assert_eq!(&failed[2..4], 1011u16.to_be_bytes(), "{failed:?}");
+        assert_eq!(step, Step::Done { keep_alive: false });
+        // Other kinds go away as they finish.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        Kind::Chunked.going_away(&mut a);
+        Kind::Chunked.finish(&mut b);
+        assert_eq!(a, b);
     }
 }

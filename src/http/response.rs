@@ -16,6 +16,7 @@ pub const CONTENT_EVENT_STREAM: &str = "text/event-stream";
 pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
+        101 => "Switching Protocols",
         200 => "OK",
         201 => "Created",
         204 => "No Content",
@@ -170,7 +171,9 @@ pub fn head_only(response: &mut Vec<u8>) {
     }
 }
 
-fn write_status_line(out: &mut Vec<u8>, status: u16) {
+/// Appends the status line and the header lines every answer carries
+/// (`Server`, `Date`).
+pub fn write_status_line(out: &mut Vec<u8>, status: u16) {
     // Writing into a Vec cannot fail.
     let _ = write!(
         out,

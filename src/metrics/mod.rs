@@ -37,7 +37,7 @@ pub use store::{Metered, Op};
 /// The `kind` label of `haoshuo_subscriptions`: one entry per way to
 /// subscribe. Adding one (WebSocket: `"ws"`) is a line here and the arm
 /// [`kind_index`] then needs for its [`Kind`].
-pub const SUB_KINDS: [&str; 3] = ["stream", "poll", "sse"];
+pub const SUB_KINDS: [&str; 4] = ["stream", "poll", "sse", "ws"];
 
 /// Which entry of [`SUB_KINDS`] a subscription of this kind counts under.
 pub fn kind_index(kind: Kind) -> usize {
@@ -45,6 +45,7 @@ pub fn kind_index(kind: Kind) -> usize {
         Kind::Chunked | Kind::Raw => 0,
         Kind::Poll { .. } => 1,
         Kind::Sse { .. } => 2,
+        Kind::Ws => 3,
     }
 }
 
@@ -66,12 +67,12 @@ const BOUNDS: [f64; 15] = [
 ];
 
 /// The `status` label values counted; anything else is `other`.
-const STATUSES: [u16; 17] = [
-    200, 204, 400, 401, 403, 404, 405, 408, 409, 411, 413, 414, 429, 431, 500, 503, 505,
+const STATUSES: [u16; 18] = [
+    101, 200, 204, 400, 401, 403, 404, 405, 408, 409, 411, 413, 414, 429, 431, 500, 503, 505,
 ];
 const STATUS_LABELS: [&str; STATUSES.len() + 1] = [
-    "200", "204", "400", "401", "403", "404", "405", "408", "409", "411", "413", "414", "429",
-    "431", "500", "503", "505", "other",
+    "101", "200", "204", "400", "401", "403", "404", "405", "408", "409", "411", "413", "414",
+    "429", "431", "500", "503", "505", "other",
 ];
 
 fn status_index(status: u16) -> usize {
@@ -603,7 +604,7 @@ mod tests {
         core.moved(WAITING, SUBSCRIBED + 2);
         core.moved(SUBSCRIBED + 2, SUBSCRIBED + 2);
         let now: Vec<i64> = core.conns.iter().map(|c| c.load(Relaxed) as i64).collect();
-        assert_eq!(now, [0, 0, 0, 0, 0, 1]);
+        assert_eq!(now, [0, 0, 0, 0, 0, 1, 0]);
         core.closed(SUBSCRIBED + 2);
         assert!(core.conns.iter().all(|c| c.load(Relaxed) == 0));
         assert_eq!(core.accepted.load(Relaxed), 1);

@@ -87,6 +87,10 @@ impl Metered {
         let r = call(&*self.inner);
         let failed = matches!(r, Err(StoreError::Unavailable(_)));
         self.metrics.store_call(op, start.elapsed(), failed);
+        if let Err(StoreError::Unavailable(e)) = &r {
+            // Rate-limited: a store that went away is a line a second.
+            error!("store: {} failed: {e}", OPS[op as usize]);
+        }
         r
     }
 }

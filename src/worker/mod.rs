@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::api::{Api, Request};
 use crate::bus::{CoreMsg, Reply, Sub, SubKey};
+use crate::delivery::wire::Kind;
 use crate::http::response::error_response;
 
 /// Jobs that may wait for a worker, by default (`--job-queue`). When the
@@ -59,13 +60,22 @@ fn run(api: &Api, jobs: &Receiver<Job>) {
                 // A bug in one handler must not leave its client waiting
                 // forever, nor take the worker down with it: answer 500.
                 let reply = catch_unwind(AssertUnwindSafe(|| api.handle(origin, &req)))
-                    .unwrap_or_else(|_| Reply::Http {
-                        bytes: error_response(500, "internal error", false),
-                        keep_alive: false,
+                    .unwrap_or_else(|_| {
+                        error!(
+                            "worker: a request for {} panicked; answered 500",
+                            String::from_utf8_lossy(req.head.path(&req.raw))
+                        );
+                        Reply::Http {
+                            bytes: error_response(500, "internal error", false),
+                            keep_alive: false,
+                        }
                     });
                 let endpoint = crate::api::endpoint_index(req.head.path(&req.raw), req.admin);
-                api.metrics()
-                    .request(endpoint, status_of(&reply), Some(at.elapsed()));
+                let status = status_of(&reply);
+                api.metrics().request(endpoint, status, Some(at.elapsed()));
+                if crate::log::access_enabled() {
+                    log_access(api, &req, &reply, status, at);
+                }
                 (
                     origin,
                     CoreMsg::Reply {
@@ -75,7 +85,10 @@ fn run(api: &Api, jobs: &Receiver<Job>) {
                 )
             }
             Job::Page { origin, sub } => {
-                let page = catch_unwind(AssertUnwindSafe(|| api.page(&sub))).unwrap_or(None);
+                let page = catch_unwind(AssertUnwindSafe(|| api.page(&sub))).unwrap_or_else(|_| {
+                    error!("worker: a page read panicked; the subscription ends");
+                    None
+                });
                 let conn = origin.conn;
                 (origin, CoreMsg::Page { conn, page })
             }
@@ -84,14 +97,33 @@ fn run(api: &Api, jobs: &Receiver<Job>) {
     }
 }
 
-/// The HTTP status a reply answers with (a stream's or poll's is 200,
-/// refusals included: they are frames).
+/// The access log's line for a request a worker answered.
+fn log_access(api: &Api, req: &Request, reply: &Reply, status: u16, at: Instant) {
+    let head = &req.head;
+    let method = req.raw.split(|&b| b == b' ').next().unwrap_or(b"-");
+    crate::log::access(&crate::log::Access {
+        client: api.client(req),
+        method,
+        target: &crate::log::access_target(head.path(&req.raw), head.query(&req.raw)),
+        status,
+        bytes: match reply {
+            Reply::Http { bytes, .. } => Some(bytes.len()),
+            _ => None,
+        },
+        took: at.elapsed(),
+    });
+}
+
+/// The HTTP status a reply answers with (a stream's or poll's is 200, a
+/// WebSocket's 101, refusals included: they are frames).
 fn status_of(reply: &Reply) -> u16 {
     match reply {
         Reply::Http { bytes, .. } => bytes
             .get(9..12)
             .and_then(|code| std::str::from_utf8(code).ok()?.parse().ok())
             .unwrap_or(0),
+        Reply::Subscribed(s) if s.kind == Kind::Ws => 101,
+        Reply::StreamRefused { kind: Kind::Ws, .. } => 101,
         Reply::Subscribed(_) | Reply::StreamRefused { .. } => 200,
     }
 }
@@ -220,6 +252,7 @@ mod tests {
                 max_groups_per_user: 0,
                 max_tokens_per_user: 0,
                 allow_origin: Vec::new(),
+                trust_proxy: Vec::new(),
                 node: "test".into(),
             },
         ));

@@ -178,7 +178,7 @@ impl Conn {
     }
 
     /// Waits until `parse` takes a complete item off the front of the buffer.
-    fn read_item<T>(
+    pub(super) fn read_item<T>(
         &mut self,
         deadline: Instant,
         parse: impl Fn(&[u8]) -> Option<(usize, T)>,

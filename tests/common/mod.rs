@@ -19,6 +19,9 @@
 //! * `frames.rs`: [`StreamClient`] reads `/cget/stream`, [`poll`] /
 //!   [`PendingPoll`] do `/cget/poll`; [`check_data_frame`] and the fixed
 //!   frames.
+//! * `ws.rs`: [`WsClient`] runs Python's `websockets` client
+//!   (`ws_client.py`) against `/cget/ws`; [`RawWs`] speaks WebSocket frames
+//!   by hand, for what no library sends.
 //! * `redis.rs`: [`RedisServer`], a real `redis-server` per test server.
 //! * `proxy.rs`: [`Proxy`], nginx or HAProxy in front of a server.
 //!
@@ -54,6 +57,9 @@ pub use redis::signal;
 pub use redis::{PubSubSpy, RedisServer};
 #[allow(unused_imports)] // the Sentinel tests only
 pub use sentinel::RedisSentinels;
+mod ws;
+#[allow(unused_imports)]
+pub use ws::*;
 mod proxy;
 #[allow(unused_imports)] // only tests/proxies.rs and tests/docs.rs run proxies
 pub use proxy::{free_port, wait_ready, Proxy, ProxyKind};

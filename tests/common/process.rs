@@ -169,6 +169,12 @@ impl Opts {
         self
     }
 
+    /// A server flag without a value, e.g. `.switch("--access-log")`.
+    pub fn switch(mut self, name: &str) -> Self {
+        self.extra.push(name.to_string());
+        self
+    }
+
     fn args(&self) -> Vec<String> {
         let flags = [
             ("--threads", self.threads.map(|v| v.to_string())),

@@ -373,13 +373,30 @@ fn revocation_shutdown_and_failure_end_it() {
         (ka, shutdown, "\"type\":\"noop\"", closed),
         (Kind::Chunked, fail, "0\r\n\r\n", closed),
         (ka, fail, "HTTP/1.1 503 ", closed),
+        // A WebSocket: the 401 frame as a text message, then close 1000;
+        // close 1001 when the server stops, 1011 when the store fails.
+        (Kind::Ws, revoke, "\u{81}'{\"type\":\"401\"", closed),
+        (Kind::Ws, revoke, "\u{88}\u{2}\u{3}\u{e8}", closed),
+        (
+            Kind::Ws,
+            shutdown,
+            "\u{88}\u{11}\u{3}\u{e9}server stopping",
+            closed,
+        ),
+        (
+            Kind::Ws,
+            fail,
+            "\u{88}\u{13}\u{3}\u{f3}store unavailable",
+            closed,
+        ),
     ];
     for &(kind, event, want, step) in cases {
         let mut s = Subscriber::new(sub(1), kind, 0, FAR);
         let mut out = Vec::new();
         assert_eq!(event(&mut s, &mut out), step, "{kind:?} {want}");
-        let text = String::from_utf8_lossy(&out);
-        assert!(text.contains(want), "{kind:?}: {text}");
+        // Latin-1, so a WebSocket frame's header bytes read as chars.
+        let text: String = out.iter().map(|&b| char::from(b)).collect();
+        assert!(text.contains(want), "{kind:?}: {text:?}");
         if kind == Kind::Raw {
             assert!(!text.contains("\r\n"), "no chunk framing on 1.0: {text}");
         }
@@ -427,4 +444,84 @@ fn a_slow_reader_gets_everything_in_order_through_the_store() {
     assert_eq!(got, (1..=50).collect::<Vec<_>>());
     // And live again once caught up.
     assert_eq!(s.on_live(51, 0), Live::Send);
+}
+
+/// A masked client frame (RFC 6455, 5.3).
+fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [9, 8, 7, 6];
+    assert!(payload.len() < 126);
+    let mut f = vec![b0, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+#[test]
+fn a_websocket_client_is_answered_frame_by_frame() {
+    let ping = client_frame(0x89, b"abc");
+    let close = |code: &[u8]| client_frame(0x88, code);
+    let text = client_frame(0x81, b"hello");
+    let pong = client_frame(0x8A, b"p");
+    let mut unmasked = client_frame(0x89, b"");
+    unmasked[1] = 0;
+    let mut huge = vec![0x82, 0x80 | 127];
+    huge.extend_from_slice(&(1u64 << 32).to_be_bytes());
+    let go_on = Step::Continue;
+    let done = Step::Done { keep_alive: false };
+    // (input, bytes used, what is written, step)
+    let cases: Vec<(Vec<u8>, usize, Vec<u8>, Step)> = vec![
+        (ping.clone(), 9, b"\x8a\x03abc".to_vec(), go_on),
+        // Messages and pongs from the client are dropped.
+        ([text.clone(), pong.clone()].concat(), 18, vec![], go_on),
+        // Two pings in one read: two pongs, in order.
+        (
+            [ping.clone(), client_frame(0x89, b"")].concat(),
+            15,
+            b"\x8a\x03abc\x8a\x00".to_vec(),
+            go_on,
+        ),
+        // A partial frame waits (a whole one before it is answered).
+        (
+            [&ping[..], &ping[..4]].concat(),
+            9,
+            b"\x8a\x03abc".to_vec(),
+            go_on,
+        ),
+        (ping[..1].to_vec(), 0, vec![], go_on),
+        // A close is echoed, then the end; nothing after it is read.
+        (
+            [close(&[0x03, 0xE8]), ping.clone()].concat(),
+            17,
+            vec![0x88, 2, 0x03, 0xE8],
+            done,
+        ),
+        (
+            close(&[0x0F, 0xA0, b'x']),
+            9,
+            vec![0x88, 2, 0x0F, 0xA0],
+            done,
+        ),
+        (close(&[]), 6, vec![0x88, 2, 0x03, 0xE8], done),
+        // A code no endpoint may send (1005) is a protocol error.
+        (close(&[0x03, 0xED]), 8, vec![0x88, 2, 0x03, 0xEA], done),
+        // Faults: 1002, or 1009 for a frame too large, from its header.
+        (
+            unmasked,
+            6,
+            [&[0x88, 30, 0x03, 0xEA][..], b"client frames must be masked"].concat(),
+            done,
+        ),
+        (
+            huge,
+            10,
+            [&[0x88, 17, 0x03, 0xF1][..], b"frame too large"].concat(),
+            done,
+        ),
+    ];
+    for (input, used, want, step) in cases {
+        let mut s = Subscriber::new(sub(1), Kind::Ws, 0, FAR);
+        let mut out = Vec::new();
+        assert_eq!(s.on_input(&input, &mut out), (used, step), "{input:02x?}");
+        assert_eq!(out, want, "{input:02x?}");
+    }
 }

@@ -95,13 +95,14 @@ impl Reactor {
                 frame,
                 kind,
                 keep_alive,
-                cors,
+                head_lines,
             } => {
                 let mut bytes = Vec::with_capacity(256);
                 kind.write_head(&mut bytes);
                 kind.wire(frame.len(), None).write(frame, &mut bytes);
                 kind.finish(&mut bytes);
-                if let Some(with) = cors.and_then(|lines| cors::with_headers(&bytes, &lines)) {
+                if let Some(with) = head_lines.and_then(|lines| cors::with_headers(&bytes, &lines))
+                {
                     bytes = with;
                 }
                 self.answer(key, &bytes, keep_alive && kind == Kind::Chunked);
@@ -125,7 +126,7 @@ impl Reactor {
         } else {
             sub.on_page_counted(&s.page, &mut out)
         };
-        if let Some(lines) = s.cors {
+        if let Some(lines) = s.head_lines {
             // On the stream's head, or on a poll answered at once; a held
             // poll's answer gets them when it is written.
             if let Some(with) = cors::with_headers(&out, &lines) {
@@ -366,7 +367,7 @@ impl Reactor {
 
     /// Writes what a subscriber handed back and follows its step. Returns
     /// false if the subscription is over (or the connection closed).
-    fn follow(&mut self, key: usize, bytes: &[u8], step: Step) -> bool {
+    pub(super) fn follow(&mut self, key: usize, bytes: &[u8], step: Step) -> bool {
         self.follow_counted(key, bytes, step, 0)
     }
 

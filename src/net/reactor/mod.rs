@@ -9,7 +9,9 @@
 //!
 //! What a stream or held poll is owed is not decided here: each has a
 //! [`Subscriber`](crate::delivery::subscriber::Subscriber), fed by
-//! `deliver.rs` with what happens and obeyed for what to write.
+//! `deliver.rs` with what happens and obeyed for what to write. A
+//! WebSocket's client frames are read here and handed to its subscriber
+//! too, which says what to answer.
 
 use std::io;
 use std::sync::Arc;
@@ -24,6 +26,8 @@ mod deliver;
 
 use crate::api::Request;
 use crate::bus::{ConnRef, CoreMsg, SubKey};
+use crate::delivery::subscriber::{Step, HIGH_WATER};
+use crate::delivery::wire::Kind;
 use crate::http::request::{parse_head, Head, HttpError};
 use crate::http::response::{closing, error_response, CONTINUE};
 use crate::metrics::{self, CoreStats, Metrics};
@@ -364,9 +368,14 @@ impl Reactor {
         let conn = &self.conns[key];
         if !conn.readable {
             // Requests read ahead (behind a held poll, or pipelined) are
-            // parsed even when the socket has nothing new.
-            if matches!(conn.state, State::Reading) && !conn.inbuf.is_empty() {
-                self.read_request(key);
+            // parsed even when the socket has nothing new; so are a
+            // WebSocket client's frames sent right behind its handshake.
+            if !conn.inbuf.is_empty() {
+                match &conn.state {
+                    State::Reading => self.read_request(key),
+                    State::Subscribed(s) if s.kind() == Kind::Ws => self.read_ws(key),
+                    _ => {}
+                }
             }
             return;
         }
@@ -375,6 +384,7 @@ impl Reactor {
             // The request's answer comes first; the rest waits in the kernel.
             State::Waiting { .. } => {}
             State::Subscribed(s) if s.kind().is_poll() => self.read_ahead(key),
+            State::Subscribed(s) if s.kind() == Kind::Ws => self.read_ws(key),
             State::Subscribed(_) | State::Linger => self.discard_input(key),
         }
     }
@@ -519,7 +529,7 @@ impl Reactor {
             revoked: false,
         };
         let admin = conn.admin;
-        let peer = if crate::api::needs_peer(head.path(&raw)) {
+        let peer = if crate::api::needs_peer(head.path(&raw)) || crate::log::access_enabled() {
             conn.sock.peer_addr().ok().map(|a| a.ip())
         } else {
             None
@@ -538,11 +548,12 @@ impl Reactor {
         if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
             self.jobs.try_send(job)
         {
+            let bytes = error_response(503, "server busy", head.keep_alive);
             if let Job::Request { req, .. } = job {
                 let endpoint = crate::api::endpoint_index(req.head.path(&req.raw), admin);
                 self.metrics.request(endpoint, 503, None);
+                self.log_answer(key, Some((&req.raw, &req.head)), 503, bytes.len());
             }
-            let bytes = error_response(503, "server busy", head.keep_alive);
             self.answer(key, &bytes, head.keep_alive);
         }
     }
@@ -551,7 +562,32 @@ impl Reactor {
     fn refuse(&mut self, key: usize, e: &HttpError) {
         self.metrics.request(UNROUTED, e.status(), None);
         let bytes = error_response(e.status(), e.reason(), false);
+        self.log_answer(key, None, e.status(), bytes.len());
         self.answer(key, &bytes, false);
+    }
+
+    /// The access log's line for a request the reactor answers itself (a
+    /// refusal before or instead of a worker; `req` when it was parsed).
+    fn log_answer(&self, key: usize, req: Option<(&[u8], &Head)>, status: u16, bytes: usize) {
+        if !crate::log::access_enabled() {
+            return;
+        }
+        let client = self.conns[key].sock.peer_addr().ok().map(|a| a.ip());
+        let (method, target) = match req {
+            Some((raw, head)) => (
+                raw.split(|&b| b == b' ').next().unwrap_or(b"-"),
+                crate::log::access_target(head.path(raw), head.query(raw)),
+            ),
+            None => (b"-".as_slice(), "-".to_owned()),
+        };
+        crate::log::access(&crate::log::Access {
+            client,
+            method,
+            target: &target,
+            status,
+            bytes: Some(bytes),
+            took: std::time::Duration::ZERO,
+        });
     }
 
     /// Writes a whole response and moves on: next request, or close.
@@ -631,6 +667,63 @@ impl Reactor {
             conn.inbuf.extend_from_slice(&self.scratch[..n]);
         }
         self.again.push(key);
+    }
+
+    /// Reads a WebSocket client's frames and has its subscriber answer
+    /// them (pongs, the close). Only a partial frame stays in the
+    /// connection's buffer: at most a header and
+    /// [`crate::http::ws::MAX_CLIENT_PAYLOAD`], as the subscriber refuses larger ones
+    /// from their header. While the connection's output is above the
+    /// high-water mark (a client that pings and never reads), its input
+    /// waits in the kernel: the writable event brings the reactor back.
+    fn read_ws(&mut self, key: usize) {
+        if !self.conns[key].inbuf.is_empty() && !self.ws_input(key, 0) {
+            return;
+        }
+        for _ in 0..READS_PER_WAKE {
+            let conn = &mut self.conns[key];
+            if conn.queued() > HIGH_WATER {
+                return;
+            }
+            let n = match conn.read(&mut self.scratch) {
+                Input::Data(n) => n,
+                Input::Drained => return,
+                Input::Closed => return self.close(key),
+            };
+            if !self.ws_input(key, n) {
+                return;
+            }
+        }
+        self.again.push(key);
+    }
+
+    /// Hands a WebSocket's subscriber what its client sent: the bytes
+    /// buffered, then the `n` just read into the scratch buffer. Returns
+    /// false if the subscription is over.
+    fn ws_input(&mut self, key: usize, n: usize) -> bool {
+        let conn = &mut self.conns[key];
+        let State::Subscribed(s) = &mut conn.state else {
+            return false;
+        };
+        let mut out = Vec::new();
+        let step = if conn.inbuf.is_empty() {
+            // The common case: whole frames, straight from the scratch.
+            let (used, step) = s.on_input(&self.scratch[..n], &mut out);
+            if used < n && step == Step::Continue {
+                conn.inbuf = take_buffer(&mut self.spare);
+                conn.inbuf.extend_from_slice(&self.scratch[used..n]);
+            }
+            step
+        } else {
+            conn.inbuf.extend_from_slice(&self.scratch[..n]);
+            let (used, step) = s.on_input(&conn.inbuf, &mut out);
+            conn.inbuf.drain(..used);
+            if conn.inbuf.is_empty() {
+                give_buffer(&mut self.spare, std::mem::take(&mut conn.inbuf));
+            }
+            step
+        };
+        self.follow(key, &out, step)
     }
 
     /// Reads and drops input (streams, held polls, lingering closes); EOF
@@ -746,6 +839,7 @@ impl Reactor {
             State::Reading => {
                 self.metrics.request(UNROUTED, 408, None);
                 let bytes = error_response(408, "request timeout", false);
+                self.log_answer(key, None, 408, bytes.len());
                 self.answer(key, &bytes, false);
             }
             State::Waiting { .. } => {}

@@ -267,7 +267,7 @@ impl EmbeddedStore {
                 .map_err(unavailable)?;
         if let Some(cut) = cut {
             // Once, at start: what the operator must know was lost.
-            eprintln!("haoshuo: warning: {cut}");
+            warn!("{cut}");
         }
         let log = Log::new(
             opts.dir.clone(),
@@ -460,6 +460,7 @@ impl Inner {
                         inner.compactions += 1;
                     }
                     Err(e) => {
+                        error!("compaction failed (retried when the log doubles again): {e}");
                         inner.log.postpone_compaction();
                         inner.compaction_error = Some(e.to_string());
                     }
@@ -468,6 +469,7 @@ impl Inner {
         match spawned {
             Ok(handle) => self.compaction = Some(handle),
             Err(e) => {
+                error!("compaction could not start (retried when the log doubles again): {e}");
                 self.log.postpone_compaction();
                 self.compaction_error = Some(e.to_string());
             }

@@ -134,9 +134,7 @@ fn run(
                     }
                     // A cluster moved our channel's slot to another master.
                     (PushKind::SUnsubscribe, _) => {
-                        eprintln!(
-                            "haoshuo: the Redis feed's channel moved to another master; resubscribing"
-                        );
+                        warn!("the Redis feed's channel moved to another master; resubscribing");
                         break;
                     }
                     _ => {}
@@ -144,7 +142,7 @@ fn run(
                 Ok(_) => {}
                 Err(e) if e.is_timeout() => {}
                 Err(e) => {
-                    eprintln!("haoshuo: the Redis feed lost its subscription ({e}); reconnecting");
+                    warn!("the Redis feed lost its subscription ({e}); reconnecting");
                     break;
                 }
             }
