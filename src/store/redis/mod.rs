@@ -1,13 +1,16 @@
 //! The Redis store: everything in Redis, so several haoshuo processes can
-//! share one data set, and an operator runs it as they already run Redis.
+//! share one data set, and an operator runs it as they already run Redis:
+//! one server, a Redis Cluster (`cluster`: each command to its key's
+//! master) or a master watched by Sentinels (`pool::Source`).
 //!
 //! Worker threads call Redis synchronously through a small [`pool::Pool`]
 //! (no async runtime). Multi-step changes of one user are Lua scripts
-//! ([`scripts`]), keyed within one hash tag, so they are atomic and ready for
-//! Redis Cluster. Every append is announced on a pub/sub channel; each
+//! ([`scripts`]), keyed within one hash tag, so they are atomic and stay in
+//! one cluster slot. Every append is announced to the processes that serve
+//! its receivers (their routes say which), each on its own channel; each
 //! server process listens there ([`feed`]) and hands what it hears to its
-//! router, so a message reaches a subscriber whichever node it is on. The key
-//! layout is in docs/redis.md.
+//! router, so a message reaches a subscriber whichever node it is on. The
+//! key layout is in docs/redis.md.
 //!
 //! Not atomic across users: a group message is appended member by member
 //! (pipelined). If the server dies part way, some members have it and the

@@ -12,6 +12,10 @@
 //! a failure, calls fail at once until the backoff has passed, then one
 //! reconnect is tried: a Redis restart costs a burst of 503s, not a storm of
 //! connects.
+//!
+//! The lanes go to one server ([`Source`]: named once, or asked of Sentinels
+//! at each connect), or, on a Redis Cluster, to each master (`cluster`).
+//! With `--redis-wait-replicas` each batch ends with a WAIT.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
