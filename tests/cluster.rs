@@ -137,3 +137,84 @@ fn announcements_go_by_sharded_pubsub_not_to_every_node() {
         assert_eq!(channel, "hs:untoken", "only the logout is broadcast");
     }
 }
+
+/// Moves `slot` from master `from` to master `to` as `redis-cli --cluster
+/// reshard` does, stopping after the keys moved and before the cluster is
+/// told (`then` runs there: the source answers ASK for the slot's keys).
+fn move_slot(cluster: &mut RedisCluster, slot: u16, from: usize, to: usize, then: impl FnOnce()) {
+    let slot = slot.to_string();
+    let from_id = cluster.node(from).command(&["CLUSTER", "MYID"]);
+    let to_id = cluster.node(to).command(&["CLUSTER", "MYID"]);
+    let to_port = cluster.node(to).port().to_string();
+    assert_eq!(
+        cluster
+            .node(to)
+            .command(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]),
+        "+OK"
+    );
+    assert_eq!(
+        cluster
+            .node(from)
+            .command(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]),
+        "+OK"
+    );
+    let keys = cluster
+        .node(from)
+        .command(&["CLUSTER", "GETKEYSINSLOT", &slot, "1000"]);
+    let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+    assert!(!keys.is_empty(), "the slot holds the user's keys");
+    let mut migrate = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+    migrate.extend(&keys);
+    assert_eq!(cluster.node(from).command(&migrate), "+OK");
+    then();
+    for i in 0..cluster.len() {
+        let node = cluster.node(i);
+        assert_eq!(
+            node.command(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]),
+            "+OK"
+        );
+    }
+}
+
+#[test]
+fn a_slot_moved_to_another_master_is_followed_through_ask_and_moved() {
+    let mut srv = Server::start(Backend::Cluster, Opts::default());
+    let api = srv.api();
+    let alice = api.user("app", "alice");
+    let bob = api.user("app", "bob");
+    let mut stream = api.stream(&bob, 1);
+    api.send(&alice, bob.uid, "before");
+    assert_eq!(
+        stream.collect(1, WAIT),
+        [Msg::single(&alice, bob.uid, 1, "before")]
+    );
+    let key = format!("hs:{{u:app:{}}}", bob.uid);
+    let slot: u16 = srv
+        .cluster()
+        .node(0)
+        .command(&["CLUSTER", "KEYSLOT", &key])
+        .trim_start_matches(':')
+        .parse()
+        .expect("a slot");
+    let from = srv.cluster().master_of(&key);
+    let to = (from + 1) % srv.cluster().len();
+    move_slot(srv.cluster(), slot, from, to, || {
+        // Mid-migration: bob's keys are on `to`, the source answers ASK.
+        api.send(&alice, bob.uid, "while moving");
+    });
+    // Now the source answers MOVED: the slot map is read again.
+    api.send(&alice, bob.uid, "after");
+    assert_eq!(
+        stream.collect(2, WAIT),
+        [
+            Msg::single(&alice, bob.uid, 2, "while moving"),
+            Msg::single(&alice, bob.uid, 3, "after")
+        ]
+    );
+    let asked = srv.cluster().node(to).command(&["INFO", "commandstats"]);
+    assert!(
+        asked.contains("cmdstat_asking:calls="),
+        "no ASK was followed:\n{asked}"
+    );
+    assert_eq!(api.pull(&bob).msgids(), [1, 2, 3]);
+}

@@ -45,3 +45,39 @@ while True:
     try:
         s.bind(("0.0.0.0", p)); print(p); break
     except OSError: pass'; }
+
+# start_cluster DIR MASTERS: a Redis Cluster of MASTERS masters (no
+# replicas), each a redis-server in DIR/PORT on a free port with AOF
+# (everysec) like the benchmarks' single redis-server; pids go onto PIDS and
+# CLUSTER_PIDS. Sets CLUSTER_URL (redis+cluster://...) once every node says
+# cluster_state:ok. Not in a $(...): the pids would be the subshell's.
+start_cluster() {
+  local dir=$1 n=$2 ports=() p i
+  CLUSTER_PIDS=()
+  for i in $(seq "$n"); do
+    p=$(free_port)
+    mkdir -p "$dir/$p"
+    redis-server --port "$p" --bind 127.0.0.1 --dir "$dir/$p" --save '' \
+      --appendonly yes --appendfsync everysec --cluster-enabled yes \
+      --cluster-config-file nodes.conf --logfile "$dir/$p/redis.log" &
+    PIDS+=("$!")
+    CLUSTER_PIDS+=("$!")
+    ports+=("$p")
+  done
+  for p in "${ports[@]}"; do
+    for _ in $(seq 100); do [ "$(redis-cli -p "$p" ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
+  done
+  # shellcheck disable=SC2046 # one argument per node
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-yes \
+    > "$dir/create.log" 2>&1 || { log "redis-cli --cluster create failed: $(tail -3 "$dir/create.log")"; return 1; }
+  for p in "${ports[@]}"; do
+    for _ in $(seq 200); do
+      redis-cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
+      sleep 0.1
+    done
+  done
+  CLUSTER_URL="redis+cluster://$(printf '127.0.0.1:%s,' "${ports[@]}" | sed 's/,$//')"
+}
+
+# cluster_ports URL: the ports a redis+cluster:// or redis:// URL names.
+cluster_ports() { echo "$1" | sed -e 's|^[a-z+]*://||' -e 's|/.*||' | tr ',' '\n' | sed 's/.*://'; }
