@@ -159,8 +159,9 @@ impl Server {
         let threads = cfg.threads();
         let (jobs, job_rx) = worker::queue(cfg.job_queue);
         let mut metrics = Metrics::new(threads);
-        let queued = job_rx.clone();
-        metrics = metrics.with_queue(move || queued.len() as u64, cfg.job_queue);
+        // The workers' side: a sender kept here would keep them running.
+        let queued = job_rx.depth();
+        metrics = metrics.with_queue(move || queued() as u64, cfg.job_queue);
         if let Some(r) = &redis {
             let r = r.clone();
             metrics = metrics.with_redis(move || r.reconnects());
@@ -184,7 +185,6 @@ impl Server {
             Router::new(mailboxes.clone(), cfg.max_subs_per_user, cfg.max_conns)
                 .with_poll_grace(std::time::Duration::from_secs(u64::from(cfg.heartbeat))),
         );
-        let node = presence::node_id();
         let api = Arc::new(
             Api::new(
                 store.clone(),

@@ -1,16 +1,23 @@
 //! The worker pool: where API calls meet the store.
 //!
 //! Reactors never block on storage: they put a [`Job`] on one shared
-//! bounded channel and go on. Each worker thread takes jobs, runs them
-//! against the [`Api`], and sends the answer to the mailbox of the reactor
-//! that owns the connection, which wakes it.
+//! bounded queue ([`Jobs`]) and go on. Each worker thread takes jobs, runs
+//! them against the [`Api`], and sends the answer to the mailbox of the
+//! reactor that owns the connection, which wakes it.
+//!
+//! A worker that finds the queue empty goes to sleep at once on a condition
+//! variable, and a job queued while workers sleep wakes one of them. It does
+//! not spin first (as a channel's blocking receive does, with `sched_yield`
+//! between tries): with many processes each serving a trickle of requests,
+//! that spinning was a large share of the CPU they used.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
 use crate::api::{Api, Request};
 use crate::bus::{CoreMsg, Reply, Sub, SubKey};
@@ -34,13 +41,147 @@ pub enum Job {
     Page { origin: SubKey, sub: Sub },
 }
 
-/// The job queue, holding at most `capacity` jobs.
-pub fn queue(capacity: usize) -> (Sender<Job>, Receiver<Job>) {
-    crossbeam_channel::bounded(capacity)
+/// The job queue's sending side (reactors): jobs go into a bounded
+/// channel, and a sleeping worker is woken for each.
+#[derive(Clone)]
+pub struct Jobs {
+    inner: Arc<SendSide>,
 }
 
-/// Starts `n` workers; they exit when every sender of `jobs` is dropped.
-pub fn spawn(n: usize, api: Arc<Api>, jobs: Receiver<Job>) -> Vec<JoinHandle<()>> {
+/// What the workers take jobs from.
+pub struct JobsRx {
+    rx: Receiver<Job>,
+    sleep: Arc<Sleep>,
+}
+
+struct SendSide {
+    /// Taken when the last [`Jobs`] goes: the workers then see the channel
+    /// disconnected, after they are woken.
+    tx: Option<Sender<Job>>,
+    sleep: Arc<Sleep>,
+}
+
+/// Where idle workers sleep.
+#[derive(Default)]
+struct Sleep {
+    /// Workers asleep or about to be (counted before their last look at
+    /// the queue, under `lock`).
+    sleeping: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+/// How long a sleeping worker waits before it looks at the queue anyway: a
+/// backstop only, every job wakes one.
+const SLEEP_MAX: Duration = Duration::from_secs(1);
+
+impl Sleep {
+    fn wake_one(&self) {
+        // Pairs with the fence in `JobsRx::next`: either this sees the
+        // worker counted, or the worker's last look sees the job.
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) > 0 {
+            let _held = lock(&self.lock);
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// The job queue, holding at most `capacity` jobs.
+pub fn queue(capacity: usize) -> (Jobs, JobsRx) {
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let sleep = Arc::new(Sleep::default());
+    let jobs = Jobs {
+        inner: Arc::new(SendSide {
+            tx: Some(tx),
+            sleep: sleep.clone(),
+        }),
+    };
+    (jobs, JobsRx { rx, sleep })
+}
+
+impl Jobs {
+    /// Queues `job` and wakes a sleeping worker; gives it back if the
+    /// queue is full (or the workers are gone).
+    // The job comes back by value, as from the channel's own `try_send`
+    // (the reactor answers its request 503 from it): boxing it would cost
+    // an allocation per job for the rare full queue.
+    #[allow(clippy::result_large_err)]
+    pub fn try_send(&self, job: Job) -> Result<(), TrySendError<Job>> {
+        match &self.inner.tx {
+            Some(tx) => tx.try_send(job)?,
+            None => return Err(TrySendError::Disconnected(job)),
+        }
+        self.inner.sleep.wake_one();
+        Ok(())
+    }
+
+    /// Jobs waiting for a worker.
+    pub fn len(&self) -> usize {
+        self.inner.tx.as_ref().map_or(0, Sender::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for SendSide {
+    fn drop(&mut self) {
+        self.tx = None;
+        let _held = lock(&self.sleep.lock);
+        self.sleep.wake.notify_all();
+    }
+}
+
+impl JobsRx {
+    /// How many jobs wait, for whoever asks later (metrics); it keeps no
+    /// sender alive, so the workers still end with the last [`Jobs`].
+    pub fn depth(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let rx = self.rx.clone();
+        move || rx.len()
+    }
+
+    /// The next job, sleeping while there is none; `None` once every
+    /// [`Jobs`] is gone and the queue is empty.
+    fn next(&self) -> Option<Job> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(job) => return Some(job),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            let held = lock(&self.sleep.lock);
+            self.sleep.sleeping.fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            let job = self.rx.try_recv();
+            if let Err(TryRecvError::Empty) = job {
+                // Released while asleep: a job queued now wakes this one.
+                let _ = self
+                    .sleep
+                    .wake
+                    .wait_timeout(held, SLEEP_MAX)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            self.sleep.sleeping.fetch_sub(1, Ordering::SeqCst);
+            match job {
+                Ok(job) => return Some(job),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+    }
+}
+
+/// Poisoning means a worker panicked outside a job's `catch_unwind`
+/// while holding the lock, which guards nothing but the sleep itself.
+fn lock(m: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts `n` workers; they exit when every [`Jobs`] is dropped.
+pub fn spawn(n: usize, api: Arc<Api>, jobs: JobsRx) -> Vec<JoinHandle<()>> {
+    let jobs = Arc::new(jobs);
     (0..n)
         .map(|i| {
             let api = api.clone();
@@ -53,8 +194,8 @@ pub fn spawn(n: usize, api: Arc<Api>, jobs: Receiver<Job>) -> Vec<JoinHandle<()>
         .collect()
 }
 
-fn run(api: &Api, jobs: &Receiver<Job>) {
-    for job in jobs {
+fn run(api: &Api, jobs: &JobsRx) {
+    while let Some(job) = jobs.next() {
         let (origin, msg) = match job {
             Job::Request { origin, req, at } => {
                 // A bug in one handler must not leave its client waiting
@@ -266,7 +407,7 @@ mod tests {
             };
             let req = pull_request();
             let at = Instant::now();
-            assert!(jobs.send(Job::Request { origin, req, at }).is_ok());
+            assert!(jobs.try_send(Job::Request { origin, req, at }).is_ok());
             let msg = inbox
                 .recv_timeout(Duration::from_secs(5))
                 .expect("no answer: the worker died with its job");
@@ -289,5 +430,90 @@ mod tests {
         for w in workers {
             w.join().expect("the worker exits cleanly");
         }
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+    use crate::bus::{AppKey, ConnRef};
+
+    fn page_job(uid: u64) -> Job {
+        Job::Page {
+            origin: SubKey {
+                core: 0,
+                conn: ConnRef { slot: 0, gen: 0 },
+            },
+            sub: Sub {
+                app: AppKey::default(),
+                uid,
+                next: 1,
+            },
+        }
+    }
+
+    fn uid_of(job: &Job) -> u64 {
+        match job {
+            Job::Page { sub, .. } => sub.uid,
+            Job::Request { .. } => unreachable!("only pages are queued here"),
+        }
+    }
+
+    /// Waits until `n` workers sleep (they count themselves first).
+    fn until_asleep(rx: &JobsRx, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rx.sleep.sleeping.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < deadline, "the workers never slept");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn sleeping_workers_are_woken_for_every_job_and_end_with_the_queue() {
+        let (jobs, rx) = queue(16);
+        let rx = Arc::new(rx);
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (rx, done) = (rx.clone(), done_tx.clone());
+                std::thread::spawn(move || {
+                    while let Some(job) = rx.next() {
+                        done.send(uid_of(&job)).expect("the test listens");
+                    }
+                })
+            })
+            .collect();
+        for round in 0..3u64 {
+            // Both asleep, well inside their backstop wait: only the
+            // wake-up can hand them the job in time.
+            until_asleep(&rx, 2);
+            let t = Instant::now();
+            jobs.try_send(page_job(round)).expect("room");
+            let got = done_rx
+                .recv_timeout(SLEEP_MAX / 2)
+                .expect("a sleeping worker was woken");
+            assert_eq!(got, round);
+            assert!(t.elapsed() < SLEEP_MAX / 2);
+        }
+        drop(jobs);
+        for w in workers {
+            w.join().expect("a worker ends when the last sender goes");
+        }
+    }
+
+    #[test]
+    fn a_full_queue_gives_the_job_back() {
+        let (jobs, rx) = queue(2);
+        jobs.try_send(page_job(1)).expect("room");
+        jobs.try_send(page_job(2)).expect("room");
+        assert_eq!(jobs.len(), 2);
+        match jobs.try_send(page_job(3)) {
+            Err(TrySendError::Full(job)) => assert_eq!(uid_of(&job), 3),
+            _ => panic!("a third job fit a queue of two"),
+        }
+        assert_eq!(rx.next().map(|j| uid_of(&j)), Some(1));
+        assert_eq!(rx.next().map(|j| uid_of(&j)), Some(2));
+        drop(jobs);
+        assert!(rx.next().is_none(), "no senders, no jobs: done");
     }
 }

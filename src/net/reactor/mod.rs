@@ -17,7 +17,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, TrySendError};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -35,7 +35,7 @@ use crate::net::conn::{Conn, Input, State};
 use crate::net::mailbox::Mailbox;
 use crate::net::timer::{after, Secs, TimerWheel, NEVER};
 use crate::router::Router;
-use crate::worker::Job;
+use crate::worker::{Job, Jobs};
 
 const WAKER: Token = Token(1);
 const ADMIN: Token = Token(2);
@@ -122,7 +122,7 @@ pub struct Reactor {
     inbox: Receiver<CoreMsg>,
     mailbox: Arc<Mailbox>,
     router: Arc<Router>,
-    jobs: Sender<Job>,
+    jobs: Jobs,
     timers: TimerWheel<ConnRef>,
     started: Instant,
     now: Secs,
@@ -154,7 +154,7 @@ impl Reactor {
         inbox: Receiver<CoreMsg>,
         mailbox: Arc<Mailbox>,
         router: Arc<Router>,
-        jobs: Sender<Job>,
+        jobs: Jobs,
         metrics: Arc<Metrics>,
     ) -> io::Result<Reactor> {
         let Listeners {
