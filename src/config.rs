@@ -187,6 +187,12 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_ALLOW_ORIGIN", value_delimiter = ',')]
     pub allow_origin: Vec<String>,
 
+    /// Serve a small chat page at `GET /demo` on the API listener: two
+    /// users chatting over SSE or WebSocket, to try the server from a
+    /// browser. Off: `/demo` is a 404 like any unknown path.
+    #[arg(long, env = "HAOSHUO_DEMO")]
+    pub demo: bool,
+
     /// Which events are logged to stderr: `error`, `warn`, `info` or
     /// `debug` (each includes the ones before it). Repeats of one error
     /// are written once a second with a count.

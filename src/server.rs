@@ -203,6 +203,7 @@ impl Server {
                     max_groups_per_user: cfg.max_groups_per_user as usize,
                     max_tokens_per_user: cfg.max_tokens_per_user as usize,
                     allow_origin: cfg.allow_origin.clone(),
+                    demo: cfg.demo,
                     node: node.clone(),
                     trust_proxy: cfg.trust_proxy.clone(),
                 },

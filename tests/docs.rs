@@ -334,6 +334,7 @@ const RUN: &[(&str, &str, &str)] = &[
     ("README.md", "curl \"$H/cget/poll", "the_quick_start_prints_what_the_readme_shows"),
     ("README.md", "curl -s 127.0.0.1:2013/admin/users", "the_admin_example_prints_what_the_readme_shows"),
     ("README.md", "target/release/haoshuo --admin-listen", "the_load_commands_run_at_tiny_sizes"),
+    ("README.md", "target/release/haoshuo --demo", "the_demo_command_serves_the_page"),
     ("README.md", "target/release/haoshuo-load ", "the_load_commands_run_at_tiny_sizes"),
     ("docs/benchmarks.md", "haoshuo-load slow ", "the_load_commands_run_at_tiny_sizes"),
     ("docs/benchmarks.md", "loadtest/bench/slow.sh", "slow_sh_runs_at_tiny_sizes"),
@@ -657,12 +658,13 @@ fn shrink(words: &mut Vec<String>) {
 /// A fresh server (embedded store) for a doc's `.../haoshuo FLAGS &`: the
 /// harness gives `--listen` and `--admin-listen` free loopback ports and
 /// `--data-dir` a temporary directory; `[flags]` (what a doc's table rows
-/// vary) are the defaults here; any other flag is passed on.
+/// vary) are the defaults here; any other flag is passed on, a switch
+/// (`--demo`: no value follows) alone.
 fn server_for(cmd: &DocCommand) -> Server {
     let w = words(&cmd.text.replace("$(mktemp -d)", "DIR"));
     assert!(w[0].ends_with("/haoshuo"), "not a server start: {cmd}");
     let mut opts = Opts::default();
-    let mut rest = w[1..].iter();
+    let mut rest = w[1..].iter().peekable();
     while let Some(word) = rest.next() {
         match word.as_str() {
             "&" | "[flags]" => {}
@@ -673,10 +675,11 @@ fn server_for(cmd: &DocCommand) -> Server {
             "--listen" | "--data-dir" => {
                 rest.next();
             }
+            switch if rest.peek().is_none_or(|next| next.starts_with("--")) => {
+                opts = opts.switch(switch);
+            }
             flag => {
-                let value = rest
-                    .next()
-                    .unwrap_or_else(|| panic!("{flag} without a value: {cmd}"));
+                let value = rest.next().expect("peeked");
                 opts = opts.flag(flag, value);
             }
         }
@@ -806,6 +809,22 @@ fn cargo_run_prints_the_readme_start_line() {
         dir.path().join("haoshuo-data").is_dir(),
         "no ./haoshuo-data"
     );
+}
+
+/// README's `haoshuo --demo`: the chat page is served at `/demo` (what it
+/// does in a browser is tests/browser.rs's).
+#[test]
+fn the_demo_command_serves_the_page() {
+    let cmds = claimed("the_demo_command_serves_the_page");
+    let [cmd] = &cmds[..] else {
+        panic!("one `haoshuo --demo`: {cmds:?}")
+    };
+    let srv = server_for(cmd);
+    let r = request(srv.addr(), "GET", "/demo", &[], b"");
+    assert_eq!(r.status, 200, "{cmd}");
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    let page = String::from_utf8(r.body).expect("UTF-8");
+    assert!(page.contains("<title>haoshuo demo</title>"), "{page}");
 }
 
 #[test]

@@ -78,6 +78,8 @@ pub struct Options {
     pub max_tokens_per_user: usize,
     /// Web origins whose pages may call the API (CORS); `*` for any.
     pub allow_origin: Vec<String>,
+    /// Serve the demo chat page at `/demo` (`--demo`).
+    pub demo: bool,
     /// This process's presence id (see `crate::presence`).
     pub node: String,
     /// Proxies whose `X-Forwarded-For` names the client in the access log.
@@ -115,6 +117,7 @@ enum Endpoint {
     Poll,
     Sse,
     Ws,
+    Demo,
     AdminUsers,
     Healthz,
     Readyz,
@@ -123,7 +126,7 @@ enum Endpoint {
 
 /// The `endpoint` label of request metrics, in [`Endpoint`]'s order, then
 /// `other` (an unknown path, or a request refused before it was routed).
-pub const ENDPOINTS: [&str; 18] = [
+pub const ENDPOINTS: [&str; 19] = [
     "/re",
     "/gre",
     "/login",
@@ -137,6 +140,7 @@ pub const ENDPOINTS: [&str; 18] = [
     "/cget/poll",
     "/cget/sse",
     "/cget/ws",
+    "/demo",
     "/admin/users",
     "/healthz",
     "/readyz",
@@ -176,6 +180,7 @@ impl Endpoint {
             b"/cget/poll" => (Endpoint::Poll, Method::Get),
             b"/cget/sse" => (Endpoint::Sse, Method::Get),
             b"/cget/ws" => (Endpoint::Ws, Method::Get),
+            b"/demo" => (Endpoint::Demo, Method::Get),
             _ => return None,
         })
     }
@@ -280,6 +285,7 @@ impl Api {
     fn route(&self, origin: SubKey, req: &Request, cors: Option<&[u8]>) -> Result<Reply, ApiError> {
         let path = req.head.path(&req.raw);
         let (endpoint, method) = Endpoint::parse(path, req.admin)
+            .filter(|(e, _)| self.limits.demo || !matches!(e, Endpoint::Demo))
             .ok_or_else(|| ApiError::NotFound("no such path".into()))?;
         let keep_alive = req.head.keep_alive;
         let subscribes = matches!(endpoint, Endpoint::Stream | Endpoint::Poll | Endpoint::Sse);
@@ -325,6 +331,10 @@ impl Api {
             return self.subscribe(origin, query, kind, keep_alive, resume, cors);
         }
         let f = match endpoint {
+            Endpoint::Demo => {
+                let bytes = super::demo::response(keep_alive);
+                return Ok(Reply::Http { bytes, keep_alive });
+            }
             // Probes for orchestrators: no body, no key (they reveal
             // nothing but whether the process and its store serve).
             Endpoint::Healthz => return Ok(ok_json(br#"{"status":"ok"}"#, keep_alive)),
@@ -359,7 +369,7 @@ impl Api {
             Endpoint::Logout => self.logout(&f)?,
             Endpoint::Online => self.online(&f)?,
             Endpoint::AdminUsers => self.admin_users(req, &f)?,
-            Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics => {
+            Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics | Endpoint::Demo => {
                 unreachable!("answered above")
             }
             Endpoint::Stream | Endpoint::Poll | Endpoint::Sse | Endpoint::Ws => {

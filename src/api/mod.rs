@@ -6,6 +6,7 @@
 //! that owns the connection. Nothing here touches a socket.
 
 pub mod codec;
+mod demo;
 pub mod error;
 mod handlers;
 pub mod limits;

@@ -393,6 +393,7 @@ mod tests {
                 max_groups_per_user: 0,
                 max_tokens_per_user: 0,
                 allow_origin: Vec::new(),
+                demo: false,
                 trust_proxy: Vec::new(),
                 node: "test".into(),
             },

@@ -24,6 +24,8 @@
 //!   by hand, for what no library sends.
 //! * `redis.rs`: [`RedisServer`], a real `redis-server` per test server.
 //! * `proxy.rs`: [`Proxy`], nginx or HAProxy in front of a server.
+//! * `browser.rs`: [`Browser`], headless Chromium driven over the DevTools
+//!   protocol (`cdp.py`); [`OnePage`], a second web origin serving one page.
 //!
 //! Everything is re-exported here, so a test file needs only
 //! `use common::*;`.
@@ -60,6 +62,9 @@ pub use sentinel::RedisSentinels;
 mod ws;
 #[allow(unused_imports)]
 pub use ws::*;
+mod browser;
+#[allow(unused_imports)] // only tests/browser.rs drives a browser
+pub use browser::{Browser, OnePage, CHROMIUM};
 mod proxy;
 #[allow(unused_imports)] // only tests/proxies.rs and tests/docs.rs run proxies
 pub use proxy::{free_port, wait_ready, Proxy, ProxyKind};
@@ -84,6 +89,11 @@ macro_rules! backend_tests {
     };
     // Tests that stop, pause or roll back their one redis-server.
     (single_redis: $($name:ident),+ $(,)?) => {
+        $crate::common::backend_tests!(@each [embedded Embedded, redis Redis] $($name),+);
+    };
+    // Tests whose every run is costly (a browser each), on one store of
+    // each kind: what they check does not differ on a cluster.
+    (embedded_and_redis: $($name:ident),+ $(,)?) => {
         $crate::common::backend_tests!(@each [embedded Embedded, redis Redis] $($name),+);
     };
     (@each [] $($name:ident),+) => {};

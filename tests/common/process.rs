@@ -78,6 +78,8 @@ impl Fsync {
 /// server's defaults.
 #[derive(Clone, Debug, Default)]
 pub struct Opts {
+    /// `--listen`; a free loopback port (`127.0.0.1:0`) when unset.
+    listen: Option<String>,
     threads: Option<u32>,
     workers: Option<u32>,
     heartbeat: Option<u32>,
@@ -408,8 +410,18 @@ impl Server {
         }
     }
 
+    /// [`Server::restart_same_dir`] on the same port too, as a browser
+    /// page expects (its origin, and the URL its `EventSource` reconnects
+    /// to, name the port); later restarts keep it as well.
+    pub fn restart_same_port(&mut self) {
+        self.opts.listen = Some(self.addr.to_string());
+        self.restart_same_dir();
+        assert_eq!(self.addr.to_string(), self.opts.listen.as_deref().unwrap());
+    }
+
     /// Starts the server again on the same data directory (SIGKILLing the
-    /// current process first if it still runs). The port changes.
+    /// current process first if it still runs). The port changes, unless
+    /// [`Server::restart_same_port`] fixed it.
     pub fn restart_same_dir(&mut self) {
         self.kill9();
         self.log
@@ -458,7 +470,9 @@ fn spawn(
     };
     hermetic(&mut cmd);
     let mut child = cmd
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg("--listen")
+        .arg(opts.listen.as_deref().unwrap_or("127.0.0.1:0"))
+        .arg("--data-dir")
         .arg(dir)
         .args(opts.args())
         .args(backend.args(redis_url))

@@ -23,7 +23,7 @@ pub const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
 /// A Python with the `websockets` library (`pip install websockets`, or
 /// Debian's python3-websockets for the system Python).
-fn python() -> &'static str {
+pub(super) fn python() -> &'static str {
     static FOUND: OnceLock<&'static str> = OnceLock::new();
     FOUND.get_or_init(|| {
         ["python3", "/usr/bin/python3"]
