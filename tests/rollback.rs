@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-common::backend_tests!(single_redis: a_client_ahead_of_the_store_gets_reset_and_no_msgid_is_reused);
+common::backend_tests!(
+    embedded_and_redis: a_client_ahead_of_the_store_gets_reset_and_no_msgid_is_reused
+);
 
 /// Long enough for the pool's backoff and the feed's reconnect to notice a
 /// restarted Redis.

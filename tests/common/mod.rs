@@ -80,19 +80,17 @@ pub const QUIET: Duration = Duration::from_millis(300);
 
 /// `backend_tests!(a, b, c);` generates, for every backend, a module (named
 /// after the backend) holding `#[test] fn a()` calling `a(Backend::X)`, etc.
-/// The list of backends is the bracketed list in the first arm.
+/// The list of backends is the bracketed list in the first arm;
+/// `backend_tests!(embedded_and_redis: a, b)` leaves out the cluster.
 // Not every test file runs on every backend (tests/faults.rs is Redis only).
 #[allow(unused_macros)]
 macro_rules! backend_tests {
     ($($name:ident),+ $(,)?) => {
         $crate::common::backend_tests!(@each [embedded Embedded, redis Redis, cluster Cluster] $($name),+);
     };
-    // Tests that stop, pause or roll back their one redis-server.
-    (single_redis: $($name:ident),+ $(,)?) => {
-        $crate::common::backend_tests!(@each [embedded Embedded, redis Redis] $($name),+);
-    };
-    // Tests whose every run is costly (a browser each), on one store of
-    // each kind: what they check does not differ on a cluster.
+    // Not on the Redis Cluster: tests that stop, pause or roll back their
+    // one redis-server, and tests whose every run is costly (a browser
+    // each) and check nothing a cluster does differently.
     (embedded_and_redis: $($name:ident),+ $(,)?) => {
         $crate::common::backend_tests!(@each [embedded Embedded, redis Redis] $($name),+);
     };
