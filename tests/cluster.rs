@@ -1,39 +1,13 @@
-//! haoshuo on a Redis Cluster: calls routed to each key's master, group
-//! messages split per slot, announcements by sharded pub/sub to the node
-//! that serves the receiver, and a master killed under load.
+//! haoshuo on a Redis Cluster: announcements by sharded pub/sub to the
+//! node that serves the receiver, a master killed under load, a slot moved
+//! under a stream. (Every backend test, and tests/nodes.rs, also run on a
+//! cluster.)
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-
-#[test]
-fn a_message_sent_on_one_node_reaches_a_stream_on_another() {
-    let a = Server::start(Backend::Cluster, Opts::default());
-    let b = a.another_node();
-    let (api_a, api_b) = (a.api(), b.api());
-    let alice = api_a.user("app", "alice");
-    let bob = api_a.user("app", "bob");
-    let carol = api_a.user("app", "carol");
-    let gid = api_a.group(&alice, "team", &[bob.uid, carol.uid]);
-
-    let mut bob_on_b = api_b.stream(&bob, 1);
-    let mut carol_on_a = api_a.stream(&carol, 1);
-    api_a.send(&alice, bob.uid, "direct");
-    api_b.gsend(&alice, gid, "to the team");
-    assert_eq!(
-        bob_on_b.collect(2, WAIT),
-        vec![
-            Msg::single(&alice, bob.uid, 1, "direct"),
-            Msg::group(&alice, gid, 2, "to the team"),
-        ]
-    );
-    assert_eq!(
-        carol_on_a.collect(1, WAIT),
-        vec![Msg::group(&alice, gid, 1, "to the team")]
-    );
-}
 
 /// How long a send may keep answering 503 while a replica takes over from
 /// a killed master (node timeout 1 s, then an election).
@@ -71,27 +45,7 @@ fn a_master_killed_under_load_loses_nothing_answered_and_streams_resume() {
     }
     srv.cluster().wait_failover(victim);
 
-    for (j, (receiver, stream)) in receivers.iter().zip(&mut streams).enumerate() {
-        let sent: Vec<String> = (j..SENDS)
-            .step_by(receivers.len())
-            .map(|i| format!("m{i}"))
-            .collect();
-        // Every message answered `ok`, once, in order, and live: the stream
-        // outlived the failover (msgids are checked contiguous as read).
-        let got: Vec<String> = stream
-            .collect(sent.len(), FAILOVER)
-            .iter()
-            .map(|m| m.content.clone())
-            .collect();
-        assert_eq!(got, sent, "stream of r{j}");
-        let pulled = api.pull(receiver);
-        assert_eq!(pulled.contents(), sent, "inbox of r{j}");
-        assert_eq!(
-            pulled.msgids(),
-            (1..=sent.len() as u64).collect::<Vec<_>>(),
-            "msgids of r{j}"
-        );
-    }
+    every_receiver_got_its_sends(&api, &receivers, &mut streams, SENDS, FAILOVER);
 }
 
 #[test]

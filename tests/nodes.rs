@@ -1,4 +1,4 @@
-//! Several haoshuo processes on one Redis: a message sent through one node
+//! Several haoshuo processes on one Redis (or Redis Cluster): a message sent through one node
 //! reaches a stream on another, and a logout on one node kills the token on
 //! every node at once (their token caches hear it).
 
@@ -10,7 +10,16 @@ use common::*;
 
 #[test]
 fn a_message_sent_on_one_node_reaches_a_stream_on_another() {
-    let a = Server::start(Backend::Redis, Opts::default());
+    across_nodes(Backend::Redis);
+}
+
+#[test]
+fn on_a_cluster_a_message_sent_on_one_node_reaches_a_stream_on_another() {
+    across_nodes(Backend::Cluster);
+}
+
+fn across_nodes(backend: Backend) {
+    let a = Server::start(backend, Opts::default());
     let b = a.another_node();
     let (api_a, api_b) = (a.api(), b.api());
     let alice = api_a.user("app", "alice");

@@ -42,17 +42,5 @@ fn a_killed_master_is_replaced_and_nothing_answered_is_lost() {
     srv.sentinels().wait_failover(old);
     assert_ne!(srv.sentinels().master_port(), old);
 
-    for (j, (receiver, stream)) in receivers.iter().zip(&mut streams).enumerate() {
-        let sent: Vec<String> = (j..SENDS)
-            .step_by(receivers.len())
-            .map(|i| format!("m{i}"))
-            .collect();
-        let got: Vec<String> = stream
-            .collect(sent.len(), FAILOVER)
-            .iter()
-            .map(|m| m.content.clone())
-            .collect();
-        assert_eq!(got, sent, "stream of r{j}");
-        assert_eq!(api.pull(receiver).contents(), sent, "inbox of r{j}");
-    }
+    every_receiver_got_its_sends(&api, &receivers, &mut streams, SENDS, FAILOVER);
 }

@@ -312,6 +312,39 @@ pub fn send_until_ok(
     }
 }
 
+/// After `sends` messages `m0`, `m1`, ... were sent round robin to
+/// `receivers` (`mI` to receiver `I % len`), answered `ok` (through a
+/// failover, say): each receiver's stream got its share live, once, in
+/// order (msgids contiguous as read), and its inbox holds the same, with
+/// msgids from 1.
+pub fn every_receiver_got_its_sends(
+    api: &Api,
+    receivers: &[User],
+    streams: &mut [super::StreamClient],
+    sends: usize,
+    within: std::time::Duration,
+) {
+    for (j, (receiver, stream)) in receivers.iter().zip(streams).enumerate() {
+        let sent: Vec<String> = (j..sends)
+            .step_by(receivers.len())
+            .map(|i| format!("m{i}"))
+            .collect();
+        let got: Vec<String> = stream
+            .collect(sent.len(), within)
+            .iter()
+            .map(|m| m.content.clone())
+            .collect();
+        assert_eq!(got, sent, "stream of receiver {j}");
+        let pulled = api.pull(receiver);
+        assert_eq!(pulled.contents(), sent, "inbox of receiver {j}");
+        assert_eq!(
+            pulled.msgids(),
+            (1..=sent.len() as u64).collect::<Vec<_>>(),
+            "msgids of receiver {j}"
+        );
+    }
+}
+
 pub fn gsend_body(from: &User, gid: u64, content: &str) -> Value {
     json!({"appid": from.appid, "fromid": from.uid, "datatype": 2, "toid": gid,
            "content": content, "token": from.token, "restart": "all"})

@@ -238,37 +238,24 @@ pub struct Server {
 impl Server {
     /// Starts the server and waits for its `listening on` line.
     pub fn start(backend: Backend, opts: Opts) -> Server {
-        let dir = tempfile::tempdir().expect("create a temporary data dir");
-        let log = Arc::new(Mutex::new(String::new()));
         let fsync = opts.fsync.unwrap_or(Fsync::Always);
         let redis = (backend == Backend::Redis).then(|| RedisServer::start_with(fsync));
         let cluster = (backend == Backend::Cluster).then(|| RedisCluster::start_with(3, 0, fsync));
-        let redis_url = redis
+        let url = redis
             .as_ref()
             .map(RedisServer::url)
             .or_else(|| cluster.as_ref().map(RedisCluster::url));
-        let (child, addr, admin_addr) =
-            spawn(backend, redis_url.as_deref(), &opts, dir.path(), &log);
-        Server {
-            redis,
-            cluster,
-            sentinels: None,
-            redis_url,
-            backend,
-            opts,
-            dir,
-            child: Some(child),
-            addr,
-            admin_addr,
-            log,
-        }
+        let mut server = Server::start_on(backend, url.as_deref(), opts);
+        server.redis = redis;
+        server.cluster = cluster;
+        server
     }
 
     /// Starts the server on a Redis Cluster the test made (with replicas,
     /// say), which it then owns.
     pub fn start_on_cluster(cluster: RedisCluster, opts: Opts) -> Server {
         let url = cluster.url();
-        let mut server = Server::start_on(Backend::Cluster, &url, opts);
+        let mut server = Server::start_on(Backend::Cluster, Some(&url), opts);
         server.cluster = Some(cluster);
         server
     }
@@ -277,20 +264,22 @@ impl Server {
     /// owns.
     pub fn start_on_sentinels(sentinels: RedisSentinels, opts: Opts) -> Server {
         let url = sentinels.url();
-        let mut server = Server::start_on(Backend::Redis, &url, opts);
+        let mut server = Server::start_on(Backend::Redis, Some(&url), opts);
         server.sentinels = Some(sentinels);
         server
     }
 
-    fn start_on(backend: Backend, url: &str, opts: Opts) -> Server {
+    /// The server on `backend`, with the Redis at `url` (which it does not
+    /// own) if any, its own data dir and log.
+    fn start_on(backend: Backend, url: Option<&str>, opts: Opts) -> Server {
         let dir = tempfile::tempdir().expect("create a temporary data dir");
         let log = Arc::new(Mutex::new(String::new()));
-        let (child, addr, admin_addr) = spawn(backend, Some(url), &opts, dir.path(), &log);
+        let (child, addr, admin_addr) = spawn(backend, url, &opts, dir.path(), &log);
         Server {
             redis: None,
             cluster: None,
             sentinels: None,
-            redis_url: Some(url.to_owned()),
+            redis_url: url.map(str::to_owned),
             backend,
             opts,
             dir,
@@ -305,23 +294,7 @@ impl Server {
     /// port): another node of one deployment.
     pub fn another_node(&self) -> Server {
         let url = self.redis_url.clone().expect("nodes share a Redis store");
-        let dir = tempfile::tempdir().expect("create a temporary data dir");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (child, addr, admin_addr) =
-            spawn(self.backend, Some(&url), &self.opts, dir.path(), &log);
-        Server {
-            redis: None,
-            cluster: None,
-            sentinels: None,
-            redis_url: Some(url),
-            backend: self.backend,
-            opts: self.opts.clone(),
-            dir,
-            child: Some(child),
-            addr,
-            admin_addr,
-            log,
-        }
+        Server::start_on(self.backend, Some(&url), self.opts.clone())
     }
 
     /// The address the server listens on (changes on restart).
