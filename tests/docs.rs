@@ -346,6 +346,7 @@ const RUN: &[(&str, &str, &str)] = &[
     ("docs/benchmarks.md", "python3 loadtest/bench/hostile.py ", "hostile_py_runs_briefly"),
     ("docs/c1m.md", "loadtest/c1m.sh", "c1m_sh_runs_at_a_tiny_size"),
     ("docs/benchmarks.md", "BUILDS=", "idle_stores_sh_runs_at_a_tiny_size"),
+    ("docs/benchmarks.md", "loadtest/bench/cluster.sh", "cluster_sh_runs_at_tiny_sizes"),
     ("docs/deploy.md", "mkdir -p /srv/haoshuo-nginx", "the_deploy_commands_serve_through_each_proxy"),
     ("docs/deploy.md", "nginx -p /srv/haoshuo-nginx/", "the_deploy_commands_serve_through_each_proxy"),
     ("docs/deploy.md", "haproxy -f /path/to/loadtest/proxy/haproxy.cfg", "the_deploy_commands_serve_through_each_proxy"),
@@ -987,6 +988,41 @@ fn fanout_cpu_sh_runs_at_tiny_sizes() {
             out.status.success()
                 && first.starts_with("exit=0 server_cpu_s=")
                 && load_report_passed(report, "fanout"),
+            "{cmd}\nran {script}: {}\nstdout:\n{stdout}\nstderr:\n{}",
+            out.status,
+            text(&out.stderr)
+        );
+    }
+}
+
+/// cluster.sh with one round of everything, a second of wrk, 50 sends and
+/// a 50-member group, this test's (debug) server on both stores.
+#[test]
+fn cluster_sh_runs_at_tiny_sizes() {
+    let results = tempfile::tempdir().expect("a temporary dir");
+    for cmd in claimed("cluster_sh_runs_at_tiny_sizes") {
+        let at = cmd
+            .text
+            .find("loadtest/bench/cluster.sh")
+            .expect("the script");
+        let script = &cmd.text[at..];
+        let vars = [
+            ("ROUNDS", "1"),
+            ("WRK_DURATION", "1s"),
+            ("P_COUNT", "50"),
+            ("FANOUT_MEMBERS", "50"),
+            ("FANOUT_MSGS", "3"),
+            ("HAOSHUO", server_bin()),
+            ("HAOSHUO_LOAD", load_bin()),
+            ("RESULTS", results.path().to_str().expect("a UTF-8 path")),
+        ];
+        let out = sh(script, &vars);
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success()
+                && stdout.contains("| `/p` requests/s")
+                && stdout.contains("| Redis commands per `/p` (all nodes) |")
+                && stdout.contains("fan-out checks: PASS PASS"),
             "{cmd}\nran {script}: {}\nstdout:\n{stdout}\nstderr:\n{}",
             out.status,
             text(&out.stderr)

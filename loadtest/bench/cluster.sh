@@ -119,9 +119,18 @@ done
 # 3. Group fan-out, alternating.
 for r in $(seq "$ROUNDS"); do
   for s in redis cluster; do
-    STORE=$s HAOSHUO_LOAD="$tmp/haoshuo-load" timeout 300 "$here/fanout_cpu.sh" "$tmp/haoshuo" \
-      "$FANOUT_MEMBERS" "$FANOUT_MSGS" "$FANOUT_RATE" > "$RESULTS/fanout-$s.$r.txt" 2>&1
-    log "fanout $s round $r: $(grep -E '^(check|deliveries_per_sec)' "$RESULTS/fanout-$s.$r.txt" | tr -s ' ' | tr '\n' ' ')"
+    out=$RESULTS/fanout-$s.$r.txt
+    # A run that ended without its table (seen once in a while, with
+    # nothing on stderr either) is run again, once; the first try is kept.
+    for try in 1 2; do
+      STORE=$s HAOSHUO_LOAD="$tmp/haoshuo-load" timeout 300 "$here/fanout_cpu.sh" "$tmp/haoshuo" \
+        "$FANOUT_MEMBERS" "$FANOUT_MSGS" "$FANOUT_RATE" > "$out" 2>&1
+      rc=$?
+      grep -q '^check' "$out" && break
+      log "fanout $s round $r try $try ended (exit $rc) without a table; $( [ $try = 1 ] && echo again)"
+      cp "$out" "$out.try$try"
+    done
+    log "fanout $s round $r: $(grep -E '^(check|deliveries_per_sec)' "$out" | tr -s ' ' | tr '\n' ' ')"
   done
 done
 

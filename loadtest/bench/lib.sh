@@ -16,7 +16,7 @@ stop() {
   [ -n "$p" ] || return 0
   kill -TERM "$p" 2>/dev/null
   for _ in $(seq $((secs * 10))); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$p" 2>/dev/null
+  kill -KILL "$p" 2>/dev/null || true
   wait "$p" 2>/dev/null
   untrack "$p"
 }
@@ -27,7 +27,7 @@ stop_all() {
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
   for p in "${PIDS[@]}"; do
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null
+    kill -KILL "$p" 2>/dev/null || true
   done
   PIDS=()
 }
@@ -47,26 +47,39 @@ while True:
     except OSError: pass'; }
 
 # start_cluster DIR MASTERS: a Redis Cluster of MASTERS masters (no
-# replicas), each a redis-server in DIR/PORT on a free port with AOF
+# replicas), each a redis-server in DIR/PORT on a free low_port (the cluster
+# bus takes PORT + 10000 too) with AOF
 # (everysec) like the benchmarks' single redis-server; pids go onto PIDS and
 # CLUSTER_PIDS. Sets CLUSTER_URL (redis+cluster://...) once every node says
 # cluster_state:ok. Not in a $(...): the pids would be the subshell's.
 start_cluster() {
-  local dir=$1 n=$2 ports=() p i
+  local dir=$1 n=$2 ports=() p i try
   CLUSTER_PIDS=()
   for i in $(seq "$n"); do
-    p=$(free_port)
-    mkdir -p "$dir/$p"
-    redis-server --port "$p" --bind 127.0.0.1 --dir "$dir/$p" --save '' \
-      --appendonly yes --appendfsync everysec --cluster-enabled yes \
-      --cluster-config-file nodes.conf --logfile "$dir/$p/redis.log" &
-    PIDS+=("$!")
-    CLUSTER_PIDS+=("$!")
-    ports+=("$p")
+    # A port (or its bus port) taken meanwhile: another one.
+    for try in 1 2 3; do
+      p=$(low_port)
+      mkdir -p "$dir/$p"
+      redis-server --port "$p" --bind 127.0.0.1 --dir "$dir/$p" --save '' \
+        --appendonly yes --appendfsync everysec --cluster-enabled yes \
+        --cluster-config-file nodes.conf --logfile "$dir/$p/redis.log" &
+      local pid=$!
+      for _ in $(seq 100); do
+        [ "$(redis-cli -p "$p" ping 2>/dev/null)" = PONG ] && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      if [ "$(redis-cli -p "$p" ping 2>/dev/null)" = PONG ]; then
+        PIDS+=("$pid")
+        CLUSTER_PIDS+=("$pid")
+        ports+=("$p")
+        break
+      fi
+      kill "$pid" 2>/dev/null
+      log "cluster node on $p did not start (try $try): $(tail -1 "$dir/$p/redis.log")"
+    done
   done
-  for p in "${ports[@]}"; do
-    for _ in $(seq 100); do [ "$(redis-cli -p "$p" ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
-  done
+  [ "${#ports[@]}" = "$n" ] || return 1
   # shellcheck disable=SC2046 # one argument per node
   redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-yes \
     > "$dir/create.log" 2>&1 || { log "redis-cli --cluster create failed: $(tail -3 "$dir/create.log")"; return 1; }
