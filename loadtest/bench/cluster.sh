@@ -138,6 +138,7 @@ python3 - "$RESULTS" "$ROUNDS" <<'PY' | tee "$RESULTS/summary.md"
 import re, statistics, sys
 d, rounds = sys.argv[1], int(sys.argv[2])
 def med(xs): return statistics.median(xs) if xs else float("nan")
+def ratio(b, a): return f"{b / a:.2f}" if a else "-"
 def rps(s):
     out = []
     for r in range(1, rounds + 1):
@@ -155,17 +156,17 @@ per = {l.split()[0]: l.split()[1:] for l in open(f"{d}/per_p.txt")}
 one, clu = med(rps("single")), med(rps("cluster"))
 print("| | one Redis | cluster of 3 masters | cluster / one |")
 print("|---|---|---|---|")
-print(f"| `/p` requests/s (wrk -t2 -c100, median of {rounds}) | {one:,.0f} | {clu:,.0f} | {clu / one:.2f} |")
+print(f"| `/p` requests/s (wrk -t2 -c100, median of {rounds}) | {one:,.0f} | {clu:,.0f} | {ratio(clu, one)} |")
 c1, c3 = int(per["single"][0]) / 100, int(per["cluster"][0]) / 100
-print(f"| Redis commands per `/p` (all nodes) | {c1:.2f} | {c3:.2f} | {c3 / c1:.2f} |")
+print(f"| Redis commands per `/p` (all nodes) | {c1:.2f} | {c3:.2f} | {ratio(c3, c1)} |")
 b1, b3 = int(per["single"][1]), int(per["cluster"][1])
-print(f"| Redis bytes in + out per `/p` | {b1} | {b3} | {b3 / b1:.2f} |")
+print(f"| Redis bytes in + out per `/p` | {b1} | {b3} | {ratio(b3, b1)} |")
 for key, label in [("deliveries_per_sec", "fan-out deliveries/s"),
                    ("server_cpu_us_per_delivery", "fan-out server CPU µs per delivery"),
                    ("redis_cpu_s", "fan-out Redis CPU s (all nodes)"),
                    ("latency_p99_ms", "fan-out delivery p99 ms")]:
     a, b = med(fan("redis", key)), med(fan("cluster", key))
-    print(f"| {label} (median of {rounds}) | {a:,.2f} | {b:,.2f} | {b / a:.2f} |")
+    print(f"| {label} (median of {rounds}) | {a:,.2f} | {b:,.2f} | {ratio(b, a)} |")
 checks = [l for s in ("redis", "cluster") for r in range(1, rounds + 1)
           for l in open(f"{d}/fanout-{s}.{r}.txt") if l.startswith("check")]
 print(f"\nfan-out checks: {' '.join(l.split()[1] for l in checks)}")
