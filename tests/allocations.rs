@@ -1,0 +1,183 @@
+//! Heap allocations per request on the hot paths, counted and pinned.
+//!
+//! The real [`Api`] with its router, a reactor's mailbox and the embedded
+//! store (in a temporary dir, `--fsync everysec`), called in this thread as
+//! a worker calls it; this test binary's allocator counts what the calling
+//! thread allocates. A `/p` that starts to allocate more fails here with
+//! the count, so a new allocation on the request path is a decision, not
+//! an accident. Where a count goes down, lower its pin.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Arc;
+
+use haoshuo::api::{Api, Options, Request};
+use haoshuo::bus::{ConnRef, Reply, SubKey};
+use haoshuo::http::request::parse_head;
+use haoshuo::net::mailbox::Mailbox;
+use haoshuo::router::Router;
+use haoshuo::store::embedded::{self, EmbeddedStore};
+use mio::{Poll, Token, Waker};
+
+struct Counting;
+
+thread_local! {
+    /// Allocations made by this thread (reallocations count: each may move).
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    // `try_with`: a thread being torn down may still free and allocate.
+    let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Allocations `f` makes in this thread.
+fn allocations<T>(f: impl FnOnce() -> T) -> (u64, T) {
+    let before = ALLOCS.with(Cell::get);
+    let out = f();
+    (ALLOCS.with(Cell::get) - before, out)
+}
+
+/// A request as a reactor hands it on: head parsed, body read.
+fn request(path: &str, body: &str, admin: bool) -> Request {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes();
+    raw.shrink_to_fit();
+    let head = parse_head(&raw, 1 << 16)
+        .expect("a valid request")
+        .expect("a whole head");
+    Request {
+        raw,
+        head,
+        admin,
+        peer: None,
+    }
+}
+
+fn ok_body(reply: &Reply) -> serde_json::Value {
+    let Reply::Http { bytes, .. } = reply else {
+        panic!("not an HTTP answer");
+    };
+    let text = String::from_utf8_lossy(bytes);
+    let body = text.split("\r\n\r\n").nth(1).expect("a body");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// The most allocations one `/p` (a single-chat message, JSON body, its
+/// sender's token already seen) may make, and one `/pull` of two messages:
+/// what they make now (`cargo test --test allocations -- --nocapture`).
+/// Of a `/p`'s 22 (traced by backtrace, session 5): 10 decoding the body
+/// into a `serde_json::Value` (its map and strings), 2 cloning the cached
+/// token (verifier, appid), 3 building the message, 2 in `send`, 1 checking
+/// the append, 1 publishing to the router, 1 the token check, 1 the answer.
+const P_MAX: u64 = 22;
+const PULL_MAX: u64 = 12;
+
+#[test]
+fn a_send_and_a_pull_allocate_no_more_than_pinned() {
+    let dir = tempfile::tempdir().expect("a data dir");
+    let mut opts = embedded::Options::new(dir.path());
+    opts.fsync = embedded::Fsync::EverySec;
+    let store = Arc::new(EmbeddedStore::open(opts).expect("the store"));
+    let poll = Poll::new().expect("a poll");
+    let waker = Waker::new(poll.registry(), Token(1)).expect("a waker");
+    let (mailbox, _inbox) = Mailbox::new(waker);
+    let router = Arc::new(Router::new(vec![mailbox], 16, 1000));
+    let api = Api::new(
+        store,
+        router,
+        Options {
+            page_size: 100,
+            page_bytes: 256 * 1024,
+            token_ttl: 3600,
+            admin_key: None,
+            cmsgid_window: 3600,
+            hash_concurrency: 1,
+            auth_per_ip: 0,
+            login_per_user: 0,
+            send_rate: 0,
+            max_group_members: 100,
+            max_groups_per_user: 0,
+            max_tokens_per_user: 0,
+            allow_origin: Vec::new(),
+            demo: false,
+            node: "allocs".into(),
+            trust_proxy: Vec::new(),
+        },
+    );
+    let origin = SubKey {
+        core: 0,
+        conn: ConnRef { slot: 0, gen: 0 },
+    };
+    let made = ok_body(&api.handle(
+        origin,
+        &request(
+            "/admin/users",
+            r#"{"appid":"a","prefix":"u","count":2}"#,
+            true,
+        ),
+    ));
+    let users = made["users"].as_array().expect("users");
+    let (alice, bob) = (&users[0], &users[1]);
+    let send = |content: &str| {
+        request(
+            "/p",
+            &serde_json::json!({"appid": "a", "fromid": alice["uid"], "token": alice["token"],
+                "datatype": 1, "toid": bob["uid"], "content": content})
+            .to_string(),
+            false,
+        )
+    };
+    // The first call of each kind fills caches and grows buffers for good.
+    ok_body(&api.handle(origin, &send("warm")));
+    let req = send("hello");
+    let (p, reply) = allocations(|| api.handle(origin, &req));
+    assert_eq!(ok_body(&reply)["type"], "ok");
+
+    let pull = request(
+        "/pull",
+        &serde_json::json!({"appid": "a", "uid": bob["uid"], "token": bob["token"]}).to_string(),
+        false,
+    );
+    let (pulled, reply) = allocations(|| api.handle(origin, &pull));
+    let msgs = &ok_body(&reply)["msgs"];
+    assert_eq!(
+        (&msgs[0]["content"], &msgs[1]["content"]),
+        (&"warm".into(), &"hello".into())
+    );
+
+    println!("allocations: /p {p}, /pull of two messages {pulled}");
+    assert!(
+        p <= P_MAX,
+        "a /p allocated {p} times (pinned at {P_MAX}): what is new on its path?"
+    );
+    assert!(
+        pulled <= PULL_MAX,
+        "a /pull allocated {pulled} times (pinned at {PULL_MAX})"
+    );
+}
