@@ -194,12 +194,11 @@ impl Cluster {
     /// (failing masters would otherwise have every call ask); a failure
     /// leaves it stale, for the next call to try.
     fn refresh_soon(&self) {
-        let due = {
-            let last = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
-            last.elapsed() >= REFRESH_EVERY
-        };
-        if due {
-            let _ = self.refresh();
+        // One lock for the test and the read: the workers that found the
+        // map stale together wait for one read, then use it.
+        let mut last = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() >= REFRESH_EVERY {
+            let _ = self.refresh_locked(&mut last);
         }
     }
 
@@ -207,6 +206,11 @@ impl Cluster {
     /// masters, then the seeds) and puts the new map in place.
     fn refresh(&self) -> RedisResult<()> {
         let mut last = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh_locked(&mut last)
+    }
+
+    /// [`Cluster::refresh`], its lock held: `last` is when it last ran.
+    fn refresh_locked(&self, last: &mut Instant) -> RedisResult<()> {
         self.stale.store(false, Ordering::Release);
         *last = Instant::now();
         let old = self.current();
