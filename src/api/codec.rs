@@ -309,6 +309,19 @@ mod tests {
         )
     }
 
+    /// A map taken as `Fields` (as the fuzz target compares) is the same
+    /// object the body decodes to.
+    #[test]
+    fn a_decoded_object_is_its_map() {
+        let json = br#"{"appid":"1","uids":[1,2],"nul":null}"#;
+        let Value::Object(map) = serde_json::from_slice(json).unwrap() else {
+            unreachable!()
+        };
+        let f = Fields::from(map);
+        assert_eq!(f, ok(json, Body::Json));
+        assert_eq!(f.u64("appid").unwrap(), 1);
+    }
+
     #[test]
     fn u64_table() {
         let f = fields();
