@@ -296,6 +296,11 @@ mod tests {
             );
             assert_eq!(err.status(), 400);
         }
+        // Only a body that looks like JSON gets the hint about its type.
+        assert_eq!(
+            decode_body(b"appid=1", Body::Form).unwrap_err().msg(),
+            "missing form field 'haoshuo'"
+        );
     }
 
     fn fields() -> Fields {
