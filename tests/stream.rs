@@ -23,6 +23,7 @@ common::backend_tests!(
     too_many_streams_get_the_429_frame,
     held_poll_counts_as_a_subscriber,
     closed_stream_frees_its_slot,
+    closed_held_poll_frees_its_slot,
 );
 
 /// A server and two users of app "a".
@@ -284,5 +285,50 @@ fn closed_stream_frees_its_slot(backend: Backend) {
             "the closed stream's slot was not freed within {WAIT:?}"
         );
         thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A client that gives up its held poll frees the slot at once, not when
+/// the poll would have timed out (30 s): the reactor reads a held poll's
+/// socket and sees the close.
+fn closed_held_poll_frees_its_slot(backend: Backend) {
+    let (_srv, api, alice, bob) = setup(backend, Opts::default().max_subs_per_user(1));
+    fill_inbox(&api, &bob, &alice, 1);
+    let deadline = Instant::now() + WAIT;
+    let poll = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no round within {WAIT:?} where the poll held the slot"
+        );
+        // Past the stored message: held, once it has the slot.
+        let mut poll = api.start_poll(&alice, 2);
+        let mut stream = api.stream(&alice, 1);
+        let frame = stream
+            .next_frame(WAIT)
+            .expect("a stream got no frame at all");
+        if frame == frame_429() && poll.wait(QUIET).is_none() {
+            break poll;
+        }
+        // The stream came first (or one of an earlier round was still
+        // counted): both go, and another round.
+    };
+    drop(poll);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut stream = api.stream(&alice, 1);
+        let frame = stream
+            .next_frame(WAIT)
+            .expect("a new stream got no frame at all");
+        if frame != frame_429() {
+            assert_eq!(
+                check_data_frame(&frame, alice.uid),
+                filled(&bob, &alice, 1..=1)
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed poll's slot was not freed within {WAIT:?}"
+        );
     }
 }
