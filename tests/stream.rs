@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use serde_json::json;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -294,35 +295,38 @@ fn closed_stream_frees_its_slot(backend: Backend) {
 fn closed_held_poll_frees_its_slot(backend: Backend) {
     let (_srv, api, alice, bob) = setup(backend, Opts::default().max_subs_per_user(1));
     fill_inbox(&api, &bob, &alice, 1);
+    // Past the stored message: held.
+    let poll = api.start_poll(&alice, 2);
+    // Held once alice is online: nothing else of hers is open.
+    let online =
+        json!({"appid": bob.appid, "uid": bob.uid, "token": bob.token, "uids": [alice.uid]});
     let deadline = Instant::now() + WAIT;
-    let poll = loop {
+    while api.ok("/online", &online)["uids"] != json!([alice.uid]) {
         assert!(
             Instant::now() < deadline,
-            "no round within {WAIT:?} where the poll held the slot"
+            "the poll was not held within {WAIT:?}"
         );
-        // Past the stored message: held, once it has the slot.
-        let mut poll = api.start_poll(&alice, 2);
-        let mut stream = api.stream(&alice, 1);
-        let frame = stream
-            .next_frame(WAIT)
-            .expect("a stream got no frame at all");
-        if frame == frame_429() && poll.wait(QUIET).is_none() {
-            break poll;
-        }
-        // The stream came first (or one of an earlier round was still
-        // counted): both go, and another round.
-    };
+    }
     drop(poll);
+    wait_for_the_slot(&api, &alice, &bob);
+    // Closed before its answer came back from a worker: the same.
+    drop(api.start_poll(&alice, 2));
+    wait_for_the_slot(&api, &alice, &bob);
+}
+
+/// Opens streams of alice's until one is let in (and gets bob's stored
+/// message 1), for `WAIT` at most.
+fn wait_for_the_slot(api: &Api, alice: &User, bob: &User) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let mut stream = api.stream(&alice, 1);
+        let mut stream = api.stream(alice, 1);
         let frame = stream
             .next_frame(WAIT)
             .expect("a new stream got no frame at all");
         if frame != frame_429() {
             assert_eq!(
                 check_data_frame(&frame, alice.uid),
-                filled(&bob, &alice, 1..=1)
+                filled(bob, alice, 1..=1)
             );
             return;
         }
