@@ -172,3 +172,26 @@ fn accepting_resumes_only_below_ninety_percent() {
     let next = answered(&mut waiting, 2);
     assert_eq!(next.len(), 2, "accepting did not resume at 90 %");
 }
+
+/// A server with nothing to do sleeps between its timer ticks: after it
+/// accepted and answered a client (its listener drained to `WouldBlock`)
+/// and while that client stays connected, it burns next to no CPU.
+#[test]
+fn an_idle_server_sleeps() {
+    let srv = Server::start(Backend::Embedded, Opts::default());
+    let mut client = Conn::connect(srv.addr());
+    client.send(REQUEST);
+    assert_eq!(client.read_response(WAIT).status, 404);
+    // Sleeping is the point here: this is the window the CPU is measured in.
+    const WINDOW: Duration = Duration::from_secs(2);
+    let before = cpu_time(srv.pid());
+    thread::sleep(WINDOW);
+    let used = cpu_time(srv.pid()) - before;
+    assert!(
+        used < WINDOW / 4,
+        "the idle server burned {used:?} of CPU in {WINDOW:?}"
+    );
+    // Still serving.
+    client.send(REQUEST);
+    assert_eq!(client.read_response(WAIT).status, 404);
+}
