@@ -244,12 +244,14 @@ fn only_a_connection_that_makes_no_progress_is_closed() {
 /// holds up to 4 MB on loopback, the rest is queued in the server) moves
 /// on only as its queue is flushed, with nothing more written: a reader
 /// that keeps taking it is kept past the send timeout (8 MB queued at
-/// 2 MB/s, four times the timeout), and gets it whole.
+/// 2 MB/s, four times the timeout), and past the keep-alive timeout that
+/// starts once the answer is written; it gets the answer whole.
 #[test]
 fn a_slow_reader_of_one_big_answer_is_kept_while_it_moves() {
     const N: u64 = 200;
     let opts = Opts::default()
         .flag("--send-timeout", 1)
+        .flag("--keepalive-timeout", 1)
         .page_size(N as u32)
         .flag("--page-bytes", 16 * 1024 * 1024);
     let (srv, _api, alice, _bob) = backlog(Backend::Embedded, opts, N);
