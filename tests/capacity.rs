@@ -145,3 +145,53 @@ fn out_of_descriptors_pauses_accepting_without_spinning_and_recovers() {
     let r = request(srv.addr(), "GET", "/nope", &[], b"");
     assert_eq!(r.status, 404);
 }
+
+/// Accepting stops at the limit and resumes only below 90 % of it, not at
+/// the first close (hysteresis: a server at its limit does not flap
+/// between accepting one connection and refusing the next).
+#[test]
+fn accepting_resumes_only_below_ninety_percent() {
+    const MAX: usize = 20;
+    let srv = Server::start(
+        Backend::Embedded,
+        Opts::default().threads(1).max_conns(MAX as u32),
+    );
+    let mut waiting = clients(srv.addr(), MAX + 5);
+    let mut served = answered(&mut waiting, MAX);
+    assert_eq!(served.len(), MAX, "served at once with --max-conns {MAX}");
+    // 19 of 20 open: above 90 %, still full.
+    drop(served.pop());
+    let early = answered(&mut waiting, 1);
+    assert!(
+        early.is_empty(),
+        "accepting resumed at {} of {MAX} connections",
+        MAX - 1
+    );
+    // 18 of 20: accepting resumes, up to the limit again.
+    drop(served.pop());
+    let next = answered(&mut waiting, 2);
+    assert_eq!(next.len(), 2, "accepting did not resume at 90 %");
+}
+
+/// A server with nothing to do sleeps between its timer ticks: after it
+/// accepted and answered a client (its listener drained to `WouldBlock`)
+/// and while that client stays connected, it burns next to no CPU.
+#[test]
+fn an_idle_server_sleeps() {
+    let srv = Server::start(Backend::Embedded, Opts::default());
+    let mut client = Conn::connect(srv.addr());
+    client.send(REQUEST);
+    assert_eq!(client.read_response(WAIT).status, 404);
+    // Sleeping is the point here: this is the window the CPU is measured in.
+    const WINDOW: Duration = Duration::from_secs(2);
+    let before = cpu_time(srv.pid());
+    thread::sleep(WINDOW);
+    let used = cpu_time(srv.pid()) - before;
+    assert!(
+        used < WINDOW / 4,
+        "the idle server burned {used:?} of CPU in {WINDOW:?}"
+    );
+    // Still serving.
+    client.send(REQUEST);
+    assert_eq!(client.read_response(WAIT).status, 404);
+}

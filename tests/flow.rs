@@ -239,3 +239,32 @@ fn only_a_connection_that_makes_no_progress_is_closed() {
     assert!(all.len() < 6_000_000, "all {} bytes came", all.len());
     assert!(!all.ends_with(b"0\r\n\r\n"), "it ended cleanly instead");
 }
+
+/// One answer larger than the socket takes (a 12 MB pull: the kernel
+/// holds up to 4 MB on loopback, the rest is queued in the server) moves
+/// on only as its queue is flushed, with nothing more written: a reader
+/// that keeps taking it is kept past the send timeout (8 MB queued at
+/// 2 MB/s, four times the timeout), and past the keep-alive timeout that
+/// starts once the answer is written; it gets the answer whole.
+#[test]
+fn a_slow_reader_of_one_big_answer_is_kept_while_it_moves() {
+    const N: u64 = 200;
+    let opts = Opts::default()
+        .flag("--send-timeout", 1)
+        .flag("--keepalive-timeout", 1)
+        .page_size(N as u32)
+        .flag("--page-bytes", 16 * 1024 * 1024);
+    let (srv, _api, alice, _bob) = backlog(Backend::Embedded, opts, N);
+    let mut conn = Conn::connect_slow(srv.addr(), SLOW_RCVBUF, SLOW_RATE);
+    let body = form_body(&pull_body(&alice));
+    conn.send(&request_bytes(
+        "POST",
+        "/pull",
+        &[("Content-Type", FORM)],
+        body.as_bytes(),
+    ));
+    let r = conn.read_response(budget(12_000_000, SLOW_RATE));
+    assert_eq!(r.status, 200);
+    let pulled = check_pull(&r.json(), alice.uid);
+    assert_eq!(pulled.msgids(), (1..=N).collect::<Vec<_>>());
+}

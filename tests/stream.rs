@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use serde_json::json;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ common::backend_tests!(
     too_many_streams_get_the_429_frame,
     held_poll_counts_as_a_subscriber,
     closed_stream_frees_its_slot,
+    closed_held_poll_frees_its_slot,
 );
 
 /// A server and two users of app "a".
@@ -284,5 +286,53 @@ fn closed_stream_frees_its_slot(backend: Backend) {
             "the closed stream's slot was not freed within {WAIT:?}"
         );
         thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A client that gives up its held poll frees the slot at once, not when
+/// the poll would have timed out (30 s): the reactor reads a held poll's
+/// socket and sees the close.
+fn closed_held_poll_frees_its_slot(backend: Backend) {
+    let (_srv, api, alice, bob) = setup(backend, Opts::default().max_subs_per_user(1));
+    fill_inbox(&api, &bob, &alice, 1);
+    // Past the stored message: held.
+    let poll = api.start_poll(&alice, 2);
+    // Held once alice is online: nothing else of hers is open.
+    let online =
+        json!({"appid": bob.appid, "uid": bob.uid, "token": bob.token, "uids": [alice.uid]});
+    let deadline = Instant::now() + WAIT;
+    while api.ok("/online", &online)["uids"] != json!([alice.uid]) {
+        assert!(
+            Instant::now() < deadline,
+            "the poll was not held within {WAIT:?}"
+        );
+    }
+    drop(poll);
+    wait_for_the_slot(&api, &alice, &bob);
+    // Closed before its answer came back from a worker: the same.
+    drop(api.start_poll(&alice, 2));
+    wait_for_the_slot(&api, &alice, &bob);
+}
+
+/// Opens streams of alice's until one is let in (and gets bob's stored
+/// message 1), for `WAIT` at most.
+fn wait_for_the_slot(api: &Api, alice: &User, bob: &User) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut stream = api.stream(alice, 1);
+        let frame = stream
+            .next_frame(WAIT)
+            .expect("a new stream got no frame at all");
+        if frame != frame_429() {
+            assert_eq!(
+                check_data_frame(&frame, alice.uid),
+                filled(bob, alice, 1..=1)
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed poll's slot was not freed within {WAIT:?}"
+        );
     }
 }

@@ -41,3 +41,26 @@ impl Request {
         &self.raw[start..start + self.head.content_length]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reactor asks the socket for the client's address (a system call)
+    /// only for the endpoints limited per address, not for every request.
+    #[test]
+    fn only_the_endpoints_limited_per_address_need_the_peer() {
+        assert!(needs_peer(b"/login"));
+        assert!(needs_peer(b"/re"));
+        for path in [
+            &b"/p"[..],
+            b"/cget/stream",
+            b"/healthz",
+            b"/login/",
+            b"/",
+            b"",
+        ] {
+            assert!(!needs_peer(path), "{}", String::from_utf8_lossy(path));
+        }
+    }
+}

@@ -394,6 +394,37 @@ mod tests {
         assert!(matches!(conn.read(&mut scratch), Input::Closed));
     }
 
+    /// A write to a connection the peer reset fails, and the failure is
+    /// told as one (`None`): not taken for a full socket (`Some(0)`, which
+    /// would keep the dead connection until its send timeout) and not
+    /// retried (the next write fails again: a loop for ever). Both ways in:
+    /// `flush` of a queue, and `send` with nothing queued (`write_parts`).
+    #[test]
+    fn a_write_to_a_reset_peer_is_an_error() {
+        let (mut conn, peer) = slow_pair();
+        // Fill the socket until part of a send is queued.
+        let chunk = [7u8; 4000];
+        let mut rounds = 0;
+        while conn.queued() == 0 {
+            conn.send(&[&chunk]).expect("the peer is there");
+            rounds += 1;
+            assert!(rounds < 10_000, "the socket never filled");
+        }
+        let peer = socket2::Socket::from(peer);
+        peer.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(peer); // a reset, unread bytes and all
+        wait_readable(&mut conn);
+        assert_eq!(conn.flush(), None, "flushing to a reset peer");
+
+        let (mut conn, peer) = slow_pair();
+        let peer = socket2::Socket::from(peer);
+        peer.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(peer);
+        wait_readable(&mut conn);
+        assert!(conn.out_empty());
+        assert_eq!(conn.send(&[b"ab", b"cd"]), None, "sending to a reset peer");
+    }
+
     #[test]
     fn write_parts_resumes_mid_part_and_stops_on_would_block() {
         for (cap, calls, expect) in [(3, 100, 11), (3, 2, 6), (100, 1, 11), (1, 0, 0)] {

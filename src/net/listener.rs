@@ -59,3 +59,36 @@ pub fn raise_nofile_limit() -> io::Result<(libc::rlim_t, libc::rlim_t)> {
     }
     Ok((lim.rlim_cur, lim.rlim_max))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nofile() -> libc::rlimit {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        lim
+    }
+
+    /// A soft limit below the hard one is raised to it, and the limits
+    /// returned are the process's own afterwards. The soft limit is lowered
+    /// by one first (harmless to the tests running beside this one).
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        let hard = nofile().rlim_max;
+        let lowered = libc::rlimit {
+            rlim_cur: hard - 1,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit only reads the struct we pass.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
+        assert_eq!(raise_nofile_limit().unwrap(), (hard, hard));
+        assert_eq!(nofile().rlim_cur, hard);
+        // Already raised: nothing to do, the same answer.
+        assert_eq!(raise_nofile_limit().unwrap(), (hard, hard));
+    }
+}

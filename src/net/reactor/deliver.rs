@@ -146,7 +146,13 @@ impl Reactor {
             self.set.heartbeat
         };
         self.set_deadline(key, sub.deadline(self.now, period));
-        self.follow_counted(key, &out, step, msgs);
+        if self.follow_counted(key, &out, step, msgs) && self.conns[key].readable {
+            // A waiting connection is not read: the client may have closed
+            // (or sent more) meanwhile, and edge-triggered readiness will
+            // not be told again. Unseen, a closed held poll would keep its
+            // slot until it timed out.
+            self.again.push(key);
+        }
     }
 
     /// Takes a batch of live messages for the next slices of writes: a
