@@ -29,20 +29,9 @@ fn a_master_killed_under_load_loses_nothing_answered_and_streams_resume() {
         .master_of(&format!("hs:{{u:app:{}}}", receivers[0].uid));
 
     const SENDS: usize = 120;
-    for i in 0..SENDS {
-        if i == SENDS / 3 {
-            srv.cluster().node(victim).kill();
-        }
-        let to = &receivers[i % receivers.len()];
-        send_until_ok(
-            &api,
-            &alice,
-            to,
-            &format!("m{i}"),
-            &format!("c{i}"),
-            FAILOVER,
-        );
-    }
+    send_round_robin_through(&api, &alice, &receivers, SENDS, FAILOVER, || {
+        srv.cluster().node(victim).kill();
+    });
     srv.cluster().wait_failover(victim);
 
     every_receiver_got_its_sends(&api, &receivers, &mut streams, SENDS, FAILOVER);
@@ -90,6 +79,16 @@ fn announcements_go_by_sharded_pubsub_not_to_every_node() {
         let (channel, _) = spy.next(WAIT).expect("the logout announcement");
         assert_eq!(channel, "hs:untoken", "only the logout is broadcast");
     }
+}
+
+/// The hash slot of `key`, as the cluster computes it.
+fn slot_of(cluster: &mut RedisCluster, key: &str) -> u16 {
+    cluster
+        .node(0)
+        .command(&["CLUSTER", "KEYSLOT", key])
+        .trim_start_matches(':')
+        .parse()
+        .expect("a slot")
 }
 
 /// Moves `slot` from master `from` to master `to` as `redis-cli --cluster
@@ -144,13 +143,7 @@ fn a_slot_moved_to_another_master_is_followed_through_ask_and_moved() {
         [Msg::single(&alice, bob.uid, 1, "before")]
     );
     let key = format!("hs:{{u:app:{}}}", bob.uid);
-    let slot: u16 = srv
-        .cluster()
-        .node(0)
-        .command(&["CLUSTER", "KEYSLOT", &key])
-        .trim_start_matches(':')
-        .parse()
-        .expect("a slot");
+    let slot = slot_of(srv.cluster(), &key);
     let from = srv.cluster().master_of(&key);
     let to = (from + 1) % srv.cluster().len();
     move_slot(srv.cluster(), slot, from, to, || {
@@ -191,13 +184,7 @@ fn the_feed_follows_its_channel_to_another_master() {
     let owner = srv.cluster().master_of(&routes);
     let node = srv.cluster().node(owner).command(&["HKEYS", &routes]);
     let channel = format!("hs:deliver:{}", node.trim());
-    let slot: u16 = srv
-        .cluster()
-        .node(0)
-        .command(&["CLUSTER", "KEYSLOT", &channel])
-        .trim_start_matches(':')
-        .parse()
-        .expect("a slot");
+    let slot = slot_of(srv.cluster(), &channel);
     let from = srv.cluster().master_of(&channel);
     let to = (from + 1) % srv.cluster().len();
     // A slot with no key to move: only the sharded subscription is on it.

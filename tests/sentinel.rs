@@ -25,20 +25,9 @@ fn a_killed_master_is_replaced_and_nothing_answered_is_lost() {
 
     const SENDS: usize = 60;
     let old = srv.sentinels().master_port();
-    for i in 0..SENDS {
-        if i == SENDS / 3 {
-            srv.sentinels().server(old).kill();
-        }
-        let to = &receivers[i % receivers.len()];
-        send_until_ok(
-            &api,
-            &alice,
-            to,
-            &format!("m{i}"),
-            &format!("c{i}"),
-            FAILOVER,
-        );
-    }
+    send_round_robin_through(&api, &alice, &receivers, SENDS, FAILOVER, || {
+        srv.sentinels().server(old).kill();
+    });
     srv.sentinels().wait_failover(old);
     assert_ne!(srv.sentinels().master_port(), old);
 

@@ -312,6 +312,30 @@ pub fn send_until_ok(
     }
 }
 
+/// Sends `m0`, `m1`, ... `m{sends-1}` from `from` round robin to
+/// `receivers` (`mI` to receiver `I % len`, cmsgid `cI`), each until it is
+/// answered `ok` ([`send_until_ok`]); runs `fail` once a third of them are
+/// sent (a Redis master killed, say).
+pub fn send_round_robin_through(
+    api: &Api,
+    from: &User,
+    receivers: &[User],
+    sends: usize,
+    within: std::time::Duration,
+    fail: impl FnOnce(),
+) {
+    let mut fail = Some(fail);
+    for i in 0..sends {
+        if i == sends / 3 {
+            if let Some(f) = fail.take() {
+                f();
+            }
+        }
+        let to = &receivers[i % receivers.len()];
+        send_until_ok(api, from, to, &format!("m{i}"), &format!("c{i}"), within);
+    }
+}
+
 /// After `sends` messages `m0`, `m1`, ... were sent round robin to
 /// `receivers` (`mI` to receiver `I % len`), answered `ok` (through a
 /// failover, say): each receiver's stream got its share live, once, in
