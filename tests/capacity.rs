@@ -195,3 +195,20 @@ fn an_idle_server_sleeps() {
     client.send(REQUEST);
     assert_eq!(client.read_response(WAIT).status, 404);
 }
+
+/// The admin listener is not counted against `--max-conns`: with the API
+/// full, an operator's health probe is still answered.
+#[test]
+fn the_admin_listener_accepts_while_the_api_is_full() {
+    const MAX: usize = 5;
+    let srv = Server::start(
+        Backend::Embedded,
+        Opts::default().threads(1).max_conns(MAX as u32).admin(""),
+    );
+    let mut waiting = clients(srv.addr(), MAX + 2);
+    let served = answered(&mut waiting, MAX);
+    assert_eq!(served.len(), MAX, "the API is full");
+    let mut probe = Conn::connect(srv.admin_addr());
+    probe.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(probe.read_response(WAIT).status, 200);
+}

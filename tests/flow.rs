@@ -268,3 +268,38 @@ fn a_slow_reader_of_one_big_answer_is_kept_while_it_moves() {
     let pulled = check_pull(&r.json(), alice.uid);
     assert_eq!(pulled.msgids(), (1..=N).collect::<Vec<_>>());
 }
+
+/// SIGTERM while a big answer is still being written to a slow reader: the
+/// answer is finished (the server drains for up to 5 s), then the
+/// connection closes and the server exits 0.
+#[test]
+fn an_answer_being_written_at_sigterm_is_finished() {
+    // Some 8.4 MB: more than the kernel takes into a socket's buffers
+    // (up to 4 MB on loopback), so most of it waits in the server's queue,
+    // read in about 1.4 s: well inside the 5 s the server drains.
+    const N: u64 = 140;
+    const RATE: u64 = 6 * 1024 * 1024;
+    let opts = Opts::default()
+        .page_size(N as u32)
+        .flag("--page-bytes", 16 * 1024 * 1024);
+    let (mut srv, _api, alice, _bob) = backlog(Backend::Embedded, opts, N);
+    let mut conn = Conn::connect_slow(srv.addr(), SLOW_RCVBUF, RATE);
+    let body = form_body(&pull_body(&alice));
+    conn.send(&request_bytes(
+        "POST",
+        "/pull",
+        &[("Content-Type", FORM)],
+        body.as_bytes(),
+    ));
+    // The answer has begun: the rest of it is queued at the server.
+    let head = conn.peek_head(WAIT).expect("the answer's head");
+    assert_eq!(head.status, 200);
+    let stopping = std::thread::spawn(move || srv.term());
+    let r = conn.read_response(budget(9_000_000, RATE));
+    assert_eq!(r.status, 200);
+    let pulled = check_pull(&r.json(), alice.uid);
+    assert_eq!(pulled.msgids(), (1..=N).collect::<Vec<_>>());
+    assert!(conn.closed_within(WAIT), "kept open after shutdown");
+    let status = stopping.join().expect("the SIGTERM thread");
+    assert!(status.success(), "{status:?}");
+}
