@@ -92,6 +92,31 @@ fn http10_closes_unless_kept_alive(backend: Backend) {
         assert_eq!(head.header("connection"), Some("close"), "{path}");
         assert!(conn.closed_within(WAIT), "{path} stayed open");
     }
+
+    // A refused stream (a wrong token: the 401 frame) is framed the same:
+    // over HTTP/1.0 its body ends with the close, keep-alive asked or not;
+    // over HTTP/1.1 its chunked body ends by itself and the connection
+    // takes the next request.
+    let last = if alice.token.ends_with('0') { "1" } else { "0" };
+    let wrong = format!("{}{last}", &alice.token[..alice.token.len() - 1]);
+    let refused = sub_query(1, alice.uid, &wrong);
+    let mut conn = Conn::connect(server.addr());
+    conn.send(
+        format!("GET /cget/stream?{refused} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes(),
+    );
+    let head = conn.read_head(WAIT).expect("the refused stream's head");
+    assert_eq!(head.header("connection"), Some("close"));
+    assert!(conn.closed_within(WAIT), "a refused 1.0 stream stayed open");
+    let mut conn = Conn::connect(server.addr());
+    conn.send(format!("GET /cget/stream?{refused} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    let r = conn.read_response(WAIT);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("401"),
+        "not the 401 frame: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    conn.send(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(conn.read_response(WAIT).status, 404);
 }
 
 fn accepting_pauses_at_max_conns_and_resumes(backend: Backend) {
