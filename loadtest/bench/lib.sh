@@ -58,7 +58,7 @@ start_cluster() {
   for i in $(seq "$n"); do
     # A port (or its bus port) taken meanwhile: another one.
     for try in 1 2 3; do
-      p=$(low_port)
+      p=$(cluster_port)
       mkdir -p "$dir/$p"
       redis-server --port "$p" --bind 127.0.0.1 --dir "$dir/$p" --save '' \
         --appendonly yes --appendfsync everysec --cluster-enabled yes \
@@ -75,7 +75,7 @@ start_cluster() {
         ports+=("$p")
         break
       fi
-      kill "$pid" 2>/dev/null
+      kill "$pid" 2>/dev/null || true
       log "cluster node on $p did not start (try $try): $(tail -1 "$dir/$p/redis.log")"
     done
   done
@@ -91,6 +91,19 @@ start_cluster() {
   done
   CLUSTER_URL="redis+cluster://$(printf '127.0.0.1:%s,' "${ports[@]}" | sed 's/,$//')"
 }
+
+# cluster_port: a free port P whose cluster bus port P + 10000 is free too,
+# both below the default ephemeral range (from 32768), as low_port's are.
+cluster_port() { python3 -c '
+import random, socket
+while True:
+    p = random.randint(11000, 21000)
+    a, b = socket.socket(), socket.socket()
+    try:
+        a.bind(("0.0.0.0", p)); b.bind(("0.0.0.0", p + 10000)); print(p); break
+    except OSError: pass
+    finally:
+        a.close(); b.close()'; }
 
 # cluster_ports URL: the ports a redis+cluster:// or redis:// URL names.
 cluster_ports() { echo "$1" | sed -e 's|^[a-z+]*://||' -e 's|/.*||' | tr ',' '\n' | sed 's/.*://'; }
