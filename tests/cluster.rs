@@ -81,6 +81,31 @@ fn announcements_go_by_sharded_pubsub_not_to_every_node() {
     }
 }
 
+/// A server on a cluster, and bob streaming, who got alice's "before".
+fn bob_streaming() -> (Server, Api, User, User, StreamClient) {
+    let srv = Server::start(Backend::Cluster, Opts::default());
+    let api = srv.api();
+    let alice = api.user("app", "alice");
+    let bob = api.user("app", "bob");
+    let mut stream = api.stream(&bob, 1);
+    api.send(&alice, bob.uid, "before");
+    assert_eq!(
+        stream.collect(1, WAIT),
+        [Msg::single(&alice, bob.uid, 1, "before")]
+    );
+    (srv, api, alice, bob, stream)
+}
+
+/// Moves the slot of `key` from its master to the next node ([`move_slot`],
+/// `then` run mid-migration); returns that node's index.
+fn move_slot_of(cluster: &mut RedisCluster, key: &str, then: impl FnOnce()) -> usize {
+    let slot = slot_of(cluster, key);
+    let from = cluster.master_of(key);
+    let to = (from + 1) % cluster.len();
+    move_slot(cluster, slot, from, to, then);
+    to
+}
+
 /// The hash slot of `key`, as the cluster computes it.
 fn slot_of(cluster: &mut RedisCluster, key: &str) -> u16 {
     cluster
@@ -132,21 +157,9 @@ fn move_slot(cluster: &mut RedisCluster, slot: u16, from: usize, to: usize, then
 
 #[test]
 fn a_slot_moved_to_another_master_is_followed_through_ask_and_moved() {
-    let mut srv = Server::start(Backend::Cluster, Opts::default());
-    let api = srv.api();
-    let alice = api.user("app", "alice");
-    let bob = api.user("app", "bob");
-    let mut stream = api.stream(&bob, 1);
-    api.send(&alice, bob.uid, "before");
-    assert_eq!(
-        stream.collect(1, WAIT),
-        [Msg::single(&alice, bob.uid, 1, "before")]
-    );
+    let (mut srv, api, alice, bob, mut stream) = bob_streaming();
     let key = format!("hs:{{u:app:{}}}", bob.uid);
-    let slot = slot_of(srv.cluster(), &key);
-    let from = srv.cluster().master_of(&key);
-    let to = (from + 1) % srv.cluster().len();
-    move_slot(srv.cluster(), slot, from, to, || {
+    let to = move_slot_of(srv.cluster(), &key, || {
         // Mid-migration: bob's keys are on `to`, the source answers ASK.
         api.send(&alice, bob.uid, "while moving");
     });
@@ -169,26 +182,14 @@ fn a_slot_moved_to_another_master_is_followed_through_ask_and_moved() {
 
 #[test]
 fn the_feed_follows_its_channel_to_another_master() {
-    let mut srv = Server::start(Backend::Cluster, Opts::default());
-    let api = srv.api();
-    let alice = api.user("app", "alice");
-    let bob = api.user("app", "bob");
-    let mut stream = api.stream(&bob, 1);
-    api.send(&alice, bob.uid, "before");
-    assert_eq!(
-        stream.collect(1, WAIT),
-        [Msg::single(&alice, bob.uid, 1, "before")]
-    );
+    let (mut srv, api, alice, bob, mut stream) = bob_streaming();
     // The serving node is the one route bob has; its channel's slot moves.
     let routes = format!("hs:{{u:app:{}}}:at", bob.uid);
     let owner = srv.cluster().master_of(&routes);
     let node = srv.cluster().node(owner).command(&["HKEYS", &routes]);
     let channel = format!("hs:deliver:{}", node.trim());
-    let slot = slot_of(srv.cluster(), &channel);
-    let from = srv.cluster().master_of(&channel);
-    let to = (from + 1) % srv.cluster().len();
     // A slot with no key to move: only the sharded subscription is on it.
-    move_slot(srv.cluster(), slot, from, to, || {});
+    let to = move_slot_of(srv.cluster(), &channel, || {});
     // Redis unsubscribed the feed from the old master; it subscribes on the
     // new one, and the next message comes live.
     let deadline = std::time::Instant::now() + WAIT;

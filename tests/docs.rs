@@ -935,39 +935,45 @@ fn c1m_sh_runs_at_a_tiny_size() {
     }
 }
 
-/// idle_stores.sh with one build (this test's server), 50 streams held a
-/// second, one round on each store: it prints its medians table.
-#[test]
-fn idle_stores_sh_runs_at_a_tiny_size() {
-    let results = tempfile::tempdir().expect("a temporary dir");
-    for cmd in claimed("idle_stores_sh_runs_at_a_tiny_size") {
-        let at = cmd
-            .text
-            .find("loadtest/bench/idle_stores.sh")
-            .expect("the script");
+/// Runs each doc command `runner` claims from where `script` starts in
+/// it, with `vars` in the environment, and checks it succeeds and prints
+/// every line of `expect`.
+fn run_script_printing(runner: &str, script: &str, vars: &[(&str, &str)], expect: &[&str]) {
+    for cmd in claimed(runner) {
+        let at = cmd.text.find(script).expect("the script");
         let script = &cmd.text[at..];
-        let build = format!("tiny={}", server_bin());
-        let vars = [
-            ("BUILDS", build.as_str()),
-            ("STORES", "embedded redis"),
-            ("ROUNDS", "1"),
-            ("CONNS", "50"),
-            ("HOLD", "1"),
-            ("HAOSHUO_LOAD", load_bin()),
-            ("RESULTS", results.path().to_str().expect("a UTF-8 path")),
-        ];
-        let out = sh(script, &vars);
+        let out = sh(script, vars);
         let stdout = text(&out.stdout);
         assert!(
-            out.status.success()
-                && stdout.contains("| store | tiny |")
-                && stdout.contains("| embedded | ")
-                && stdout.contains("| redis | "),
+            out.status.success() && expect.iter().all(|e| stdout.contains(e)),
             "{cmd}\nran {script}: {}\nstdout:\n{stdout}\nstderr:\n{}",
             out.status,
             text(&out.stderr)
         );
     }
+}
+
+/// idle_stores.sh with one build (this test's server), 50 streams held a
+/// second, one round on each store: it prints its medians table.
+#[test]
+fn idle_stores_sh_runs_at_a_tiny_size() {
+    let results = tempfile::tempdir().expect("a temporary dir");
+    let build = format!("tiny={}", server_bin());
+    let vars = [
+        ("BUILDS", build.as_str()),
+        ("STORES", "embedded redis"),
+        ("ROUNDS", "1"),
+        ("CONNS", "50"),
+        ("HOLD", "1"),
+        ("HAOSHUO_LOAD", load_bin()),
+        ("RESULTS", results.path().to_str().expect("a UTF-8 path")),
+    ];
+    run_script_printing(
+        "idle_stores_sh_runs_at_a_tiny_size",
+        "loadtest/bench/idle_stores.sh",
+        &vars,
+        &["| store | tiny |", "| embedded | ", "| redis | "],
+    );
 }
 
 #[test]
@@ -1000,34 +1006,26 @@ fn fanout_cpu_sh_runs_at_tiny_sizes() {
 #[test]
 fn cluster_sh_runs_at_tiny_sizes() {
     let results = tempfile::tempdir().expect("a temporary dir");
-    for cmd in claimed("cluster_sh_runs_at_tiny_sizes") {
-        let at = cmd
-            .text
-            .find("loadtest/bench/cluster.sh")
-            .expect("the script");
-        let script = &cmd.text[at..];
-        let vars = [
-            ("ROUNDS", "1"),
-            ("WRK_DURATION", "1s"),
-            ("P_COUNT", "50"),
-            ("FANOUT_MEMBERS", "50"),
-            ("FANOUT_MSGS", "3"),
-            ("HAOSHUO", server_bin()),
-            ("HAOSHUO_LOAD", load_bin()),
-            ("RESULTS", results.path().to_str().expect("a UTF-8 path")),
-        ];
-        let out = sh(script, &vars);
-        let stdout = text(&out.stdout);
-        assert!(
-            out.status.success()
-                && stdout.contains("| `/p` requests/s")
-                && stdout.contains("| Redis commands per `/p` (all nodes) |")
-                && stdout.contains("fan-out checks: PASS PASS"),
-            "{cmd}\nran {script}: {}\nstdout:\n{stdout}\nstderr:\n{}",
-            out.status,
-            text(&out.stderr)
-        );
-    }
+    let vars = [
+        ("ROUNDS", "1"),
+        ("WRK_DURATION", "1s"),
+        ("P_COUNT", "50"),
+        ("FANOUT_MEMBERS", "50"),
+        ("FANOUT_MSGS", "3"),
+        ("HAOSHUO", server_bin()),
+        ("HAOSHUO_LOAD", load_bin()),
+        ("RESULTS", results.path().to_str().expect("a UTF-8 path")),
+    ];
+    run_script_printing(
+        "cluster_sh_runs_at_tiny_sizes",
+        "loadtest/bench/cluster.sh",
+        &vars,
+        &[
+            "| `/p` requests/s",
+            "| Redis commands per `/p` (all nodes) |",
+            "fan-out checks: PASS PASS",
+        ],
+    );
 }
 
 #[test]
