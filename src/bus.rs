@@ -1,7 +1,7 @@
 //! What threads send each other: the one leaf module every layer may import.
 //!
-//! Reactors, workers, the router and the Redis feed talk through bounded
-//! crossbeam channels; the types that travel on them live here, so no layer
+//! Reactors, workers, the router and the Redis feed talk through crossbeam
+//! channels, each bounded by its sender; the types that travel on them live here, so no layer
 //! has to import another's internals to name a message (the reactor's
 //! mailbox used to import the API, which imported the router, which
 //! imported the mailbox). This module depends only on the store's data

@@ -10,6 +10,12 @@
 //! not spin first (as a channel's blocking receive does, with `sched_yield`
 //! between tries): with many processes each serving a trickle of requests,
 //! that spinning was a large share of the CPU they used.
+//!
+//! The queue is a linked (unbounded) channel bounded by a count of its own:
+//! an array channel of `--job-queue` slots would take its whole size in
+//! memory up front (64 Ki jobs of 128 bytes: 8 MiB in every process, half
+//! of an idle process's memory), where the linked one takes a block of 31
+//! slots at a time as jobs arrive and gives it back as they are taken.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
@@ -41,8 +47,9 @@ pub enum Job {
     Page { origin: SubKey, sub: Sub },
 }
 
-/// The job queue's sending side (reactors): jobs go into a bounded
-/// channel, and a sleeping worker is woken for each.
+/// The job queue's sending side (reactors): a job goes into the channel if
+/// fewer than the capacity are queued, and a sleeping worker is woken for
+/// each.
 #[derive(Clone)]
 pub struct Jobs {
     inner: Arc<SendSide>,
@@ -51,6 +58,7 @@ pub struct Jobs {
 /// What the workers take jobs from.
 pub struct JobsRx {
     rx: Receiver<Job>,
+    count: Arc<Count>,
     sleep: Arc<Sleep>,
     /// How long a sleeping worker waits before it looks anyway.
     backstop: Duration,
@@ -60,7 +68,35 @@ struct SendSide {
     /// Taken when the last [`Jobs`] goes: the workers then see the channel
     /// disconnected, after they are woken.
     tx: Option<Sender<Job>>,
+    count: Arc<Count>,
     sleep: Arc<Sleep>,
+}
+
+/// Jobs queued and not yet taken, against the queue's capacity: a sender
+/// reserves a place before it sends and a worker frees it when it takes
+/// the job, so the queue never holds more than `capacity`.
+struct Count {
+    queued: AtomicUsize,
+    capacity: usize,
+}
+
+impl Count {
+    fn reserve(&self) -> bool {
+        if self.queued.fetch_add(1, Ordering::AcqRel) < self.capacity {
+            return true;
+        }
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    fn taken(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Jobs queued now (a reservation counts until its job is taken).
+    fn len(&self) -> usize {
+        self.queued.load(Ordering::Acquire).min(self.capacity)
+    }
 }
 
 /// Where idle workers sleep.
@@ -97,11 +133,16 @@ pub fn queue(capacity: usize) -> (Jobs, JobsRx) {
 /// The same, sleeping workers looking at the queue anyway every `backstop`
 /// (tests make it long, so that only a wake-up can hand a job over).
 fn queue_with_backstop(capacity: usize, backstop: Duration) -> (Jobs, JobsRx) {
-    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let count = Arc::new(Count {
+        queued: AtomicUsize::new(0),
+        capacity,
+    });
     let sleep = Arc::new(Sleep::default());
     let jobs = Jobs {
         inner: Arc::new(SendSide {
             tx: Some(tx),
+            count: count.clone(),
             sleep: sleep.clone(),
         }),
     };
@@ -109,6 +150,7 @@ fn queue_with_backstop(capacity: usize, backstop: Duration) -> (Jobs, JobsRx) {
         jobs,
         JobsRx {
             rx,
+            count,
             sleep,
             backstop,
         },
@@ -123,9 +165,15 @@ impl Jobs {
     // an allocation per job for the rare full queue.
     #[allow(clippy::result_large_err)]
     pub fn try_send(&self, job: Job) -> Result<(), TrySendError<Job>> {
-        match &self.inner.tx {
-            Some(tx) => tx.try_send(job)?,
-            None => return Err(TrySendError::Disconnected(job)),
+        let Some(tx) = &self.inner.tx else {
+            return Err(TrySendError::Disconnected(job));
+        };
+        if !self.inner.count.reserve() {
+            return Err(TrySendError::Full(job));
+        }
+        if let Err(e) = tx.send(job) {
+            self.inner.count.taken();
+            return Err(TrySendError::Disconnected(e.into_inner()));
         }
         self.inner.sleep.wake_one();
         Ok(())
@@ -133,7 +181,7 @@ impl Jobs {
 
     /// Jobs waiting for a worker.
     pub fn len(&self) -> usize {
-        self.inner.tx.as_ref().map_or(0, Sender::len)
+        self.inner.count.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -153,15 +201,22 @@ impl JobsRx {
     /// How many jobs wait, for whoever asks later (metrics); it keeps no
     /// sender alive, so the workers still end with the last [`Jobs`].
     pub fn depth(&self) -> impl Fn() -> usize + Send + Sync + 'static {
-        let rx = self.rx.clone();
-        move || rx.len()
+        let count = self.count.clone();
+        move || count.len()
+    }
+
+    /// Takes a queued job without waiting.
+    fn try_take(&self) -> Result<Job, TryRecvError> {
+        let job = self.rx.try_recv()?;
+        self.count.taken();
+        Ok(job)
     }
 
     /// The next job, sleeping while there is none; `None` once every
     /// [`Jobs`] is gone and the queue is empty.
     fn next(&self) -> Option<Job> {
         loop {
-            match self.rx.try_recv() {
+            match self.try_take() {
                 Ok(job) => return Some(job),
                 Err(TryRecvError::Disconnected) => return None,
                 Err(TryRecvError::Empty) => {}
@@ -169,7 +224,7 @@ impl JobsRx {
             let held = lock(&self.sleep.lock);
             self.sleep.sleeping.fetch_add(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            let job = self.rx.try_recv();
+            let job = self.try_take();
             if let Err(TryRecvError::Empty) = job {
                 // Released while asleep: a job queued now wakes this one.
                 let _ = self
