@@ -454,6 +454,7 @@ pub fn chat(c: &Common, a: &ChatArgs, poll: bool) -> Result<bool, String> {
     let users = make_users(c, n)?;
     let provisioned = Mem::now(c);
     let run_secs = a.idle_secs + a.secs * 2 + 60;
+    let cpu_connect = server_cpu(c);
     let mut fleet = Fleet::start(&fleet_opts(c, poll, true, run_secs), &users)?;
     let procs = fleet.procs();
     let connect = fleet.wait_connected(n as u64, Duration::from_secs(c.connect_wait));
@@ -504,6 +505,17 @@ pub fn chat(c: &Common, a: &ChatArgs, poll: bool) -> Result<bool, String> {
     r.add("secs", a.secs);
     r.add("churn_pct", a.churn);
     conn_rows(&mut r, n, procs, &col, connect);
+    if let (Some(x), Some(y)) = (cpu_connect, cpu0) {
+        // Every attempt, the failed ones too, all server processes.
+        r.add("server_cpu_connect_secs", format!("{:.2}", y - x));
+        r.add(
+            "server_cpu_us_per_connect",
+            format!(
+                "{:.1}",
+                (y - x) * 1e6 / col.progress.established.max(1) as f64
+            ),
+        );
+    }
     r.add("churned", col.progress.churned);
     if poll {
         r.add("poll_answers", col.progress.polls);

@@ -25,6 +25,11 @@ use crate::proto;
 const WAKER: Token = Token(usize::MAX);
 /// How often a user may be reconnected after failures or drops.
 const MAX_RETRIES: u32 = 10;
+/// The wait before a user's first retry; it doubles with each retry up to
+/// [`RETRY_MAX`], jittered by up to half (a server that failed many
+/// attempts at once is not hit by all of them again at once).
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 const MAX_ERRORS_KEPT: usize = 8;
 
 struct User {
@@ -286,11 +291,14 @@ impl Worker {
     }
 
     fn retry(&mut self, user: usize) {
-        let u = &mut self.st.users[user];
-        if self.init.retry && u.retries < MAX_RETRIES {
-            u.retries += 1;
-            let delay = Duration::from_millis(100 * u64::from(u.retries));
-            self.delayed.push((user, Instant::now() + delay));
+        let retries = self.st.users[user].retries;
+        if self.init.retry && retries < MAX_RETRIES {
+            self.st.users[user].retries += 1;
+            let full = RETRY_FIRST
+                .saturating_mul(1 << retries.min(16))
+                .min(RETRY_MAX);
+            let jitter = full.mul_f64((self.next_rand() % 1000) as f64 / 2000.0);
+            self.delayed.push((user, Instant::now() + full - jitter));
         }
     }
 
