@@ -22,4 +22,5 @@ pub mod router;
 pub mod server;
 pub mod store;
 pub mod supervisor;
+pub mod sync;
 pub mod worker;

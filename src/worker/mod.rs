@@ -5,30 +5,22 @@
 //! them against the [`Api`], and sends the answer to the mailbox of the
 //! reactor that owns the connection, which wakes it.
 //!
-//! A worker that finds the queue empty goes to sleep at once on a condition
-//! variable, and a job queued while workers sleep wakes one of them. It does
-//! not spin first (as a channel's blocking receive does, with `sched_yield`
-//! between tries): with many processes each serving a trickle of requests,
-//! that spinning was a large share of the CPU they used.
-//!
-//! The queue is a linked (unbounded) channel bounded by a count of its own:
-//! an array channel of `--job-queue` slots would take its whole size in
-//! memory up front (64 Ki jobs of 128 bytes: 8 MiB in every process, half
-//! of an idle process's memory), where the linked one takes a block of 31
-//! slots at a time as jobs arrive and gives it back as they are taken.
+//! The queue is a [`crate::sync::queue`]: a worker that finds it empty goes
+//! to sleep at once on a condition variable (no spinning `sched_yield`
+//! first, as a channel's blocking receive does), a job queued while workers
+//! sleep wakes one of them, and it takes memory only for the jobs in it (as
+//! an array channel of `--job-queue` slots it took 8 MiB in every process).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use std::time::Instant;
 
 use crate::api::{Api, Request};
 use crate::bus::{CoreMsg, Reply, Sub, SubKey};
 use crate::delivery::wire::Kind;
 use crate::http::response::error_response;
+use crate::sync::{QueueRx, QueueTx};
 
 /// Jobs that may wait for a worker, by default (`--job-queue`). When the
 /// queue is full, reactors answer 503 at once instead of queueing without
@@ -47,206 +39,16 @@ pub enum Job {
     Page { origin: SubKey, sub: Sub },
 }
 
-/// The job queue's sending side (reactors): a job goes into the channel if
-/// fewer than the capacity are queued, and a sleeping worker is woken for
-/// each.
-#[derive(Clone)]
-pub struct Jobs {
-    inner: Arc<SendSide>,
-}
+/// The job queue's sending side (reactors). A full queue gives the job
+/// back (the reactor answers its request 503 from it).
+pub type Jobs = QueueTx<Job>;
 
 /// What the workers take jobs from.
-pub struct JobsRx {
-    rx: Receiver<Job>,
-    count: Arc<Count>,
-    sleep: Arc<Sleep>,
-    /// How long a sleeping worker waits before it looks anyway.
-    backstop: Duration,
-}
-
-struct SendSide {
-    /// Taken when the last [`Jobs`] goes: the workers then see the channel
-    /// disconnected, after they are woken.
-    tx: Option<Sender<Job>>,
-    count: Arc<Count>,
-    sleep: Arc<Sleep>,
-}
-
-/// Jobs queued and not yet taken, against the queue's capacity: a sender
-/// reserves a place before it sends and a worker frees it when it takes
-/// the job, so the queue never holds more than `capacity`.
-struct Count {
-    queued: AtomicUsize,
-    capacity: usize,
-}
-
-impl Count {
-    fn reserve(&self) -> bool {
-        if self.queued.fetch_add(1, Ordering::AcqRel) < self.capacity {
-            return true;
-        }
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        false
-    }
-
-    fn taken(&self) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// Jobs queued now (a reservation counts until its job is taken).
-    fn len(&self) -> usize {
-        self.queued.load(Ordering::Acquire).min(self.capacity)
-    }
-}
-
-/// Where idle workers sleep.
-#[derive(Default)]
-struct Sleep {
-    /// Workers asleep or about to be (counted before their last look at
-    /// the queue, under `lock`).
-    sleeping: AtomicUsize,
-    lock: Mutex<()>,
-    wake: Condvar,
-}
-
-/// How long a sleeping worker waits before it looks at the queue anyway: a
-/// backstop only, every job wakes one.
-const SLEEP_MAX: Duration = Duration::from_secs(1);
-
-impl Sleep {
-    fn wake_one(&self) {
-        // Pairs with the fence in `JobsRx::next`: either this sees the
-        // worker counted, or the worker's last look sees the job.
-        fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::SeqCst) > 0 {
-            let _held = lock(&self.lock);
-            self.wake.notify_one();
-        }
-    }
-}
+pub type JobsRx = QueueRx<Job>;
 
 /// The job queue, holding at most `capacity` jobs.
 pub fn queue(capacity: usize) -> (Jobs, JobsRx) {
-    queue_with_backstop(capacity, SLEEP_MAX)
-}
-
-/// The same, sleeping workers looking at the queue anyway every `backstop`
-/// (tests make it long, so that only a wake-up can hand a job over).
-fn queue_with_backstop(capacity: usize, backstop: Duration) -> (Jobs, JobsRx) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let count = Arc::new(Count {
-        queued: AtomicUsize::new(0),
-        capacity,
-    });
-    let sleep = Arc::new(Sleep::default());
-    let jobs = Jobs {
-        inner: Arc::new(SendSide {
-            tx: Some(tx),
-            count: count.clone(),
-            sleep: sleep.clone(),
-        }),
-    };
-    (
-        jobs,
-        JobsRx {
-            rx,
-            count,
-            sleep,
-            backstop,
-        },
-    )
-}
-
-impl Jobs {
-    /// Queues `job` and wakes a sleeping worker; gives it back if the
-    /// queue is full (or the workers are gone).
-    // The job comes back by value, as from the channel's own `try_send`
-    // (the reactor answers its request 503 from it): boxing it would cost
-    // an allocation per job for the rare full queue.
-    #[allow(clippy::result_large_err)]
-    pub fn try_send(&self, job: Job) -> Result<(), TrySendError<Job>> {
-        let Some(tx) = &self.inner.tx else {
-            return Err(TrySendError::Disconnected(job));
-        };
-        if !self.inner.count.reserve() {
-            return Err(TrySendError::Full(job));
-        }
-        if let Err(e) = tx.send(job) {
-            self.inner.count.taken();
-            return Err(TrySendError::Disconnected(e.into_inner()));
-        }
-        self.inner.sleep.wake_one();
-        Ok(())
-    }
-
-    /// Jobs waiting for a worker.
-    pub fn len(&self) -> usize {
-        self.inner.count.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Drop for SendSide {
-    fn drop(&mut self) {
-        self.tx = None;
-        let _held = lock(&self.sleep.lock);
-        self.sleep.wake.notify_all();
-    }
-}
-
-impl JobsRx {
-    /// How many jobs wait, for whoever asks later (metrics); it keeps no
-    /// sender alive, so the workers still end with the last [`Jobs`].
-    pub fn depth(&self) -> impl Fn() -> usize + Send + Sync + 'static {
-        let count = self.count.clone();
-        move || count.len()
-    }
-
-    /// Takes a queued job without waiting.
-    fn try_take(&self) -> Result<Job, TryRecvError> {
-        let job = self.rx.try_recv()?;
-        self.count.taken();
-        Ok(job)
-    }
-
-    /// The next job, sleeping while there is none; `None` once every
-    /// [`Jobs`] is gone and the queue is empty.
-    fn next(&self) -> Option<Job> {
-        loop {
-            match self.try_take() {
-                Ok(job) => return Some(job),
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => {}
-            }
-            let held = lock(&self.sleep.lock);
-            self.sleep.sleeping.fetch_add(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            let job = self.try_take();
-            if let Err(TryRecvError::Empty) = job {
-                // Released while asleep: a job queued now wakes this one.
-                let _ = self
-                    .sleep
-                    .wake
-                    .wait_timeout(held, self.backstop)
-                    .unwrap_or_else(|e| e.into_inner());
-            }
-            self.sleep.sleeping.fetch_sub(1, Ordering::SeqCst);
-            match job {
-                Ok(job) => return Some(job),
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => {}
-            }
-        }
-    }
-}
-
-/// Poisoning means a worker panicked outside a job's `catch_unwind`
-/// while holding the lock, which guards nothing but the sleep itself.
-fn lock(m: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    crate::sync::queue(capacity)
 }
 
 /// Starts `n` workers; they exit when every [`Jobs`] is dropped.
@@ -501,88 +303,5 @@ mod tests {
         for w in workers {
             w.join().expect("the worker exits cleanly");
         }
-    }
-}
-
-#[cfg(test)]
-mod queue_tests {
-    use super::*;
-    use crate::bus::{AppKey, ConnRef};
-
-    fn page_job(uid: u64) -> Job {
-        Job::Page {
-            origin: SubKey {
-                core: 0,
-                conn: ConnRef { slot: 0, gen: 0 },
-            },
-            sub: Sub {
-                app: AppKey::default(),
-                uid,
-                next: 1,
-            },
-        }
-    }
-
-    fn uid_of(job: &Job) -> u64 {
-        match job {
-            Job::Page { sub, .. } => sub.uid,
-            Job::Request { .. } => unreachable!("only pages are queued here"),
-        }
-    }
-
-    /// Waits until `n` workers sleep (they count themselves first).
-    fn until_asleep(rx: &JobsRx, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while rx.sleep.sleeping.load(Ordering::SeqCst) < n {
-            assert!(Instant::now() < deadline, "the workers never slept");
-            std::thread::yield_now();
-        }
-    }
-
-    #[test]
-    fn sleeping_workers_are_woken_for_every_job_and_end_with_the_queue() {
-        // Far past the test's waits: a job reaches a worker only if it
-        // wakes one.
-        let (jobs, rx) = queue_with_backstop(16, Duration::from_secs(3600));
-        let rx = Arc::new(rx);
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        let workers: Vec<_> = (0..2)
-            .map(|_| {
-                let (rx, done) = (rx.clone(), done_tx.clone());
-                std::thread::spawn(move || {
-                    while let Some(job) = rx.next() {
-                        done.send(uid_of(&job)).expect("the test listens");
-                    }
-                })
-            })
-            .collect();
-        for round in 0..3u64 {
-            until_asleep(&rx, 2);
-            jobs.try_send(page_job(round)).expect("room");
-            let got = done_rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("no sleeping worker was woken for the job");
-            assert_eq!(got, round);
-        }
-        drop(jobs);
-        for w in workers {
-            w.join().expect("a worker ends when the last sender goes");
-        }
-    }
-
-    #[test]
-    fn a_full_queue_gives_the_job_back() {
-        let (jobs, rx) = queue(2);
-        jobs.try_send(page_job(1)).expect("room");
-        jobs.try_send(page_job(2)).expect("room");
-        assert_eq!(jobs.len(), 2);
-        match jobs.try_send(page_job(3)) {
-            Err(TrySendError::Full(job)) => assert_eq!(uid_of(&job), 3),
-            _ => panic!("a third job fit a queue of two"),
-        }
-        assert_eq!(rx.next().map(|j| uid_of(&j)), Some(1));
-        assert_eq!(rx.next().map(|j| uid_of(&j)), Some(2));
-        drop(jobs);
-        assert!(rx.next().is_none(), "no senders, no jobs: done");
     }
 }

@@ -22,12 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{Client, Connection, ConnectionLike, RedisError, RedisResult, Value};
 
 use super::cluster::{self, Cluster};
 use crate::store::{Result, StoreError};
+use crate::sync::{self, Answer, Promise, QueueRx, QueueTx};
 
 /// First wait after Redis failed; doubles per failure up to the maximum.
 const BACKOFF_START: Duration = Duration::from_millis(50);
@@ -37,7 +37,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Most calls one lane writes in one go: bounds the bytes in flight and
 /// the wait of the last call in a batch.
 const MAX_BATCH: usize = 512;
-/// Calls that may wait for a lane; a worker blocks beyond that.
+/// Calls that may wait for a lane; past it a call fails (503). A worker has
+/// one call out at a time (one per master on a cluster), so this bound is
+/// far above what waits: it only keeps a bug from queueing without end.
 const LANE_QUEUE: usize = 4096;
 
 pub struct Pool {
@@ -70,7 +72,7 @@ pub(super) struct Shared {
 
 /// The lanes to one Redis server: a standalone one, or a cluster's master.
 pub(super) struct Lanes {
-    lanes: Vec<Sender<Call>>,
+    lanes: Vec<QueueTx<Call>>,
     threads: Vec<JoinHandle<()>>,
     next: AtomicUsize,
     health: Arc<Mutex<Health>>,
@@ -91,7 +93,7 @@ impl Lanes {
             health: Arc::new(Mutex::new(Health::default())),
         };
         for i in 0..count.max(1) {
-            let (tx, rx) = crossbeam_channel::bounded(LANE_QUEUE);
+            let (tx, rx) = sync::queue(LANE_QUEUE);
             let lane = Lane {
                 source: source.clone(),
                 timeout,
@@ -127,18 +129,19 @@ impl Lanes {
         bytes: Vec<u8>,
         skip: usize,
         count: usize,
-    ) -> RedisResult<Receiver<RedisResult<Vec<Value>>>> {
+    ) -> RedisResult<Answer<RedisResult<Vec<Value>>>> {
         let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        let (done, answer) = crossbeam_channel::bounded(1);
+        let (done, answer) = sync::oneshot();
         let call = Call {
             bytes,
             replies: skip + count,
             skip,
             done,
         };
-        self.lanes[lane]
-            .send(call)
-            .map_err(|_| closed("the Redis lane stopped"))?;
+        self.lanes[lane].try_send(call).map_err(|e| match e {
+            sync::TrySendError::Full(_) => closed("the Redis lane's queue is full"),
+            sync::TrySendError::Disconnected(_) => closed("the Redis lane stopped"),
+        })?;
         Ok(answer)
     }
 
@@ -249,7 +252,7 @@ struct Call {
     /// Replies to read; the first `skip` are dropped (MULTI's, ASKING's).
     replies: usize,
     skip: usize,
-    done: Sender<RedisResult<Vec<Value>>>,
+    done: Promise<RedisResult<Vec<Value>>>,
 }
 
 /// What a worker's commands see: a `ConnectionLike` that queues on a lane.
@@ -267,12 +270,12 @@ impl Handle<'_> {
 
 /// The replies to a call [`Lanes::submit`] queued, waiting at most `wait`.
 pub(super) fn wait_for(
-    answer: &Receiver<RedisResult<Vec<Value>>>,
+    answer: &Answer<RedisResult<Vec<Value>>>,
     wait: Duration,
 ) -> RedisResult<Vec<Value>> {
     answer
-        .recv_timeout(wait)
-        .map_err(|_| closed("no answer from the Redis lane"))?
+        .wait(wait)
+        .ok_or_else(|| closed("no answer from the Redis lane"))?
 }
 
 impl ConnectionLike for Handle<'_> {
@@ -365,20 +368,20 @@ struct Lane {
 }
 
 impl Lane {
-    fn run(mut self, calls: &Receiver<Call>) {
-        while let Ok(first) = calls.recv() {
+    fn run(mut self, calls: &QueueRx<Call>) {
+        while let Some(first) = calls.next() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
-                match calls.try_recv() {
-                    Ok(c) => batch.push(c),
-                    Err(_) => break,
+                match calls.try_next() {
+                    Some(c) => batch.push(c),
+                    None => break,
                 }
             }
             if let Err(e) = self.serve(&mut batch) {
                 self.con = None;
                 self.failed();
                 for call in batch {
-                    let _ = call.done.send(Err(clone_error(&e)));
+                    call.done.put(Err(clone_error(&e)));
                 }
             }
         }
@@ -443,13 +446,13 @@ impl Lane {
                     self.replicas
                 );
                 for call in batch.drain(..) {
-                    let _ = call.done.send(Err(closed_owned(why.clone())));
+                    call.done.put(Err(closed_owned(why.clone())));
                 }
                 return Ok(());
             }
         }
         for (call, replies) in batch.drain(..).zip(answers) {
-            let _ = call.done.send(Ok(replies));
+            call.done.put(Ok(replies));
         }
         if demoted {
             self.con = None;
