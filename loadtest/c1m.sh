@@ -31,13 +31,13 @@
 # Also in OUT: redis.tsv, Redis's commands, CPU and RSS every 5 s.
 #
 # NETNS=1 (as root) runs the whole thing in a network namespace of its own,
-# made and removed by this script: its loopback, its sockets and its
-# per-namespace sysctls. The sockets of the run are then not in the table
-# every other process of the box reads through /proc/net/tcp (this VM's
-# init reads it over and over: 44 % of a core with 1.6 million sockets).
+# made and removed by this script: its own loopback, socket table and
+# per-namespace sysctls, so the box's other sockets and settings are left
+# alone (it did not change what this VM's own agent costs: docs/c1m.md).
 #
 # Environment: IDLE (60) RATE (10000) SECS (60) THREADS (1) WORKERS (2)
-# EXTRA (more haoshuo flags, e.g. "--heartbeat 60") NETNS (0)
+# EXTRA (more haoshuo flags, e.g. "--heartbeat 60") NETNS (0) CONNECT_WAIT
+# (seconds the streams get to come up, 600)
 # REDIS_POOL (1) PROCESSES (server processes, default auto) INFLIGHT (new
 # streams in flight over all client workers, 25000) PROCS (client
 # worker processes; default: as many as the
@@ -135,9 +135,9 @@ procs=()
 workers=$(( (CONNS + 18999) / 19000 ))  # haoshuo-load's PER_PROC
 per_worker=$(( ${INFLIGHT:-25000} / workers ))
 [ "$per_worker" -ge 50 ] || per_worker=50
-timeout $((IDLE + SECS * 3 + 1200)) "$LOAD" chat --users "$CONNS" --idle-secs "$IDLE" \
+timeout $((IDLE + SECS * 3 + ${CONNECT_WAIT:-600} + 600)) "$LOAD" chat --users "$CONNS" --idle-secs "$IDLE" \
   --rate "$RATE" --secs "$SECS" --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
-  --server-pid "$SUP" "${procs[@]}" --max-inflight "$per_worker" --connect-wait 600 > "$OUT/table.txt" 2> "$OUT/load.log"
+  --server-pid "$SUP" "${procs[@]}" --max-inflight "$per_worker" --connect-wait "${CONNECT_WAIT:-600}" > "$OUT/table.txt" 2> "$OUT/load.log"
 rc=$?
 echo "redis_cpu_secs               $(awk -v t="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / t}' "/proc/$RP/stat")" >> "$OUT/table.txt"
 echo "redis_rss_mib                $(awk -F: '/^used_memory_rss:/ {printf "%.1f", $2 / 1048576}' <(redis-cli -p "$rport" info memory | tr -d '\r'))" >> "$OUT/table.txt"
