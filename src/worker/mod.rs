@@ -157,6 +157,13 @@ impl JobsRx {
         move || rx.len()
     }
 
+    /// The next job if one waits (tests that play a reactor look at what
+    /// it asked the workers for).
+    #[cfg(test)]
+    pub(crate) fn try_next(&self) -> Option<Job> {
+        self.rx.try_recv().ok()
+    }
+
     /// The next job, sleeping while there is none; `None` once every
     /// [`Jobs`] is gone and the queue is empty.
     fn next(&self) -> Option<Job> {
