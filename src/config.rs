@@ -75,6 +75,13 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_JOB_QUEUE", default_value_t = crate::worker::QUEUE_CAPACITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16_777_216))]
     pub job_queue: usize,
 
+    /// Messages one reactor's inbox holds (workers' answers, live
+    /// deliveries, pages). A worker waits for room to hand an answer; a
+    /// live delivery that finds the inbox full is dropped, and the
+    /// reactor's subscribers then read what they missed from the store.
+    #[arg(long, env = "HAOSHUO_MAILBOX_CAPACITY", default_value_t = crate::net::mailbox::INBOX_CAPACITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16_777_216))]
+    pub mailbox_capacity: usize,
+
     /// Seconds of quiet on a stream before a `noop` heartbeat frame.
     #[arg(long, env = "HAOSHUO_HEARTBEAT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub heartbeat: u32,

@@ -13,11 +13,12 @@ use mio::Waker;
 
 use crate::bus::CoreMsg;
 
-/// How many messages may wait in one reactor's inbox. Replies block their
-/// worker when it is full (back-pressure on the API); live deliveries never
-/// block: past this bound they are dropped and the reactor is told to catch
-/// its subscribers up from the store (see [`Mailbox::deliver`]). 16 Ki
-/// entries absorb a fan-out burst of that many connections per core.
+/// How many messages may wait in one reactor's inbox, by default
+/// (`--mailbox-capacity`). Replies block their worker when it is full
+/// (back-pressure on the API); live deliveries never block: past this
+/// bound they are dropped and the reactor is told to catch its subscribers
+/// up from the store (see [`Mailbox::deliver`]). 16 Ki entries absorb a
+/// fan-out burst of that many connections per core.
 pub const INBOX_CAPACITY: usize = 16 * 1024;
 
 pub struct Mailbox {
@@ -34,7 +35,15 @@ pub struct Mailbox {
 
 impl Mailbox {
     pub fn new(waker: Waker) -> (Arc<Mailbox>, Receiver<CoreMsg>) {
-        let (tx, rx) = crossbeam_channel::bounded(INBOX_CAPACITY);
+        Mailbox::with_capacity(waker, INBOX_CAPACITY)
+    }
+
+    /// An inbox holding at most `capacity` messages, which must be at
+    /// least one: with none, a reply would wait for a reactor that is
+    /// asleep until it is woken after the reply.
+    pub fn with_capacity(waker: Waker, capacity: usize) -> (Arc<Mailbox>, Receiver<CoreMsg>) {
+        debug_assert!(capacity > 0);
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
         let mailbox = Mailbox {
             tx,
             waker,
