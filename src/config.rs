@@ -75,6 +75,13 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_JOB_QUEUE", default_value_t = crate::worker::QUEUE_CAPACITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16_777_216))]
     pub job_queue: usize,
 
+    /// Messages waiting in one reactor's inbox past which a live delivery
+    /// is dropped; the reactor's subscribers then read what they missed
+    /// from the store. Workers' answers always go in (the job queue bounds
+    /// them).
+    #[arg(long, env = "HAOSHUO_MAILBOX_CAPACITY", default_value_t = crate::net::mailbox::INBOX_CAPACITY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16_777_216))]
+    pub mailbox_capacity: usize,
+
     /// Seconds of quiet on a stream before a `noop` heartbeat frame.
     #[arg(long, env = "HAOSHUO_HEARTBEAT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub heartbeat: u32,

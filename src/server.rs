@@ -176,7 +176,7 @@ impl Server {
         for _ in 0..threads {
             let poll = Poll::new().map_err(|e| format!("creating a poller: {e}"))?;
             let waker = Waker::new(poll.registry(), WAKER).map_err(|e| e.to_string())?;
-            let (mailbox, inbox) = Mailbox::new(waker);
+            let (mailbox, inbox) = Mailbox::with_capacity(waker, cfg.mailbox_capacity);
             polls.push(poll);
             mailboxes.push(mailbox);
             inboxes.push(inbox);

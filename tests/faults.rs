@@ -3,8 +3,8 @@
 //! resume delivery, and a Redis restart under load loses nothing answered
 //! `ok` and duplicates nothing (senders retry with a `cmsgid`). Calls a lane
 //! has written to a Redis that dies are answered at once, and the lane works
-//! again after the restart; the feed's reconnect empties the token cache
-//! and writes its routes again.
+//! again after the restart; the feed's reconnect empties the token cache,
+//! writes its routes again and has every open stream read what it missed.
 
 mod common;
 
@@ -326,5 +326,28 @@ fn the_feed_writes_its_routes_again_when_it_reconnects() {
     assert_eq!(
         stream.collect(1, RECOVERY),
         vec![Msg::single(&alice, bob.uid, 2, "after")]
+    );
+}
+
+/// A message this node was never told about (stored while its route for
+/// bob was missing, as one announced while its feed is down): once the
+/// feed's subscription is back, bob's open stream reads it from the store
+/// without waiting for a next message, which never comes.
+#[test]
+fn a_message_the_feed_missed_reaches_an_open_stream_when_it_reconnects() {
+    let (mut server, api, alice, bob, mut stream) = bob_streaming();
+
+    let routes = format!("hs:{{u:app:{}}}:at", bob.uid);
+    assert_eq!(server.redis().command(&["DEL", &routes]), ":1");
+    api.send(&alice, bob.uid, "missed");
+    // Announced to no node: the test shows something only if so.
+    stream.expect_quiet(QUIET);
+    // The feed's subscription breaks, as in a failover.
+    server
+        .redis()
+        .command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(
+        stream.collect(1, RECOVERY),
+        vec![Msg::single(&alice, bob.uid, 2, "missed")]
     );
 }

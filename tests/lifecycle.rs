@@ -1,12 +1,14 @@
 //! How subscriptions end and what surrounds them: logout and token expiry
 //! end them (on every node), timers never fire early, SIGTERM answers
-//! everyone, requests pipelined behind a held poll are kept, and HTTP/1.0
-//! clients get a stream without chunked coding.
+//! everyone (also when a reactor's thread takes the signal), requests
+//! pipelined behind a held poll are kept, and HTTP/1.0 clients get a
+//! stream without chunked coding.
 
 mod common;
 
 use common::*;
 use std::net::SocketAddr;
+use std::thread;
 use std::time::{Duration, Instant};
 
 backend_tests!(
@@ -138,6 +140,39 @@ fn sigterm_answers_held_polls_and_ends_streams(backend: Backend) {
     );
     assert!(stream.next_frame(WAIT).is_none());
     assert!(stream.ended(), "the stream did not end with its last chunk");
+}
+
+/// A SIGTERM that lands on a reactor's thread (the kernel gives a signal
+/// sent to the process to any thread that does not block it, usually the
+/// main one) interrupts that reactor's `epoll_wait`, which it must take
+/// as a wake-up, not a failure: its held poll and stream still get their
+/// last word.
+#[test]
+fn sigterm_on_a_reactor_thread_stops_it_cleanly_too() {
+    let mut srv = Server::start(Backend::Embedded, Opts::default().threads(1));
+    let api = srv.api();
+    let (alice, bob) = (api.user("a", "alice"), api.user("a", "bob"));
+    let mut stream = api.stream(&alice, 1);
+    api.send(&bob, alice.uid, "x");
+    assert_eq!(stream.collect(1, WAIT).len(), 1);
+    let mut poll = api.start_poll(&bob, 1);
+    // Held, and the reactor asleep in epoll_wait until its next tick.
+    assert!(poll.wait(QUIET).is_none(), "bob's poll answered early");
+
+    // term_thread waits for the exit, and the exit for these clients.
+    let stopping = thread::spawn(move || (srv.term_thread("haoshuo-core-0"), srv));
+    assert_eq!(
+        poll.wait(WAIT),
+        Some(noop_frame()),
+        "the held poll got no noop"
+    );
+    assert!(stream.next_frame(WAIT).is_none());
+    assert!(stream.ended(), "the stream did not end with its last chunk");
+    drop((poll, stream));
+    let (status, srv) = stopping.join().expect("term");
+    assert!(status.success(), "exit status {status:?}");
+    let output = srv.output();
+    assert!(!output.contains("ERROR"), "{output}");
 }
 
 /// Opens an HTTP/1.0 stream: returns the connection after the head.

@@ -8,11 +8,18 @@
 //! `--redis-timeout-ms`, long here) until it is resumed. With a queue of
 //! one job, the third request in flight is refused: a 503 is also the
 //! proof that the requests before it reached the worker pool.
+//!
+//! A reactor's inbox that is full drops live deliveries: with an inbox
+//! that drops past one waiting message (`--mailbox-capacity 1`), kept
+//! full by workers' answers, the dropped message still reaches its stream,
+//! read from the store.
 
 mod common;
 
 use common::*;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 
 /// One worker, a job queue of one, one reactor, and a Redis timeout far
@@ -117,4 +124,94 @@ fn sigterm_lets_requests_at_a_worker_answer_before_the_exit() {
     drop(poll);
     let (status, _srv) = stopping.join().expect("term");
     assert!(status.success(), "exit status {status:?}");
+}
+
+backend_tests!(a_delivery_dropped_by_a_full_inbox_is_read_from_the_store);
+
+/// `haoshuo_mailbox_dropped`: live deliveries dropped by a full inbox.
+fn dropped(srv: &Server) -> u64 {
+    let r = request(srv.admin_addr(), "GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let text = String::from_utf8_lossy(&r.body);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("haoshuo_mailbox_dropped"))
+        .expect("no haoshuo_mailbox_dropped in /metrics");
+    let value = line.rsplit(' ').next().unwrap_or_default();
+    value.parse::<f64>().expect("a counter's value") as u64
+}
+
+/// Connections asking carol's (empty) pull over and over until dropped:
+/// their answers keep a one-message inbox full.
+struct Busy {
+    stop: Arc<AtomicBool>,
+    pullers: Vec<thread::JoinHandle<()>>,
+}
+
+impl Busy {
+    fn start(addr: SocketAddr, carol: &User) -> Busy {
+        let body = form_body(&pull_body(carol));
+        let pull = request_bytes("POST", "/pull", &[("Content-Type", FORM)], body.as_bytes());
+        let stop = Arc::new(AtomicBool::new(false));
+        let pullers = (0..8)
+            .map(|_| {
+                let (pull, stop) = (pull.clone(), Arc::clone(&stop));
+                thread::spawn(move || {
+                    let mut conn = Conn::connect(addr);
+                    while !stop.load(Ordering::Relaxed) {
+                        conn.send(&pull);
+                        assert_eq!(conn.read_response(WAIT).status, 200);
+                    }
+                })
+            })
+            .collect();
+        Busy { stop, pullers }
+    }
+}
+
+impl Drop for Busy {
+    /// Before the server goes (a test that failed drops it first).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for p in self.pullers.drain(..) {
+            if p.join().is_err() && !thread::panicking() {
+                panic!("a pulling connection failed");
+            }
+        }
+    }
+}
+
+/// One message at a time to bob's stream, each waited for, until the
+/// delivery of one was dropped (the inbox was full when it came); then
+/// nothing more is sent. Each must arrive: the dropped one from the store,
+/// as the reactor has every subscriber catch up, since no later message
+/// shows bob a gap.
+fn a_delivery_dropped_by_a_full_inbox_is_read_from_the_store(backend: Backend) {
+    let srv = Server::start(
+        backend,
+        Opts::default()
+            .threads(1)
+            .workers(4)
+            .admin("")
+            .flag("--mailbox-capacity", 1)
+            .flag("--send-rate", 0)
+            // Redis stalls on a loaded machine are not what this is about.
+            .flag("--redis-timeout-ms", 30_000),
+    );
+    let api = srv.api();
+    let (alice, bob) = (api.user("a", "alice"), api.user("a", "bob"));
+    let carol = api.user("a", "carol");
+    let mut stream = api.stream(&bob, 1);
+    let busy = Busy::start(srv.addr(), &carol);
+    let mut sent = 0;
+    while dropped(&srv) == 0 {
+        assert!(sent < 2000, "{sent} messages sent, no delivery dropped");
+        sent += 1;
+        api.send(&alice, bob.uid, &format!("m{sent}"));
+        let got = stream.next_msgs(WAIT);
+        let got: Vec<String> = got.into_iter().flatten().map(|m| m.content).collect();
+        assert_eq!(got, [format!("m{sent}")], "message {sent} (the last sent)");
+    }
+    drop(busy);
+    eprintln!("the delivery of message {sent} was dropped");
 }

@@ -14,11 +14,12 @@ use mio::Waker;
 use crate::bus::CoreMsg;
 
 /// How many messages may wait in one reactor's inbox before live
-/// deliveries are dropped: past this bound the reactor is told to catch its
-/// subscribers up from the store (see [`Mailbox::deliver`]). 16 Ki entries
-/// absorb a fan-out burst of that many connections per core. Replies are
-/// never dropped and never wait: there is one per job a reactor queued, so
-/// the job queue's bound is theirs too.
+/// deliveries are dropped, by default (`--mailbox-capacity`): past this
+/// bound the reactor is told to catch its subscribers up from the store
+/// (see [`Mailbox::deliver`]). 16 Ki entries absorb a fan-out burst of that
+/// many connections per core. Replies are never dropped and never wait:
+/// there is one per job a reactor queued, so the job queue's bound is
+/// theirs too.
 ///
 /// The inbox is a linked channel, which takes memory as messages arrive
 /// (a block of 31 at a time) and gives it back as they are read: an array
@@ -36,10 +37,17 @@ pub struct Mailbox {
     lagged: AtomicBool,
     /// Deliveries dropped because the inbox was full, ever (metrics).
     dropped: AtomicU64,
+    /// Messages waiting past which live deliveries are dropped.
+    capacity: usize,
 }
 
 impl Mailbox {
     pub fn new(waker: Waker) -> (Arc<Mailbox>, Receiver<CoreMsg>) {
+        Mailbox::with_capacity(waker, INBOX_CAPACITY)
+    }
+
+    /// An inbox that drops live deliveries once `capacity` messages wait.
+    pub fn with_capacity(waker: Waker, capacity: usize) -> (Arc<Mailbox>, Receiver<CoreMsg>) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mailbox = Mailbox {
             tx,
@@ -47,6 +55,7 @@ impl Mailbox {
             notified: AtomicBool::new(false),
             lagged: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            capacity,
         };
         (Arc::new(mailbox), rx)
     }
@@ -65,7 +74,7 @@ impl Mailbox {
     pub fn deliver(&self, msg: CoreMsg) {
         // Several senders may find room for one more at once and all send:
         // the bound is exceeded by at most one message per sending thread.
-        if self.tx.len() >= INBOX_CAPACITY {
+        if self.tx.len() >= self.capacity {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return self.flag_lagged();
         }

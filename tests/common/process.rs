@@ -363,13 +363,42 @@ impl Server {
 
     /// Sends SIGTERM and returns the exit status (fails after 10 s).
     pub fn term(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("the server is not running");
-        let pid = child.id().to_string();
+        let pid = self.pid().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("run `kill -TERM`");
         assert!(sent.success(), "`kill -TERM {pid}` failed");
+        self.wait_exit()
+    }
+
+    /// [`Server::term`], the signal sent to the server's thread named
+    /// `thread` (`haoshuo-core-0`): which thread takes a signal sent to
+    /// the process is the kernel's choice, usually the main one.
+    pub fn term_thread(&mut self, thread: &str) -> ExitStatus {
+        let pid = self.pid();
+        let tasks = format!("/proc/{pid}/task");
+        let tid = std::fs::read_dir(&tasks)
+            .unwrap_or_else(|e| panic!("{tasks}: {e}"))
+            .filter_map(|task| {
+                let task = task.ok()?;
+                let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+                let tid = task.file_name().to_str()?.parse::<libc::pid_t>().ok()?;
+                (comm.trim_end() == thread).then_some(tid)
+            })
+            .next()
+            .unwrap_or_else(|| panic!("no thread {thread} in {tasks}"));
+        // SAFETY: tgkill(2) only sends a signal, to a thread of our child.
+        let sent =
+            unsafe { libc::syscall(libc::SYS_tgkill, pid as libc::pid_t, tid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "tgkill {pid} {tid} SIGTERM failed");
+        self.wait_exit()
+    }
+
+    /// Reaps the server once it exits by itself (fails after 10 s).
+    fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the server is not running");
+        let pid = child.id().to_string();
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             let _ = tx.send(child.wait());

@@ -437,3 +437,237 @@ impl Reactor {
         self.follow(key, &out, step)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The delivery side of a reactor that never runs its loop: the test
+    //! plays the inbox (answers, live messages, pages, logouts, in the
+    //! order a race between a worker and a sender would bring them) and
+    //! reads what the client's end of a loopback connection gets.
+
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    use std::ops::RangeInclusive;
+    use std::time::Duration;
+
+    use mio::{Poll, Token, Waker};
+
+    use super::*;
+    use crate::bus::Sub;
+    use crate::delivery::frame::{data_frame, TOKEN_ERROR};
+    use crate::metrics::Metrics;
+    use crate::net::conn::Conn;
+    use crate::net::mailbox::Mailbox;
+    use crate::net::reactor::{Listeners, Settings};
+    use crate::router::Router;
+    use crate::store::{Message, NewMessage, DATATYPE_SINGLE};
+    use crate::worker::{self, JobsRx};
+
+    /// The subscriber's uid; every message is sent to it by uid 1.
+    const UID: u64 = 7;
+
+    /// A reactor, and the job queue it asks for pages on.
+    struct Bench {
+        reactor: Reactor,
+        jobs: JobsRx,
+    }
+
+    fn bench() -> Bench {
+        let poll = Poll::new().unwrap();
+        let waker = Waker::new(poll.registry(), Token(1)).unwrap();
+        let (mailbox, inbox) = Mailbox::new(waker);
+        let router = Arc::new(Router::new(vec![mailbox.clone()], 8, 1024));
+        let (jobs, rx) = worker::queue(16);
+        let set = Settings {
+            core: 0,
+            max_conns: 64,
+            max_body: 1 << 20,
+            heartbeat: 30,
+            poll_timeout: 30,
+            send_timeout: 30,
+            request_timeout: 30,
+            keepalive_timeout: 30,
+            linger_timeout: 5,
+        };
+        let listeners = Listeners {
+            public: Vec::new(),
+            admin: None,
+        };
+        let metrics = Arc::new(Metrics::new(1));
+        let reactor =
+            Reactor::new(set, poll, listeners, inbox, mailbox, router, jobs, metrics).unwrap();
+        Bench { reactor, jobs: rx }
+    }
+
+    impl Bench {
+        /// A connection whose request (for a stream) is at a worker, and
+        /// the client's end of it.
+        fn waiting(&mut self) -> (ConnRef, TcpStream) {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let (sock, _) = listener.accept().unwrap();
+            sock.set_nonblocking(true).unwrap();
+            let r = &mut self.reactor;
+            r.next_gen += 1;
+            let mut conn = Conn::new(mio::net::TcpStream::from_std(sock), r.next_gen);
+            conn.state = State::Waiting {
+                seen: 0,
+                revoked: false,
+            };
+            let slot = r.conns.insert(conn) as u32;
+            let gen = r.next_gen;
+            (ConnRef { slot, gen }, client)
+        }
+
+        /// The worker's answer: a chunked stream owed msgid 1 on, whose
+        /// first page found the inbox empty.
+        fn subscribe(&mut self, r: ConnRef) {
+            let s = Subscribed {
+                sub: sub(1),
+                kind: Kind::Chunked,
+                page: Page::default(),
+                expires_at: u64::MAX,
+                head_lines: None,
+            };
+            self.reactor.on_reply(r, Reply::Subscribed(s));
+        }
+
+        /// Live messages `ids` for the connection, all in one loop turn.
+        fn live(&mut self, r: ConnRef, ids: RangeInclusive<MsgId>) {
+            for msgid in ids {
+                let msg = Arc::new(LiveMsg::new(&new_message(msgid)));
+                self.reactor.take_live(msg, vec![Target { conn: r, msgid }]);
+            }
+            self.reactor.deliver_some();
+        }
+    }
+
+    fn sub(next: MsgId) -> Sub {
+        Sub {
+            app: 0,
+            uid: UID,
+            next,
+        }
+    }
+
+    fn new_message(msgid: MsgId) -> NewMessage {
+        NewMessage {
+            fromid: 1,
+            toid: UID,
+            datatype: DATATYPE_SINGLE,
+            content: format!("message {msgid}").into(),
+        }
+    }
+
+    fn message(msgid: MsgId) -> Message {
+        let m = new_message(msgid);
+        Message {
+            msgid,
+            fromid: m.fromid,
+            toid: m.toid,
+            datatype: m.datatype,
+            content: m.content,
+        }
+    }
+
+    /// The head a chunked stream starts with.
+    fn head() -> Vec<u8> {
+        let mut out = Vec::new();
+        Kind::Chunked.write_head(&mut out);
+        out
+    }
+
+    /// One data frame of messages `ids`, as a page would write it.
+    fn frame(ids: RangeInclusive<MsgId>) -> Vec<u8> {
+        let msgs: Vec<Message> = ids.map(message).collect();
+        let mut body = Vec::new();
+        data_frame(&mut body, &msgs, UID);
+        let mut out = Vec::new();
+        let last = msgs.last().map(|m| m.msgid);
+        Kind::Chunked.wire(body.len(), last).write(&body, &mut out);
+        out
+    }
+
+    /// What the client reads, until `n` bytes, the end, or 5 s of nothing.
+    fn read(client: &mut TcpStream, n: usize) -> String {
+        let mut got = vec![0; n];
+        let mut len = 0;
+        while len < n {
+            match client.read(&mut got[len..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => len += k,
+            }
+        }
+        String::from_utf8_lossy(&got[..len]).into_owned()
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    #[test]
+    fn a_live_message_while_the_request_is_at_a_worker_is_read_once_subscribed() {
+        let mut b = bench();
+        let (r, mut client) = b.waiting();
+        // Stored and announced after the worker read the first page (empty).
+        b.live(r, 1..=1);
+        b.subscribe(r);
+        // The stream opens and asks for the page that holds it.
+        match b.jobs.try_next() {
+            Some(Job::Page { origin, sub: asked }) => {
+                assert_eq!(origin.conn, r);
+                assert_eq!(asked, sub(1));
+            }
+            Some(Job::Request { .. }) => panic!("a request, not a page"),
+            None => panic!("no page asked for: message 1 was forgotten"),
+        }
+        let page = Page {
+            msgs: vec![message(1)],
+            last: 1,
+            reset: None,
+        };
+        b.reactor.on_page(r, Some(page));
+        let want = [head(), frame(1..=1)].concat();
+        assert_eq!(read(&mut client, want.len()), text(&want));
+    }
+
+    #[test]
+    fn a_logout_while_the_request_is_at_a_worker_ends_the_stream_as_it_opens() {
+        let mut b = bench();
+        let (r, mut client) = b.waiting();
+        b.reactor.on_revoke(r);
+        b.subscribe(r);
+        let mut want = head();
+        Kind::Chunked
+            .wire(TOKEN_ERROR.len(), None)
+            .write(TOKEN_ERROR, &mut want);
+        Kind::Chunked.finish(&mut want);
+        // One byte more than the answer: the read must end at the close.
+        assert_eq!(read(&mut client, want.len() + 1), text(&want));
+        assert!(b.jobs.try_next().is_none(), "a page for a revoked stream");
+    }
+
+    #[test]
+    fn live_messages_of_one_turn_go_out_in_frames_of_up_to_24() {
+        let mut b = bench();
+        for n in [1, 2, 5, 6, 23, 24, 25, 30, 48, 49] {
+            let (r, mut client) = b.waiting();
+            b.subscribe(r);
+            b.live(r, 1..=n);
+            let mut want = head();
+            for first in (1..=n).step_by(FRAME_MESSAGES) {
+                let last = (first + FRAME_MESSAGES as MsgId - 1).min(n);
+                want.extend(frame(first..=last));
+            }
+            assert_eq!(
+                read(&mut client, want.len()),
+                text(&want),
+                "{n} messages in one turn"
+            );
+        }
+        assert!(b.jobs.try_next().is_none(), "a page asked for: a gap?");
+    }
+}
