@@ -73,6 +73,7 @@ impl Receiver {
             max: self.max,
             bogus: self.bogus,
             order: self.order,
+            never_up: false,
         }
     }
 }
@@ -88,6 +89,11 @@ pub struct RecvSummary {
     pub bogus: u64,
     #[serde(default)]
     pub order: u64,
+    /// The receiver's subscription never came up (the client gave up on
+    /// it): what it was sent stays in its inbox, undelivered by no fault
+    /// of the server's delivery.
+    #[serde(default)]
+    pub never_up: bool,
 }
 
 /// The verdict over all receivers.
@@ -107,6 +113,9 @@ pub struct Verdict {
     /// Delivered beyond what was acknowledged to the senders (a send that
     /// failed on our side but was stored), or bogus msgids.
     pub unexpected: u64,
+    /// Messages to receivers whose subscription never came up: not lost
+    /// (stored, for a pull), not deliverable live either.
+    pub no_stream: u64,
 }
 
 impl Verdict {
@@ -134,13 +143,19 @@ pub fn judge(summaries: &[RecvSummary], expected: &HashMap<u64, u64>) -> Verdict
             max: 0,
             bogus: 0,
             order: 0,
+            never_up: false,
         };
         let got = by_uid.get(&uid).copied().unwrap_or(&empty);
-        if want == 0 && got.distinct == 0 && got.dups == 0 && got.bogus == 0 {
+        let nothing = got.distinct == 0 && got.dups == 0 && got.bogus == 0;
+        if want == 0 && nothing {
             continue;
         }
         v.receivers += 1;
         v.expected += want;
+        if got.never_up && nothing {
+            v.no_stream += want;
+            continue;
+        }
         v.delivered += got.distinct;
         // msgids 1..=want must all be there: what is missing below `want`
         // is lost; anything above it is unexpected.
@@ -194,6 +209,18 @@ mod tests {
             r.record(id);
         }
         r
+    }
+
+    #[test]
+    fn a_receiver_that_never_subscribed_is_not_counted_lost() {
+        let mut never = Receiver::default().summary(5);
+        never.never_up = true;
+        let v = judge(&[never.clone()], &HashMap::from([(5, 3)]));
+        assert_eq!((v.lost, v.no_stream, v.perfect), (0, 3, 0), "{v:?}");
+        assert!(v.ok());
+        // Up or not, a receiver without its summary lost what it was sent.
+        let v = judge(&[], &HashMap::from([(5, 3)]));
+        assert_eq!((v.lost, v.no_stream), (3, 0));
     }
 
     #[test]

@@ -126,6 +126,7 @@ pub fn verdict_rows(r: &mut Report, v: &Verdict, deliver_secs: f64) {
         format!("{:.0}", v.delivered as f64 / deliver_secs.max(1e-3)),
     );
     r.add("lost", v.lost);
+    r.add("sent_to_no_stream", v.no_stream);
     r.add("duplicated", v.duplicated);
     r.add("out_of_order", v.out_of_order);
     r.add("unexpected", v.unexpected);

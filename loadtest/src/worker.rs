@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::checker::Receiver;
+use crate::checker::{Receiver, RecvSummary};
 use crate::clock::mono_ns;
 use crate::conn::{start_connect, Conn, End, Kind, Sink};
 use crate::ipc::{FromWorker, Progress, ToWorker, WorkerInit};
@@ -40,6 +40,8 @@ struct User {
     recv: Receiver,
     conn: Option<usize>,
     retries: u32,
+    /// A subscription of this user's came up at least once.
+    ever_up: bool,
 }
 
 /// The state deliveries update; split from the connection table so a
@@ -70,6 +72,7 @@ impl Sink for State {
         self.progress.established += 1;
         self.progress.open += 1;
         self.users[user].retries = 0;
+        self.users[user].ever_up = true;
     }
 
     fn poll_answered(&mut self) {
@@ -147,6 +150,7 @@ impl Worker {
                 recv: Receiver::default(),
                 conn: None,
                 retries: 0,
+                ever_up: false,
             })
             .collect();
         let queue = (0..users.len()).collect();
@@ -409,8 +413,11 @@ impl Worker {
             .st
             .users
             .iter()
-            .filter(|u| u.recv.distinct + u.recv.dups + u.recv.bogus > 0)
-            .map(|u| u.recv.summary(u.uid))
+            .filter(|u| !u.ever_up || u.recv.distinct + u.recv.dups + u.recv.bogus > 0)
+            .map(|u| RecvSummary {
+                never_up: !u.ever_up,
+                ..u.recv.summary(u.uid)
+            })
             .collect();
         report(&FromWorker::Final {
             progress,
