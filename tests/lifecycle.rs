@@ -119,20 +119,21 @@ fn a_request_pipelined_behind_a_held_poll_is_answered_after_it(backend: Backend)
     assert_eq!(check_pull(&pulled.json(), alice.uid).msgids(), vec![1]);
 }
 
-fn sigterm_answers_held_polls_and_ends_streams(backend: Backend) {
-    let mut srv = Server::start(backend, Opts::default());
-    let api = srv.api();
-    let alice = api.user("a", "alice");
-    let bob = api.user("a", "bob");
+/// Alice's stream, which got a message, and bob's poll, held (or still
+/// at a worker: a signal then must answer it either way).
+fn a_stream_and_a_held_poll(api: &Api) -> (StreamClient, PendingPoll) {
+    let (alice, bob) = (api.user("a", "alice"), api.user("a", "bob"));
     let mut stream = api.stream(&alice, 1);
     api.send(&bob, alice.uid, "x");
     assert_eq!(stream.collect(1, WAIT).len(), 1);
-    // Held, or still at a worker when the signal lands: answered either way.
     let mut poll = api.start_poll(&bob, 1);
     assert!(poll.wait(QUIET).is_none(), "bob's poll answered early");
+    (stream, poll)
+}
 
-    let status = srv.term();
-    assert!(status.success(), "exit status {status:?}");
+/// What a stopping server owes them: the poll its `noop`, the stream its
+/// last chunk.
+fn assert_both_got_their_last_word(stream: &mut StreamClient, poll: &mut PendingPoll) {
     assert_eq!(
         poll.wait(WAIT),
         Some(noop_frame()),
@@ -140,6 +141,14 @@ fn sigterm_answers_held_polls_and_ends_streams(backend: Backend) {
     );
     assert!(stream.next_frame(WAIT).is_none());
     assert!(stream.ended(), "the stream did not end with its last chunk");
+}
+
+fn sigterm_answers_held_polls_and_ends_streams(backend: Backend) {
+    let mut srv = Server::start(backend, Opts::default());
+    let (mut stream, mut poll) = a_stream_and_a_held_poll(&srv.api());
+    let status = srv.term();
+    assert!(status.success(), "exit status {status:?}");
+    assert_both_got_their_last_word(&mut stream, &mut poll);
 }
 
 /// A SIGTERM that lands on a reactor's thread (the kernel gives a signal
@@ -150,24 +159,11 @@ fn sigterm_answers_held_polls_and_ends_streams(backend: Backend) {
 #[test]
 fn sigterm_on_a_reactor_thread_stops_it_cleanly_too() {
     let mut srv = Server::start(Backend::Embedded, Opts::default().threads(1));
-    let api = srv.api();
-    let (alice, bob) = (api.user("a", "alice"), api.user("a", "bob"));
-    let mut stream = api.stream(&alice, 1);
-    api.send(&bob, alice.uid, "x");
-    assert_eq!(stream.collect(1, WAIT).len(), 1);
-    let mut poll = api.start_poll(&bob, 1);
-    // Held, and the reactor asleep in epoll_wait until its next tick.
-    assert!(poll.wait(QUIET).is_none(), "bob's poll answered early");
-
+    // The poll held, and the reactor asleep in epoll_wait until its next tick.
+    let (mut stream, mut poll) = a_stream_and_a_held_poll(&srv.api());
     // term_thread waits for the exit, and the exit for these clients.
     let stopping = thread::spawn(move || (srv.term_thread("haoshuo-core-0"), srv));
-    assert_eq!(
-        poll.wait(WAIT),
-        Some(noop_frame()),
-        "the held poll got no noop"
-    );
-    assert!(stream.next_frame(WAIT).is_none());
-    assert!(stream.ended(), "the stream did not end with its last chunk");
+    assert_both_got_their_last_word(&mut stream, &mut poll);
     drop((poll, stream));
     let (status, srv) = stopping.join().expect("term");
     assert!(status.success(), "exit status {status:?}");
