@@ -9,6 +9,7 @@
 //! reactor's send timeout).
 
 use std::io::{self, IoSlice, Read, Write};
+use std::ops::{Deref, DerefMut};
 
 use mio::net::TcpStream;
 
@@ -38,10 +39,50 @@ pub struct Conn {
     /// Accepted on the admin listener.
     pub admin: bool,
     /// Bytes read but not yet consumed: a partial or pipelined request.
-    pub inbuf: Vec<u8>,
+    pub inbuf: InBuf,
     /// Bytes the socket did not take yet; none (no allocation, 8 bytes
     /// here instead of 28) on a connection whose writes all went through.
     out: Option<Box<OutQueue>>,
+}
+
+/// A connection's input buffer: a (pooled) `Vec` while bytes wait in it,
+/// nothing at all otherwise, so an idle connection spends 8 bytes on it
+/// instead of a `Vec`'s 24. Read as a `Vec` (empty when there is none);
+/// written through [`InBuf::from`] a pooled buffer, or through `DerefMut`,
+/// which allocates one if there is none.
+// The box is the point: 8 bytes in every connection instead of 24, and the
+// reactor pools the boxes with their buffers, so it costs no allocation.
+#[allow(clippy::box_collection)]
+#[derive(Default)]
+pub struct InBuf(Option<Box<Vec<u8>>>);
+
+/// What an [`InBuf`] without a buffer reads as.
+static EMPTY: Vec<u8> = Vec::new();
+
+impl InBuf {
+    /// The buffer, if there is one, for the pool.
+    pub fn take(&mut self) -> Option<Box<Vec<u8>>> {
+        self.0.take()
+    }
+}
+
+impl From<Box<Vec<u8>>> for InBuf {
+    fn from(buf: Box<Vec<u8>>) -> InBuf {
+        InBuf(Some(buf))
+    }
+}
+
+impl Deref for InBuf {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
+impl DerefMut for InBuf {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        self.0.get_or_insert_with(Box::default)
+    }
 }
 
 /// A connection's queued output: `bytes` from `pos` on are still to go.
@@ -93,7 +134,7 @@ impl Conn {
             continue_sent: false,
             close_after_flush: false,
             admin: false,
-            inbuf: Vec::new(),
+            inbuf: InBuf::default(),
             out: None,
         }
     }
@@ -239,7 +280,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<State>(), 40);
         // mio's sockets carry a selector id in debug builds only.
         let sock = if cfg!(debug_assertions) { 8 } else { 0 };
-        assert_eq!(std::mem::size_of::<Conn>(), 104 + sock);
+        assert_eq!(std::mem::size_of::<Conn>(), 88 + sock);
     }
 
     /// A writer that takes at most `cap` bytes per call, then blocks.

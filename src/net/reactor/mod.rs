@@ -128,7 +128,8 @@ pub struct Reactor {
     now: Secs,
     next_gen: u32,
     scratch: Box<[u8]>,
-    spare: Vec<Vec<u8>>,
+    #[allow(clippy::vec_box)] // the boxes are what a connection's InBuf holds
+    spare: Vec<Box<Vec<u8>>>,
     /// Connections with work left after their per-wake-up cap.
     again: Vec<usize>,
     /// Set by `Shutdown`: the tick by which the loop exits, drained or not.
@@ -461,7 +462,7 @@ impl Reactor {
                         if len < n {
                             let mut buf = take_buffer(&mut self.spare);
                             buf.extend_from_slice(&self.scratch[len..n]);
-                            self.conns[key].inbuf = buf;
+                            self.conns[key].inbuf = buf.into();
                         }
                         return self.dispatch(key, raw, head);
                     }
@@ -469,7 +470,7 @@ impl Reactor {
                     Examined::Partial(head) => {
                         let mut buf = take_buffer(&mut self.spare);
                         buf.extend_from_slice(&self.scratch[..n]);
-                        self.conns[key].inbuf = buf;
+                        self.conns[key].inbuf = buf.into();
                         self.set_deadline(key, after(self.now, self.set.request_timeout));
                         self.maybe_continue(key, head);
                     }
@@ -490,7 +491,7 @@ impl Reactor {
                 let raw = conn.inbuf[..len].to_vec();
                 conn.inbuf.drain(..len);
                 if conn.inbuf.is_empty() {
-                    give_buffer(&mut self.spare, std::mem::take(&mut conn.inbuf));
+                    give_buffer(&mut self.spare, conn.inbuf.take());
                 }
                 self.dispatch(key, raw, head);
                 true
@@ -642,7 +643,7 @@ impl Reactor {
         conn.state = State::Linger;
         conn.close_after_flush = false;
         let _ = conn.sock.shutdown(std::net::Shutdown::Write);
-        give_buffer(&mut self.spare, std::mem::take(&mut conn.inbuf));
+        give_buffer(&mut self.spare, conn.inbuf.take());
         self.set_deadline(key, after(self.now, self.set.linger_timeout));
         self.discard_input(key);
     }
@@ -662,7 +663,7 @@ impl Reactor {
                 Input::Closed => return self.close(key),
             };
             if conn.inbuf.is_empty() {
-                conn.inbuf = take_buffer(&mut self.spare);
+                conn.inbuf = take_buffer(&mut self.spare).into();
             }
             conn.inbuf.extend_from_slice(&self.scratch[..n]);
         }
@@ -710,7 +711,7 @@ impl Reactor {
             // The common case: whole frames, straight from the scratch.
             let (used, step) = s.on_input(&self.scratch[..n], &mut out);
             if used < n && step == Step::Continue {
-                conn.inbuf = take_buffer(&mut self.spare);
+                conn.inbuf = take_buffer(&mut self.spare).into();
                 conn.inbuf.extend_from_slice(&self.scratch[used..n]);
             }
             step
@@ -719,7 +720,7 @@ impl Reactor {
             let (used, step) = s.on_input(&conn.inbuf, &mut out);
             conn.inbuf.drain(..used);
             if conn.inbuf.is_empty() {
-                give_buffer(&mut self.spare, std::mem::take(&mut conn.inbuf));
+                give_buffer(&mut self.spare, conn.inbuf.take());
             }
             step
         };
@@ -744,7 +745,7 @@ impl Reactor {
         let mut conn = self.conns.remove(key);
         self.stats.closed(slot(&conn.state));
         let _ = self.poll.registry().deregister(&mut conn.sock);
-        give_buffer(&mut self.spare, conn.inbuf);
+        give_buffer(&mut self.spare, conn.inbuf.take());
         if let Accepting::Full = self.accepting {
             if self.conns.len() <= self.set.max_conns * 9 / 10 {
                 self.accepting = Accepting::Open;
@@ -942,15 +943,20 @@ fn examine(buf: &[u8], max_body: usize) -> Examined {
     }
 }
 
-fn take_buffer(spare: &mut Vec<Vec<u8>>) -> Vec<u8> {
+#[allow(clippy::vec_box, clippy::box_collection)] // pooled InBuf boxes
+fn take_buffer(spare: &mut Vec<Box<Vec<u8>>>) -> Box<Vec<u8>> {
     spare
         .pop()
-        .unwrap_or_else(|| Vec::with_capacity(BUFFER_SIZE))
+        .unwrap_or_else(|| Box::new(Vec::with_capacity(BUFFER_SIZE)))
 }
 
 /// Keeps a buffer for the next partial request, unless it grew large or the
 /// pool is full: memory held for idle connections stays bounded.
-fn give_buffer(spare: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
+#[allow(clippy::vec_box, clippy::box_collection)] // pooled InBuf boxes
+fn give_buffer(spare: &mut Vec<Box<Vec<u8>>>, buf: Option<Box<Vec<u8>>>) {
+    let Some(mut buf) = buf else {
+        return;
+    };
     if buf.capacity() == BUFFER_SIZE && spare.len() < SPARE_BUFFERS {
         buf.clear();
         spare.push(buf);
