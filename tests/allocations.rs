@@ -118,28 +118,7 @@ fn a_send_and_a_pull_allocate_no_more_than_pinned() {
     let waker = Waker::new(poll.registry(), Token(1)).expect("a waker");
     let (mailbox, _inbox) = Mailbox::new(waker);
     let router = Arc::new(Router::new(vec![mailbox], 16, 1000));
-    let api = Api::new(
-        store,
-        router,
-        Options {
-            page_size: 100,
-            page_bytes: 256 * 1024,
-            token_ttl: 3600,
-            admin_key: None,
-            cmsgid_window: 3600,
-            hash_concurrency: 1,
-            auth_per_ip: 0,
-            login_per_user: 0,
-            send_rate: 0,
-            max_group_members: 100,
-            max_groups_per_user: 0,
-            max_tokens_per_user: 0,
-            allow_origin: Vec::new(),
-            demo: false,
-            node: "allocs".into(),
-            trust_proxy: Vec::new(),
-        },
-    );
+    let api = Api::new(store, router, Options::unlimited("allocs"));
     let origin = SubKey {
         core: 0,
         conn: ConnRef { slot: 0, gen: 0 },

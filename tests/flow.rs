@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 backend_tests!(
@@ -45,6 +46,20 @@ const SLOW_RCVBUF: usize = 8 * 1024;
 const SLOW_RATE: u64 = 2 * 1024 * 1024;
 
 /// A server with Bob's `n` big messages (see [`big`]) in Alice's inbox.
+/// A `/pull` of `user`'s inbox sent on a connection that reads at `rate`
+/// bytes a second; the answer is the caller's to read.
+fn slow_pull(addr: SocketAddr, user: &User, rate: u64) -> Conn {
+    let mut conn = Conn::connect_slow(addr, SLOW_RCVBUF, rate);
+    let body = form_body(&pull_body(user));
+    conn.send(&request_bytes(
+        "POST",
+        "/pull",
+        &[("Content-Type", FORM)],
+        body.as_bytes(),
+    ));
+    conn
+}
+
 fn backlog(backend: Backend, opts: Opts, n: u64) -> (Server, Api, User, User) {
     let srv = Server::start(backend, opts);
     let api = srv.api();
@@ -104,14 +119,7 @@ fn a_multi_megabyte_pull_answer_arrives_whole(backend: Backend) {
     // Pages as large as the whole backlog: one 6 MB answer.
     let opts = Opts::default().flag("--page-bytes", 8 * 1024 * 1024);
     let (srv, _api, alice, _bob) = backlog(backend, opts, 100);
-    let mut conn = Conn::connect_slow(srv.addr(), SLOW_RCVBUF, SLOW_RATE);
-    let body = form_body(&pull_body(&alice));
-    conn.send(&request_bytes(
-        "POST",
-        "/pull",
-        &[("Content-Type", FORM)],
-        body.as_bytes(),
-    ));
+    let mut conn = slow_pull(srv.addr(), &alice, SLOW_RATE);
     let r = conn.read_response(budget(6_000_000, SLOW_RATE));
     assert_eq!(r.status, 200);
     assert!(r.body.len() > 6_000_000, "{} bytes", r.body.len());
@@ -255,14 +263,7 @@ fn a_slow_reader_of_one_big_answer_is_kept_while_it_moves() {
         .page_size(N as u32)
         .flag("--page-bytes", 16 * 1024 * 1024);
     let (srv, _api, alice, _bob) = backlog(Backend::Embedded, opts, N);
-    let mut conn = Conn::connect_slow(srv.addr(), SLOW_RCVBUF, SLOW_RATE);
-    let body = form_body(&pull_body(&alice));
-    conn.send(&request_bytes(
-        "POST",
-        "/pull",
-        &[("Content-Type", FORM)],
-        body.as_bytes(),
-    ));
+    let mut conn = slow_pull(srv.addr(), &alice, SLOW_RATE);
     let r = conn.read_response(budget(12_000_000, SLOW_RATE));
     assert_eq!(r.status, 200);
     let pulled = check_pull(&r.json(), alice.uid);
@@ -283,14 +284,7 @@ fn an_answer_being_written_at_sigterm_is_finished() {
         .page_size(N as u32)
         .flag("--page-bytes", 16 * 1024 * 1024);
     let (mut srv, _api, alice, _bob) = backlog(Backend::Embedded, opts, N);
-    let mut conn = Conn::connect_slow(srv.addr(), SLOW_RCVBUF, RATE);
-    let body = form_body(&pull_body(&alice));
-    conn.send(&request_bytes(
-        "POST",
-        "/pull",
-        &[("Content-Type", FORM)],
-        body.as_bytes(),
-    ));
+    let mut conn = slow_pull(srv.addr(), &alice, RATE);
     // The answer has begun: the rest of it is queued at the server.
     let head = conn.peek_head(WAIT).expect("the answer's head");
     assert_eq!(head.status, 200);

@@ -86,6 +86,33 @@ pub struct Options {
     pub trust_proxy: Vec<std::net::IpAddr>,
 }
 
+impl Options {
+    /// Pages of 100 messages and 256 KiB, hour-long tokens and `cmsgid`s,
+    /// one hash at a time, groups of up to 100, and no other limit: an API
+    /// built outside the server (tests, benchmarks) sets what it needs on
+    /// top of this.
+    pub fn unlimited(node: &str) -> Options {
+        Options {
+            page_size: 100,
+            page_bytes: 256 * 1024,
+            token_ttl: 3600,
+            admin_key: None,
+            cmsgid_window: 3600,
+            hash_concurrency: 1,
+            auth_per_ip: 0,
+            login_per_user: 0,
+            send_rate: 0,
+            max_group_members: 100,
+            max_groups_per_user: 0,
+            max_tokens_per_user: 0,
+            allow_origin: Vec::new(),
+            demo: false,
+            node: node.into(),
+            trust_proxy: Vec::new(),
+        }
+    }
+}
+
 pub struct Api {
     store: Arc<dyn Store>,
     router: Arc<Router>,

@@ -251,24 +251,7 @@ mod tests {
         let api = Arc::new(Api::new(
             Arc::new(Broken),
             router,
-            Options {
-                page_size: 100,
-                page_bytes: 1 << 18,
-                token_ttl: 3600,
-                admin_key: None,
-                cmsgid_window: 600,
-                hash_concurrency: 1,
-                auth_per_ip: 0,
-                login_per_user: 0,
-                send_rate: 0,
-                max_group_members: 100,
-                max_groups_per_user: 0,
-                max_tokens_per_user: 0,
-                allow_origin: Vec::new(),
-                demo: false,
-                trust_proxy: Vec::new(),
-                node: "test".into(),
-            },
+            Options::unlimited("test"),
         ));
         let (jobs, rx) = queue(4);
         let workers = spawn(1, api, rx);
