@@ -226,7 +226,8 @@ impl Server {
             ),
             None => None,
         };
-        let workers = worker::spawn(cfg.workers(), api, job_rx);
+        let batching = worker::Batching::for_store(redis.is_some());
+        let workers = worker::spawn(cfg.workers(), api, job_rx, batching);
 
         // The first listener fixes the port (port 0 picks one); the others
         // bind the same one, on every address.
@@ -267,6 +268,7 @@ impl Server {
                 request_timeout: cfg.request_timeout,
                 keepalive_timeout: cfg.keepalive_timeout,
                 linger_timeout: cfg.linger_timeout,
+                jobs_per_wake: batching.jobs_per_wake,
             };
             let listeners = Listeners {
                 public: listeners,

@@ -24,8 +24,10 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 pub use crossbeam_channel::TrySendError;
 
 /// How long a sleeping receiver waits before it looks at the queue anyway:
-/// a backstop only, every item wakes one.
-const SLEEP_MAX: Duration = Duration::from_secs(1);
+/// a backstop only, every item queued is followed by a wake-up. Long, so
+/// that a sender that forgets to wake shows in the tests as a request not
+/// answered, not as one answered a second late.
+const SLEEP_MAX: Duration = Duration::from_secs(30);
 
 /// The sending side of a [`queue`]; cloned for every sender.
 pub struct QueueTx<T> {
@@ -95,13 +97,26 @@ struct Sleep {
 }
 
 impl Sleep {
-    fn wake_one(&self) {
+    /// Wakes up to `n` of the receivers asleep, after their items were
+    /// queued.
+    fn wake(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
         // Pairs with the fence in `QueueRx::next`: either this sees the
         // receiver counted, or the receiver's last look sees the item.
         fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::SeqCst) > 0 {
-            let _held = lock(&self.lock);
-            self.wake.notify_one();
+        let asleep = self.sleeping.load(Ordering::SeqCst);
+        if asleep == 0 {
+            return;
+        }
+        let _held = lock(&self.lock);
+        if n >= asleep {
+            self.wake.notify_all();
+        } else {
+            for _ in 0..n {
+                self.wake.notify_one();
+            }
         }
     }
 }
@@ -143,6 +158,18 @@ impl<T> QueueTx<T> {
     // The item comes back by value, as from a channel's own `try_send`.
     #[allow(clippy::result_large_err)]
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+        self.try_queue(item)?;
+        self.inner.sleep.wake(1);
+        Ok(())
+    }
+
+    /// Queues `item` without waking anyone: the sender calls [`wake`] once
+    /// for everything it queued in a turn. A receiver that is awake takes
+    /// the item meanwhile; a sleeping one only once woken.
+    ///
+    /// [`wake`]: QueueTx::wake
+    #[allow(clippy::result_large_err)]
+    pub fn try_queue(&self, item: T) -> Result<(), TrySendError<T>> {
         let Some(tx) = &self.inner.tx else {
             return Err(TrySendError::Disconnected(item));
         };
@@ -153,8 +180,13 @@ impl<T> QueueTx<T> {
             self.inner.count.taken();
             return Err(TrySendError::Disconnected(e.into_inner()));
         }
-        self.inner.sleep.wake_one();
         Ok(())
+    }
+
+    /// Wakes up to `n` sleeping receivers (for items queued with
+    /// [`try_queue`](QueueTx::try_queue)); none if none sleeps.
+    pub fn wake(&self, n: usize) {
+        self.inner.sleep.wake(n);
     }
 
     /// Items waiting for a receiver.
@@ -369,6 +401,50 @@ mod tests {
                 .expect("no sleeping receiver was woken for the item");
             assert_eq!(got, round);
         }
+        drop(tx);
+        for r in receivers {
+            r.join().expect("a receiver ends when the last sender goes");
+        }
+    }
+
+    #[test]
+    fn items_queued_quietly_wait_for_one_wake_and_the_woken_receiver_takes_them_all() {
+        let (tx, rx) = queue_with_backstop(16, Duration::from_secs(3600));
+        let rx = Arc::new(rx);
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let receivers: Vec<_> = (0..2)
+            .map(|_| {
+                let (rx, done) = (rx.clone(), done_tx.clone());
+                std::thread::spawn(move || {
+                    while let Some(item) = rx.next() {
+                        done.send(item).expect("the test listens");
+                    }
+                })
+            })
+            .collect();
+        until_asleep(&rx, 2);
+        tx.wake(0); // nothing queued: a no-op
+        for item in 0..5u64 {
+            tx.try_queue(item).expect("room");
+        }
+        assert_eq!(tx.len(), 5);
+        // One of the two is woken; it takes the whole run.
+        tx.wake(1);
+        let mut got: Vec<u64> = (0..5)
+            .map(|_| {
+                done_rx
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("the woken receiver left items queued")
+            })
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+        match tx.try_queue(9) {
+            Ok(()) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+        tx.wake(usize::MAX);
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)), Ok(9));
         drop(tx);
         for r in receivers {
             r.join().expect("a receiver ends when the last sender goes");

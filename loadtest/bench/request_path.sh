@@ -12,7 +12,10 @@
 # `GET /ok` first, then every build/store pair in order, so drift in the
 # machine's load spreads over all of them. The table gives the median of
 # the rounds, every round's figure, p50 / p99 latency (medians) and the
-# ratio to nginx's median of the same run.
+# ratio to nginx's median of the same run; and the server's CPU time per
+# request (its processes' user + system time over the run, nginx's master
+# and workers) and context switches per request (all its threads): on a
+# machine shared with other work these move less than requests/s does.
 #
 # Environment (defaults in brackets):
 #   BUILDS    ["current=target/release/haoshuo"]: name=binary pairs; a
@@ -77,7 +80,8 @@ start_redis() {
 }
 
 # Every target: name, address, users file.
-targets=("nginx|127.0.0.1:$p1|")
+NGINX_PID=${PIDS[-1]}
+targets=("nginx|127.0.0.1:$p1||$NGINX_PID")
 i=0
 for build in $BUILDS; do
   name=${build%%=*}; spec=${build#*=}
@@ -98,6 +102,7 @@ for build in $BUILDS; do
     "$tmp/haoshuo-$i" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir "$tmp/data-$tag" \
       --auth-per-ip 0 --login-per-user 0 --send-rate 0 "${extra[@]}" $flags > "$logf" 2>&1 &
     PIDS+=("$!")
+    pid=$!
     addr=
     for _ in $(seq 100); do
       addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$logf" | head -1)
@@ -108,7 +113,7 @@ for build in $BUILDS; do
     [ -n "$addr" ] && [ -n "$admin" ] || { cat "$logf" >&2; die "$tag did not start"; }
     env TARGET="$addr" ADMIN="$admin" N="$USERS" LOGIN_N=0 OUT="$tmp/users-$tag.lua" \
       "$wrkdir/setup.sh" > "$RESULTS/logs/setup-$tag.txt" 2>&1 || die "users for $tag: see logs/setup-$tag.txt"
-    targets+=("$tag|$addr|$tmp/users-$tag.lua")
+    targets+=("$tag|$addr|$tmp/users-$tag.lua|$pid")
     log "$tag on $addr ($bin $flags)"
   done
 done
@@ -130,17 +135,36 @@ run_wrk() { # name addr users out
   fi
 }
 
+# cpu PID: CPU ticks (user + system) of PID and its children's processes
+# (nginx's workers), then context switches of all their threads.
+cpu() {
+  local p ticks=0 switches=0 f
+  for p in "$1" $(pgrep -P "$1"); do
+    read -r -a st < "/proc/$p/stat" 2>/dev/null || continue
+    ticks=$(( ticks + st[13] + st[14] ))
+    for f in /proc/"$p"/task/*/status; do
+      switches=$(( switches + $(awk '/ctxt_switches/ {n += $2} END {print n + 0}' "$f" 2>/dev/null || echo 0) ))
+    done
+  done
+  echo "$ticks $switches"
+}
+
 # Warm-up: every target once, 2 s.
 for t in "${targets[@]}"; do
-  IFS='|' read -r name addr users <<< "$t"
+  IFS='|' read -r name addr users pid <<< "$t"
   DURATION=2s run_wrk "$name" "$addr" "$users" /dev/null
 done
 
+hz=$(getconf CLK_TCK)
 for r in $(seq "$ROUNDS"); do
   for t in "${targets[@]}"; do
-    IFS='|' read -r name addr users <<< "$t"
+    IFS='|' read -r name addr users pid <<< "$t"
     log "round $r: $name (loadavg $(cut -d' ' -f1 /proc/loadavg))"
+    read -r c0 s0 <<< "$(cpu "$pid")"
     run_wrk "$name" "$addr" "$users" "$RESULTS/$name.$r.txt" || log "  wrk on $name failed"
+    read -r c1 s1 <<< "$(cpu "$pid")"
+    echo "SERVER_CPU {\"ticks\": $(( c1 - c0 )), \"hz\": $hz, \"switches\": $(( s1 - s0 ))}" \
+      >> "$RESULTS/$name.$r.txt"
   done
 done
 
@@ -158,22 +182,35 @@ names = [t.split("|")[0] for t in sys.argv[2:]]
 def runs(name):
     out = []
     for f in sorted(glob.glob(os.path.join(res, name + ".*.txt"))):
+        run = {}
         for line in open(f, errors="replace"):
             if line.startswith("WRK_JSON "):
-                out.append(json.loads(line[9:]))
+                run.update(json.loads(line[9:]))
+            if line.startswith("SERVER_CPU "):
+                c = json.loads(line[11:])
+                run["cpu_us"] = c["ticks"] / c["hz"] * 1e6
+                run["switches"] = c["switches"]
+        if "rps" in run:
+            out.append(run)
     return out
 rows = {n: runs(n) for n in names}
 def med(xs): return statistics.median(xs) if xs else float("nan")
 ref = med([r["rps"] for r in rows["nginx"]])
-print("| target | req/s (median) | rounds | p50 ms | p99 ms | non-2xx | vs nginx |")
-print("|---|---|---|---|---|---|---|")
+def per_req(r, key):
+    return r[key] / r["requests"] if r.get("requests") and key in r else float("nan")
+ref_cpu = med([per_req(r, "cpu_us") for r in rows["nginx"]])
+print("| target | req/s (median) | rounds | p50 ms | p99 ms | non-2xx | vs nginx | server CPU µs / req | vs nginx | context switches / req |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for n in names:
     rs = rows[n]
     rps = med([r["rps"] for r in rs])
-    print("| %s | %s | %s | %.2f | %.2f | %d | %.2f |" % (
+    cpu = med([per_req(r, "cpu_us") for r in rs])
+    print("| %s | %s | %s | %.2f | %.2f | %d | %.2f | %.1f | %.2f | %.2f |" % (
         n, format(round(rps), ","), " / ".join(format(round(r["rps"]), ",") for r in rs),
         med([r["lat_p50_us"] for r in rs]) / 1000, med([r["lat_p99_us"] for r in rs]) / 1000,
-        sum(r.get("non2xx", 0) for r in rs), rps / ref if ref else float("nan")))
+        sum(r.get("non2xx", 0) for r in rs), rps / ref if ref else float("nan"),
+        cpu, cpu / ref_cpu if ref_cpu else float("nan"),
+        med([per_req(r, "switches") for r in rs])))
 for p in (16, 1):
     f = os.path.join(res, "redis-benchmark-P%d.txt" % p)
     if os.path.exists(f):

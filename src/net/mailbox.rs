@@ -63,9 +63,16 @@ impl Mailbox {
     /// Sends a message that must arrive (a reply, shutdown); it never
     /// waits and is never dropped. Fails only if the reactor has exited.
     pub fn send(&self, msg: CoreMsg) -> bool {
-        let ok = self.tx.send(msg).is_ok();
+        let ok = self.post(msg);
         self.wake();
         ok
+    }
+
+    /// Sends a message that must arrive, as [`send`](Mailbox::send) does,
+    /// without waking the reactor: the sender calls [`wake`](Mailbox::wake)
+    /// once after a batch (a worker's answers to one reactor).
+    pub fn post(&self, msg: CoreMsg) -> bool {
+        self.tx.send(msg).is_ok()
     }
 
     /// Offers live messages without waiting. When the inbox is full the
@@ -90,7 +97,8 @@ impl Mailbox {
         self.wake();
     }
 
-    fn wake(&self) {
+    /// Wakes the reactor unless it was woken since it last looked.
+    pub fn wake(&self) {
         if !self.notified.swap(true, Ordering::AcqRel) {
             // A failed wake means the poller is gone: the reactor has exited.
             let _ = self.waker.wake();

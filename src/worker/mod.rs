@@ -14,7 +14,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::api::{Api, Request};
 use crate::bus::{CoreMsg, Reply, Sub, SubKey};
@@ -51,8 +51,51 @@ pub fn queue(capacity: usize) -> (Jobs, JobsRx) {
     crate::sync::queue(capacity)
 }
 
+/// How the hand-offs between reactors and workers are batched: each
+/// crossing may wake a sleeping thread (a futex call, and a context switch
+/// on a busy core), so a burst of requests should cost a few wake-ups, not
+/// one per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    /// A reactor queues every job of its loop turn, then wakes one
+    /// sleeping worker per this many jobs (rounded up).
+    pub jobs_per_wake: usize,
+    /// A worker that finds more jobs queued holds its answers back, up to
+    /// this many and for `answer_hold` after the first, and gives each
+    /// reactor its share with one wake-up.
+    pub answers_held: usize,
+    /// The longest a worker holds an answer back while it runs more jobs.
+    pub answer_hold: Duration,
+}
+
+impl Batching {
+    /// For a store whose calls never wait on I/O (the embedded store),
+    /// jobs are a few microseconds each: a woken worker runs a run of them
+    /// and answers them together. On Redis a worker waits out a round trip
+    /// per call and the calls waiting together are what fills each
+    /// pipeline: every job wakes a worker and every answer goes at once.
+    pub fn for_store(waits_on_io: bool) -> Batching {
+        if waits_on_io {
+            Batching {
+                jobs_per_wake: 1,
+                answers_held: 1,
+                answer_hold: Duration::ZERO,
+            }
+        } else {
+            // Measured with loadtest/bench/request_path.sh (docs/benchmarks.md,
+            // session 7): 8 and 16 took the fewest context switches and CPU
+            // per `/p`; 200 µs is 40 `/p` of a worker's time.
+            Batching {
+                jobs_per_wake: 8,
+                answers_held: 16,
+                answer_hold: Duration::from_micros(200),
+            }
+        }
+    }
+}
+
 /// Starts `n` workers; they exit when every [`Jobs`] is dropped.
-pub fn spawn(n: usize, api: Arc<Api>, jobs: JobsRx) -> Vec<JoinHandle<()>> {
+pub fn spawn(n: usize, api: Arc<Api>, jobs: JobsRx, batching: Batching) -> Vec<JoinHandle<()>> {
     let jobs = Arc::new(jobs);
     (0..n)
         .map(|i| {
@@ -60,15 +103,97 @@ pub fn spawn(n: usize, api: Arc<Api>, jobs: JobsRx) -> Vec<JoinHandle<()>> {
             let jobs = jobs.clone();
             std::thread::Builder::new()
                 .name(format!("haoshuo-worker-{i}"))
-                .spawn(move || run(&api, &jobs))
+                .spawn(move || run(&api, &jobs, batching))
                 .expect("spawning a worker thread")
         })
         .collect()
 }
 
-fn run(api: &Api, jobs: &JobsRx) {
-    while let Some(job) = jobs.next() {
-        let (origin, msg) = match job {
+/// Takes jobs until the queue ends. Answers go out when no job is left
+/// queued, or `answers_held` of them are waiting, or the first has waited
+/// `answer_hold`: with `answers_held` 1, each at once.
+fn run(api: &Api, jobs: &JobsRx, batching: Batching) {
+    let mut out = Answers::new(api.router().cores(), batching);
+    loop {
+        let job = if out.is_empty() {
+            jobs.next()
+        } else {
+            jobs.try_next()
+        };
+        let Some(job) = job else {
+            if out.is_empty() {
+                return; // no job and no sender left
+            }
+            out.send(api);
+            continue;
+        };
+        let (origin, msg) = run_job(api, job);
+        out.push(origin.core, msg);
+        if out.is_due() {
+            out.send(api);
+        }
+    }
+}
+
+/// A worker's answers not yet sent, and the reactors they go to.
+struct Answers {
+    msgs: Vec<(u16, CoreMsg)>,
+    /// When the first of `msgs` was ready.
+    since: Option<Instant>,
+    /// Reactors with an answer in `msgs`.
+    cores: Vec<bool>,
+    held: usize,
+    hold: Duration,
+}
+
+impl Answers {
+    fn new(cores: usize, batching: Batching) -> Answers {
+        let held = batching.answers_held.max(1);
+        Answers {
+            msgs: Vec::with_capacity(held),
+            since: None,
+            cores: vec![false; cores],
+            held,
+            hold: batching.answer_hold,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    fn push(&mut self, core: u16, msg: CoreMsg) {
+        if self.msgs.is_empty() && self.held > 1 {
+            self.since = Some(Instant::now());
+        }
+        self.msgs.push((core, msg));
+    }
+
+    fn is_due(&self) -> bool {
+        self.msgs.len() >= self.held || self.since.is_some_and(|t| t.elapsed() >= self.hold)
+    }
+
+    /// Puts every answer in its reactor's inbox, then wakes each of those
+    /// reactors once.
+    fn send(&mut self, api: &Api) {
+        let router = api.router();
+        for (core, msg) in self.msgs.drain(..) {
+            router.mailbox(core).post(msg);
+            self.cores[usize::from(core)] = true;
+        }
+        for (core, touched) in self.cores.iter_mut().enumerate() {
+            if std::mem::take(touched) {
+                router.mailbox(core as u16).wake();
+            }
+        }
+        self.since = None;
+    }
+}
+
+/// Runs one job: the answer and who it goes to.
+fn run_job(api: &Api, job: Job) -> (SubKey, CoreMsg) {
+    {
+        match job {
             Job::Request { origin, req, at } => {
                 // A bug in one handler must not leave its client waiting
                 // forever, nor take the worker down with it: answer 500.
@@ -105,8 +230,7 @@ fn run(api: &Api, jobs: &JobsRx) {
                 let conn = origin.conn;
                 (origin, CoreMsg::Page { conn, page })
             }
-        };
-        api.router().mailbox(origin.core).send(msg);
+        }
     }
 }
 
@@ -231,6 +355,10 @@ mod tests {
         )
         .into_bytes();
         raw.extend_from_slice(body);
+        request(raw)
+    }
+
+    fn request(raw: Vec<u8>) -> Request {
         let head = parse_head(&raw, 1 << 16)
             .expect("a valid request")
             .expect("a whole head");
@@ -239,6 +367,62 @@ mod tests {
             head,
             admin: false,
             peer: None,
+        }
+    }
+
+    /// The waker's wake-ups pending on `poll` (an eventfd: 0 or 1), waiting
+    /// up to `wait` for one.
+    fn wakes(poll: &mut Poll, wait: Duration) -> usize {
+        let mut events = mio::Events::with_capacity(4);
+        poll.poll(&mut events, Some(wait)).expect("polling");
+        events.iter().count()
+    }
+
+    #[test]
+    fn a_run_of_queued_jobs_is_answered_with_one_wake_up() {
+        let mut poll = Poll::new().expect("a poll");
+        let waker = Waker::new(poll.registry(), Token(1)).expect("a waker");
+        let (mailbox, inbox) = Mailbox::new(waker);
+        let router = Arc::new(Router::new(vec![mailbox], 16, 1000));
+        // Unknown paths: answered 404 without the store.
+        let api = Arc::new(Api::new(Arc::new(Broken), router, Options::unlimited("t")));
+        let (jobs, rx) = crate::sync::queue_with_backstop(16, Duration::from_secs(3600));
+        // Queued before the worker starts: it finds a run of five.
+        for slot in 0..5 {
+            let origin = SubKey {
+                core: 0,
+                conn: ConnRef { slot, gen: 1 },
+            };
+            let req = request(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
+            let at = Instant::now();
+            assert!(jobs.try_queue(Job::Request { origin, req, at }).is_ok());
+        }
+        let batching = Batching {
+            jobs_per_wake: 1,
+            answers_held: 5,
+            answer_hold: Duration::from_secs(3600),
+        };
+        let workers = spawn(1, api, rx, batching);
+        assert_eq!(wakes(&mut poll, Duration::from_secs(10)), 1, "no answer");
+        // The reactor's one wake-up came after all five were in its inbox.
+        assert_eq!(inbox.len(), 5, "answers woke the reactor one by one");
+        let slots: Vec<u32> = inbox
+            .try_iter()
+            .map(|m| match m {
+                CoreMsg::Reply {
+                    conn,
+                    reply: Reply::Http { bytes, .. },
+                } => {
+                    assert!(bytes.starts_with(b"HTTP/1.1 404 "));
+                    conn.slot
+                }
+                _ => panic!("not an HTTP answer"),
+            })
+            .collect();
+        assert_eq!(slots, [0, 1, 2, 3, 4], "answered in order");
+        drop(jobs);
+        for w in workers {
+            w.join().expect("the worker exits cleanly");
         }
     }
 
@@ -254,7 +438,7 @@ mod tests {
             Options::unlimited("test"),
         ));
         let (jobs, rx) = queue(4);
-        let workers = spawn(1, api, rx);
+        let workers = spawn(1, api, rx, Batching::for_store(true));
         // One worker: the second answer proves it survived the first panic.
         for slot in 0..2 {
             let origin = SubKey {

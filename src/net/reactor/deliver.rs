@@ -426,11 +426,14 @@ impl Reactor {
         let Some(sub) = s.next_page(queued) else {
             return true;
         };
-        if self.jobs.try_send(Job::Page { origin, sub }).is_ok() {
+        if self.queue_job(Job::Page { origin, sub }).is_ok() {
             return true;
         }
         // The workers are swamped: end it as a failed read would (the
         // client resumes by seq).
+        let State::Subscribed(s) = &mut self.conns[key].state else {
+            return false;
+        };
         s.page_refused();
         let mut out = Vec::new();
         let step = s.on_store_failed(&mut out);
@@ -488,6 +491,7 @@ mod tests {
             request_timeout: 30,
             keepalive_timeout: 30,
             linger_timeout: 5,
+            jobs_per_wake: 1,
         };
         let listeners = Listeners {
             public: Vec::new(),

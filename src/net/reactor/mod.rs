@@ -90,6 +90,9 @@ pub struct Settings {
     /// Seconds a lingering close drains the client before giving up
     /// (nginx's `lingering_timeout`).
     pub linger_timeout: Secs,
+    /// Jobs queued in a loop turn per worker woken at its end
+    /// ([`crate::worker::Batching`]).
+    pub jobs_per_wake: usize,
 }
 
 /// The sockets a reactor accepts on.
@@ -140,6 +143,8 @@ pub struct Reactor {
     /// CORS header lines of held polls from an allowed origin, for their
     /// answer's head (a `Conn` has no room for them; few connections do).
     cors_held: std::collections::HashMap<usize, Box<[u8]>>,
+    /// Jobs queued this loop turn: workers are woken for them at its end.
+    queued: usize,
     /// This reactor's counters (only it writes them).
     stats: Arc<CoreStats>,
     /// Where requests it answers itself are counted.
@@ -194,6 +199,7 @@ impl Reactor {
             stopping: None,
             due: deliver::Due::default(),
             cors_held: std::collections::HashMap::new(),
+            queued: 0,
         })
     }
 
@@ -259,6 +265,7 @@ impl Reactor {
                     self.accept();
                 }
             }
+            self.wake_workers();
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
@@ -546,9 +553,7 @@ impl Reactor {
             },
             at: Instant::now(),
         };
-        if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
-            self.jobs.try_send(job)
-        {
+        if let Err(job) = self.queue_job(job) {
             let bytes = error_response(503, "server busy", head.keep_alive);
             if let Job::Request { req, .. } = job {
                 let endpoint = crate::api::endpoint_index(req.head.path(&req.raw), admin);
@@ -556,6 +561,28 @@ impl Reactor {
                 self.log_answer(key, Some((&req.raw, &req.head)), 503, bytes.len());
             }
             self.answer(key, &bytes, head.keep_alive);
+        }
+    }
+
+    /// Puts a job on the workers' queue; they are woken for it at the end
+    /// of this loop turn. Gives it back when the queue is full.
+    fn queue_job(&mut self, job: Job) -> Result<(), Job> {
+        match self.jobs.try_queue(job) {
+            Ok(()) => {
+                self.queued += 1;
+                Ok(())
+            }
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => Err(job),
+        }
+    }
+
+    /// Wakes sleeping workers for the jobs queued this turn, one per
+    /// `jobs_per_wake` of them: a burst of requests costs a few wake-ups.
+    fn wake_workers(&mut self) {
+        if self.queued > 0 {
+            let per = self.set.jobs_per_wake.max(1);
+            self.jobs.wake(self.queued.div_ceil(per));
+            self.queued = 0;
         }
     }
 
