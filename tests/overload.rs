@@ -35,8 +35,13 @@ fn server() -> Server {
     )
 }
 
+/// A `/p` with a `cmsgid` (the content): the worker runs it against Redis
+/// and waits for the answer (one without is handed to Redis's lane and
+/// the worker goes on: see `sigterm_lets_sends_redis_has_answer_before_the_exit`).
 fn send_request(from: &User, to: u64, content: &str) -> Vec<u8> {
-    let body = form_body(&send_body(from, to, content));
+    let mut body = send_body(from, to, content);
+    body["cmsgid"] = content.into();
+    let body = form_body(&body);
     request_bytes("POST", "/p", &[("Content-Type", FORM)], body.as_bytes())
 }
 
@@ -121,6 +126,53 @@ fn sigterm_lets_requests_at_a_worker_answer_before_the_exit() {
         assert!(conn.closed_within(WAIT), "{content}: left open");
     }
     // The poll's client is done too (else the server lingers on it).
+    drop(poll);
+    let (status, _srv) = stopping.join().expect("term");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+/// A `/p` without a `cmsgid` is handed to Redis's lane and answered from
+/// there: with Redis paused, more of them wait than one worker and a job
+/// queue of one could hold, and after SIGTERM each still gets its answer
+/// (`ok`, the connection closing) once Redis is back, before the exit.
+#[test]
+fn sigterm_lets_sends_redis_has_answer_before_the_exit() {
+    let mut srv = server();
+    let api = srv.api();
+    let (alice, bob) = (api.user("a", "alice"), api.user("a", "bob"));
+    let mut poll = api.start_poll(&alice, 1);
+    assert!(poll.wait(QUIET).is_none(), "alice's poll answered early");
+    srv.redis().pause();
+    let mut held = Vec::new();
+    for i in 0..6 {
+        let content = format!("m{i}");
+        let body = form_body(&send_body(&alice, bob.uid, &content));
+        let mut conn = Conn::connect(srv.addr());
+        conn.send(&request_bytes(
+            "POST",
+            "/p",
+            &[("Content-Type", FORM)],
+            body.as_bytes(),
+        ));
+        // Each is queued behind the paused Redis, none refused: the one
+        // worker is free again at once.
+        match conn.try_read_response(QUIET) {
+            Err(ReadEnd::Timeout) => held.push((content, conn)),
+            Ok(r) => panic!("{content} answered while Redis is paused: {}", r.status),
+            Err(ReadEnd::Eof) => panic!("{content} closed unanswered"),
+        }
+    }
+    let redis = srv.redis().pid();
+    let stopping = thread::spawn(move || (srv.term(), srv));
+    assert_eq!(poll.wait(WAIT), Some(noop_frame()), "the poll got no noop");
+    signal(redis, "CONT");
+    for (content, mut conn) in held {
+        let r = conn.read_response(WAIT);
+        assert_eq!(r.status, 200, "{content}: {:?}", r.json());
+        check_ok(&r.json());
+        assert_eq!(r.header("connection"), Some("close"), "{content}");
+        assert!(conn.closed_within(WAIT), "{content}: left open");
+    }
     drop(poll);
     let (status, _srv) = stopping.join().expect("term");
     assert!(status.success(), "exit status {status:?}");

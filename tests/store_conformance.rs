@@ -177,6 +177,7 @@ conformance!(
     a_reader_ahead_of_the_counter_moves_the_inbox_to_a_new_epoch,
     bulk_users_are_all_or_nothing,
     a_live_store_answers_ping,
+    append_then_answers_what_append_would,
 );
 
 // ---- helpers ----
@@ -892,6 +893,64 @@ fn only_redis_announces(kind: Kind) {
 }
 
 // ---- Redis only ----
+
+/// `append_then`'s function gets what `append` / `append_once` would
+/// answer, once (on Redis the common send is answered from the lane's
+/// thread), and the store holds the same; on Redis also after the append
+/// script was flushed (NOSCRIPT: loaded again and the call sent again).
+fn append_then_answers_what_append_would(kind: Kind) {
+    let b = Backend::new(kind);
+    let s = b.store();
+    users(s, APP, 3);
+    let then = |to: &[Uid], msg: NewMessage, once: Option<&Once>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.append_then(
+            APP,
+            to,
+            &msg,
+            once,
+            Box::new(move |r| {
+                let thread = std::thread::current().name().map(str::to_owned);
+                tx.send((r, thread)).expect("the test listens")
+            }),
+        );
+        let (r, thread) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no outcome");
+        assert!(rx.try_recv().is_err(), "an outcome given twice");
+        if once.is_none() && matches!(kind, Kind::Redis) {
+            let thread = thread.unwrap_or_default();
+            assert!(
+                thread.starts_with("haoshuo-redis-"),
+                "answered on {thread:?}, not by the lane: the caller waited"
+            );
+        }
+        r
+    };
+    assert_eq!(then(&[2], single(1, 2, "a"), None).unwrap(), [Some(1)]);
+    assert_eq!(
+        then(&[1, 2, 3], group_msg(1, 1, "b"), None).unwrap(),
+        [Some(1), Some(2), Some(1)]
+    );
+    assert_no_such_user(then(&[1, 99], group_msg(1, 1, "x"), None), 99);
+    let k = once("k");
+    assert_eq!(then(&[3], single(1, 3, "c"), Some(&k)).unwrap(), [Some(2)]);
+    assert_eq!(then(&[3], single(1, 3, "c"), Some(&k)).unwrap(), [None]);
+    if let Some(redis) = &b.redis {
+        assert_eq!(redis.command(&["SCRIPT", "FLUSH"]), "+OK");
+        assert_eq!(then(&[2], single(3, 2, "d"), None).unwrap(), [Some(3)]);
+        assert_eq!(then(&[2], single(3, 2, "e"), None).unwrap(), [Some(4)]);
+    }
+    let last = if b.redis.is_some() { 4 } else { 2 };
+    let (msgs, at) = inbox(s, APP, 2);
+    assert_eq!(at, last);
+    assert_eq!(&msgs[..2], [(1, "a".into()), (2, "b".into())]);
+    assert_eq!(inbox(s, APP, 1), (vec![(1, "b".into())], 1), "nothing of x");
+    assert_eq!(
+        inbox(s, APP, 3),
+        (vec![(1, "b".into()), (2, "c".into())], 2)
+    );
+}
 
 /// An append pipeline that fails for another reason than a script Redis
 /// does not know (NOSCRIPT, after a restart) is not run again: the

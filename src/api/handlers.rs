@@ -22,8 +22,8 @@ use crate::http::ws;
 use crate::metrics::{self, Metrics};
 use crate::router::Router;
 use crate::store::{
-    leading_run, unix_now, Limit, MsgId, NewMessage, Once, Page, Store, TokenInfo, Uid,
-    DATATYPE_GROUP, DATATYPE_SINGLE, MAX_MSGID,
+    append_now, leading_run, unix_now, Limit, MsgId, NewMessage, Once, Page, Store, Then,
+    TokenInfo, Uid, DATATYPE_GROUP, DATATYPE_SINGLE, MAX_MSGID,
 };
 
 /// Longest appid accepted, in bytes: it is a key prefix, not a document.
@@ -241,7 +241,7 @@ impl Api {
         self
     }
 
-    pub fn router(&self) -> &Router {
+    pub fn router(&self) -> &Arc<Router> {
         &self.router
     }
 
@@ -257,12 +257,29 @@ impl Api {
     }
 
     /// What the workers count requests into.
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
     /// Runs one request for the connection `origin` names.
     pub fn handle(&self, origin: SubKey, req: &Request) -> Reply {
+        match self.handle_then(origin, req, None) {
+            Some(reply) => reply,
+            None => unreachable!("answered later, with no way to answer later"),
+        }
+    }
+
+    /// Runs one request for the connection `origin` names: its answer, or
+    /// `None` if it goes to the [`Deliver`] that `later` makes, once the
+    /// store has answered. That is a message the store takes on another
+    /// thread ([`Store::answers_later`]: Redis, from its lane): the
+    /// worker goes on with other jobs meanwhile.
+    pub fn handle_then(
+        &self,
+        origin: SubKey,
+        req: &Request,
+        later: Option<&dyn Fn() -> Deliver>,
+    ) -> Option<Reply> {
         let keep_alive = req.head.keep_alive;
         // A page on an allowed origin may read the answer (CORS); the admin
         // listener is for servers, never for pages.
@@ -272,24 +289,15 @@ impl Api {
                 .headers(header_value(&req.raw[..req.head.head_len], "origin")),
             false => None,
         };
-        let mut reply = match self.route(origin, req, cors.as_deref()) {
-            Ok(reply) => reply,
+        let reply = match self.route(origin, req, cors.as_deref(), later) {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return None,
             Err(e) => Reply::Http {
                 bytes: e.response(keep_alive),
                 keep_alive,
             },
         };
-        if let (Method::Head, Reply::Http { bytes, .. }) = (req.head.method, &mut reply) {
-            // A HEAD is answered with the head alone: a body would be read
-            // as the start of the next response.
-            head_only(bytes);
-        }
-        if let (Some(lines), Reply::Http { bytes, .. }) = (&cors, &mut reply) {
-            if let Some(with) = cors::with_headers(bytes, lines) {
-                *bytes = with;
-            }
-        }
-        reply
+        Some(finish(reply, req.head.method, cors.as_deref()))
     }
 
     /// A subscriber's next page of stored messages, from `sub.next` on;
@@ -309,7 +317,14 @@ impl Api {
         }
     }
 
-    fn route(&self, origin: SubKey, req: &Request, cors: Option<&[u8]>) -> Result<Reply, ApiError> {
+    /// The request's answer; `None` when it goes to `later` instead.
+    fn route(
+        &self,
+        origin: SubKey,
+        req: &Request,
+        cors: Option<&[u8]>,
+        later: Option<&dyn Fn() -> Deliver>,
+    ) -> Result<Option<Reply>, ApiError> {
         let path = req.head.path(&req.raw);
         let (endpoint, method) = Endpoint::parse(path, req.admin)
             .filter(|(e, _)| self.limits.demo || !matches!(e, Endpoint::Demo))
@@ -323,10 +338,12 @@ impl Api {
                 _ => "POST",
             };
             let bytes = cors::preflight(b"", methods, keep_alive);
-            return Ok(Reply::Http { bytes, keep_alive });
+            return Ok(Some(Reply::Http { bytes, keep_alive }));
         }
         match (req.head.method, method) {
-            (Method::Head, Method::Get) if subscribes => return Ok(head_of(&endpoint, &req.head)),
+            (Method::Head, Method::Get) if subscribes => {
+                return Ok(Some(head_of(&endpoint, &req.head)))
+            }
             // Answered as a GET; `handle` keeps the head alone.
             (Method::Head, Method::Get) => {}
             (sent, wanted) if sent != wanted => return Err(ApiError::MethodNotAllowed(wanted)),
@@ -344,7 +361,9 @@ impl Api {
             let mut lines = cors.map(<[u8]>::to_vec).unwrap_or_default();
             lines.extend_from_slice(&ws::accept_line(&accept));
             let query = req.head.query(&req.raw);
-            return self.subscribe(origin, query, Kind::Ws, keep_alive, None, Some(&lines));
+            return self
+                .subscribe(origin, query, Kind::Ws, keep_alive, None, Some(&lines))
+                .map(Some);
         }
         if let Endpoint::Stream | Endpoint::Poll | Endpoint::Sse = endpoint {
             let query = req.head.query(&req.raw);
@@ -355,19 +374,21 @@ impl Api {
                 Endpoint::Sse => last_event_id(req)?,
                 _ => None,
             };
-            return self.subscribe(origin, query, kind, keep_alive, resume, cors);
+            return self
+                .subscribe(origin, query, kind, keep_alive, resume, cors)
+                .map(Some);
         }
         let f = match endpoint {
             Endpoint::Demo => {
                 let bytes = super::demo::response(keep_alive);
-                return Ok(Reply::Http { bytes, keep_alive });
+                return Ok(Some(Reply::Http { bytes, keep_alive }));
             }
             // Probes for orchestrators: no body, no key (they reveal
             // nothing but whether the process and its store serve).
-            Endpoint::Healthz => return Ok(ok_json(br#"{"status":"ok"}"#, keep_alive)),
+            Endpoint::Healthz => return Ok(Some(ok_json(br#"{"status":"ok"}"#, keep_alive))),
             Endpoint::Readyz => {
                 self.store.ping()?;
-                return Ok(ok_json(br#"{"status":"ready"}"#, keep_alive));
+                return Ok(Some(ok_json(br#"{"status":"ready"}"#, keep_alive)));
             }
             // What /admin reveals (users, traffic): the same key.
             Endpoint::Metrics => {
@@ -381,7 +402,7 @@ impl Api {
                     body.as_bytes(),
                     keep_alive,
                 );
-                return Ok(Reply::Http { bytes, keep_alive });
+                return Ok(Some(Reply::Http { bytes, keep_alive }));
             }
             _ => decode_body(req.body(), req.head.body)?,
         };
@@ -389,8 +410,21 @@ impl Api {
             Endpoint::Re => self.re(req, &f)?,
             Endpoint::Gre => self.gre(&f)?,
             Endpoint::Login => self.login(req, &f)?,
-            Endpoint::P => self.p(&f)?,
-            Endpoint::Gp => self.gp(&f)?,
+            Endpoint::P | Endpoint::Gp => {
+                let later = later.map(|deliver| Later {
+                    deliver,
+                    keep_alive,
+                    cors,
+                });
+                let datatype = match endpoint {
+                    Endpoint::P => DATATYPE_SINGLE,
+                    _ => DATATYPE_GROUP,
+                };
+                match self.chat(&f, datatype, later)? {
+                    Some(body) => body,
+                    None => return Ok(None),
+                }
+            }
             Endpoint::Pull => self.pull(&f)?,
             Endpoint::Ack => self.ack(&f)?,
             Endpoint::Logout => self.logout(&f)?,
@@ -403,7 +437,7 @@ impl Api {
                 unreachable!("answered above")
             }
         };
-        Ok(ok_json(&body, keep_alive))
+        Ok(Some(ok_json(&body, keep_alive)))
     }
 
     fn re(&self, req: &Request, f: &Fields) -> Result<Vec<u8>, ApiError> {
@@ -526,13 +560,18 @@ impl Api {
         ]))
     }
 
-    fn p(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
-        let (appid, msg) = self.message(f, DATATYPE_SINGLE)?;
-        self.send(f, &appid, &[msg.toid], &msg)
-    }
-
-    fn gp(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
-        let (appid, msg) = self.message(f, DATATYPE_GROUP)?;
+    /// `/p` (`datatype` single) and `/gp` (group): the body of the answer,
+    /// or `None` when it goes to `later`.
+    fn chat(
+        &self,
+        f: &Fields,
+        datatype: u8,
+        later: Option<Later<'_>>,
+    ) -> Result<Option<Vec<u8>>, ApiError> {
+        let (appid, msg) = self.message(f, datatype)?;
+        if datatype == DATATYPE_SINGLE {
+            return self.send(f, &appid, &[msg.toid], &msg, later);
+        }
         let members = self
             .store
             .group_members(&appid, msg.toid)?
@@ -540,7 +579,7 @@ impl Api {
         if !members.contains(&msg.fromid) {
             return Err(ApiError::Forbidden("not a member of this group"));
         }
-        self.send(f, &appid, &members, &msg)
+        self.send(f, &appid, &members, &msg, later)
     }
 
     /// The fields shared by `/p` and `/gp`, checked.
@@ -570,44 +609,57 @@ impl Api {
 
     /// Commits `msg` to every receiver's inbox, then hands it to the router.
     /// With a `cmsgid` the send is idempotent: a retry within the window
-    /// stores (and delivers) nothing new and answers `ok` again.
+    /// stores (and delivers) nothing new and answers `ok` again. With
+    /// `later`, on a store that [answers later](Store::answers_later), the
+    /// answer goes there and this returns `None` at once.
     fn send(
         &self,
         f: &Fields,
         appid: &str,
         to: &[Uid],
         msg: &NewMessage,
-    ) -> Result<Vec<u8>, ApiError> {
-        let ids: Vec<Option<MsgId>> = match f.opt_str("cmsgid")? {
-            Some(cmsgid) => {
-                if cmsgid.is_empty() || cmsgid.len() > MAX_CMSGID {
-                    return Err(ApiError::BadRequest(
-                        format!("'cmsgid' must be 1 to {MAX_CMSGID} bytes").into(),
-                    ));
-                }
-                let once = Once {
-                    cmsgid: &cmsgid,
-                    until: unix_now().saturating_add(self.limits.cmsgid_window),
-                };
-                self.store.append_once(appid, to, msg, &once)?
+        later: Option<Later<'_>>,
+    ) -> Result<Option<Vec<u8>>, ApiError> {
+        let cmsgid = f.opt_str("cmsgid")?;
+        if let Some(cmsgid) = &cmsgid {
+            if cmsgid.is_empty() || cmsgid.len() > MAX_CMSGID {
+                return Err(ApiError::BadRequest(
+                    format!("'cmsgid' must be 1 to {MAX_CMSGID} bytes").into(),
+                ));
             }
-            None => self
-                .store
-                .append(appid, to, msg)?
-                .into_iter()
-                .map(Some)
-                .collect(),
-        };
-        if !self.store.announces() {
-            let receivers: Vec<(Uid, MsgId)> = to
-                .iter()
-                .zip(ids)
-                .filter_map(|(&uid, id)| Some((uid, id?)))
-                .collect();
-            self.router
-                .publish(self.router.app_key(appid), &receivers, msg);
         }
-        Ok(br#"{"type":"ok"}"#.to_vec())
+        let once = cmsgid.as_deref().map(|cmsgid| Once {
+            cmsgid,
+            until: unix_now().saturating_add(self.limits.cmsgid_window),
+        });
+        let Some(later) = later.filter(|_| self.store.answers_later()) else {
+            let ids = append_now(&*self.store, appid, to, msg, once.as_ref())?;
+            if !self.store.announces() {
+                // Routed here only by a store that does not announce.
+                publish(&self.router, appid, to, &ids, msg);
+            }
+            return Ok(Some(OK.to_vec()));
+        };
+        let (deliver, shape) = later.split();
+        let routed = (!self.store.announces()).then(|| {
+            (
+                self.router.clone(),
+                appid.to_owned(),
+                to.to_vec(),
+                msg.clone(),
+            )
+        });
+        let then: Then = Box::new(move |ids| {
+            let body = ids.map_err(ApiError::from).map(|ids| {
+                if let Some((router, appid, to, msg)) = &routed {
+                    publish(router, appid, to, &ids, msg);
+                }
+                OK.to_vec()
+            });
+            deliver(shape.reply(body));
+        });
+        self.store.append_then(appid, to, msg, once.as_ref(), then);
+        Ok(None)
     }
 
     fn pull(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
@@ -842,6 +894,77 @@ impl Api {
 }
 
 /// A 200 with a JSON body.
+/// The body of an `ok` answer.
+const OK: &[u8] = br#"{"type":"ok"}"#;
+
+/// Hands a stored message to the router for the receivers that got it.
+fn publish(router: &Router, appid: &str, to: &[Uid], ids: &[Option<MsgId>], msg: &NewMessage) {
+    let receivers: Vec<(Uid, MsgId)> = to
+        .iter()
+        .zip(ids)
+        .filter_map(|(&uid, &id)| Some((uid, id?)))
+        .collect();
+    router.publish(router.app_key(appid), &receivers, msg);
+}
+
+/// What every answer gets last: a `HEAD` is answered with the head alone
+/// (a body would be read as the start of the next response), and an
+/// allowed origin's CORS lines are added.
+fn finish(mut reply: Reply, method: Method, cors: Option<&[u8]>) -> Reply {
+    if let (Method::Head, Reply::Http { bytes, .. }) = (method, &mut reply) {
+        head_only(bytes);
+    }
+    if let (Some(lines), Reply::Http { bytes, .. }) = (cors, &mut reply) {
+        if let Some(with) = cors::with_headers(bytes, lines) {
+            *bytes = with;
+        }
+    }
+    reply
+}
+
+/// Where a request's answer goes when it is ready after the handler
+/// returned (see [`Api::handle_then`]).
+pub type Deliver = Box<dyn FnOnce(Reply) + Send>;
+
+/// A request that may be answered later: how to make its [`Deliver`],
+/// and what its answer needs to be shaped as [`Api::handle`] would.
+struct Later<'a> {
+    deliver: &'a dyn Fn() -> Deliver,
+    keep_alive: bool,
+    cors: Option<&'a [u8]>,
+}
+
+impl Later<'_> {
+    fn split(self) -> (Deliver, Shape) {
+        let shape = Shape {
+            keep_alive: self.keep_alive,
+            cors: self.cors.map(Box::from),
+        };
+        ((self.deliver)(), shape)
+    }
+}
+
+/// What an answer given later is shaped with.
+struct Shape {
+    keep_alive: bool,
+    cors: Option<Box<[u8]>>,
+}
+
+impl Shape {
+    /// A POST's answer: `body` as JSON, or the error's.
+    fn reply(self, body: Result<Vec<u8>, ApiError>) -> Reply {
+        let keep_alive = self.keep_alive;
+        let reply = match body {
+            Ok(body) => ok_json(&body, keep_alive),
+            Err(e) => Reply::Http {
+                bytes: e.response(keep_alive),
+                keep_alive,
+            },
+        };
+        finish(reply, Method::Post, self.cors.as_deref())
+    }
+}
+
 fn ok_json(body: &[u8], keep_alive: bool) -> Reply {
     let mut bytes = Vec::with_capacity(160 + body.len());
     write_response(&mut bytes, 200, CONTENT_JSON, body, keep_alive);

@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use super::Metrics;
 use crate::store::{
-    Gid, Limit, Message, MsgId, NewMessage, Once, Page, Result, Store, StoreError, TokenInfo, Uid,
+    Gid, Limit, Message, MsgId, NewMessage, Once, Page, Result, Store, StoreError, Then, TokenInfo,
+    Uid,
 };
 
 /// Store operations, the `op` label of the store metrics ([`OPS`]).
@@ -85,13 +86,18 @@ impl Metered {
     fn timed<T>(&self, op: Op, call: impl FnOnce(&dyn Store) -> Result<T>) -> Result<T> {
         let start = Instant::now();
         let r = call(&*self.inner);
-        let failed = matches!(r, Err(StoreError::Unavailable(_)));
-        self.metrics.store_call(op, start.elapsed(), failed);
-        if let Err(StoreError::Unavailable(e)) = &r {
-            // Rate-limited: a store that went away is a line a second.
-            error!("store: {} failed: {e}", OPS[op as usize]);
-        }
+        record(&self.metrics, op, start, &r);
         r
+    }
+}
+
+/// Counts a call that began at `start` and ended with `r`.
+fn record<T>(metrics: &Metrics, op: Op, start: Instant, r: &Result<T>) {
+    let failed = matches!(r, Err(StoreError::Unavailable(_)));
+    metrics.store_call(op, start.elapsed(), failed);
+    if let Err(StoreError::Unavailable(e)) = r {
+        // Rate-limited: a store that went away is a line a second.
+        error!("store: {} failed: {e}", OPS[op as usize]);
     }
 }
 
@@ -148,6 +154,30 @@ impl Store for Metered {
         once: &Once,
     ) -> Result<Vec<Option<MsgId>>> {
         self.timed(Op::AppendOnce, |s| s.append_once(appid, to, msg, once))
+    }
+    fn answers_later(&self) -> bool {
+        self.inner.answers_later()
+    }
+    fn append_then(
+        &self,
+        appid: &str,
+        to: &[Uid],
+        msg: &NewMessage,
+        once: Option<&Once>,
+        then: Then,
+    ) {
+        let op = if once.is_some() {
+            Op::AppendOnce
+        } else {
+            Op::Append
+        };
+        let start = Instant::now();
+        let metrics = self.metrics.clone();
+        let timed: Then = Box::new(move |r| {
+            record(&metrics, op, start, &r);
+            then(r)
+        });
+        self.inner.append_then(appid, to, msg, once, timed)
     }
     fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
         self.timed(Op::Page, |s| s.page(appid, uid, from, limit))

@@ -201,6 +201,27 @@ impl From<std::io::Error> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// [`Store::append`] or [`Store::append_once`] as `once` chooses, with
+/// the outcome [`Store::append_then`] gives.
+pub fn append_now<S: Store + ?Sized>(
+    store: &S,
+    appid: &str,
+    to: &[Uid],
+    msg: &NewMessage,
+    once: Option<&Once>,
+) -> Result<Vec<Option<MsgId>>> {
+    match once {
+        Some(once) => store.append_once(appid, to, msg, once),
+        None => store
+            .append(appid, to, msg)
+            .map(|ids| ids.into_iter().map(Some).collect()),
+    }
+}
+
+/// Where [`Store::append_then`] sends an append's outcome: per receiver,
+/// its msgid, or `None` where a `cmsgid` send had reached it already.
+pub type Then = Box<dyn FnOnce(Result<Vec<Option<MsgId>>>) + Send>;
+
 /// The wall clock in unix seconds (token expiry, `cmsgid` windows).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -298,6 +319,31 @@ pub trait Store: Send + Sync + 'static {
         msg: &NewMessage,
         once: &Once,
     ) -> Result<Vec<Option<MsgId>>>;
+
+    /// Whether [`Store::append_then`] may answer on another thread, after
+    /// it returned (a store that waits on a server); false: it answers
+    /// at once, in the caller's thread.
+    fn answers_later(&self) -> bool {
+        false
+    }
+
+    /// [`Store::append`] (`once` None: every entry `Some`) or
+    /// [`Store::append_once`], whose outcome goes to `then` instead of
+    /// back to the caller. A store whose calls never wait (the default)
+    /// calls it at once, in this thread; one that waits on a server
+    /// (Redis) may queue the call and return, and `then` runs on the
+    /// thread that reads the answer: the caller is free meanwhile. `then`
+    /// must not wait on the store itself.
+    fn append_then(
+        &self,
+        appid: &str,
+        to: &[Uid],
+        msg: &NewMessage,
+        once: Option<&Once>,
+        then: Then,
+    ) {
+        then(append_now(self, appid, to, msg, once))
+    }
 
     /// Stored messages of `uid`'s inbox with msgid >= `from`, in msgid
     /// order, within `limit`, and the inbox's last msgid, read at one

@@ -16,10 +16,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::api::{Api, Request};
+use crate::api::{Api, Deliver, Request};
+use crate::bus::ConnRef;
 use crate::bus::{CoreMsg, Reply, Sub, SubKey};
 use crate::delivery::wire::Kind;
 use crate::http::response::error_response;
+use crate::metrics::Metrics;
 use crate::sync::{QueueRx, QueueTx};
 
 /// Jobs that may wait for a worker, by default (`--job-queue`). When the
@@ -127,7 +129,9 @@ fn run(api: &Api, jobs: &JobsRx, batching: Batching) {
             out.send(api);
             continue;
         };
-        let (origin, msg) = run_job(api, job);
+        let Some((origin, msg)) = run_job(api, job) else {
+            continue; // answered later, from wherever the store answers
+        };
         out.push(origin.core, msg);
         if out.is_due() {
             out.send(api);
@@ -190,37 +194,39 @@ impl Answers {
     }
 }
 
-/// Runs one job: the answer and who it goes to.
-fn run_job(api: &Api, job: Job) -> (SubKey, CoreMsg) {
+/// Runs one job: the answer and who it goes to; `None` when the answer
+/// goes later, once the store has answered (see [`Api::handle_then`]).
+fn run_job(api: &Api, job: Job) -> Option<(SubKey, CoreMsg)> {
     {
         match job {
             Job::Request { origin, req, at } => {
+                let path = req.head.path(&req.raw);
+                let endpoint = crate::api::endpoint_index(path, req.admin);
+                let later = || -> Deliver {
+                    let done = Done::of(api, &req, origin, endpoint, at);
+                    let router = api.router().clone();
+                    Box::new(move |reply| {
+                        let msg = done.account(reply);
+                        router.mailbox(origin.core).send(msg);
+                    })
+                };
                 // A bug in one handler must not leave its client waiting
                 // forever, nor take the worker down with it: answer 500.
-                let reply = catch_unwind(AssertUnwindSafe(|| api.handle(origin, &req)))
-                    .unwrap_or_else(|_| {
-                        error!(
-                            "worker: a request for {} panicked; answered 500",
-                            String::from_utf8_lossy(req.head.path(&req.raw))
-                        );
-                        Reply::Http {
-                            bytes: error_response(500, "internal error", false),
-                            keep_alive: false,
-                        }
-                    });
-                let endpoint = crate::api::endpoint_index(req.head.path(&req.raw), req.admin);
-                let status = status_of(&reply);
-                api.metrics().request(endpoint, status, Some(at.elapsed()));
-                if crate::log::access_enabled() {
-                    log_access(api, &req, &reply, status, at);
-                }
-                (
-                    origin,
-                    CoreMsg::Reply {
-                        conn: origin.conn,
-                        reply,
-                    },
-                )
+                let reply = catch_unwind(AssertUnwindSafe(|| {
+                    api.handle_then(origin, &req, Some(&later))
+                }))
+                .unwrap_or_else(|_| {
+                    error!(
+                        "worker: a request for {} panicked; answered 500",
+                        String::from_utf8_lossy(path)
+                    );
+                    Some(Reply::Http {
+                        bytes: error_response(500, "internal error", false),
+                        keep_alive: false,
+                    })
+                })?;
+                let done = Done::of(api, &req, origin, endpoint, at);
+                Some((origin, done.account(reply)))
             }
             Job::Page { origin, sub } => {
                 let page = catch_unwind(AssertUnwindSafe(|| api.page(&sub))).unwrap_or_else(|_| {
@@ -228,27 +234,62 @@ fn run_job(api: &Api, job: Job) -> (SubKey, CoreMsg) {
                     None
                 });
                 let conn = origin.conn;
-                (origin, CoreMsg::Page { conn, page })
+                Some((origin, CoreMsg::Page { conn, page }))
             }
         }
     }
 }
 
-/// The access log's line for a request a worker answered.
-fn log_access(api: &Api, req: &Request, reply: &Reply, status: u16, at: Instant) {
-    let head = &req.head;
-    let method = req.raw.split(|&b| b == b' ').next().unwrap_or(b"-");
-    crate::log::access(&crate::log::Access {
-        client: api.client(req),
-        method,
-        target: &crate::log::access_target(head.path(&req.raw), head.query(&req.raw)),
-        status,
-        bytes: match reply {
-            Reply::Http { bytes, .. } => Some(bytes.len()),
-            _ => None,
-        },
-        took: at.elapsed(),
-    });
+/// What is counted and logged of a request once it is answered.
+struct Done {
+    conn: ConnRef,
+    endpoint: usize,
+    at: Instant,
+    metrics: Arc<Metrics>,
+    /// The access log's client, method and target, when it is on.
+    access: Option<(Option<std::net::IpAddr>, Vec<u8>, String)>,
+}
+
+impl Done {
+    fn of(api: &Api, req: &Request, origin: SubKey, endpoint: usize, at: Instant) -> Done {
+        let access = crate::log::access_enabled().then(|| {
+            let head = &req.head;
+            let method = req.raw.split(|&b| b == b' ').next().unwrap_or(b"-");
+            let target = crate::log::access_target(head.path(&req.raw), head.query(&req.raw));
+            (api.client(req), method.to_vec(), target)
+        });
+        Done {
+            conn: origin.conn,
+            endpoint,
+            at,
+            metrics: api.metrics().clone(),
+            access,
+        }
+    }
+
+    /// Counts the answer, logs it, and makes it the reactor's message.
+    fn account(self, reply: Reply) -> CoreMsg {
+        let status = status_of(&reply);
+        let took = self.at.elapsed();
+        self.metrics.request(self.endpoint, status, Some(took));
+        if let Some((client, method, target)) = &self.access {
+            crate::log::access(&crate::log::Access {
+                client: *client,
+                method,
+                target,
+                status,
+                bytes: match &reply {
+                    Reply::Http { bytes, .. } => Some(bytes.len()),
+                    _ => None,
+                },
+                took,
+            });
+        }
+        CoreMsg::Reply {
+            conn: self.conn,
+            reply,
+        }
+    }
 }
 
 /// The HTTP status a reply answers with (a stream's or poll's is 200, a

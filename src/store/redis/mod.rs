@@ -31,7 +31,7 @@ use redis::{ConnectionLike, RedisResult, Script};
 
 use crate::store::{
     fingerprint, unix_now, Gid, Limit, MsgId, NewMessage, Once, Page, Reset, Result, Store,
-    StoreError, TokenInfo, Uid,
+    StoreError, Then, TokenInfo, Uid,
 };
 
 pub use keys::{deliver_channel, DELIVER_PREFIX};
@@ -68,7 +68,7 @@ pub struct Options {
 }
 
 pub struct RedisStore {
-    pool: pool::Pool,
+    pool: Arc<pool::Pool>,
     node: String,
     /// Seconds a route holds once written.
     route_ttl: u64,
@@ -88,7 +88,12 @@ impl RedisStore {
     /// Connects once to check that Redis answers.
     pub fn open(opts: &Options) -> Result<RedisStore> {
         let store = RedisStore {
-            pool: pool::Pool::new(&opts.url, opts.pool, opts.timeout, opts.wait_replicas)?,
+            pool: Arc::new(pool::Pool::new(
+                &opts.url,
+                opts.pool,
+                opts.timeout,
+                opts.wait_replicas,
+            )?),
             node: opts.node.clone(),
             route_ttl: opts.route_ttl.as_secs().max(1),
             inbox_cap: opts.inbox_cap,
@@ -235,8 +240,6 @@ impl RedisStore {
                 return Err(StoreError::NoSuchUser(uid));
             }
         }
-        let stored = serde_json::to_string(&keys::Stored::of(msg))
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let ttl = once.map_or(0, |o| o.until.saturating_sub(unix_now()).max(1));
         let mut claimed = None;
         if let Some(o) = once {
@@ -257,91 +260,21 @@ impl RedisStore {
                 claimed = Some(keys::sent(appid, msg.fromid, o.cmsgid));
             }
         }
-        let per = if once.is_some() { 4 } else { 3 };
-        let now = unix_now();
-        let prefix = keys::announce_prefix(appid, &stored);
-        // In a cluster the script answers what to announce instead.
-        let channels = if self.pool.is_cluster() {
-            ""
-        } else {
-            keys::DELIVER_PREFIX
-        };
+        let args = AppendArgs::new(appid, msg, once, ttl)?;
         let answers = self.with(|c| {
             let mut p = redis::pipe();
             for call in &calls {
-                let cmd = p
-                    .cmd("EVALSHA")
-                    .arg(self.append.get_hash())
-                    .arg(call.len() * per);
-                for &i in call {
-                    let uid = to[i];
-                    cmd.arg(keys::user(appid, uid))
-                        .arg(keys::inbox(appid, uid))
-                        .arg(keys::routes(appid, uid));
-                    if let Some(o) = once {
-                        cmd.arg(keys::once(appid, uid, msg.fromid, o.cmsgid));
-                    }
-                }
-                cmd.arg(&stored)
-                    .arg(channels)
-                    .arg(&prefix)
-                    .arg(ttl)
-                    .arg(self.inbox_cap)
-                    .arg(per)
-                    .arg(now);
-                for &i in call {
-                    cmd.arg(to[i]);
-                }
+                p.add_command(args.cmd(self, to, call));
             }
             pipeline_with_script(c, &self.append, &p)
         })?;
         let mut ids: Vec<Option<i64>> = vec![None; to.len()];
         let mut announce: Vec<(String, String)> = Vec::new();
         for (call, answer) in calls.iter().zip(answers) {
-            let answer: Vec<redis::Value> = redis::from_redis_value(answer)
-                .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
-            if answer.len() < call.len() {
-                return Err(StoreError::Unavailable(
-                    "redis: an append answered for the wrong number of receivers".into(),
-                ));
-            }
-            let (got, routed) = answer.split_at(call.len());
-            for (&i, id) in call.iter().zip(got) {
-                ids[i] = match id {
-                    redis::Value::Int(id) => Some(*id),
-                    _ => None,
-                };
-            }
-            for pair in routed.chunks(2) {
-                let [node, list] = pair else { continue };
-                let (Ok(node), Ok(list)) = (
-                    redis::from_redis_value::<String>(node.clone()),
-                    redis::from_redis_value::<String>(list.clone()),
-                ) else {
-                    continue;
-                };
-                match announce.iter_mut().find(|(n, _)| *n == node) {
-                    Some((_, all)) => {
-                        all.push(',');
-                        all.push_str(&list);
-                    }
-                    None => announce.push((node, list)),
-                }
-            }
+            read_append(call, answer, &mut ids, &mut announce)?;
         }
-        let ids = to
-            .iter()
-            .zip(ids)
-            .map(|(&uid, id)| match id {
-                Some(-2) => Ok(None),
-                Some(id) => u64::try_from(id)
-                    .map(Some)
-                    .map_err(|_| StoreError::NoSuchUser(uid)),
-                None => Err(StoreError::Unavailable(
-                    "redis: an append answered for the wrong number of receivers".into(),
-                )),
-            })
-            .collect();
+        let ids = ids_of(to, ids);
+        let prefix = args.prefix;
         if !announce.is_empty() {
             // Stored already: if announcing fails (the channel's master just
             // failed), the receivers get the message from the store at their
@@ -363,6 +296,168 @@ impl RedisStore {
         }
         ids
     }
+}
+
+/// What every call of the append script for one message is given.
+struct AppendArgs<'a> {
+    appid: &'a str,
+    fromid: Uid,
+    once: Option<&'a Once<'a>>,
+    /// The message as stored.
+    stored: String,
+    /// The announcement up to its receivers.
+    prefix: String,
+    /// Seconds a `cmsgid` is remembered (0 without one).
+    ttl: u64,
+    now: u64,
+}
+
+impl<'a> AppendArgs<'a> {
+    fn new(
+        appid: &'a str,
+        msg: &NewMessage,
+        once: Option<&'a Once<'a>>,
+        ttl: u64,
+    ) -> Result<AppendArgs<'a>> {
+        let stored = serde_json::to_string(&keys::Stored::of(msg))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(AppendArgs {
+            appid,
+            fromid: msg.fromid,
+            once,
+            prefix: keys::announce_prefix(appid, &stored),
+            stored,
+            ttl,
+            now: unix_now(),
+        })
+    }
+
+    /// The script's call for the receivers `call` (indexes into `to`).
+    fn cmd(&self, store: &RedisStore, to: &[Uid], call: &[usize]) -> redis::Cmd {
+        let (appid, once) = (self.appid, self.once);
+        let per = if once.is_some() { 4 } else { 3 };
+        // In a cluster the script answers what to announce instead.
+        let channels = if store.pool.is_cluster() {
+            ""
+        } else {
+            keys::DELIVER_PREFIX
+        };
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(store.append.get_hash()).arg(call.len() * per);
+        for &i in call {
+            let uid = to[i];
+            cmd.arg(keys::user(appid, uid))
+                .arg(keys::inbox(appid, uid))
+                .arg(keys::routes(appid, uid));
+            if let Some(o) = once {
+                cmd.arg(keys::once(appid, uid, self.fromid, o.cmsgid));
+            }
+        }
+        cmd.arg(&self.stored)
+            .arg(channels)
+            .arg(&self.prefix)
+            .arg(self.ttl)
+            .arg(store.inbox_cap)
+            .arg(per)
+            .arg(self.now);
+        for &i in call {
+            cmd.arg(to[i]);
+        }
+        cmd
+    }
+}
+
+/// Reads one append script call's answer (for the receivers `call`,
+/// indexes into the message's `to`) into `ids`, and on a cluster what it
+/// asks to announce, by node, into `announce`.
+fn read_append(
+    call: &[usize],
+    answer: redis::Value,
+    ids: &mut [Option<i64>],
+    announce: &mut Vec<(String, String)>,
+) -> Result<()> {
+    let answer: Vec<redis::Value> = redis::from_redis_value(answer)
+        .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+    if answer.len() < call.len() {
+        return Err(StoreError::Unavailable(
+            "redis: an append answered for the wrong number of receivers".into(),
+        ));
+    }
+    let (got, routed) = answer.split_at(call.len());
+    for (&i, id) in call.iter().zip(got) {
+        ids[i] = match id {
+            redis::Value::Int(id) => Some(*id),
+            _ => None,
+        };
+    }
+    for pair in routed.chunks(2) {
+        let [node, list] = pair else { continue };
+        let (Ok(node), Ok(list)) = (
+            redis::from_redis_value::<String>(node.clone()),
+            redis::from_redis_value::<String>(list.clone()),
+        ) else {
+            continue;
+        };
+        match announce.iter_mut().find(|(n, _)| *n == node) {
+            Some((_, all)) => {
+                all.push(',');
+                all.push_str(&list);
+            }
+            None => announce.push((node, list)),
+        }
+    }
+    Ok(())
+}
+
+/// The append's outcome from the script's answers for each receiver of
+/// `to`: its msgid, `None` where it had this `cmsgid` already (-2), and
+/// `NoSuchUser` if one does not exist (-1: nothing was written).
+fn ids_of(to: &[Uid], ids: Vec<Option<i64>>) -> Result<Vec<Option<MsgId>>> {
+    to.iter()
+        .zip(ids)
+        .map(|(&uid, id)| match id {
+            Some(-2) => Ok(None),
+            Some(id) => u64::try_from(id)
+                .map(Some)
+                .map_err(|_| StoreError::NoSuchUser(uid)),
+            None => Err(StoreError::Unavailable(
+                "redis: an append answered for the wrong number of receivers".into(),
+            )),
+        })
+        .collect()
+}
+
+/// An append queued on a lane: whom it was for, and where its outcome goes.
+struct Answered {
+    to: Vec<Uid>,
+    then: Then,
+}
+
+impl Answered {
+    /// Reads the script's one reply and hands the outcome on.
+    fn finish(self, replies: redis::RedisResult<Vec<redis::Value>>) {
+        let outcome = replies
+            .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))
+            .and_then(|mut replies| {
+                let answer = match replies.pop() {
+                    Some(redis::Value::ServerError(e)) => {
+                        return Err(StoreError::Unavailable(format!("redis: {e:?}")))
+                    }
+                    Some(answer) => answer,
+                    None => return Err(StoreError::Unavailable("redis: no reply".into())),
+                };
+                let all: Vec<usize> = (0..self.to.len()).collect();
+                let mut ids = vec![None; self.to.len()];
+                read_append(&all, answer, &mut ids, &mut Vec::new())?;
+                ids_of(&self.to, ids)
+            });
+        (self.then)(outcome)
+    }
+}
+
+/// Whether a call's one reply is NOSCRIPT.
+fn is_noscript(replies: &redis::RedisResult<Vec<redis::Value>>) -> bool {
+    matches!(replies, Ok(v) if matches!(v.last(), Some(redis::Value::ServerError(e)) if e.kind() == Some(redis::ServerErrorKind::NoScript)))
 }
 
 impl Store for RedisStore {
@@ -654,6 +749,60 @@ impl Store for RedisStore {
             .zip(ids)
             .map(|(&uid, id)| id.ok_or(StoreError::NoSuchUser(uid)))
             .collect()
+    }
+
+    /// On one Redis server (not a cluster) the common send is answered
+    /// from a lane's thread.
+    fn answers_later(&self) -> bool {
+        !self.pool.is_cluster()
+    }
+
+    /// The common send (no `cmsgid`, up to [`APPEND_BATCH`] receivers, one
+    /// Redis server) is queued on a lane and answered from there: the
+    /// worker that asked goes on with other jobs while Redis works. Other
+    /// sends run as [`Store::append`] and [`Store::append_once`] do.
+    fn append_then(
+        &self,
+        appid: &str,
+        to: &[Uid],
+        msg: &NewMessage,
+        once: Option<&Once>,
+        then: Then,
+    ) {
+        if once.is_some() || to.is_empty() || to.len() > APPEND_BATCH || self.pool.is_cluster() {
+            return then(crate::store::append_now(self, appid, to, msg, once));
+        }
+        let args = match AppendArgs::new(appid, msg, None, 0) {
+            Ok(args) => args,
+            Err(e) => return then(Err(e)),
+        };
+        let all: Vec<usize> = (0..to.len()).collect();
+        let bytes = args.cmd(self, to, &all).get_packed_command();
+        let answered = Answered {
+            to: to.to_vec(),
+            then,
+        };
+        let pool = self.pool.clone();
+        let retry = bytes.clone();
+        let first: pool::Reply = Box::new(move |replies| {
+            if !is_noscript(&replies) {
+                return answered.finish(replies);
+            }
+            // A Redis that does not know the script (fresh, restarted,
+            // flushed): load it, then the same call, in one write.
+            let mut bytes = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(scripts::APPEND)
+                .get_packed_command();
+            bytes.extend_from_slice(&retry);
+            let again: pool::Reply = Box::new(move |replies| answered.finish(replies));
+            if let Some(again) = pool.submit_then(bytes, 2, again) {
+                again(Err(pool::closed("the Redis lanes changed")));
+            }
+        });
+        if let Some(first) = self.pool.submit_then(bytes, 1, first) {
+            first(Err(pool::closed("a Redis Cluster")));
+        }
     }
 
     fn append_once(

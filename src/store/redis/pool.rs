@@ -17,6 +17,7 @@
 //! at each connect), or, on a Redis Cluster, to each master (`cluster`).
 //! With `--redis-wait-replicas` each batch ends with a WAIT.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -130,8 +131,29 @@ impl Lanes {
         skip: usize,
         count: usize,
     ) -> RedisResult<Answer<RedisResult<Vec<Value>>>> {
-        let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
         let (done, answer) = sync::oneshot();
+        self.queue(bytes, skip, count, Done::Wait(done))
+            .map_err(|(e, _)| e)?;
+        Ok(answer)
+    }
+
+    /// Queues `bytes` as [`submit`](Lanes::submit) does; the replies go to
+    /// `then`, which the lane runs as soon as it has read them (or this
+    /// thread at once, if the call cannot be queued).
+    pub(super) fn submit_then(&self, bytes: Vec<u8>, skip: usize, count: usize, then: Reply) {
+        if let Err((e, done)) = self.queue(bytes, skip, count, Done::Then(then)) {
+            done.put(Err(e));
+        }
+    }
+
+    fn queue(
+        &self,
+        bytes: Vec<u8>,
+        skip: usize,
+        count: usize,
+        done: Done,
+    ) -> std::result::Result<(), (RedisError, Done)> {
+        let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
         let call = Call {
             bytes,
             replies: skip + count,
@@ -139,10 +161,9 @@ impl Lanes {
             done,
         };
         self.lanes[lane].try_send(call).map_err(|e| match e {
-            sync::TrySendError::Full(_) => closed("the Redis lane's queue is full"),
-            sync::TrySendError::Disconnected(_) => closed("the Redis lane stopped"),
-        })?;
-        Ok(answer)
+            sync::TrySendError::Full(c) => (closed("the Redis lane's queue is full"), c.done),
+            sync::TrySendError::Disconnected(c) => (closed("the Redis lane stopped"), c.done),
+        })
     }
 
     /// Ends the backoff: the next call tries at once.
@@ -219,6 +240,23 @@ impl Pool {
         result.map_err(|e| StoreError::Unavailable(format!("redis: {e}")))
     }
 
+    /// Queues `bytes` (`count` replies) on a lane of a standalone Redis
+    /// and returns: the replies go to `then` on the lane's thread. `then`
+    /// is given back on a cluster, whose calls are routed by slot.
+    pub fn submit_then(&self, bytes: Vec<u8>, count: usize, then: Reply) -> Option<Reply> {
+        match &self.mode {
+            Mode::Single { lanes, .. } => {
+                if lanes.down() {
+                    then(Err(closed("redis is down")));
+                } else {
+                    lanes.submit_then(bytes, 0, count, then);
+                }
+                None
+            }
+            Mode::Cluster(_) => Some(then),
+        }
+    }
+
     /// Redis is back after the feed lost its connection: ends the backoff
     /// early, and has every lane reconnect before its next write (its
     /// connection most likely went with the old Redis process). In a
@@ -252,7 +290,34 @@ struct Call {
     /// Replies to read; the first `skip` are dropped (MULTI's, ASKING's).
     replies: usize,
     skip: usize,
-    done: Promise<RedisResult<Vec<Value>>>,
+    done: Done,
+}
+
+/// What a lane runs with a call's replies, on its own thread: it must not
+/// wait on a lane (it may queue another call).
+pub type Reply = Box<dyn FnOnce(RedisResult<Vec<Value>>) + Send>;
+
+/// Where a call's replies go.
+enum Done {
+    /// To the thread waiting for them.
+    Wait(Promise<RedisResult<Vec<Value>>>),
+    /// To a function of the caller's.
+    Then(Reply),
+}
+
+impl Done {
+    fn put(self, replies: RedisResult<Vec<Value>>) {
+        match self {
+            Done::Wait(promise) => promise.put(replies),
+            Done::Then(then) => {
+                // A bug in it must not take the lane, and every call
+                // queued behind it, down.
+                if catch_unwind(AssertUnwindSafe(|| then(replies))).is_err() {
+                    error!("redis lane: a reply's function panicked");
+                }
+            }
+        }
+    }
 }
 
 /// What a worker's commands see: a `ConnectionLike` that queues on a lane.
