@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 
-use crate::api::codec::{decode_body, Fields};
+use crate::api::codec::{self, Fields};
 use crate::api::error::ApiError;
 use crate::api::limits::{HashGate, HashPermit, RateLimit};
 use crate::api::Request;
@@ -357,7 +357,7 @@ impl Api {
             };
             return self.subscribe(origin, query, kind, keep_alive, resume, cors);
         }
-        let f = match endpoint {
+        let endpoint = match endpoint {
             Endpoint::Demo => {
                 let bytes = super::demo::response(keep_alive);
                 return Ok(Reply::Http { bytes, keep_alive });
@@ -383,27 +383,34 @@ impl Api {
                 );
                 return Ok(Reply::Http { bytes, keep_alive });
             }
-            _ => decode_body(req.body(), req.head.body)?,
+            _ => endpoint,
         };
-        let body = match endpoint {
-            Endpoint::Re => self.re(req, &f)?,
-            Endpoint::Gre => self.gre(&f)?,
-            Endpoint::Login => self.login(req, &f)?,
-            Endpoint::P => self.p(&f)?,
-            Endpoint::Gp => self.gp(&f)?,
-            Endpoint::Pull => self.pull(&f)?,
-            Endpoint::Ack => self.ack(&f)?,
-            Endpoint::Logout => self.logout(&f)?,
-            Endpoint::Online => self.online(&f)?,
-            Endpoint::AdminUsers => self.admin_users(req, &f)?,
+        let body = codec::with_fields(req.body(), req.head.body, |f| {
+            self.endpoint(req, f, endpoint)
+        })??;
+        Ok(ok_json(&body, keep_alive))
+    }
+
+    /// Runs a POST endpoint on the body's fields; its answer's body.
+    fn endpoint(&self, req: &Request, f: &Fields, endpoint: Endpoint) -> Result<Vec<u8>, ApiError> {
+        Ok(match endpoint {
+            Endpoint::Re => self.re(req, f)?,
+            Endpoint::Gre => self.gre(f)?,
+            Endpoint::Login => self.login(req, f)?,
+            Endpoint::P => self.p(f)?,
+            Endpoint::Gp => self.gp(f)?,
+            Endpoint::Pull => self.pull(f)?,
+            Endpoint::Ack => self.ack(f)?,
+            Endpoint::Logout => self.logout(f)?,
+            Endpoint::Online => self.online(f)?,
+            Endpoint::AdminUsers => self.admin_users(req, f)?,
             Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics | Endpoint::Demo => {
                 unreachable!("answered above")
             }
             Endpoint::Stream | Endpoint::Poll | Endpoint::Sse | Endpoint::Ws => {
                 unreachable!("answered above")
             }
-        };
-        Ok(ok_json(&body, keep_alive))
+        })
     }
 
     fn re(&self, req: &Request, f: &Fields) -> Result<Vec<u8>, ApiError> {
@@ -903,13 +910,13 @@ fn last_event_id(req: &Request) -> Result<Option<MsgId>, ApiError> {
         .ok_or_else(|| ApiError::BadRequest("'Last-Event-ID' must be a message id".into()))
 }
 
-fn appid(f: &Fields) -> Result<std::borrow::Cow<'_, str>, ApiError> {
+fn appid<'a>(f: &'a Fields) -> Result<std::borrow::Cow<'a, str>, ApiError> {
     bounded(f, "appid", MAX_APPID)
 }
 
 /// A required, non-empty string field of at most `max` bytes.
 fn bounded<'a>(
-    f: &'a Fields,
+    f: &'a Fields<'_>,
     name: &str,
     max: usize,
 ) -> Result<std::borrow::Cow<'a, str>, ApiError> {
