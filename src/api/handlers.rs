@@ -1,5 +1,7 @@
 //! The endpoints of API.md, one function each.
 
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +40,33 @@ const MAX_GNAME: usize = 256;
 /// Longest `cmsgid` accepted, in bytes: a client's id for a send (a UUID
 /// is 36), kept for the window in every receiver's store.
 const MAX_CMSGID: usize = 128;
+
+/// The body of an endpoint's answer: built, or a constant.
+type Answer = Cow<'static, [u8]>;
+
+/// What `/p`, `/gp` and `/ack` answer.
+const OK: &[u8] = br#"{"type":"ok"}"#;
+
+/// A rate-limit key `{appid's length}:{appid}{uid}` fits in this many
+/// bytes: 2 digits, 1, [`MAX_APPID`], 20 digits.
+const SENDER_KEY: usize = 2 + 1 + MAX_APPID + 20;
+
+/// Most receivers whose list a worker keeps for the next send (16 bytes
+/// each): a bigger group's send builds its own.
+const KEEP_RECEIVERS: usize = 4096;
+
+thread_local! {
+    /// The receivers of this thread's sends, with their msgids: one list,
+    /// reused.
+    static RECEIVERS: Cell<Vec<(Uid, MsgId)>> = const { Cell::new(Vec::new()) };
+}
+
+/// The msgids a send stored, one for each receiver (with a `cmsgid`,
+/// `None` where a retry stored nothing).
+enum Ids {
+    Each(Vec<MsgId>),
+    Once(Vec<Option<MsgId>>),
+}
 
 /// Most users one `/online` asks about: one Redis round trip carries them.
 const MAX_ONLINE_QUERY: usize = 1000;
@@ -392,18 +421,18 @@ impl Api {
     }
 
     /// Runs a POST endpoint on the body's fields; its answer's body.
-    fn endpoint(&self, req: &Request, f: &Fields, endpoint: Endpoint) -> Result<Vec<u8>, ApiError> {
+    fn endpoint(&self, req: &Request, f: &Fields, endpoint: Endpoint) -> Result<Answer, ApiError> {
         Ok(match endpoint {
-            Endpoint::Re => self.re(req, f)?,
-            Endpoint::Gre => self.gre(f)?,
-            Endpoint::Login => self.login(req, f)?,
+            Endpoint::Re => self.re(req, f)?.into(),
+            Endpoint::Gre => self.gre(f)?.into(),
+            Endpoint::Login => self.login(req, f)?.into(),
             Endpoint::P => self.p(f)?,
             Endpoint::Gp => self.gp(f)?,
-            Endpoint::Pull => self.pull(f)?,
+            Endpoint::Pull => self.pull(f)?.into(),
             Endpoint::Ack => self.ack(f)?,
-            Endpoint::Logout => self.logout(f)?,
-            Endpoint::Online => self.online(f)?,
-            Endpoint::AdminUsers => self.admin_users(req, f)?,
+            Endpoint::Logout => self.logout(f)?.into(),
+            Endpoint::Online => self.online(f)?.into(),
+            Endpoint::AdminUsers => self.admin_users(req, f)?.into(),
             Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics | Endpoint::Demo => {
                 unreachable!("answered above")
             }
@@ -533,12 +562,12 @@ impl Api {
         ]))
     }
 
-    fn p(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
+    fn p(&self, f: &Fields) -> Result<Answer, ApiError> {
         let (appid, msg) = self.message(f, DATATYPE_SINGLE)?;
         self.send(f, &appid, &[msg.toid], &msg)
     }
 
-    fn gp(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
+    fn gp(&self, f: &Fields) -> Result<Answer, ApiError> {
         let (appid, msg) = self.message(f, DATATYPE_GROUP)?;
         let members = self
             .store
@@ -551,12 +580,17 @@ impl Api {
     }
 
     /// The fields shared by `/p` and `/gp`, checked.
-    fn message(&self, f: &Fields, datatype: u8) -> Result<(String, NewMessage), ApiError> {
-        let appid = appid(f)?.into_owned();
+    fn message<'f>(
+        &self,
+        f: &'f Fields,
+        datatype: u8,
+    ) -> Result<(Cow<'f, str>, NewMessage), ApiError> {
+        let appid = appid(f)?;
         let fromid = f.u64("fromid")?;
         self.check_token(f, &appid, fromid)?;
-        let sender = format!("{}:{appid}{fromid}", appid.len());
-        if let Err(wait) = self.per_sender.take(&sender, Instant::now()) {
+        let mut key = [0; SENDER_KEY];
+        let sender = sender_key(&mut key, &appid, fromid);
+        if let Err(wait) = self.per_sender.take(sender, Instant::now()) {
             return Err(too_many("sending too fast", wait));
         }
         if let Some(d) = f.opt_u64("datatype")? {
@@ -584,8 +618,8 @@ impl Api {
         appid: &str,
         to: &[Uid],
         msg: &NewMessage,
-    ) -> Result<Vec<u8>, ApiError> {
-        let ids: Vec<Option<MsgId>> = match f.opt_str("cmsgid")? {
+    ) -> Result<Answer, ApiError> {
+        let ids = match f.opt_str("cmsgid")? {
             Some(cmsgid) => {
                 if cmsgid.is_empty() || cmsgid.len() > MAX_CMSGID {
                     return Err(ApiError::BadRequest(
@@ -596,25 +630,27 @@ impl Api {
                     cmsgid: &cmsgid,
                     until: unix_now().saturating_add(self.limits.cmsgid_window),
                 };
-                self.store.append_once(appid, to, msg, &once)?
+                Ids::Once(self.store.append_once(appid, to, msg, &once)?)
             }
-            None => self
-                .store
-                .append(appid, to, msg)?
-                .into_iter()
-                .map(Some)
-                .collect(),
+            None => Ids::Each(self.store.append(appid, to, msg)?),
         };
         if !self.store.announces() {
-            let receivers: Vec<(Uid, MsgId)> = to
-                .iter()
-                .zip(ids)
-                .filter_map(|(&uid, id)| Some((uid, id?)))
-                .collect();
+            // Into a list this thread keeps: a send allocates none.
+            let mut receivers = RECEIVERS.with(Cell::take);
+            receivers.clear();
+            match ids {
+                Ids::Each(ids) => receivers.extend(to.iter().copied().zip(ids)),
+                Ids::Once(ids) => {
+                    receivers.extend(to.iter().zip(ids).filter_map(|(&uid, id)| Some((uid, id?))))
+                }
+            }
             self.router
                 .publish(self.router.app_key(appid), &receivers, msg);
+            if receivers.capacity() <= KEEP_RECEIVERS {
+                RECEIVERS.with(|r| r.set(receivers));
+            }
         }
-        Ok(br#"{"type":"ok"}"#.to_vec())
+        Ok(Cow::Borrowed(OK))
     }
 
     fn pull(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
@@ -626,20 +662,21 @@ impl Api {
         Ok(frame::pull_body(leading_run(&page.msgs), acked, uid))
     }
 
-    fn ack(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
+    fn ack(&self, f: &Fields) -> Result<Answer, ApiError> {
         let appid = appid(f)?;
         let uid = f.u64("uid")?;
         self.check_token(f, &appid, uid)?;
         self.store.ack(&appid, uid, f.u64("endid")?)?;
-        Ok(br#"{"type":"ok"}"#.to_vec())
+        Ok(Cow::Borrowed(OK))
     }
 
     fn logout(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
         let appid = appid(f)?;
         let uid = f.u64("uid")?;
-        let selector = self.check_token(f, &appid, uid)?;
-        self.store.delete_token(&appid, uid, &selector)?;
-        self.revoked(&appid, uid, &selector);
+        let token = self.check_token(f, &appid, uid)?;
+        let selector = &token[..auth::SELECTOR_HEX];
+        self.store.delete_token(&appid, uid, selector)?;
+        self.revoked(&appid, uid, selector);
         Ok(object(&[("uid", Num(uid)), ("msg", Str("ok"))]))
     }
 
@@ -824,15 +861,18 @@ impl Api {
         }))
     }
 
-    /// Checks the request's `token` acts for `uid` of `appid`; returns its
-    /// selector.
-    fn check_token(&self, f: &Fields, appid: &str, uid: Uid) -> Result<String, ApiError> {
+    /// Checks the request's `token` acts for `uid` of `appid`; returns it
+    /// (its selector is `[..auth::SELECTOR_HEX]`).
+    fn check_token<'f>(
+        &self,
+        f: &'f Fields,
+        appid: &str,
+        uid: Uid,
+    ) -> Result<Cow<'f, str>, ApiError> {
         const BAD: ApiError = ApiError::Unauthorized("token error");
         let token = f.str("token")?;
         match self.token_owner(&token)? {
-            Some(info) if info.appid == appid && info.uid == uid => {
-                Ok(token[..auth::SELECTOR_HEX].to_owned())
-            }
+            Some(info) if info.appid == appid && info.uid == uid => Ok(token),
             _ => Err(BAD),
         }
     }
@@ -908,6 +948,17 @@ fn last_event_id(req: &Request) -> Result<Option<MsgId>, ApiError> {
         .filter(|&id| id < MAX_MSGID)
         .map(Some)
         .ok_or_else(|| ApiError::BadRequest("'Last-Event-ID' must be a message id".into()))
+}
+
+/// `{appid's length}:{appid}{uid}` (unambiguous: a rate-limit key), in
+/// `buf`: no allocation per send.
+fn sender_key<'b>(buf: &'b mut [u8; SENDER_KEY], appid: &str, uid: Uid) -> &'b str {
+    use std::io::Write;
+    let mut rest = &mut buf[..];
+    // Cannot fail: `appid` was checked to be at most `MAX_APPID` bytes.
+    let _ = write!(rest, "{}:{appid}{uid}", appid.len());
+    let len = SENDER_KEY - rest.len();
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
 }
 
 fn appid<'a>(f: &'a Fields) -> Result<std::borrow::Cow<'a, str>, ApiError> {
