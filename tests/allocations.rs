@@ -71,8 +71,26 @@ fn bytes_allocated<T>(f: impl FnOnce() -> T) -> (u64, T) {
 
 /// A request as a reactor hands it on: head parsed, body read.
 fn request(path: &str, body: &str, admin: bool) -> Request {
+    typed_request(path, "application/json", body, admin)
+}
+
+/// The same JSON object as the form field `haoshuo`, URL-encoded (as the
+/// original's clients and wrk's `p.lua` send it).
+fn form_request(path: &str, json: &str) -> Request {
+    let mut body = String::from("haoshuo=");
+    for b in json.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => body.push(b as char),
+            b' ' => body.push('+'),
+            _ => body.push_str(&format!("%{b:02X}")),
+        }
+    }
+    typed_request(path, "application/x-www-form-urlencoded", &body, false)
+}
+
+fn typed_request(path: &str, content_type: &str, body: &str, admin: bool) -> Request {
     let mut raw = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
@@ -99,14 +117,14 @@ fn ok_body(reply: &Reply) -> serde_json::Value {
 }
 
 /// The most allocations one `/p` (a single-chat message, JSON body, its
-/// sender's token already seen, the default `--send-rate`) may make, and
-/// one `/pull` of two messages: what they make now (`cargo test --test
-/// allocations -- --nocapture`). Session 5 traced 22 and 12 (23 for a `/p`
-/// with the rate limit on); session 7 decodes the body without a
+/// sender's token already seen, the default `--send-rate`; the same sent
+/// as a URL-encoded form) may make, and one `/pull` (of four messages):
+/// what they make now (`cargo test --test allocations -- --nocapture`).
+/// Session 5 traced 22 and 12; session 7 decodes the body without a
 /// `serde_json::Value` and drops the scratch around it. What is left,
 /// traced by backtrace (session 7), each for a reason:
 ///
-/// `/p`, 5:
+/// `/p`, 5 (as JSON or as a form):
 /// - 2 the store's copy of the cached token (its verifier and appid
 ///   `String`s: `Store::get_token` answers an owned `TokenInfo`);
 /// - 1 the content, an `Arc<str>` the store and every delivery share;
@@ -152,19 +170,21 @@ fn a_send_and_a_pull_allocate_no_more_than_pinned() {
     ));
     let users = made["users"].as_array().expect("users");
     let (alice, bob) = (&users[0], &users[1]);
-    let send = |content: &str| {
-        request(
-            "/p",
-            &serde_json::json!({"appid": "a", "fromid": alice["uid"], "token": alice["token"],
-                "datatype": 1, "toid": bob["uid"], "content": content})
-            .to_string(),
-            false,
-        )
+    let json = |content: &str| {
+        serde_json::json!({"appid": "a", "fromid": alice["uid"], "token": alice["token"],
+            "datatype": 1, "toid": bob["uid"], "content": content})
+        .to_string()
     };
     // The first call of each kind fills caches and grows buffers for good.
-    ok_body(&api.handle(origin, &send("warm")));
-    let req = send("hello");
+    ok_body(&api.handle(origin, &request("/p", &json("warm"), false)));
+    let req = request("/p", &json("hello"), false);
     let (p, reply) = allocations(|| api.handle(origin, &req));
+    assert_eq!(ok_body(&reply)["type"], "ok");
+    // A form's field is decoded into a buffer the thread keeps (grown by
+    // a longer body first).
+    ok_body(&api.handle(origin, &form_request("/p", &json("form warm-up"))));
+    let req = form_request("/p", &json("form hello"));
+    let (p_form, reply) = allocations(|| api.handle(origin, &req));
     assert_eq!(ok_body(&reply)["type"], "ok");
 
     let pull = request(
@@ -174,16 +194,21 @@ fn a_send_and_a_pull_allocate_no_more_than_pinned() {
     );
     let (pulled, reply) = allocations(|| api.handle(origin, &pull));
     let msgs = &ok_body(&reply)["msgs"];
-    assert_eq!(
-        (&msgs[0]["content"], &msgs[1]["content"]),
-        (&"warm".into(), &"hello".into())
-    );
+    let contents: Vec<_> = msgs
+        .as_array()
+        .expect("msgs")
+        .iter()
+        .map(|m| m["content"].as_str().expect("a content"))
+        .collect();
+    assert_eq!(contents, ["warm", "hello", "form warm-up", "form hello"]);
 
-    println!("allocations: /p {p}, /pull of two messages {pulled}");
-    assert!(
-        p <= P_MAX,
-        "a /p allocated {p} times (pinned at {P_MAX}): what is new on its path?"
-    );
+    println!("allocations: /p {p} (a form's {p_form}), /pull of four messages {pulled}");
+    for (p, what) in [(p, "a /p"), (p_form, "a form's /p")] {
+        assert!(
+            p <= P_MAX,
+            "{what} allocated {p} times (pinned at {P_MAX}): what is new on its path?"
+        );
+    }
     assert!(
         pulled <= PULL_MAX,
         "a /pull allocated {pulled} times (pinned at {PULL_MAX})"
