@@ -1,12 +1,14 @@
 //! The endpoints of API.md, one function each.
 
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 
-use crate::api::codec::{decode_body, Fields};
+use crate::api::codec::{self, Fields};
 use crate::api::error::ApiError;
 use crate::api::limits::{HashGate, HashPermit, RateLimit};
 use crate::api::Request;
@@ -22,8 +24,8 @@ use crate::http::ws;
 use crate::metrics::{self, Metrics};
 use crate::router::Router;
 use crate::store::{
-    append_now, leading_run, unix_now, Limit, MsgId, NewMessage, Once, Page, Store, Then,
-    TokenInfo, Uid, DATATYPE_GROUP, DATATYPE_SINGLE, MAX_MSGID,
+    leading_run, unix_now, Limit, MsgId, NewMessage, Once, Page, Store, Then, TokenInfo, Uid,
+    DATATYPE_GROUP, DATATYPE_SINGLE, MAX_MSGID,
 };
 
 /// Longest appid accepted, in bytes: it is a key prefix, not a document.
@@ -38,6 +40,33 @@ const MAX_GNAME: usize = 256;
 /// Longest `cmsgid` accepted, in bytes: a client's id for a send (a UUID
 /// is 36), kept for the window in every receiver's store.
 const MAX_CMSGID: usize = 128;
+
+/// The body of an endpoint's answer: built, or a constant.
+type Answer = Cow<'static, [u8]>;
+
+/// What `/p`, `/gp` and `/ack` answer.
+const OK: &[u8] = br#"{"type":"ok"}"#;
+
+/// A rate-limit key `{appid's length}:{appid}{uid}` fits in this many
+/// bytes: 2 digits, 1, [`MAX_APPID`], 20 digits.
+const SENDER_KEY: usize = 2 + 1 + MAX_APPID + 20;
+
+/// Most receivers whose list a worker keeps for the next send (16 bytes
+/// each): a bigger group's send builds its own.
+const KEEP_RECEIVERS: usize = 4096;
+
+thread_local! {
+    /// The receivers of this thread's sends, with their msgids: one list,
+    /// reused.
+    static RECEIVERS: Cell<Vec<(Uid, MsgId)>> = const { Cell::new(Vec::new()) };
+}
+
+/// The msgids a send stored, one for each receiver (with a `cmsgid`,
+/// `None` where a retry stored nothing).
+enum Ids {
+    Each(Vec<MsgId>),
+    Once(Vec<Option<MsgId>>),
+}
 
 /// Most users one `/online` asks about: one Redis round trip carries them.
 const MAX_ONLINE_QUERY: usize = 1000;
@@ -378,7 +407,7 @@ impl Api {
                 .subscribe(origin, query, kind, keep_alive, resume, cors)
                 .map(Some);
         }
-        let f = match endpoint {
+        let endpoint = match endpoint {
             Endpoint::Demo => {
                 let bytes = super::demo::response(keep_alive);
                 return Ok(Some(Reply::Http { bytes, keep_alive }));
@@ -404,40 +433,46 @@ impl Api {
                 );
                 return Ok(Some(Reply::Http { bytes, keep_alive }));
             }
-            _ => decode_body(req.body(), req.head.body)?,
+            _ => endpoint,
         };
-        let body = match endpoint {
-            Endpoint::Re => self.re(req, &f)?,
-            Endpoint::Gre => self.gre(&f)?,
-            Endpoint::Login => self.login(req, &f)?,
-            Endpoint::P | Endpoint::Gp => {
-                let later = later.map(|deliver| Later {
-                    deliver,
-                    keep_alive,
-                    cors,
-                });
-                let datatype = match endpoint {
-                    Endpoint::P => DATATYPE_SINGLE,
-                    _ => DATATYPE_GROUP,
-                };
-                match self.chat(&f, datatype, later)? {
-                    Some(body) => body,
-                    None => return Ok(None),
-                }
-            }
-            Endpoint::Pull => self.pull(&f)?,
-            Endpoint::Ack => self.ack(&f)?,
-            Endpoint::Logout => self.logout(&f)?,
-            Endpoint::Online => self.online(&f)?,
-            Endpoint::AdminUsers => self.admin_users(req, &f)?,
+        let later = later.map(|deliver| Later {
+            deliver,
+            keep_alive,
+            cors,
+        });
+        let body = codec::with_fields(req.body(), req.head.body, |f| {
+            self.endpoint(req, f, endpoint, later)
+        })??;
+        Ok(body.map(|body| ok_json(&body, keep_alive)))
+    }
+
+    /// Runs a POST endpoint on the body's fields; its answer's body, or
+    /// `None` when the answer goes to `later`.
+    fn endpoint(
+        &self,
+        req: &Request,
+        f: &Fields,
+        endpoint: Endpoint,
+        later: Option<Later<'_>>,
+    ) -> Result<Option<Answer>, ApiError> {
+        Ok(Some(match endpoint {
+            Endpoint::Re => self.re(req, f)?.into(),
+            Endpoint::Gre => self.gre(f)?.into(),
+            Endpoint::Login => self.login(req, f)?.into(),
+            Endpoint::P => return self.chat(f, DATATYPE_SINGLE, later),
+            Endpoint::Gp => return self.chat(f, DATATYPE_GROUP, later),
+            Endpoint::Pull => self.pull(f)?.into(),
+            Endpoint::Ack => self.ack(f)?,
+            Endpoint::Logout => self.logout(f)?.into(),
+            Endpoint::Online => self.online(f)?.into(),
+            Endpoint::AdminUsers => self.admin_users(req, f)?.into(),
             Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics | Endpoint::Demo => {
                 unreachable!("answered above")
             }
             Endpoint::Stream | Endpoint::Poll | Endpoint::Sse | Endpoint::Ws => {
                 unreachable!("answered above")
             }
-        };
-        Ok(Some(ok_json(&body, keep_alive)))
+        }))
     }
 
     fn re(&self, req: &Request, f: &Fields) -> Result<Vec<u8>, ApiError> {
@@ -567,7 +602,7 @@ impl Api {
         f: &Fields,
         datatype: u8,
         later: Option<Later<'_>>,
-    ) -> Result<Option<Vec<u8>>, ApiError> {
+    ) -> Result<Option<Answer>, ApiError> {
         let (appid, msg) = self.message(f, datatype)?;
         if datatype == DATATYPE_SINGLE {
             return self.send(f, &appid, &[msg.toid], &msg, later);
@@ -583,12 +618,17 @@ impl Api {
     }
 
     /// The fields shared by `/p` and `/gp`, checked.
-    fn message(&self, f: &Fields, datatype: u8) -> Result<(String, NewMessage), ApiError> {
-        let appid = appid(f)?.into_owned();
+    fn message<'f>(
+        &self,
+        f: &'f Fields,
+        datatype: u8,
+    ) -> Result<(Cow<'f, str>, NewMessage), ApiError> {
+        let appid = appid(f)?;
         let fromid = f.u64("fromid")?;
         self.check_token(f, &appid, fromid)?;
-        let sender = format!("{}:{appid}{fromid}", appid.len());
-        if let Err(wait) = self.per_sender.take(&sender, Instant::now()) {
+        let mut key = [0; SENDER_KEY];
+        let sender = sender_key(&mut key, &appid, fromid);
+        if let Err(wait) = self.per_sender.take(sender, Instant::now()) {
             return Err(too_many("sending too fast", wait));
         }
         if let Some(d) = f.opt_u64("datatype")? {
@@ -619,7 +659,7 @@ impl Api {
         to: &[Uid],
         msg: &NewMessage,
         later: Option<Later<'_>>,
-    ) -> Result<Option<Vec<u8>>, ApiError> {
+    ) -> Result<Option<Answer>, ApiError> {
         let cmsgid = f.opt_str("cmsgid")?;
         if let Some(cmsgid) = &cmsgid {
             if cmsgid.is_empty() || cmsgid.len() > MAX_CMSGID {
@@ -633,12 +673,15 @@ impl Api {
             until: unix_now().saturating_add(self.limits.cmsgid_window),
         });
         let Some(later) = later.filter(|_| self.store.answers_later()) else {
-            let ids = append_now(&*self.store, appid, to, msg, once.as_ref())?;
+            let ids = match &once {
+                Some(once) => Ids::Once(self.store.append_once(appid, to, msg, once)?),
+                None => Ids::Each(self.store.append(appid, to, msg)?),
+            };
             if !self.store.announces() {
                 // Routed here only by a store that does not announce.
-                publish(&self.router, appid, to, &ids, msg);
+                publish(&self.router, appid, to, ids, msg);
             }
-            return Ok(Some(OK.to_vec()));
+            return Ok(Some(Cow::Borrowed(OK)));
         };
         let (deliver, shape) = later.split();
         let routed = (!self.store.announces()).then(|| {
@@ -652,7 +695,7 @@ impl Api {
         let then: Then = Box::new(move |ids| {
             let body = ids.map_err(ApiError::from).map(|ids| {
                 if let Some((router, appid, to, msg)) = &routed {
-                    publish(router, appid, to, &ids, msg);
+                    publish(router, appid, to, Ids::Once(ids), msg);
                 }
                 OK.to_vec()
             });
@@ -671,20 +714,21 @@ impl Api {
         Ok(frame::pull_body(leading_run(&page.msgs), acked, uid))
     }
 
-    fn ack(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
+    fn ack(&self, f: &Fields) -> Result<Answer, ApiError> {
         let appid = appid(f)?;
         let uid = f.u64("uid")?;
         self.check_token(f, &appid, uid)?;
         self.store.ack(&appid, uid, f.u64("endid")?)?;
-        Ok(br#"{"type":"ok"}"#.to_vec())
+        Ok(Cow::Borrowed(OK))
     }
 
     fn logout(&self, f: &Fields) -> Result<Vec<u8>, ApiError> {
         let appid = appid(f)?;
         let uid = f.u64("uid")?;
-        let selector = self.check_token(f, &appid, uid)?;
-        self.store.delete_token(&appid, uid, &selector)?;
-        self.revoked(&appid, uid, &selector);
+        let token = self.check_token(f, &appid, uid)?;
+        let selector = &token[..auth::SELECTOR_HEX];
+        self.store.delete_token(&appid, uid, selector)?;
+        self.revoked(&appid, uid, selector);
         Ok(object(&[("uid", Num(uid)), ("msg", Str("ok"))]))
     }
 
@@ -869,15 +913,18 @@ impl Api {
         }))
     }
 
-    /// Checks the request's `token` acts for `uid` of `appid`; returns its
-    /// selector.
-    fn check_token(&self, f: &Fields, appid: &str, uid: Uid) -> Result<String, ApiError> {
+    /// Checks the request's `token` acts for `uid` of `appid`; returns it
+    /// (its selector is `[..auth::SELECTOR_HEX]`).
+    fn check_token<'f>(
+        &self,
+        f: &'f Fields,
+        appid: &str,
+        uid: Uid,
+    ) -> Result<Cow<'f, str>, ApiError> {
         const BAD: ApiError = ApiError::Unauthorized("token error");
         let token = f.str("token")?;
         match self.token_owner(&token)? {
-            Some(info) if info.appid == appid && info.uid == uid => {
-                Ok(token[..auth::SELECTOR_HEX].to_owned())
-            }
+            Some(info) if info.appid == appid && info.uid == uid => Ok(token),
             _ => Err(BAD),
         }
     }
@@ -894,17 +941,21 @@ impl Api {
 }
 
 /// A 200 with a JSON body.
-/// The body of an `ok` answer.
-const OK: &[u8] = br#"{"type":"ok"}"#;
-
-/// Hands a stored message to the router for the receivers that got it.
-fn publish(router: &Router, appid: &str, to: &[Uid], ids: &[Option<MsgId>], msg: &NewMessage) {
-    let receivers: Vec<(Uid, MsgId)> = to
-        .iter()
-        .zip(ids)
-        .filter_map(|(&uid, &id)| Some((uid, id?)))
-        .collect();
+/// Hands a stored message to the router for the receivers that got it,
+/// in a list this thread keeps: a send allocates none.
+fn publish(router: &Router, appid: &str, to: &[Uid], ids: Ids, msg: &NewMessage) {
+    let mut receivers = RECEIVERS.with(Cell::take);
+    receivers.clear();
+    match ids {
+        Ids::Each(ids) => receivers.extend(to.iter().copied().zip(ids)),
+        Ids::Once(ids) => {
+            receivers.extend(to.iter().zip(ids).filter_map(|(&uid, id)| Some((uid, id?))))
+        }
+    }
     router.publish(router.app_key(appid), &receivers, msg);
+    if receivers.capacity() <= KEEP_RECEIVERS {
+        RECEIVERS.with(|r| r.set(receivers));
+    }
 }
 
 /// What every answer gets last: a `HEAD` is answered with the head alone
@@ -1026,13 +1077,24 @@ fn last_event_id(req: &Request) -> Result<Option<MsgId>, ApiError> {
         .ok_or_else(|| ApiError::BadRequest("'Last-Event-ID' must be a message id".into()))
 }
 
-fn appid(f: &Fields) -> Result<std::borrow::Cow<'_, str>, ApiError> {
+/// `{appid's length}:{appid}{uid}` (unambiguous: a rate-limit key), in
+/// `buf`: no allocation per send.
+fn sender_key<'b>(buf: &'b mut [u8; SENDER_KEY], appid: &str, uid: Uid) -> &'b str {
+    use std::io::Write;
+    let mut rest = &mut buf[..];
+    // Cannot fail: `appid` was checked to be at most `MAX_APPID` bytes.
+    let _ = write!(rest, "{}:{appid}{uid}", appid.len());
+    let len = SENDER_KEY - rest.len();
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
+}
+
+fn appid<'a>(f: &'a Fields) -> Result<std::borrow::Cow<'a, str>, ApiError> {
     bounded(f, "appid", MAX_APPID)
 }
 
 /// A required, non-empty string field of at most `max` bytes.
 fn bounded<'a>(
-    f: &'a Fields,
+    f: &'a Fields<'_>,
     name: &str,
     max: usize,
 ) -> Result<std::borrow::Cow<'a, str>, ApiError> {

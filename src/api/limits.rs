@@ -95,20 +95,30 @@ impl RateLimit {
         let mut shard = self.shards[shard_of(key)]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if shard.len() >= SHARD_KEYS && !shard.contains_key(key) {
-            // Forget the buckets that have filled up again: they hold no
-            // information a fresh bucket does not.
-            shard.retain(|_, b| b.refilled(now, per_sec, cap) < cap);
+        if !shard.contains_key(key) {
             if shard.len() >= SHARD_KEYS {
-                // A flood of fresh keys: start the shard over rather than
-                // grow (forgiving its clients, never blocking them).
-                shard.clear();
+                // Forget the buckets that have filled up again: they hold
+                // no information a fresh bucket does not.
+                shard.retain(|_, b| b.refilled(now, per_sec, cap) < cap);
+                if shard.len() >= SHARD_KEYS {
+                    // A flood of fresh keys: start the shard over rather
+                    // than grow (forgiving its clients, never blocking them).
+                    shard.clear();
+                }
             }
+            // Only a new key is copied: a known one (every send of a
+            // sender but its first) allocates nothing.
+            shard.insert(
+                key.to_owned(),
+                Bucket {
+                    tokens: cap,
+                    at: now,
+                },
+            );
         }
-        let bucket = shard.entry(key.to_owned()).or_insert(Bucket {
-            tokens: cap,
-            at: now,
-        });
+        let Some(bucket) = shard.get_mut(key) else {
+            unreachable!("inserted above, under the same lock")
+        };
         bucket.tokens = bucket.refilled(now, per_sec, cap);
         bucket.at = now;
         if bucket.tokens >= 1.0 {

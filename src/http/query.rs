@@ -22,11 +22,40 @@ impl BadEscape {
 /// bad escape (`"%G1"`, truncated `"%4"`). Borrows when nothing needs
 /// decoding. The result is raw bytes, not necessarily UTF-8.
 pub fn percent_decode(input: &[u8], plus_is_space: bool) -> Option<Cow<'_, [u8]>> {
-    let needs_work = |&b: &u8| b == b'%' || (plus_is_space && b == b'+');
-    let Some(first) = input.iter().position(needs_work) else {
+    let Some(first) = first_escape(input, plus_is_space) else {
         return Some(Cow::Borrowed(input));
     };
     let mut out = Vec::with_capacity(input.len());
+    decode_into(input, first, plus_is_space, &mut out)?;
+    Some(Cow::Owned(out))
+}
+
+/// Like [`percent_decode`], but decodes into `buf` (cleared first) where
+/// something needs decoding: a caller that keeps `buf` allocates only
+/// while it grows.
+pub fn percent_decode_in<'a>(
+    input: &'a [u8],
+    plus_is_space: bool,
+    buf: &'a mut Vec<u8>,
+) -> Option<&'a [u8]> {
+    let Some(first) = first_escape(input, plus_is_space) else {
+        return Some(input);
+    };
+    buf.clear();
+    buf.reserve(input.len());
+    decode_into(input, first, plus_is_space, buf)?;
+    Some(buf)
+}
+
+/// Where the first byte that decodes to something else is, if any.
+fn first_escape(input: &[u8], plus_is_space: bool) -> Option<usize> {
+    input
+        .iter()
+        .position(|&b| b == b'%' || (plus_is_space && b == b'+'))
+}
+
+/// Appends `input` decoded to `out`; `first` is where decoding starts.
+fn decode_into(input: &[u8], first: usize, plus_is_space: bool, out: &mut Vec<u8>) -> Option<()> {
     out.extend_from_slice(&input[..first]);
     let mut i = first;
     while i < input.len() {
@@ -47,7 +76,7 @@ pub fn percent_decode(input: &[u8], plus_is_space: bool) -> Option<Cow<'_, [u8]>
             }
         }
     }
-    Some(Cow::Owned(out))
+    Some(())
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -76,16 +105,35 @@ pub fn pairs(input: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 /// space, as in forms). Only the value of the field found is validated: a bad
 /// escape there is `Err`, while fields with undecodable names never match.
 pub fn field<'a>(input: &'a [u8], name: &str) -> Result<Option<Cow<'a, [u8]>>, BadEscape> {
-    let name = name.as_bytes();
-    for (raw_name, raw_value) in pairs(input) {
-        let matches = raw_name == name
-            || (raw_name.iter().any(|&b| b == b'%' || b == b'+')
-                && percent_decode(raw_name, true).is_some_and(|n| *n == *name));
-        if matches {
-            return percent_decode(raw_value, true).map(Some).ok_or(BadEscape);
-        }
+    match raw_field(input, name) {
+        Some(raw) => percent_decode(raw, true).map(Some).ok_or(BadEscape),
+        None => Ok(None),
     }
-    Ok(None)
+}
+
+/// Like [`field`], but decodes into `buf` (cleared first) where the value
+/// has escapes, as [`percent_decode_in`] does.
+pub fn field_in<'a>(
+    input: &'a [u8],
+    name: &str,
+    buf: &'a mut Vec<u8>,
+) -> Result<Option<&'a [u8]>, BadEscape> {
+    match raw_field(input, name) {
+        Some(raw) => percent_decode_in(raw, true, buf).map(Some).ok_or(BadEscape),
+        None => Ok(None),
+    }
+}
+
+/// The still-encoded value of the first field `name`.
+fn raw_field<'a>(input: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let name = name.as_bytes();
+    pairs(input)
+        .find(|(raw_name, _)| {
+            *raw_name == name
+                || (raw_name.iter().any(|&b| b == b'%' || b == b'+')
+                    && percent_decode(raw_name, true).is_some_and(|n| *n == *name))
+        })
+        .map(|(_, raw_value)| raw_value)
 }
 
 #[cfg(test)]
@@ -118,6 +166,8 @@ mod tests {
             (b"%%41", true, None),
             (b"%4g", true, None),
         ];
+        // One buffer for all: what it held before never shows.
+        let mut buf = b"left over".to_vec();
         for &(input, plus, want) in cases {
             let got = percent_decode(input, plus);
             assert_eq!(
@@ -126,6 +176,8 @@ mod tests {
                 "{:?} plus={plus}",
                 String::from_utf8_lossy(input)
             );
+            let got = percent_decode_in(input, plus, &mut buf);
+            assert_eq!(got, want, "in {:?}", String::from_utf8_lossy(input));
         }
     }
 
@@ -140,6 +192,16 @@ mod tests {
             Some(Cow::Borrowed(_))
         ));
         assert!(matches!(percent_decode(b"a+c", true), Some(Cow::Owned(_))));
+        // Into a kept buffer: the input itself, or the buffer, reused.
+        let mut buf = Vec::with_capacity(64);
+        let input = b"abc";
+        assert!(std::ptr::eq(
+            percent_decode_in(input, true, &mut buf).unwrap(),
+            input
+        ));
+        let at = buf.as_ptr();
+        assert_eq!(percent_decode_in(b"a+c", true, &mut buf).unwrap(), b"a c");
+        assert_eq!(buf.as_ptr(), at);
     }
 
     #[test]
@@ -194,6 +256,7 @@ mod tests {
                 Ok(Some("你好".as_bytes())),
             ),
         ];
+        let mut buf = Vec::new();
         for &(input, name, ref want) in cases {
             let got = field(input, name);
             let got = got.as_ref().map(|o| o.as_deref());
@@ -203,6 +266,8 @@ mod tests {
                 "{:?} {name}",
                 String::from_utf8_lossy(input)
             );
+            let got = field_in(input, name, &mut buf);
+            assert_eq!(got, *want, "in {:?}", String::from_utf8_lossy(input));
         }
     }
 }

@@ -303,21 +303,24 @@ impl Router {
     /// `receivers` pairs each receiving uid with the msgid it got. Each
     /// reactor gets one batch; nothing is sent where nobody listens.
     pub fn publish(&self, app: AppKey, receivers: &[(Uid, MsgId)], msg: &NewMessage) {
-        let mut per_core: Vec<Vec<Target>> = vec![Vec::new(); self.mailboxes.len()];
-        let mut any = false;
+        // Made at the first subscriber found: a message nobody streams
+        // (most sends of a request/response client) allocates nothing here.
+        let mut per_core: Vec<Vec<Target>> = Vec::new();
         for &(uid, msgid) in receivers {
             let shard = lock(self.shard(app, uid));
             if let Some(subs) = shard.get(&(app, uid)) {
                 for e in subs.as_slice() {
+                    if per_core.is_empty() {
+                        per_core.resize_with(self.mailboxes.len(), Vec::new);
+                    }
                     per_core[usize::from(e.sub.core)].push(Target {
                         conn: e.sub.conn,
                         msgid,
                     });
-                    any = true;
                 }
             }
         }
-        if !any {
+        if per_core.is_empty() {
             return;
         }
         let live = Arc::new(LiveMsg::new(msg));
