@@ -113,12 +113,19 @@ pub(crate) enum Record<'a> {
 /// replacing its contents.
 pub(crate) fn encode(rec: &Record<'_>, buf: &mut Vec<u8>) {
     buf.clear();
+    encode_after(rec, buf);
+}
+
+/// Serialises `rec` as one checksummed line (with its `\n`) at the end of
+/// `buf`, after what it holds.
+fn encode_after(rec: &Record<'_>, buf: &mut Vec<u8>) {
+    let start = buf.len();
     buf.extend_from_slice(b"00000000 ");
     // Serialising plain strings and integers into a Vec cannot fail.
     serde_json::to_writer(&mut *buf, rec).expect("record serialisation is infallible");
-    let crc = crc32fast::hash(&buf[CRC_PREFIX..]);
+    let crc = crc32fast::hash(&buf[start + CRC_PREFIX..]);
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, slot) in buf[..8].iter_mut().enumerate() {
+    for (i, slot) in buf[start..start + 8].iter_mut().enumerate() {
         *slot = HEX[(crc >> (28 - 4 * i)) as usize & 0xf];
     }
     buf.push(b'\n');
@@ -173,7 +180,13 @@ pub(crate) struct Log {
     compact_min: u64,
     /// Written since the last fsync.
     dirty: bool,
+    /// See [`Log::counts`].
+    writes: u64,
+    fsyncs: u64,
 }
+
+/// Capacity above which the write buffer is not kept for reuse.
+const MAX_KEPT_BUF: usize = 1 << 20;
 
 impl Log {
     pub(crate) fn new(dir: PathBuf, file: File, len: u64, fsync: Fsync, compact_min: u64) -> Log {
@@ -186,6 +199,8 @@ impl Log {
             base_len: len,
             compact_min,
             dirty: false,
+            writes: 0,
+            fsyncs: 0,
         }
     }
 
@@ -197,14 +212,47 @@ impl Log {
     /// [`Fsync::Always`]. On failure the file is cut back to its old length,
     /// so a failed record never stays in the log.
     pub(crate) fn append(&mut self, rec: &Record<'_>) -> Result<(), AppendError> {
-        encode(rec, &mut self.buf);
+        self.buf.clear();
+        self.stage(rec);
+        self.write_staged()
+    }
+
+    /// Adds `rec` to the records staged for the next [`Log::write_staged`].
+    pub(crate) fn stage(&mut self, rec: &Record<'_>) {
+        encode_after(rec, &mut self.buf);
+    }
+
+    /// Drops the staged records unwritten.
+    pub(crate) fn discard_staged(&mut self) {
+        self.buf.clear();
+    }
+
+    /// Whether any record is staged.
+    pub(crate) fn has_staged(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Writes every staged record with a single `write_all` (a commit
+    /// group: all of them or none), then fsyncs once under
+    /// [`Fsync::Always`]. On failure the file is cut back to its old
+    /// length, so no record of a failed write stays in the log. The stage
+    /// is empty afterwards either way.
+    pub(crate) fn write_staged(&mut self) -> Result<(), AppendError> {
+        self.writes += 1;
         let mut res = (&*self.file).write_all(&self.buf);
         if res.is_ok() && self.fsync == Fsync::Always {
+            self.fsyncs += 1;
             res = self.file.sync_data();
+        }
+        let written = self.buf.len() as u64;
+        self.buf.clear();
+        if self.buf.capacity() > MAX_KEPT_BUF {
+            // One big group's buffer is not kept for the small ones after it.
+            self.buf = Vec::with_capacity(256);
         }
         match res {
             Ok(()) => {
-                self.len += self.buf.len() as u64;
+                self.len += written;
                 self.dirty = self.fsync != Fsync::Always;
                 Ok(())
             }
@@ -219,6 +267,13 @@ impl Log {
                 }
             }
         }
+    }
+
+    /// Writes (one per [`Log::write_staged`], successful or not) and
+    /// fsyncs made by the writer itself under [`Fsync::Always`], since open.
+    /// Compaction's writes and the background fsyncs are not counted.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (self.writes, self.fsyncs)
     }
 
     /// The file to fsync if anything was written since the last sync; clears

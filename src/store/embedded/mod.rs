@@ -14,10 +14,30 @@
 //! One [`Mutex`] guards the state and the log writer together, so the log
 //! order is the apply order. Inside it a call validates, serialises its
 //! record into a reused buffer, writes it and applies it; readers take the
-//! same lock. Under [`Fsync::Always`] the fsync happens inside the lock too
-//! (simple, and slow: one fsync per mutation, no group commit). Under
-//! [`Fsync::EverySec`] a background thread fsyncs once a second if anything
-//! was written, outside the lock.
+//! same lock.
+//!
+//! Message appends (`append`, `append_once`: every chat message) go
+//! through group commit, a leader/follower scheme like LevelDB's writer
+//! queue: a caller puts its request in a small commit queue; if no caller
+//! is leading, it becomes the leader, takes the state lock, then takes
+//! every request queued by then (its own and those that arrived while it
+//! waited), validates them in order (each against the state as the earlier
+//! ones will leave it: msgids follow on, a `cmsgid` sent earlier in the
+//! group is a retry or reused), serialises the valid ones into one buffer,
+//! writes it with one `write(2)` (and, under [`Fsync::Always`], one
+//! `fdatasync`), applies them in the same order, releases the lock and
+//! hands every caller its own answer. The others sleep on a condvar until
+//! their answer is posted; one of those still queued then leads the next
+//! group. A request that fails validation fails alone. The state lock is
+//! held across the write, as for a single mutation, so readers never see
+//! a message that is not in the log. Other mutations write one record each
+//! under the lock, between groups.
+//!
+//! Under [`Fsync::Always`] the fsync happens inside the lock (one per
+//! mutation, or per group of appends). Under [`Fsync::EverySec`] a
+//! background thread fsyncs once a second if anything was written, outside
+//! the lock. [`EmbeddedStore::log_writes`] and
+//! [`EmbeddedStore::log_fsyncs`] count the writer's writes and fsyncs.
 //!
 //! # On-disk format
 //!
@@ -43,13 +63,18 @@
 //!
 //! A mutation's record is written with a single `write_all` to the log
 //! (opened `O_APPEND`) before the state changes and before the call returns
-//! `Ok`, so anything answered ok survives `kill -9`. [`Fsync::Always`] also
-//! `fdatasync`s before returning (survives power loss); [`Fsync::EverySec`]
-//! loses at most about a second on power loss. [`Store::flush`] fsyncs now.
+//! `Ok`, so anything answered ok survives `kill -9`; a group of appends is
+//! one `write_all` of all its records, so they reach the log together or
+//! not at all. [`Fsync::Always`] also `fdatasync`s before returning
+//! (survives power loss); [`Fsync::EverySec`] loses at most about a second
+//! on power loss. [`Store::flush`] fsyncs now.
 //!
 //! If a write (or an `Always` fsync) fails, e.g. disk full, the file is cut
 //! back to its previous length, the state is left untouched and the call
-//! returns [`StoreError::Unavailable`]. If that cut fails too, or a
+//! returns [`StoreError::Unavailable`]; for a group, every request whose
+//! record was in the write gets it, and so does one answered from an
+//! earlier request of the same group (a retry of it), while one that
+//! failed validation keeps its own error. If that cut fails too, or a
 //! background/`flush` fsync fails, the store stops accepting writes
 //! (`Unavailable`; reads still work) until it is reopened, since the log
 //! can no longer be trusted to match the state.
@@ -86,6 +111,7 @@
 //! `open` takes an exclusive `flock` on `LOCK`, so a second server (or a
 //! second open in the same process) cannot use the same data dir.
 
+mod commit;
 mod log;
 mod state;
 #[cfg(test)]
@@ -103,11 +129,12 @@ use std::time::Duration;
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
+use self::commit::{Committer, OnceRequest, Request};
 /// Replay's reader on plain bytes, for the fuzz targets in `tests/fuzz`.
 #[doc(hidden)]
 pub use self::log::{scan_bytes, Scanned};
 use self::log::{Log, Record};
-use self::state::{OnceSeen, State};
+use self::state::State;
 use super::{
     fingerprint, unix_now, Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store, StoreError,
     TokenInfo, Uid,
@@ -181,6 +208,8 @@ type Shared = Arc<Mutex<Inner>>;
 /// The embedded, log-backed [`Store`]. See the module doc.
 pub struct EmbeddedStore {
     inner: Shared,
+    /// The commit queue of `append` and `append_once`.
+    commits: Committer,
     dir: PathBuf,
     /// Stops (by being dropped) and joins the fsync thread.
     syncer: Option<(Sender<()>, JoinHandle<()>)>,
@@ -302,6 +331,7 @@ impl EmbeddedStore {
         };
         Ok(EmbeddedStore {
             inner,
+            commits: Committer::default(),
             dir: opts.dir,
             syncer,
             _lock: lock,
@@ -337,6 +367,21 @@ impl EmbeddedStore {
     /// Current size of the log file in bytes.
     pub fn log_len(&self) -> Result<u64> {
         Ok(self.lock()?.log.len())
+    }
+
+    /// How many times the log was written to (one `write(2)` per mutation
+    /// or per commit group of appends) since the store was opened; failed
+    /// writes count, compaction's do not. With [`EmbeddedStore::log_fsyncs`],
+    /// for metrics and to see group commit at work.
+    pub fn log_writes(&self) -> Result<u64> {
+        Ok(self.lock()?.log.counts().0)
+    }
+
+    /// How many fsyncs the writers made under [`Fsync::Always`] (one per
+    /// write) since the store was opened; the background fsyncs of
+    /// [`Fsync::EverySec`] and [`Store::flush`] are not counted.
+    pub fn log_fsyncs(&self) -> Result<u64> {
+        Ok(self.lock()?.log.counts().1)
     }
 
     /// Why the last automatic compaction failed, if it did.
@@ -381,49 +426,6 @@ impl Inner {
             }
             unavailable(e.msg)
         })
-    }
-
-    /// Appends `msg` to every inbox in `to` as one record (all or nothing),
-    /// remembering `once` with it.
-    fn append(
-        &mut self,
-        appid: &str,
-        to: &[Uid],
-        msg: &NewMessage,
-        once: Option<(&Once, &str)>,
-    ) -> Result<Vec<MsgId>> {
-        if to.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (once, print) = (once.map(|o| o.0), once.map(|o| o.1));
-        let ids = self.state.check_append(appid, to)?;
-        self.commit(&Record::Msg {
-            a: Cow::Borrowed(appid),
-            to: Cow::Borrowed(to),
-            ids: Cow::Borrowed(&ids),
-            f: msg.fromid,
-            t: msg.toid,
-            d: msg.datatype,
-            c: Cow::Borrowed(&msg.content),
-            k: once.map(|o| Cow::Borrowed(o.cmsgid)),
-            x: once.map(|o| o.until),
-            h: print.map(Cow::Borrowed),
-        })?;
-        self.state.add_message(
-            appid,
-            to,
-            &ids,
-            msg.fromid,
-            msg.toid,
-            msg.datatype,
-            &msg.content,
-        );
-        if let Some(o) = once {
-            self.state
-                .add_once(appid, msg.fromid, o.cmsgid, o.until, print);
-        }
-        self.after_write();
-        Ok(ids)
     }
 
     /// Runs after a mutation was applied: once the log has grown enough,
@@ -568,8 +570,14 @@ impl Store for EmbeddedStore {
     }
 
     fn append(&self, appid: &str, to: &[Uid], msg: &NewMessage) -> Result<Vec<MsgId>> {
-        let mut inner = self.lock()?;
-        inner.append(appid, to, msg, None)
+        let ids = self.submit(Request {
+            appid: appid.into(),
+            to: to.into(),
+            msg: msg.clone(),
+            once: None,
+        })?;
+        // Only a send with a cmsgid can be a retry (`None`).
+        Ok(ids.unwrap_or_default())
     }
 
     fn append_once(
@@ -579,25 +587,21 @@ impl Store for EmbeddedStore {
         msg: &NewMessage,
         once: &Once,
     ) -> Result<Vec<Option<MsgId>>> {
-        let now = unix_now();
         let print = fingerprint(msg);
-        let mut inner = self.lock()?;
-        match inner
-            .state
-            .seen_once(appid, msg.fromid, once.cmsgid, &print, now)
-        {
-            OnceSeen::New => {}
-            OnceSeen::Same => return Ok(vec![None; to.len()]),
-            OnceSeen::Other => return Err(StoreError::CmsgidReused),
-        }
-        // Forget expired sends now and then, not on every call: the map only
-        // grows by what is sent within one window.
-        if inner.state.once_len() >= inner.once_purge_at {
-            inner.state.purge_once(now);
-            inner.once_purge_at = (inner.state.once_len() * 2).max(ONCE_PURGE_MIN);
-        }
-        let ids = inner.append(appid, to, msg, Some((once, &print)))?;
-        Ok(ids.into_iter().map(Some).collect())
+        let ids = self.submit(Request {
+            appid: appid.into(),
+            to: to.into(),
+            msg: msg.clone(),
+            once: Some(OnceRequest {
+                cmsgid: once.cmsgid.into(),
+                until: once.until,
+                print,
+            }),
+        })?;
+        Ok(match ids {
+            Some(ids) => ids.into_iter().map(Some).collect(),
+            None => vec![None; to.len()],
+        })
     }
 
     fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
