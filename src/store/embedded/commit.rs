@@ -9,7 +9,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use super::log::Record;
 use super::state::OnceSeen;
-use super::{unavailable, unix_now, EmbeddedStore, Inner, MsgId, NewMessage, Result, Uid};
+use super::{unavailable, unix_now, Core, EmbeddedStore, Inner, MsgId, NewMessage, Result, Uid};
 use super::{StoreError, ONCE_PURGE_MIN};
 
 /// One `append` or `append_once` waiting to be committed: the call's
@@ -99,7 +99,7 @@ impl EmbeddedStore {
     /// queued while it waits for it joins the group, then every waiting
     /// request, and posts their answers.
     fn lead(&self) {
-        let inner = self.inner.lock();
+        let inner = self.inner.lock_idle();
         let batch = mem::take(&mut self.commits.queue().waiting);
         // Posts the answers and ends the leadership even if committing
         // panics, so no follower waits forever.
@@ -110,14 +110,14 @@ impl EmbeddedStore {
         };
         let requests: Vec<&Request> = batch.iter().map(|(_, r)| r).collect();
         post.answers = match inner {
-            Ok(mut inner) => inner.commit_group(&requests),
+            Ok(inner) => commit_group(&self.inner, inner, &requests),
             Err(_) => requests
                 .iter()
                 .map(|_| Err(unavailable("store state poisoned by a panic")))
                 .collect(),
         };
-        // `inner`'s guard was moved into the match and is released here,
-        // before the answers are posted.
+        // The state lock was released by `commit_group`, before the
+        // answers are posted.
     }
 }
 
@@ -168,70 +168,93 @@ struct Pending<'r> {
     once: HashMap<(&'r str, Uid, &'r str), (u64, &'r str)>,
 }
 
-impl Inner {
-    /// Validates every request in order, writes the records of those that
-    /// passed with one write (and one fsync under `Always`), then applies
-    /// them in the same order; returns one answer per request. A request
-    /// that fails validation fails alone; if the write fails, every request
-    /// that needed it gets `Unavailable` and the state is untouched.
-    fn commit_group(&mut self, requests: &[&Request]) -> Vec<Answer> {
-        let now = unix_now();
-        if requests.iter().any(|r| r.once.is_some()) {
-            // Forget expired sends now and then, not on every call: the map
-            // only grows by what is sent within one window.
-            if self.state.once_len() >= self.once_purge_at {
-                self.state.purge_once(now);
-                self.once_purge_at = (self.state.once_len() * 2).max(ONCE_PURGE_MIN);
-            }
+/// Validates every request in order, writes the records of those that
+/// passed with one write (and one fsync under `Always`), then applies them
+/// in the same order; returns one answer per request. A request that fails
+/// validation fails alone; if the write fails, every request that needed it
+/// gets `Unavailable` and the state is untouched.
+///
+/// The write runs without the state lock, so readers are not held up by
+/// it (they see the group's messages only once applied, after the write);
+/// `Inner::writing` keeps every other mutation out until then, so the
+/// state validated against is still the state the group is applied to.
+fn commit_group<'a>(
+    core: &'a Core,
+    mut inner: MutexGuard<'a, Inner>,
+    requests: &[&Request],
+) -> Vec<Answer> {
+    let now = unix_now();
+    if requests.iter().any(|r| r.once.is_some()) {
+        // Forget expired sends now and then, not on every call: the map
+        // only grows by what is sent within one window.
+        if inner.state.once_len() >= inner.once_purge_at {
+            inner.state.purge_once(now);
+            inner.once_purge_at = (inner.state.once_len() * 2).max(ONCE_PURGE_MIN);
         }
-        let mut pending = Pending::default();
-        debug_assert!(!self.log.has_staged());
-        let outcomes: Vec<Outcome> = requests
-            .iter()
-            .map(|req| self.check_and_stage(req, &mut pending, now))
-            .collect();
-        drop(pending);
-        let written = if !self.log.has_staged() {
-            Ok(())
-        } else if let Some(why) = &self.broken {
-            self.log.discard_staged();
-            Err(why.clone())
-        } else {
-            self.log.write_staged().map_err(|e| {
-                if e.broken {
-                    self.broken = Some(format!("{}; reopen the store", e.msg));
-                }
-                e.msg
-            })
-        };
-        if let Err(why) = written {
-            return outcomes
-                .into_iter()
-                .map(|o| match o {
-                    Outcome::Done(answer) => answer,
-                    Outcome::Staged(_) | Outcome::AfterEarlier(_) => Err(unavailable(why.clone())),
-                })
-                .collect();
-        }
-        let mut applied = false;
-        let answers = requests
-            .iter()
-            .zip(outcomes)
-            .map(|(req, o)| match o {
-                Outcome::Done(answer) | Outcome::AfterEarlier(answer) => answer,
-                Outcome::Staged(ids) => {
-                    self.apply(req, &ids);
-                    applied = true;
-                    Ok(Some(ids))
-                }
-            })
-            .collect();
-        if applied {
-            self.after_write();
-        }
-        answers
     }
+    let mut pending = Pending::default();
+    debug_assert!(!inner.log.has_staged());
+    let outcomes: Vec<Outcome> = requests
+        .iter()
+        .map(|req| inner.check_and_stage(req, &mut pending, now))
+        .collect();
+    drop(pending);
+    let written = if !inner.log.has_staged() {
+        Ok(())
+    } else if let Some(why) = &inner.broken {
+        let why = why.clone();
+        inner.log.discard_staged();
+        Err(why)
+    } else {
+        let write = inner.log.begin_write();
+        inner.writing = true;
+        drop(inner);
+        #[cfg(test)]
+        if let Some(hook) = core.before_write.lock().unwrap().as_mut() {
+            hook();
+        }
+        let res = write.run();
+        // Nothing else ran a mutation meanwhile; a reader that panicked
+        // changed nothing, so a poisoned lock still holds a sound state.
+        inner = core.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.writing = false;
+        core.idle.notify_all();
+        inner.log.end_write(write, res).map_err(|e| {
+            if e.broken {
+                inner.broken = Some(format!("{}; reopen the store", e.msg));
+            }
+            e.msg
+        })
+    };
+    if let Err(why) = written {
+        return outcomes
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Done(answer) => answer,
+                Outcome::Staged(_) | Outcome::AfterEarlier(_) => Err(unavailable(why.clone())),
+            })
+            .collect();
+    }
+    let mut applied = false;
+    let answers = requests
+        .iter()
+        .zip(outcomes)
+        .map(|(req, o)| match o {
+            Outcome::Done(answer) | Outcome::AfterEarlier(answer) => answer,
+            Outcome::Staged(ids) => {
+                inner.apply(req, &ids);
+                applied = true;
+                Ok(Some(ids))
+            }
+        })
+        .collect();
+    if applied {
+        inner.after_write();
+    }
+    answers
+}
 
+impl Inner {
     /// Validates `req` against the state and the group's earlier requests
     /// (`pending`); if it is to be stored, stages its record and notes it
     /// in `pending`.

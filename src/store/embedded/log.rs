@@ -166,6 +166,24 @@ pub(crate) struct AppendError {
     pub broken: bool,
 }
 
+/// Staged records on their way to the log (see [`Log::begin_write`]).
+pub(crate) struct StagedWrite {
+    file: Arc<File>,
+    buf: Vec<u8>,
+    fsync: bool,
+}
+
+impl StagedWrite {
+    /// One `write_all` of every record, then one fsync under [`Fsync::Always`].
+    pub(crate) fn run(&self) -> io::Result<()> {
+        (&*self.file).write_all(&self.buf)?;
+        if self.fsync {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
 /// The open log file and its bookkeeping. Lives inside the store's mutex.
 pub(crate) struct Log {
     dir: PathBuf,
@@ -238,17 +256,40 @@ impl Log {
     /// length, so no record of a failed write stays in the log. The stage
     /// is empty afterwards either way.
     pub(crate) fn write_staged(&mut self) -> Result<(), AppendError> {
+        let write = self.begin_write();
+        let res = write.run();
+        self.end_write(write, res)
+    }
+
+    /// Takes the staged records out, to be written by [`StagedWrite::run`]
+    /// without the store's lock, then handed back to [`Log::end_write`].
+    /// Nothing else may write to the log in between.
+    pub(crate) fn begin_write(&mut self) -> StagedWrite {
         self.writes += 1;
-        let mut res = (&*self.file).write_all(&self.buf);
-        if res.is_ok() && self.fsync == Fsync::Always {
+        let fsync = self.fsync == Fsync::Always;
+        if fsync {
             self.fsyncs += 1;
-            res = self.file.sync_data();
         }
-        let written = self.buf.len() as u64;
-        self.buf.clear();
-        if self.buf.capacity() > MAX_KEPT_BUF {
-            // One big group's buffer is not kept for the small ones after it.
-            self.buf = Vec::with_capacity(256);
+        StagedWrite {
+            file: Arc::clone(&self.file),
+            buf: std::mem::take(&mut self.buf),
+            fsync,
+        }
+    }
+
+    /// Accounts for a write from [`Log::begin_write`] that returned `res`:
+    /// on success the log has grown by it; on failure the file is cut back
+    /// to its old length.
+    pub(crate) fn end_write(
+        &mut self,
+        write: StagedWrite,
+        res: io::Result<()>,
+    ) -> Result<(), AppendError> {
+        let written = write.buf.len() as u64;
+        if write.buf.capacity() <= MAX_KEPT_BUF {
+            // Reused; one big group's buffer is not kept for the small ones.
+            self.buf = write.buf;
+            self.buf.clear();
         }
         match res {
             Ok(()) => {

@@ -24,20 +24,26 @@
 //! waited), validates them in order (each against the state as the earlier
 //! ones will leave it: msgids follow on, a `cmsgid` sent earlier in the
 //! group is a retry or reused), serialises the valid ones into one buffer,
-//! writes it with one `write(2)` (and, under [`Fsync::Always`], one
-//! `fdatasync`), applies them in the same order, releases the lock and
-//! hands every caller its own answer. The others sleep on a condvar until
-//! their answer is posted; one of those still queued then leads the next
-//! group. A request that fails validation fails alone. The state lock is
-//! held across the write, as for a single mutation, so readers never see
-//! a message that is not in the log. Other mutations write one record each
-//! under the lock, between groups.
+//! and sets `writing`. It then releases the lock, writes the buffer with
+//! one `write(2)` (and, under [`Fsync::Always`], one `fdatasync`), takes
+//! the lock again, clears `writing`, applies the group in the same order,
+//! releases the lock and hands every caller its own answer. The others
+//! sleep on a condvar until their answer is posted; one of those still
+//! queued then leads the next group. A request that fails validation fails
+//! alone.
 //!
-//! Under [`Fsync::Always`] the fsync happens inside the lock (one per
-//! mutation, or per group of appends). Under [`Fsync::EverySec`] a
-//! background thread fsyncs once a second if anything was written, outside
-//! the lock. [`EmbeddedStore::log_writes`] and
-//! [`EmbeddedStore::log_fsyncs`] count the writer's writes and fsyncs.
+//! While `writing` is set, readers go on (they see the group's messages
+//! only once applied, after the write: never a message that is not in the
+//! log, and under `Always` never one not fsynced), and every other
+//! mutation (and a compaction's switch of files) waits for it to clear, so
+//! the state the group was validated against is the one it is applied to,
+//! and no other record can land between a failed write and its cut. Other
+//! mutations write one record each with the lock held throughout, under
+//! `Always` with their fsync.
+//!
+//! Under [`Fsync::EverySec`] a background thread fsyncs once a second if
+//! anything was written, outside the lock. [`EmbeddedStore::log_writes`]
+//! and [`EmbeddedStore::log_fsyncs`] count the writer's writes and fsyncs.
 //!
 //! # On-disk format
 //!
@@ -123,7 +129,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -196,14 +202,55 @@ struct Inner {
     compaction: Option<JoinHandle<()>>,
     /// Compactions finished since open (for tests and diagnostics).
     compactions: u64,
-    /// This `Inner` itself, for the compaction thread to lock when done.
-    me: Weak<Mutex<Inner>>,
+    /// A commit group's write (and fsync) is under way without the lock:
+    /// no other mutation may start until it ends (see [`Core::idle`]).
+    writing: bool,
+    /// The `Core` holding this `Inner`, for the compaction thread to lock
+    /// when done.
+    me: Weak<Core>,
+}
+
+/// The state lock, and what waits on it.
+struct Core {
+    inner: Mutex<Inner>,
+    /// Notified when a commit group's write ends ([`Inner::writing`]).
+    idle: Condvar,
+    /// Runs in a commit group's leader just before its write, without the
+    /// state lock: lets a test act while the write is under way.
+    #[cfg(test)]
+    before_write: Mutex<Option<Box<dyn FnMut() + Send>>>,
+}
+
+impl Core {
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| unavailable("store state poisoned by a panic"))
+    }
+
+    /// Waits, if a commit group's write is under way, until it has ended:
+    /// every mutation other than a group's starts only then, so that the
+    /// log order stays the apply order.
+    fn wait_idle<'a>(&self, mut inner: MutexGuard<'a, Inner>) -> Result<MutexGuard<'a, Inner>> {
+        while inner.writing {
+            inner = self
+                .idle
+                .wait(inner)
+                .map_err(|_| unavailable("store state poisoned by a panic"))?;
+        }
+        Ok(inner)
+    }
+
+    /// The lock, for a mutation: once no commit group is writing.
+    fn lock_idle(&self) -> Result<MutexGuard<'_, Inner>> {
+        self.wait_idle(self.lock()?)
+    }
 }
 
 /// Remembered `cmsgid`s below which no purge runs.
 const ONCE_PURGE_MIN: usize = 4096;
 
-type Shared = Arc<Mutex<Inner>>;
+type Shared = Arc<Core>;
 
 /// The embedded, log-backed [`Store`]. See the module doc.
 pub struct EmbeddedStore {
@@ -258,14 +305,14 @@ fn lock_dir(dir: &Path) -> Result<File> {
 }
 
 /// Fsyncs the log if anything was written since the last sync.
-fn sync_dirty(inner: &Mutex<Inner>) {
-    let Ok(mut guard) = inner.lock() else { return };
+fn sync_dirty(core: &Core) {
+    let Ok(mut guard) = core.lock() else { return };
     let Some(file) = guard.log.take_dirty() else {
         return;
     };
     drop(guard);
     if let Err(e) = file.sync_data() {
-        if let Ok(mut guard) = inner.lock() {
+        if let Ok(mut guard) = core.lock() {
             guard.broken = Some(format!("log fsync failed: {e}; reopen the store"));
         }
     }
@@ -305,8 +352,8 @@ impl EmbeddedStore {
             opts.fsync,
             opts.compact_min_bytes,
         );
-        let inner = Arc::new_cyclic(|me| {
-            Mutex::new(Inner {
+        let inner = Arc::new_cyclic(|me| Core {
+            inner: Mutex::new(Inner {
                 state,
                 log,
                 broken: None,
@@ -314,8 +361,12 @@ impl EmbeddedStore {
                 once_purge_at: ONCE_PURGE_MIN,
                 compaction: None,
                 compactions: 0,
+                writing: false,
                 me: me.clone(),
-            })
+            }),
+            idle: Condvar::new(),
+            #[cfg(test)]
+            before_write: Mutex::new(None),
         });
         let syncer = match opts.fsync {
             Fsync::Always => None,
@@ -343,7 +394,7 @@ impl EmbeddedStore {
     /// runs. Automatic compactions run in the background instead.
     pub fn compact(&self) -> Result<()> {
         self.wait_for_compaction()?;
-        let mut inner = self.lock()?;
+        let mut inner = self.inner.lock_idle()?;
         if let Some(why) = &inner.broken {
             return Err(unavailable(why.clone()));
         }
@@ -390,9 +441,7 @@ impl EmbeddedStore {
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
-        self.inner
-            .lock()
-            .map_err(|_| unavailable("store state poisoned by a panic"))
+        self.inner.lock()
     }
 }
 
@@ -452,7 +501,7 @@ impl Inner {
             .spawn(move || {
                 let written = log::write_snapshot(&dir, |emit| snapshot.snapshot(emit));
                 drop(snapshot);
-                let Ok(mut inner) = me.lock() else {
+                let Ok(mut inner) = me.lock_idle() else {
                     return;
                 };
                 let done = written.and_then(|s| inner.log.finish_rewrite(s, from));
@@ -481,7 +530,7 @@ impl Inner {
 
 impl Store for EmbeddedStore {
     fn create_user(&self, appid: &str, username: &str, pass_hash: &str) -> Result<Uid> {
-        let mut inner = self.lock()?;
+        let mut inner = self.inner.lock_idle()?;
         let uid = inner.state.check_user(appid, username)?;
         inner.commit(&Record::User {
             a: Cow::Borrowed(appid),
@@ -510,7 +559,7 @@ impl Store for EmbeddedStore {
         members: &[Uid],
         max_owned: usize,
     ) -> Result<Gid> {
-        let mut inner = self.lock()?;
+        let mut inner = self.inner.lock_idle()?;
         let gid = inner.state.check_group(appid, owner, members, max_owned)?;
         inner.commit(&Record::Group {
             a: Cow::Borrowed(appid),
@@ -529,7 +578,7 @@ impl Store for EmbeddedStore {
     }
 
     fn put_token(&self, selector: &str, info: &TokenInfo, keep: usize) -> Result<Vec<String>> {
-        let mut inner = self.lock()?;
+        let mut inner = self.inner.lock_idle()?;
         if !inner.state.user_exists(&info.appid, info.uid) {
             return Err(StoreError::NoSuchUser(info.uid));
         }
@@ -557,7 +606,7 @@ impl Store for EmbeddedStore {
     }
 
     fn delete_token(&self, _appid: &str, _uid: Uid, selector: &str) -> Result<()> {
-        let mut inner = self.lock()?;
+        let mut inner = self.inner.lock_idle()?;
         if !inner.state.has_token(selector) {
             return Ok(());
         }
@@ -606,6 +655,10 @@ impl Store for EmbeddedStore {
 
     fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
         let mut inner = self.lock()?;
+        if inner.writing && inner.state.check_rebase(appid, uid, from)?.is_some() {
+            // A write after all: not while a commit group is writing.
+            inner = self.inner.wait_idle(inner)?;
+        }
         let Some(reset) = inner.state.check_rebase(appid, uid, from)? else {
             return inner.state.page(appid, uid, from, limit);
         };
@@ -634,7 +687,7 @@ impl Store for EmbeddedStore {
     }
 
     fn ack(&self, appid: &str, uid: Uid, endid: MsgId) -> Result<()> {
-        let mut inner = self.lock()?;
+        let mut inner = self.inner.lock_idle()?;
         let Some(id) = inner.state.check_ack(appid, uid, endid)? else {
             return Ok(());
         };
@@ -652,7 +705,7 @@ impl Store for EmbeddedStore {
         let file = self.lock()?.log.file();
         file.sync_data().map_err(|e| {
             let msg = format!("log fsync failed: {e}");
-            if let Ok(mut inner) = self.inner.lock() {
+            if let Ok(mut inner) = self.lock() {
                 inner.broken = Some(format!("{msg}; reopen the store"));
             }
             unavailable(msg)

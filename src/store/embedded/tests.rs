@@ -1393,3 +1393,51 @@ fn a_failed_write_fails_its_whole_group_and_changes_nothing() {
         before
     );
 }
+
+#[test]
+fn readers_go_on_during_a_group_write_and_other_mutations_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(dir.path()));
+    for name in ["a", "b"] {
+        s.create_user(APP, name, "h").unwrap();
+    }
+    s.append(APP, &[1], &single(2, 1, "before")).unwrap();
+    let (entered_tx, entered) = crossbeam_channel::bounded(1);
+    let (go, go_rx) = crossbeam_channel::bounded::<()>(1);
+    *s.inner.before_write.lock().unwrap() = Some(Box::new(move || {
+        entered_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+    }));
+    let writer = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || s.append(APP, &[1], &single(2, 1, "during")))
+    };
+    entered.recv().unwrap();
+    // The write is under way without the state lock: reads answer, and do
+    // not see the message before it is in the log.
+    let seen = |s: &EmbeddedStore| s.read(APP, 1, 0, usize::MAX).unwrap().len();
+    assert_eq!(seen(&s), 1);
+    assert!(s.user_exists(APP, 2).unwrap());
+    // Another mutation waits for the write to end.
+    let creator = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || s.create_user(APP, "c", "h"))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !creator.is_finished(),
+        "a mutation ran during a group write"
+    );
+    assert!(!s.user_exists(APP, 3).unwrap());
+    go.send(()).unwrap();
+    assert_eq!(writer.join().unwrap().unwrap(), [2]);
+    assert_eq!(creator.join().unwrap().unwrap(), 3);
+    assert_eq!(seen(&s), 2);
+    *s.inner.before_write.lock().unwrap() = None;
+    let before = dump(&s, &[APP], &["a", "b", "c"], &[]);
+    drop(s);
+    assert_eq!(
+        dump(&open(dir.path()), &[APP], &["a", "b", "c"], &[]),
+        before
+    );
+}
