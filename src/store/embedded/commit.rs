@@ -49,6 +49,8 @@ struct Queue {
     answers: HashMap<u64, Answer>,
     /// Whether a caller is leading (committing a group) now.
     leading: bool,
+    /// Callers asleep on `answered` (a leader wakes them only if any).
+    sleeping: usize,
     next_ticket: u64,
 }
 
@@ -88,10 +90,12 @@ impl EmbeddedStore {
                 queue = commits.queue();
                 continue;
             }
+            queue.sleeping += 1;
             queue = commits
                 .answered
                 .wait(queue)
                 .unwrap_or_else(PoisonError::into_inner);
+            queue.sleeping -= 1;
         }
     }
 
@@ -141,8 +145,11 @@ impl Drop for Post<'_> {
             queue.answers.insert(ticket, answer);
         }
         queue.leading = false;
+        let sleeping = queue.sleeping > 0;
         drop(queue);
-        self.commits.answered.notify_all();
+        if sleeping {
+            self.commits.answered.notify_all();
+        }
     }
 }
 
@@ -174,10 +181,11 @@ struct Pending<'r> {
 /// validation fails alone; if the write fails, every request that needed it
 /// gets `Unavailable` and the state is untouched.
 ///
-/// The write runs without the state lock, so readers are not held up by
-/// it (they see the group's messages only once applied, after the write);
-/// `Inner::writing` keeps every other mutation out until then, so the
-/// state validated against is still the state the group is applied to.
+/// Under `Always` the write and its fsync run without the state lock, so
+/// readers are not held up by them (they see the group's messages only
+/// once applied, after the fsync); `Inner::writing` keeps every other
+/// mutation out until then, so the state validated against is still the
+/// state the group is applied to.
 fn commit_group<'a>(
     core: &'a Core,
     mut inner: MutexGuard<'a, Inner>,
@@ -196,7 +204,9 @@ fn commit_group<'a>(
     debug_assert!(!inner.log.has_staged());
     let outcomes: Vec<Outcome> = requests
         .iter()
-        .map(|req| inner.check_and_stage(req, &mut pending, now))
+        .enumerate()
+        // The last request needs no bookkeeping for later ones.
+        .map(|(i, req)| inner.check_and_stage(req, &mut pending, i + 1 < requests.len(), now))
         .collect();
     drop(pending);
     let written = if !inner.log.has_staged() {
@@ -205,6 +215,15 @@ fn commit_group<'a>(
         let why = why.clone();
         inner.log.discard_staged();
         Err(why)
+    } else if !inner.log.fsyncs_each_write() {
+        // A write(2) alone is quick: done with the lock held, as for any
+        // other mutation.
+        inner.log.write_staged().map_err(|e| {
+            if e.broken {
+                inner.broken = Some(format!("{}; reopen the store", e.msg));
+            }
+            e.msg
+        })
     } else {
         let write = inner.log.begin_write();
         inner.writing = true;
@@ -218,7 +237,9 @@ fn commit_group<'a>(
         // changed nothing, so a poisoned lock still holds a sound state.
         inner = core.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.writing = false;
-        core.idle.notify_all();
+        if inner.idle_waiters > 0 {
+            core.idle.notify_all();
+        }
         inner.log.end_write(write, res).map_err(|e| {
             if e.broken {
                 inner.broken = Some(format!("{}; reopen the store", e.msg));
@@ -256,12 +277,13 @@ fn commit_group<'a>(
 
 impl Inner {
     /// Validates `req` against the state and the group's earlier requests
-    /// (`pending`); if it is to be stored, stages its record and notes it
-    /// in `pending`.
+    /// (`pending`); if it is to be stored, stages its record and, if
+    /// `remember` (a later request follows), notes it in `pending`.
     fn check_and_stage<'r>(
         &mut self,
         req: &'r Request,
         pending: &mut Pending<'r>,
+        remember: bool,
         now: u64,
     ) -> Outcome {
         let fromid = req.msg.fromid;
@@ -292,19 +314,23 @@ impl Inner {
         if req.to.is_empty() {
             return Outcome::Done(Ok(Some(Vec::new())));
         }
-        let taken = pending.next.entry(&*req.appid).or_default();
+        let none_taken = HashMap::new();
+        let taken = pending.next.get(&*req.appid).unwrap_or(&none_taken);
         let ids = match self.state.check_append(&req.appid, &req.to, taken) {
             Ok(ids) => ids,
             Err(e) => return Outcome::Done(Err(e)),
         };
-        for (&uid, &id) in req.to.iter().zip(&ids) {
-            taken.insert(uid, id + 1);
-        }
-        if let Some(once) = &req.once {
-            pending.once.insert(
-                (&req.appid, fromid, &once.cmsgid),
-                (once.until, &once.print),
-            );
+        if remember {
+            let taken = pending.next.entry(&*req.appid).or_default();
+            for (&uid, &id) in req.to.iter().zip(&ids) {
+                taken.insert(uid, id + 1);
+            }
+            if let Some(once) = &req.once {
+                pending.once.insert(
+                    (&req.appid, fromid, &once.cmsgid),
+                    (once.until, &once.print),
+                );
+            }
         }
         self.log.stage(&record(req, &ids));
         Outcome::Staged(ids)

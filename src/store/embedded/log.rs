@@ -245,6 +245,11 @@ impl Log {
         self.buf.clear();
     }
 
+    /// Whether every write is fsynced ([`Fsync::Always`]).
+    pub(crate) fn fsyncs_each_write(&self) -> bool {
+        self.fsync == Fsync::Always
+    }
+
     /// Whether any record is staged.
     pub(crate) fn has_staged(&self) -> bool {
         !self.buf.is_empty()

@@ -23,23 +23,25 @@
 //! every request queued by then (its own and those that arrived while it
 //! waited), validates them in order (each against the state as the earlier
 //! ones will leave it: msgids follow on, a `cmsgid` sent earlier in the
-//! group is a retry or reused), serialises the valid ones into one buffer,
-//! and sets `writing`. It then releases the lock, writes the buffer with
-//! one `write(2)` (and, under [`Fsync::Always`], one `fdatasync`), takes
-//! the lock again, clears `writing`, applies the group in the same order,
+//! group is a retry or reused), serialises the valid ones into one buffer
+//! and writes it with one `write(2)`, applies the group in the same order,
 //! releases the lock and hands every caller its own answer. The others
 //! sleep on a condvar until their answer is posted; one of those still
 //! queued then leads the next group. A request that fails validation fails
 //! alone.
 //!
-//! While `writing` is set, readers go on (they see the group's messages
-//! only once applied, after the write: never a message that is not in the
-//! log, and under `Always` never one not fsynced), and every other
-//! mutation (and a compaction's switch of files) waits for it to clear, so
-//! the state the group was validated against is the one it is applied to,
-//! and no other record can land between a failed write and its cut. Other
-//! mutations write one record each with the lock held throughout, under
-//! `Always` with their fsync.
+//! Under [`Fsync::Always`] the leader writes without the lock, since the
+//! `fdatasync` is slow: it sets `writing`, releases the lock, writes the
+//! buffer and fsyncs once, then takes the lock again, clears `writing` and
+//! applies the group. Readers go on meanwhile (they see the group's
+//! messages only once applied, after the fsync: never a message that is
+//! not in the log); every other mutation (and a compaction's switch of
+//! files) waits for `writing` to clear, so the state the group was
+//! validated against is the one it is applied to, and no other record can
+//! land between a failed write and its cut. Other mutations write one
+//! record each, and fsync it, with the lock held throughout. Under
+//! [`Fsync::EverySec`] the group's write is done with the lock held, like
+//! any other (a `write(2)` to the page cache is quick).
 //!
 //! Under [`Fsync::EverySec`] a background thread fsyncs once a second if
 //! anything was written, outside the lock. [`EmbeddedStore::log_writes`]
@@ -205,6 +207,8 @@ struct Inner {
     /// A commit group's write (and fsync) is under way without the lock:
     /// no other mutation may start until it ends (see [`Core::idle`]).
     writing: bool,
+    /// Callers waiting on [`Core::idle`] (woken only if any).
+    idle_waiters: usize,
     /// The `Core` holding this `Inner`, for the compaction thread to lock
     /// when done.
     me: Weak<Core>,
@@ -233,10 +237,12 @@ impl Core {
     /// log order stays the apply order.
     fn wait_idle<'a>(&self, mut inner: MutexGuard<'a, Inner>) -> Result<MutexGuard<'a, Inner>> {
         while inner.writing {
+            inner.idle_waiters += 1;
             inner = self
                 .idle
                 .wait(inner)
                 .map_err(|_| unavailable("store state poisoned by a panic"))?;
+            inner.idle_waiters -= 1;
         }
         Ok(inner)
     }
@@ -362,6 +368,7 @@ impl EmbeddedStore {
                 compaction: None,
                 compactions: 0,
                 writing: false,
+                idle_waiters: 0,
                 me: me.clone(),
             }),
             idle: Condvar::new(),
