@@ -12,21 +12,36 @@ use super::state::OnceSeen;
 use super::{unavailable, unix_now, Core, EmbeddedStore, Inner, MsgId, NewMessage, Result, Uid};
 use super::{StoreError, ONCE_PURGE_MIN};
 
-/// One `append` or `append_once` waiting to be committed: the call's
-/// arguments, owned, since the leader that commits them runs in another
-/// thread.
-pub(super) struct Request {
-    pub appid: Box<str>,
-    pub to: Box<[Uid]>,
-    pub msg: NewMessage,
-    pub once: Option<OnceRequest>,
+/// One `append` or `append_once` to commit: the call's arguments. The
+/// leader's own request is borrowed; one that waits in the queue is owned,
+/// since another thread commits it.
+pub(super) struct Request<'a> {
+    pub appid: Cow<'a, str>,
+    pub to: Cow<'a, [Uid]>,
+    pub msg: Cow<'a, NewMessage>,
+    pub once: Option<OnceRequest<'a>>,
 }
 
 /// The `cmsgid` of an `append_once`, with the message's fingerprint.
-pub(super) struct OnceRequest {
-    pub cmsgid: Box<str>,
+pub(super) struct OnceRequest<'a> {
+    pub cmsgid: Cow<'a, str>,
     pub until: u64,
     pub print: String,
+}
+
+impl Request<'_> {
+    fn into_owned(self) -> Request<'static> {
+        Request {
+            appid: Cow::Owned(self.appid.into_owned()),
+            to: Cow::Owned(self.to.into_owned()),
+            msg: Cow::Owned(self.msg.into_owned()),
+            once: self.once.map(|o| OnceRequest {
+                cmsgid: Cow::Owned(o.cmsgid.into_owned()),
+                until: o.until,
+                print: o.print,
+            }),
+        }
+    }
 }
 
 /// What a request is answered: the msgids its receivers got, or `None`
@@ -41,10 +56,14 @@ pub(super) struct Committer {
     answered: Condvar,
 }
 
+type Queued = Vec<(u64, Request<'static>)>;
+
 #[derive(Default)]
 struct Queue {
     /// Requests no leader has taken yet, with their tickets.
-    waiting: Vec<(u64, Request)>,
+    waiting: Queued,
+    /// The last group's emptied `waiting`, kept for its capacity.
+    spare: Queued,
     /// Answers their callers have not collected yet, by ticket.
     answers: HashMap<u64, Answer>,
     /// Whether a caller is leading (committing a group) now.
@@ -61,22 +80,32 @@ impl Committer {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Requests waiting to be taken by a leader (for tests).
+    /// Requests not committed yet: those waiting and the leader's own
+    /// (for tests).
     #[cfg(test)]
-    pub(super) fn waiting(&self) -> usize {
-        self.queue().waiting.len()
+    pub(super) fn queued(&self) -> usize {
+        let queue = self.queue();
+        queue.waiting.len() + usize::from(queue.leading)
     }
 }
 
 impl EmbeddedStore {
-    /// Queues `req` and returns once it has been committed, by this thread
-    /// as the leader of its group or by another one.
-    pub(super) fn submit(&self, req: Request) -> Answer {
+    /// Commits `req` and returns its answer: at once as the leader of a
+    /// group if no one leads, else after queueing it for a leader (which
+    /// may turn out to be this thread too).
+    pub(super) fn submit(&self, req: Request<'_>) -> Answer {
         let commits = &self.commits;
         let mut queue = commits.queue();
+        if !queue.leading {
+            queue.leading = true;
+            drop(queue);
+            return self
+                .lead(Some(&req))
+                .unwrap_or_else(|| Err(unavailable("store panicked while committing")));
+        }
         let ticket = queue.next_ticket;
         queue.next_ticket += 1;
-        queue.waiting.push((ticket, req));
+        queue.waiting.push((ticket, req.into_owned()));
         loop {
             if let Some(answer) = queue.answers.remove(&ticket) {
                 return answer;
@@ -86,7 +115,7 @@ impl EmbeddedStore {
                 // everything it took before it stops leading), so lead.
                 queue.leading = true;
                 drop(queue);
-                self.lead();
+                self.lead(None);
                 queue = commits.queue();
                 continue;
             }
@@ -99,51 +128,65 @@ impl EmbeddedStore {
         }
     }
 
-    /// Commits one group: takes the state lock first, so that everything
-    /// queued while it waits for it joins the group, then every waiting
-    /// request, and posts their answers.
-    fn lead(&self) {
+    /// Commits one group, `own` (the leader's request, if not queued)
+    /// first: takes the state lock first, so that everything queued while
+    /// it waits for it joins the group, then every waiting request; posts
+    /// the queued ones' answers and returns `own`'s.
+    fn lead(&self, own: Option<&Request<'_>>) -> Option<Answer> {
+        let commits = &self.commits;
         let inner = self.inner.lock_idle();
-        let batch = mem::take(&mut self.commits.queue().waiting);
-        // Posts the answers and ends the leadership even if committing
-        // panics, so no follower waits forever.
-        let mut post = Post {
-            commits: &self.commits,
-            tickets: batch.iter().map(|(t, _)| *t).collect(),
-            answers: Vec::with_capacity(batch.len()),
+        let batch = {
+            let mut queue = commits.queue();
+            let spare = mem::take(&mut queue.spare);
+            mem::replace(&mut queue.waiting, spare)
         };
-        let requests: Vec<&Request> = batch.iter().map(|(_, r)| r).collect();
-        post.answers = match inner {
-            Ok(inner) => commit_group(&self.inner, inner, &requests),
-            Err(_) => requests
-                .iter()
-                .map(|_| Err(unavailable("store state poisoned by a panic")))
-                .collect(),
+        // Ends the leadership and answers whatever was not answered, even
+        // if committing panics, so no follower waits forever.
+        let post = Post { commits, batch };
+        let requests = own.into_iter().chain(post.batch.iter().map(|(_, req)| req));
+        let skip = usize::from(own.is_some());
+        let mut own_answer = None;
+        // Answers go in with one lock of the queue, after the group is
+        // applied.
+        let mut queue: Option<MutexGuard<'_, Queue>> = None;
+        let mut answer = |i: usize, answer: Answer| match i.checked_sub(skip) {
+            None => own_answer = Some(answer),
+            Some(j) => {
+                let queue = queue.get_or_insert_with(|| commits.queue());
+                queue.answers.insert(post.batch[j].0, answer);
+            }
         };
-        // The state lock was released by `commit_group`, before the
-        // answers are posted.
+        match inner {
+            Ok(inner) => commit_group(&self.inner, inner, requests, &mut answer),
+            Err(_) => {
+                for i in 0..skip + post.batch.len() {
+                    answer(i, Err(unavailable("store state poisoned by a panic")));
+                }
+            }
+        }
+        drop(queue);
+        drop(post);
+        own_answer
     }
 }
 
-/// A leader's group: posts its answers and hands the leadership back when
-/// dropped.
+/// A leader's group: hands the leadership back when dropped, answering
+/// every request of it that was not (a panic) with `Unavailable`.
 struct Post<'a> {
     commits: &'a Committer,
-    tickets: Vec<u64>,
-    /// One per ticket, in order; missing ones (a panic) are `Unavailable`.
-    answers: Vec<Answer>,
+    batch: Queued,
 }
 
 impl Drop for Post<'_> {
     fn drop(&mut self) {
         let mut queue = self.commits.queue();
-        let mut answers = mem::take(&mut self.answers).into_iter();
-        for &ticket in &self.tickets {
-            let answer = answers
-                .next()
-                .unwrap_or_else(|| Err(unavailable("store panicked while committing")));
-            queue.answers.insert(ticket, answer);
+        for (ticket, _) in self.batch.drain(..) {
+            queue
+                .answers
+                .entry(ticket)
+                .or_insert_with(|| Err(unavailable("store panicked while committing")));
         }
+        queue.spare = mem::take(&mut self.batch);
         queue.leading = false;
         let sleeping = queue.sleeping > 0;
         drop(queue);
@@ -154,7 +197,7 @@ impl Drop for Post<'_> {
 }
 
 /// How one request of a group came out of validation.
-enum Outcome {
+pub(super) enum Outcome {
     /// Answered without writing anything, whatever happens to the group's
     /// write (a validation error, a retry of a send stored before).
     Done(Answer),
@@ -177,7 +220,8 @@ struct Pending<'r> {
 
 /// Validates every request in order, writes the records of those that
 /// passed with one write (and one fsync under `Always`), then applies them
-/// in the same order; returns one answer per request. A request that fails
+/// in the same order; gives `answer` each request's answer by its index,
+/// once the group is applied (or its write failed). A request that fails
 /// validation fails alone; if the write fails, every request that needed it
 /// gets `Unavailable` and the state is untouched.
 ///
@@ -186,13 +230,16 @@ struct Pending<'r> {
 /// once applied, after the fsync); `Inner::writing` keeps every other
 /// mutation out until then, so the state validated against is still the
 /// state the group is applied to.
-fn commit_group<'a>(
+fn commit_group<'a, 'r, I>(
     core: &'a Core,
     mut inner: MutexGuard<'a, Inner>,
-    requests: &[&Request],
-) -> Vec<Answer> {
+    requests: I,
+    answer: &mut dyn FnMut(usize, Answer),
+) where
+    I: Iterator<Item = &'r Request<'r>> + Clone,
+{
     let now = unix_now();
-    if requests.iter().any(|r| r.once.is_some()) {
+    if requests.clone().any(|r| r.once.is_some()) {
         // Forget expired sends now and then, not on every call: the map
         // only grows by what is sent within one window.
         if inner.state.once_len() >= inner.once_purge_at {
@@ -202,12 +249,14 @@ fn commit_group<'a>(
     }
     let mut pending = Pending::default();
     debug_assert!(!inner.log.has_staged());
-    let outcomes: Vec<Outcome> = requests
-        .iter()
-        .enumerate()
+    // Reused from group to group.
+    let mut outcomes = mem::take(&mut inner.outcomes);
+    let n = requests.clone().count();
+    for (i, req) in requests.clone().enumerate() {
         // The last request needs no bookkeeping for later ones.
-        .map(|(i, req)| inner.check_and_stage(req, &mut pending, i + 1 < requests.len(), now))
-        .collect();
+        let outcome = inner.check_and_stage(req, &mut pending, i + 1 < n, now);
+        outcomes.push(outcome);
+    }
     drop(pending);
     let written = if !inner.log.has_staged() {
         Ok(())
@@ -247,32 +296,26 @@ fn commit_group<'a>(
             e.msg
         })
     };
-    if let Err(why) = written {
-        return outcomes
-            .into_iter()
-            .map(|o| match o {
-                Outcome::Done(answer) => answer,
-                Outcome::Staged(_) | Outcome::AfterEarlier(_) => Err(unavailable(why.clone())),
-            })
-            .collect();
-    }
     let mut applied = false;
-    let answers = requests
-        .iter()
-        .zip(outcomes)
-        .map(|(req, o)| match o {
-            Outcome::Done(answer) | Outcome::AfterEarlier(answer) => answer,
-            Outcome::Staged(ids) => {
+    for (i, (req, outcome)) in requests.zip(outcomes.drain(..)).enumerate() {
+        let a = match (outcome, &written) {
+            (Outcome::Done(a), _) => a,
+            (Outcome::Staged(_) | Outcome::AfterEarlier(_), Err(why)) => {
+                Err(unavailable(why.clone()))
+            }
+            (Outcome::AfterEarlier(a), Ok(())) => a,
+            (Outcome::Staged(ids), Ok(())) => {
                 inner.apply(req, &ids);
                 applied = true;
                 Ok(Some(ids))
             }
-        })
-        .collect();
+        };
+        answer(i, a);
+    }
+    inner.outcomes = outcomes;
     if applied {
         inner.after_write();
     }
-    answers
 }
 
 impl Inner {
@@ -281,7 +324,7 @@ impl Inner {
     /// `remember` (a later request follows), notes it in `pending`.
     fn check_and_stage<'r>(
         &mut self,
-        req: &'r Request,
+        req: &'r Request<'r>,
         pending: &mut Pending<'r>,
         remember: bool,
         now: u64,
@@ -337,7 +380,7 @@ impl Inner {
     }
 
     /// Applies a written request.
-    fn apply(&mut self, req: &Request, ids: &[MsgId]) {
+    fn apply(&mut self, req: &Request<'_>, ids: &[MsgId]) {
         let msg = &req.msg;
         self.state.add_message(
             &req.appid,
@@ -361,7 +404,7 @@ impl Inner {
 }
 
 /// The `msg` record of `req`, its receivers getting `ids`.
-fn record<'r>(req: &'r Request, ids: &'r [MsgId]) -> Record<'r> {
+fn record<'r>(req: &'r Request<'r>, ids: &'r [MsgId]) -> Record<'r> {
     let msg = &req.msg;
     let once = req.once.as_ref();
     Record::Msg {

@@ -1107,7 +1107,7 @@ fn one_group<R: Send + 'static>(s: &Arc<EmbeddedStore>, calls: Vec<Call<R>>) -> 
         let store = Arc::clone(s);
         threads.push(std::thread::spawn(move || call(&store)));
         let start = std::time::Instant::now();
-        while s.commits.waiting() < i + 1 {
+        while s.commits.queued() < i + 1 {
             assert!(start.elapsed().as_secs() < 10, "call {i} never queued");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -1197,7 +1197,7 @@ fn concurrent_appends_share_writes_and_replay_to_the_same_messages() {
         .collect();
     barrier.wait();
     let start = std::time::Instant::now();
-    while s.commits.waiting() < THREADS as usize {
+    while s.commits.queued() < THREADS as usize {
         assert!(start.elapsed().as_secs() < 10, "the threads never queued");
         std::thread::sleep(Duration::from_millis(1));
     }
