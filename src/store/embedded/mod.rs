@@ -25,12 +25,11 @@
 //! that arrived while it waited), validates its own and those in order
 //! (each against the state as the earlier ones will leave it: msgids
 //! follow on, a `cmsgid` sent earlier in the group is a retry or reused),
-//! serialises the valid ones into one buffer
-//! and writes it with one `write(2)`, applies the group in the same order,
-//! releases the lock and hands every caller its own answer. The others
-//! sleep on a condvar until their answer is posted; one of those still
-//! queued then leads the next group. A request that fails validation fails
-//! alone.
+//! serialises the valid ones into one buffer and writes it with one
+//! `write(2)`, applies the group in the same order, releases the lock and
+//! hands every caller its own answer. The others sleep on a condvar until
+//! their answer is posted; one of those still queued then leads the next
+//! group. A request that fails validation fails alone.
 //!
 //! Under [`Fsync::Always`] the leader writes without the lock, since the
 //! `fdatasync` is slow: it sets `writing`, releases the lock, writes the
