@@ -113,12 +113,19 @@ pub(crate) enum Record<'a> {
 /// replacing its contents.
 pub(crate) fn encode(rec: &Record<'_>, buf: &mut Vec<u8>) {
     buf.clear();
+    encode_after(rec, buf);
+}
+
+/// Serialises `rec` as one checksummed line (with its `\n`) at the end of
+/// `buf`, after what it holds.
+fn encode_after(rec: &Record<'_>, buf: &mut Vec<u8>) {
+    let start = buf.len();
     buf.extend_from_slice(b"00000000 ");
     // Serialising plain strings and integers into a Vec cannot fail.
     serde_json::to_writer(&mut *buf, rec).expect("record serialisation is infallible");
-    let crc = crc32fast::hash(&buf[CRC_PREFIX..]);
+    let crc = crc32fast::hash(&buf[start + CRC_PREFIX..]);
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, slot) in buf[..8].iter_mut().enumerate() {
+    for (i, slot) in buf[start..start + 8].iter_mut().enumerate() {
         *slot = HEX[(crc >> (28 - 4 * i)) as usize & 0xf];
     }
     buf.push(b'\n');
@@ -159,6 +166,24 @@ pub(crate) struct AppendError {
     pub broken: bool,
 }
 
+/// Staged records on their way to the log (see [`Log::begin_write`]).
+pub(crate) struct StagedWrite {
+    file: Arc<File>,
+    buf: Vec<u8>,
+    fsync: bool,
+}
+
+impl StagedWrite {
+    /// One `write_all` of every record, then one fsync under [`Fsync::Always`].
+    pub(crate) fn run(&self) -> io::Result<()> {
+        (&*self.file).write_all(&self.buf)?;
+        if self.fsync {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
 /// The open log file and its bookkeeping. Lives inside the store's mutex.
 pub(crate) struct Log {
     dir: PathBuf,
@@ -173,7 +198,13 @@ pub(crate) struct Log {
     compact_min: u64,
     /// Written since the last fsync.
     dirty: bool,
+    /// See [`Log::counts`].
+    writes: u64,
+    fsyncs: u64,
 }
+
+/// Capacity above which the write buffer is not kept for reuse.
+const MAX_KEPT_BUF: usize = 1 << 20;
 
 impl Log {
     pub(crate) fn new(dir: PathBuf, file: File, len: u64, fsync: Fsync, compact_min: u64) -> Log {
@@ -186,6 +217,8 @@ impl Log {
             base_len: len,
             compact_min,
             dirty: false,
+            writes: 0,
+            fsyncs: 0,
         }
     }
 
@@ -197,14 +230,75 @@ impl Log {
     /// [`Fsync::Always`]. On failure the file is cut back to its old length,
     /// so a failed record never stays in the log.
     pub(crate) fn append(&mut self, rec: &Record<'_>) -> Result<(), AppendError> {
-        encode(rec, &mut self.buf);
-        let mut res = (&*self.file).write_all(&self.buf);
-        if res.is_ok() && self.fsync == Fsync::Always {
-            res = self.file.sync_data();
+        self.buf.clear();
+        self.stage(rec);
+        self.write_staged()
+    }
+
+    /// Adds `rec` to the records staged for the next [`Log::write_staged`].
+    pub(crate) fn stage(&mut self, rec: &Record<'_>) {
+        encode_after(rec, &mut self.buf);
+    }
+
+    /// Drops the staged records unwritten.
+    pub(crate) fn discard_staged(&mut self) {
+        self.buf.clear();
+    }
+
+    /// Whether every write is fsynced ([`Fsync::Always`]).
+    pub(crate) fn fsyncs_each_write(&self) -> bool {
+        self.fsync == Fsync::Always
+    }
+
+    /// Whether any record is staged.
+    pub(crate) fn has_staged(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Writes every staged record with a single `write_all` (a commit
+    /// group: all of them or none), then fsyncs once under
+    /// [`Fsync::Always`]. On failure the file is cut back to its old
+    /// length, so no record of a failed write stays in the log. The stage
+    /// is empty afterwards either way.
+    pub(crate) fn write_staged(&mut self) -> Result<(), AppendError> {
+        let write = self.begin_write();
+        let res = write.run();
+        self.end_write(write, res)
+    }
+
+    /// Takes the staged records out, to be written by [`StagedWrite::run`]
+    /// without the store's lock, then handed back to [`Log::end_write`].
+    /// Nothing else may write to the log in between.
+    pub(crate) fn begin_write(&mut self) -> StagedWrite {
+        self.writes += 1;
+        let fsync = self.fsync == Fsync::Always;
+        if fsync {
+            self.fsyncs += 1;
+        }
+        StagedWrite {
+            file: Arc::clone(&self.file),
+            buf: std::mem::take(&mut self.buf),
+            fsync,
+        }
+    }
+
+    /// Accounts for a write from [`Log::begin_write`] that returned `res`:
+    /// on success the log has grown by it; on failure the file is cut back
+    /// to its old length.
+    pub(crate) fn end_write(
+        &mut self,
+        write: StagedWrite,
+        res: io::Result<()>,
+    ) -> Result<(), AppendError> {
+        let written = write.buf.len() as u64;
+        if write.buf.capacity() <= MAX_KEPT_BUF {
+            // Reused; one big group's buffer is not kept for the small ones.
+            self.buf = write.buf;
+            self.buf.clear();
         }
         match res {
             Ok(()) => {
-                self.len += self.buf.len() as u64;
+                self.len += written;
                 self.dirty = self.fsync != Fsync::Always;
                 Ok(())
             }
@@ -219,6 +313,13 @@ impl Log {
                 }
             }
         }
+    }
+
+    /// Writes (one per [`Log::write_staged`], successful or not) and
+    /// fsyncs made by the writer itself under [`Fsync::Always`], since open.
+    /// Compaction's writes and the background fsyncs are not counted.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (self.writes, self.fsyncs)
     }
 
     /// The file to fsync if anything was written since the last sync; clears

@@ -14,10 +14,39 @@
 //! One [`Mutex`] guards the state and the log writer together, so the log
 //! order is the apply order. Inside it a call validates, serialises its
 //! record into a reused buffer, writes it and applies it; readers take the
-//! same lock. Under [`Fsync::Always`] the fsync happens inside the lock too
-//! (simple, and slow: one fsync per mutation, no group commit). Under
-//! [`Fsync::EverySec`] a background thread fsyncs once a second if anything
-//! was written, outside the lock.
+//! same lock.
+//!
+//! Message appends (`append`, `append_once`: every chat message) go
+//! through group commit, a leader/follower scheme like LevelDB's writer
+//! queue: a caller finding no leader becomes the leader at once, with its
+//! own request (borrowed: the uncontended path copies nothing); otherwise
+//! it puts an owned copy of its request in a small commit queue. The
+//! leader takes the state lock, then every request queued by then (those
+//! that arrived while it waited), validates its own and those in order
+//! (each against the state as the earlier ones will leave it: msgids
+//! follow on, a `cmsgid` sent earlier in the group is a retry or reused),
+//! serialises the valid ones into one buffer and writes it with one
+//! `write(2)`, applies the group in the same order, releases the lock and
+//! hands every caller its own answer. The others sleep on a condvar until
+//! their answer is posted; one of those still queued then leads the next
+//! group. A request that fails validation fails alone.
+//!
+//! Under [`Fsync::Always`] the leader writes without the lock, since the
+//! `fdatasync` is slow: it sets `writing`, releases the lock, writes the
+//! buffer and fsyncs once, then takes the lock again, clears `writing` and
+//! applies the group. Readers go on meanwhile (they see the group's
+//! messages only once applied, after the fsync: never a message that is
+//! not in the log); every other mutation (and a compaction's switch of
+//! files) waits for `writing` to clear, so the state the group was
+//! validated against is the one it is applied to, and no other record can
+//! land between a failed write and its cut. Other mutations write one
+//! record each, and fsync it, with the lock held throughout. Under
+//! [`Fsync::EverySec`] the group's write is done with the lock held, like
+//! any other (a `write(2)` to the page cache is quick).
+//!
+//! Under [`Fsync::EverySec`] a background thread fsyncs once a second if
+//! anything was written, outside the lock. [`EmbeddedStore::log_writes`]
+//! and [`EmbeddedStore::log_fsyncs`] count the writer's writes and fsyncs.
 //!
 //! # On-disk format
 //!
@@ -43,13 +72,18 @@
 //!
 //! A mutation's record is written with a single `write_all` to the log
 //! (opened `O_APPEND`) before the state changes and before the call returns
-//! `Ok`, so anything answered ok survives `kill -9`. [`Fsync::Always`] also
-//! `fdatasync`s before returning (survives power loss); [`Fsync::EverySec`]
-//! loses at most about a second on power loss. [`Store::flush`] fsyncs now.
+//! `Ok`, so anything answered ok survives `kill -9`; a group of appends is
+//! one `write_all` of all its records, so they reach the log together or
+//! not at all. [`Fsync::Always`] also `fdatasync`s before returning
+//! (survives power loss); [`Fsync::EverySec`] loses at most about a second
+//! on power loss. [`Store::flush`] fsyncs now.
 //!
 //! If a write (or an `Always` fsync) fails, e.g. disk full, the file is cut
 //! back to its previous length, the state is left untouched and the call
-//! returns [`StoreError::Unavailable`]. If that cut fails too, or a
+//! returns [`StoreError::Unavailable`]; for a group, every request whose
+//! record was in the write gets it, and so does one answered from an
+//! earlier request of the same group (a retry of it), while one that
+//! failed validation keeps its own error. If that cut fails too, or a
 //! background/`flush` fsync fails, the store stops accepting writes
 //! (`Unavailable`; reads still work) until it is reopened, since the log
 //! can no longer be trusted to match the state.
@@ -86,6 +120,7 @@
 //! `open` takes an exclusive `flock` on `LOCK`, so a second server (or a
 //! second open in the same process) cannot use the same data dir.
 
+mod commit;
 mod log;
 mod state;
 #[cfg(test)]
@@ -97,17 +132,18 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
+use self::commit::{Committer, OnceRequest, Outcome, Request};
 /// Replay's reader on plain bytes, for the fuzz targets in `tests/fuzz`.
 #[doc(hidden)]
 pub use self::log::{scan_bytes, Scanned};
 use self::log::{Log, Record};
-use self::state::{OnceSeen, State};
+use self::state::State;
 use super::{
     fingerprint, unix_now, Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store, StoreError,
     TokenInfo, Uid,
@@ -169,18 +205,67 @@ struct Inner {
     compaction: Option<JoinHandle<()>>,
     /// Compactions finished since open (for tests and diagnostics).
     compactions: u64,
-    /// This `Inner` itself, for the compaction thread to lock when done.
-    me: Weak<Mutex<Inner>>,
+    /// A commit group's write (and fsync) is under way without the lock:
+    /// no other mutation may start until it ends (see [`Core::idle`]).
+    writing: bool,
+    /// Callers waiting on [`Core::idle`] (woken only if any).
+    idle_waiters: usize,
+    /// A commit group's outcomes, kept for the buffer's capacity.
+    outcomes: Vec<Outcome>,
+    /// The `Core` holding this `Inner`, for the compaction thread to lock
+    /// when done.
+    me: Weak<Core>,
+}
+
+/// The state lock, and what waits on it.
+struct Core {
+    inner: Mutex<Inner>,
+    /// Notified when a commit group's write ends ([`Inner::writing`]).
+    idle: Condvar,
+    /// Runs in a commit group's leader just before its write, without the
+    /// state lock: lets a test act while the write is under way.
+    #[cfg(test)]
+    before_write: Mutex<Option<Box<dyn FnMut() + Send>>>,
+}
+
+impl Core {
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| unavailable("store state poisoned by a panic"))
+    }
+
+    /// Waits, if a commit group's write is under way, until it has ended:
+    /// every mutation other than a group's starts only then, so that the
+    /// log order stays the apply order.
+    fn wait_idle<'a>(&self, mut inner: MutexGuard<'a, Inner>) -> Result<MutexGuard<'a, Inner>> {
+        while inner.writing {
+            inner.idle_waiters += 1;
+            inner = self
+                .idle
+                .wait(inner)
+                .map_err(|_| unavailable("store state poisoned by a panic"))?;
+            inner.idle_waiters -= 1;
+        }
+        Ok(inner)
+    }
+
+    /// The lock, for a mutation: once no commit group is writing.
+    fn lock_idle(&self) -> Result<MutexGuard<'_, Inner>> {
+        self.wait_idle(self.lock()?)
+    }
 }
 
 /// Remembered `cmsgid`s below which no purge runs.
 const ONCE_PURGE_MIN: usize = 4096;
 
-type Shared = Arc<Mutex<Inner>>;
+type Shared = Arc<Core>;
 
 /// The embedded, log-backed [`Store`]. See the module doc.
 pub struct EmbeddedStore {
     inner: Shared,
+    /// The commit queue of `append` and `append_once`.
+    commits: Committer,
     dir: PathBuf,
     /// Stops (by being dropped) and joins the fsync thread.
     syncer: Option<(Sender<()>, JoinHandle<()>)>,
@@ -229,14 +314,14 @@ fn lock_dir(dir: &Path) -> Result<File> {
 }
 
 /// Fsyncs the log if anything was written since the last sync.
-fn sync_dirty(inner: &Mutex<Inner>) {
-    let Ok(mut guard) = inner.lock() else { return };
+fn sync_dirty(core: &Core) {
+    let Ok(mut guard) = core.lock() else { return };
     let Some(file) = guard.log.take_dirty() else {
         return;
     };
     drop(guard);
     if let Err(e) = file.sync_data() {
-        if let Ok(mut guard) = inner.lock() {
+        if let Ok(mut guard) = core.lock() {
             guard.broken = Some(format!("log fsync failed: {e}; reopen the store"));
         }
     }
@@ -276,8 +361,8 @@ impl EmbeddedStore {
             opts.fsync,
             opts.compact_min_bytes,
         );
-        let inner = Arc::new_cyclic(|me| {
-            Mutex::new(Inner {
+        let inner = Arc::new_cyclic(|me| Core {
+            inner: Mutex::new(Inner {
                 state,
                 log,
                 broken: None,
@@ -285,8 +370,14 @@ impl EmbeddedStore {
                 once_purge_at: ONCE_PURGE_MIN,
                 compaction: None,
                 compactions: 0,
+                writing: false,
+                idle_waiters: 0,
+                outcomes: Vec::new(),
                 me: me.clone(),
-            })
+            }),
+            idle: Condvar::new(),
+            #[cfg(test)]
+            before_write: Mutex::new(None),
         });
         let syncer = match opts.fsync {
             Fsync::Always => None,
@@ -302,6 +393,7 @@ impl EmbeddedStore {
         };
         Ok(EmbeddedStore {
             inner,
+            commits: Committer::default(),
             dir: opts.dir,
             syncer,
             _lock: lock,
@@ -313,7 +405,7 @@ impl EmbeddedStore {
     /// runs. Automatic compactions run in the background instead.
     pub fn compact(&self) -> Result<()> {
         self.wait_for_compaction()?;
-        let mut inner = self.lock()?;
+        let mut inner = self.inner.lock_idle()?;
         if let Some(why) = &inner.broken {
             return Err(unavailable(why.clone()));
         }
@@ -339,15 +431,28 @@ impl EmbeddedStore {
         Ok(self.lock()?.log.len())
     }
 
+    /// How many times the log was written to (one `write(2)` per mutation
+    /// or per commit group of appends) since the store was opened; failed
+    /// writes count, compaction's do not. With [`EmbeddedStore::log_fsyncs`],
+    /// for metrics and to see group commit at work.
+    pub fn log_writes(&self) -> Result<u64> {
+        Ok(self.lock()?.log.counts().0)
+    }
+
+    /// How many fsyncs the writers made under [`Fsync::Always`] (one per
+    /// write) since the store was opened; the background fsyncs of
+    /// [`Fsync::EverySec`] and [`Store::flush`] are not counted.
+    pub fn log_fsyncs(&self) -> Result<u64> {
+        Ok(self.lock()?.log.counts().1)
+    }
+
     /// Why the last automatic compaction failed, if it did.
     pub fn compaction_error(&self) -> Result<Option<String>> {
         Ok(self.lock()?.compaction_error.clone())
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
-        self.inner
-            .lock()
-            .map_err(|_| unavailable("store state poisoned by a panic"))
+        self.inner.lock()
     }
 }
 
@@ -383,49 +488,6 @@ impl Inner {
         })
     }
 
-    /// Appends `msg` to every inbox in `to` as one record (all or nothing),
-    /// remembering `once` with it.
-    fn append(
-        &mut self,
-        appid: &str,
-        to: &[Uid],
-        msg: &NewMessage,
-        once: Option<(&Once, &str)>,
-    ) -> Result<Vec<MsgId>> {
-        if to.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (once, print) = (once.map(|o| o.0), once.map(|o| o.1));
-        let ids = self.state.check_append(appid, to)?;
-        self.commit(&Record::Msg {
-            a: Cow::Borrowed(appid),
-            to: Cow::Borrowed(to),
-            ids: Cow::Borrowed(&ids),
-            f: msg.fromid,
-            t: msg.toid,
-            d: msg.datatype,
-            c: Cow::Borrowed(&msg.content),
-            k: once.map(|o| Cow::Borrowed(o.cmsgid)),
-            x: once.map(|o| o.until),
-            h: print.map(Cow::Borrowed),
-        })?;
-        self.state.add_message(
-            appid,
-            to,
-            &ids,
-            msg.fromid,
-            msg.toid,
-            msg.datatype,
-            &msg.content,
-        );
-        if let Some(o) = once {
-            self.state
-                .add_once(appid, msg.fromid, o.cmsgid, o.until, print);
-        }
-        self.after_write();
-        Ok(ids)
-    }
-
     /// Runs after a mutation was applied: once the log has grown enough,
     /// starts a compaction in the background, like Redis's
     /// BGREWRITEAOF. Under the lock it only clones the state and notes the
@@ -450,7 +512,7 @@ impl Inner {
             .spawn(move || {
                 let written = log::write_snapshot(&dir, |emit| snapshot.snapshot(emit));
                 drop(snapshot);
-                let Ok(mut inner) = me.lock() else {
+                let Ok(mut inner) = me.lock_idle() else {
                     return;
                 };
                 let done = written.and_then(|s| inner.log.finish_rewrite(s, from));
@@ -479,7 +541,7 @@ impl Inner {
 
 impl Store for EmbeddedStore {
     fn create_user(&self, appid: &str, username: &str, pass_hash: &str) -> Result<Uid> {
-        let mut inner = self.lock()?;
+        let mut inner = self.inner.lock_idle()?;
         let uid = inner.state.check_user(appid, username)?;
         inner.commit(&Record::User {
             a: Cow::Borrowed(appid),
@@ -508,7 +570,7 @@ impl Store for EmbeddedStore {
         members: &[Uid],
         max_owned: usize,
     ) -> Result<Gid> {
-        let mut inner = self.lock()?;
+        let mut inner = self.inner.lock_idle()?;
         let gid = inner.state.check_group(appid, owner, members, max_owned)?;
         inner.commit(&Record::Group {
             a: Cow::Borrowed(appid),
@@ -527,7 +589,7 @@ impl Store for EmbeddedStore {
     }
 
     fn put_token(&self, selector: &str, info: &TokenInfo, keep: usize) -> Result<Vec<String>> {
-        let mut inner = self.lock()?;
+        let mut inner = self.inner.lock_idle()?;
         if !inner.state.user_exists(&info.appid, info.uid) {
             return Err(StoreError::NoSuchUser(info.uid));
         }
@@ -555,7 +617,7 @@ impl Store for EmbeddedStore {
     }
 
     fn delete_token(&self, _appid: &str, _uid: Uid, selector: &str) -> Result<()> {
-        let mut inner = self.lock()?;
+        let mut inner = self.inner.lock_idle()?;
         if !inner.state.has_token(selector) {
             return Ok(());
         }
@@ -568,8 +630,14 @@ impl Store for EmbeddedStore {
     }
 
     fn append(&self, appid: &str, to: &[Uid], msg: &NewMessage) -> Result<Vec<MsgId>> {
-        let mut inner = self.lock()?;
-        inner.append(appid, to, msg, None)
+        let ids = self.submit(Request {
+            appid: Cow::Borrowed(appid),
+            to: Cow::Borrowed(to),
+            msg: Cow::Borrowed(msg),
+            once: None,
+        })?;
+        // Only a send with a cmsgid can be a retry (`None`).
+        Ok(ids.unwrap_or_default())
     }
 
     fn append_once(
@@ -579,29 +647,29 @@ impl Store for EmbeddedStore {
         msg: &NewMessage,
         once: &Once,
     ) -> Result<Vec<Option<MsgId>>> {
-        let now = unix_now();
         let print = fingerprint(msg);
-        let mut inner = self.lock()?;
-        match inner
-            .state
-            .seen_once(appid, msg.fromid, once.cmsgid, &print, now)
-        {
-            OnceSeen::New => {}
-            OnceSeen::Same => return Ok(vec![None; to.len()]),
-            OnceSeen::Other => return Err(StoreError::CmsgidReused),
-        }
-        // Forget expired sends now and then, not on every call: the map only
-        // grows by what is sent within one window.
-        if inner.state.once_len() >= inner.once_purge_at {
-            inner.state.purge_once(now);
-            inner.once_purge_at = (inner.state.once_len() * 2).max(ONCE_PURGE_MIN);
-        }
-        let ids = inner.append(appid, to, msg, Some((once, &print)))?;
-        Ok(ids.into_iter().map(Some).collect())
+        let ids = self.submit(Request {
+            appid: Cow::Borrowed(appid),
+            to: Cow::Borrowed(to),
+            msg: Cow::Borrowed(msg),
+            once: Some(OnceRequest {
+                cmsgid: Cow::Borrowed(once.cmsgid),
+                until: once.until,
+                print,
+            }),
+        })?;
+        Ok(match ids {
+            Some(ids) => ids.into_iter().map(Some).collect(),
+            None => vec![None; to.len()],
+        })
     }
 
     fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
         let mut inner = self.lock()?;
+        if inner.writing && inner.state.check_rebase(appid, uid, from)?.is_some() {
+            // A write after all: not while a commit group is writing.
+            inner = self.inner.wait_idle(inner)?;
+        }
         let Some(reset) = inner.state.check_rebase(appid, uid, from)? else {
             return inner.state.page(appid, uid, from, limit);
         };
@@ -630,7 +698,7 @@ impl Store for EmbeddedStore {
     }
 
     fn ack(&self, appid: &str, uid: Uid, endid: MsgId) -> Result<()> {
-        let mut inner = self.lock()?;
+        let mut inner = self.inner.lock_idle()?;
         let Some(id) = inner.state.check_ack(appid, uid, endid)? else {
             return Ok(());
         };
@@ -648,7 +716,7 @@ impl Store for EmbeddedStore {
         let file = self.lock()?.log.file();
         file.sync_data().map_err(|e| {
             let msg = format!("log fsync failed: {e}");
-            if let Ok(mut inner) = self.inner.lock() {
+            if let Ok(mut inner) = self.lock() {
                 inner.broken = Some(format!("{msg}; reopen the store"));
             }
             unavailable(msg)

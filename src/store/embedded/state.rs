@@ -91,6 +91,19 @@ pub(crate) enum OnceSeen {
     Other,
 }
 
+impl OnceSeen {
+    /// What a remembered send (until when it is recognised, its
+    /// fingerprint if known) or none means for a send with `print` at `now`.
+    pub fn judge(entry: Option<(u64, Option<&str>)>, print: &str, now: u64) -> OnceSeen {
+        match entry {
+            Some((until, _)) if until <= now => OnceSeen::New,
+            None => OnceSeen::New,
+            Some((_, Some(seen))) if seen != print => OnceSeen::Other,
+            Some(_) => OnceSeen::Same,
+        }
+    }
+}
+
 #[derive(Clone, Default)]
 pub(crate) struct State {
     apps: HashMap<String, App>,
@@ -251,15 +264,29 @@ impl State {
 
     /// The msgid each receiver in `to` would get (a receiver listed twice
     /// gets two consecutive msgids). Every receiver must exist.
-    pub fn check_append(&self, appid: &str, to: &[Uid]) -> Result<Vec<MsgId>, StoreError> {
+    /// `taken` holds, by uid of `appid`, the next msgid after those already
+    /// handed out to earlier, not yet applied appends of the same commit
+    /// group (see the module doc of [`super`]); empty outside a group.
+    pub fn check_append(
+        &self,
+        appid: &str,
+        to: &[Uid],
+        taken: &HashMap<Uid, MsgId>,
+    ) -> Result<Vec<MsgId>, StoreError> {
+        let next_of = |uid: Uid| -> Result<MsgId, StoreError> {
+            let user = self.user(appid, uid)?;
+            Ok(taken.get(&uid).copied().unwrap_or(user.next_msgid))
+        };
         if let [uid] = to {
-            return Ok(vec![self.user(appid, *uid)?.next_msgid]);
+            return Ok(vec![next_of(*uid)?]);
         }
         let mut next: HashMap<Uid, MsgId> = HashMap::with_capacity(to.len());
         let mut ids = Vec::with_capacity(to.len());
         for &uid in to {
-            let user = self.user(appid, uid)?;
-            let n = next.entry(uid).or_insert(user.next_msgid);
+            let n = match next.entry(uid) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(next_of(uid)?),
+            };
             ids.push(*n);
             *n += 1;
         }
@@ -321,12 +348,12 @@ impl State {
         // The key is owned; a lookup by borrowed parts would need a custom
         // key type, and a send with cmsgid already costs an allocation.
         let key = (appid.to_owned(), fromid, cmsgid.to_owned());
-        match self.once.get(&key) {
-            Some((until, _)) if *until <= now => OnceSeen::New,
-            None => OnceSeen::New,
-            Some((_, Some(seen))) if &**seen != print => OnceSeen::Other,
-            Some(_) => OnceSeen::Same,
-        }
+        let entry = self.once.get(&key);
+        OnceSeen::judge(
+            entry.map(|(until, seen)| (*until, seen.as_deref())),
+            print,
+            now,
+        )
     }
 
     pub fn add_once(

@@ -1090,3 +1090,361 @@ fn background_compactions_are_counted_and_failures_reported() {
         "the store goes on"
     );
 }
+
+// ---- group commit ----
+
+type Call<R> = Box<dyn FnOnce(&EmbeddedStore) -> R + Send>;
+
+/// Runs each call in a thread of its own, queued in this order while the
+/// test holds the state lock, so all of them form ONE commit group once it
+/// is released. Returns their results and how many log writes and fsyncs
+/// committing them took.
+fn one_group<R: Send + 'static>(s: &Arc<EmbeddedStore>, calls: Vec<Call<R>>) -> (Vec<R>, u64, u64) {
+    let held = s.inner.lock().unwrap();
+    let (writes, fsyncs) = held.log.counts();
+    let mut threads = Vec::new();
+    for (i, call) in calls.into_iter().enumerate() {
+        let store = Arc::clone(s);
+        threads.push(std::thread::spawn(move || call(&store)));
+        let start = std::time::Instant::now();
+        while s.commits.queued() < i + 1 {
+            assert!(start.elapsed().as_secs() < 10, "call {i} never queued");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    drop(held);
+    let results = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let inner = s.lock().unwrap();
+    let (w, f) = inner.log.counts();
+    (results, w - writes, f - fsyncs)
+}
+
+#[test]
+fn appends_queued_together_are_one_write_and_one_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(
+        EmbeddedStore::open(Options {
+            fsync: Fsync::Always,
+            ..opts(dir.path())
+        })
+        .unwrap(),
+    );
+    for name in ["a", "b", "c"] {
+        s.create_user(APP, name, "h").unwrap();
+    }
+    let calls: Vec<Call<Result<Vec<MsgId>>>> = (0..8u64)
+        .map(|t| -> Call<_> {
+            Box::new(move |s| s.append(APP, &[1, 1 + t % 3], &single(t, 1, &format!("m{t}"))))
+        })
+        .collect();
+    let (results, writes, fsyncs) = one_group(&s, calls);
+    assert_eq!(
+        (writes, fsyncs),
+        (1, 1),
+        "8 queued appends, one write, one fsync"
+    );
+    // In queue order: log order == apply order == msgid order.
+    let results: Vec<Vec<MsgId>> = results.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(
+        results,
+        [
+            vec![1, 2],
+            vec![3, 1],
+            vec![4, 1],
+            vec![5, 6],
+            vec![7, 2],
+            vec![8, 2],
+            vec![9, 10],
+            vec![11, 3]
+        ]
+    );
+    let before = dump(&s, &[APP], &[], &[]);
+    let inbox: Vec<_> = s.read(APP, 1, 0, usize::MAX).unwrap();
+    assert_eq!(inbox.len(), 11);
+    drop(s);
+    assert_eq!(dump(&open(dir.path()), &[APP], &[], &[]), before);
+}
+
+#[test]
+fn concurrent_appends_share_writes_and_replay_to_the_same_messages() {
+    const THREADS: u64 = 8;
+    const EACH: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(dir.path()));
+    // User 1 is everybody's receiver; user 2 + t is thread t's own.
+    for t in 0..=THREADS {
+        s.create_user(APP, &format!("u{t}"), "h").unwrap();
+    }
+    let writes = s.log_writes().unwrap();
+    let barrier = Arc::new(std::sync::Barrier::new(THREADS as usize + 1));
+    // Held until every thread has queued its first append, so that at
+    // least one group holds eight: the test does not depend on timing.
+    let held = s.inner.lock().unwrap();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (s, barrier) = (Arc::clone(&s), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..EACH)
+                    .map(|i| {
+                        let to = if i % 2 == 0 { vec![1] } else { vec![1, 2 + t] };
+                        let ids = s.append(APP, &to, &single(t, 1, &format!("{t}:{i}")));
+                        (to, ids.unwrap())
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = std::time::Instant::now();
+    while s.commits.queued() < THREADS as usize {
+        assert!(start.elapsed().as_secs() < 10, "the threads never queued");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(held);
+    let mut shared = Vec::new();
+    for (t, h) in threads.into_iter().enumerate() {
+        let calls = h.join().unwrap();
+        let mut last = (0, 0);
+        for (to, ids) in calls {
+            assert_eq!(ids.len(), to.len());
+            assert!(ids[0] > last.0, "thread {t}: inbox 1 goes forward");
+            last.0 = ids[0];
+            shared.push(ids[0]);
+            if let [_, own] = ids[..] {
+                assert!(own > last.1, "thread {t}: its own inbox goes forward");
+                last.1 = own;
+            }
+        }
+        assert_eq!(last.1, EACH / 2, "thread {t}: own inbox is dense");
+    }
+    shared.sort_unstable();
+    assert_eq!(shared, (1..=THREADS * EACH).collect::<Vec<_>>());
+    let appends = THREADS * EACH;
+    let written = s.log_writes().unwrap() - writes;
+    assert!(
+        written <= appends - (THREADS - 1),
+        "{written} writes for {appends} appends: not grouped"
+    );
+    let before = dump(&s, &[APP], &[], &[]);
+    let inbox = s.read(APP, 1, 0, usize::MAX).unwrap();
+    assert_eq!(inbox.len() as u64, appends);
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(dump(&s, &[APP], &[], &[]), before);
+    let replayed = s.read(APP, 1, 0, usize::MAX).unwrap();
+    assert_eq!(replayed, inbox);
+}
+
+#[test]
+fn a_request_that_fails_validation_fails_alone_in_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(dir.path()));
+    for name in ["a", "b"] {
+        s.create_user(APP, name, "h").unwrap();
+    }
+    let calls: Vec<Call<Result<Vec<MsgId>>>> = vec![
+        Box::new(|s| s.append(APP, &[1], &single(2, 1, "one"))),
+        Box::new(|s| s.append(APP, &[9], &single(2, 9, "nobody"))),
+        Box::new(|s| s.append(APP, &[2, 1], &group(1, 1, "g"))),
+        Box::new(|s| s.append(APP, &[1, 7], &group(1, 1, "half"))),
+        Box::new(|s| s.append("no-such-app", &[1], &single(2, 1, "x"))),
+        Box::new(|s| s.append(APP, &[1], &single(2, 1, "two"))),
+    ];
+    let (results, writes, _) = one_group(&s, calls);
+    assert_eq!(writes, 1);
+    assert!(
+        matches!(results[1], Err(StoreError::NoSuchUser(9))),
+        "{:?}",
+        results[1]
+    );
+    assert!(
+        matches!(results[3], Err(StoreError::NoSuchUser(7))),
+        "{:?}",
+        results[3]
+    );
+    assert!(results[4].is_err(), "{:?}", results[4]);
+    assert_eq!(results[0].as_ref().unwrap(), &[1]);
+    assert_eq!(results[2].as_ref().unwrap(), &[1, 2]);
+    assert_eq!(results[5].as_ref().unwrap(), &[3]);
+    let contents = |s: &EmbeddedStore| {
+        s.read(APP, 1, 0, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|m| (m.msgid, m.content.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let want = vec![(1, "one".into()), (2, "g".into()), (3, "two".into())];
+    assert_eq!(contents(&s), want);
+    drop(s);
+    assert_eq!(contents(&open(dir.path())), want);
+}
+
+#[test]
+fn a_cmsgid_sent_twice_in_one_group_is_a_retry_or_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(dir.path()));
+    for name in ["a", "b"] {
+        s.create_user(APP, name, "h").unwrap();
+    }
+    let until = unix_now() + 600;
+    let send = |k: &'static str, c: &'static str| -> Call<Result<Vec<Option<MsgId>>>> {
+        Box::new(move |s| s.append_once(APP, &[2], &single(1, 2, c), &Once { cmsgid: k, until }))
+    };
+    let calls = vec![
+        send("k1", "hi"),
+        send("k1", "hi"),         // a retry of the first
+        send("k1", "other text"), // the same cmsgid, another message
+        send("k2", "hi"),         // another cmsgid: a new send
+        send("k2", "hi"),
+    ];
+    let (results, writes, _) = one_group(&s, calls);
+    assert_eq!(writes, 1);
+    assert_eq!(results[0].as_ref().unwrap(), &[Some(1)]);
+    assert_eq!(results[1].as_ref().unwrap(), &[None]);
+    assert!(
+        matches!(results[2], Err(StoreError::CmsgidReused)),
+        "{:?}",
+        results[2]
+    );
+    assert_eq!(results[3].as_ref().unwrap(), &[Some(2)]);
+    assert_eq!(results[4].as_ref().unwrap(), &[None]);
+    assert_eq!(s.read(APP, 2, 0, usize::MAX).unwrap().len(), 2);
+    drop(s);
+    // Stored once each, and still recognised after replay.
+    let s = open(dir.path());
+    assert_eq!(s.read(APP, 2, 0, usize::MAX).unwrap().len(), 2);
+    let retry = s.append_once(
+        APP,
+        &[2],
+        &single(1, 2, "hi"),
+        &Once {
+            cmsgid: "k1",
+            until,
+        },
+    );
+    assert_eq!(retry.unwrap(), [None]);
+}
+
+#[test]
+fn a_failed_write_fails_its_whole_group_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(dir.path()));
+    populate(&s);
+    let until = unix_now() + 600;
+    s.append_once(
+        APP,
+        &[1],
+        &single(2, 1, "old"),
+        &Once {
+            cmsgid: "old",
+            until,
+        },
+    )
+    .unwrap();
+    let before = dump(&s, &[APP, "other"], NAMES, SELS);
+    let len = log_size(dir.path());
+    // A read-only handle: the write fails, and so does cutting the log back.
+    let ro = fs::File::open(dir.path().join("log")).unwrap();
+    s.lock().unwrap().log.set_file_for_test(ro);
+    let send = |k: &'static str, to: Uid| -> Call<Result<Vec<Option<MsgId>>>> {
+        Box::new(move |s| {
+            s.append_once(APP, &[to], &single(2, to, "x"), &Once { cmsgid: k, until })
+        })
+    };
+    let calls = vec![
+        send("k1", 1),
+        send("k1", 1), // a retry of a send that is not stored in the end
+        send("k2", 3),
+        send("k3", 99), // fails validation, as it would alone
+        send("old", 1), // sent before the group, with another message
+    ];
+    let (results, writes, _) = one_group(&s, calls);
+    assert_eq!(writes, 1);
+    for i in [0, 1, 2] {
+        assert!(
+            matches!(results[i], Err(StoreError::Unavailable(_))),
+            "{i}: {:?}",
+            results[i]
+        );
+    }
+    assert!(
+        matches!(results[3], Err(StoreError::NoSuchUser(99))),
+        "{:?}",
+        results[3]
+    );
+    // "old" was sent with another message before the group: refused
+    // without writing anything.
+    assert!(
+        matches!(results[4], Err(StoreError::CmsgidReused)),
+        "{:?}",
+        results[4]
+    );
+    assert_eq!(dump(&s, &[APP, "other"], NAMES, SELS), before);
+    // The log could not be cut back: no more writes until reopened.
+    assert!(matches!(
+        s.append(APP, &[1], &single(2, 1, "y")),
+        Err(StoreError::Unavailable(_))
+    ));
+    drop(s);
+    assert_eq!(log_size(dir.path()), len);
+    assert_eq!(
+        dump(&open(dir.path()), &[APP, "other"], NAMES, SELS),
+        before
+    );
+}
+
+#[test]
+fn readers_go_on_during_a_group_write_and_other_mutations_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    // Under `Always` the write and its fsync run without the state lock.
+    let s = Arc::new(
+        EmbeddedStore::open(Options {
+            fsync: Fsync::Always,
+            ..opts(dir.path())
+        })
+        .unwrap(),
+    );
+    for name in ["a", "b"] {
+        s.create_user(APP, name, "h").unwrap();
+    }
+    s.append(APP, &[1], &single(2, 1, "before")).unwrap();
+    let (entered_tx, entered) = crossbeam_channel::bounded(1);
+    let (go, go_rx) = crossbeam_channel::bounded::<()>(1);
+    *s.inner.before_write.lock().unwrap() = Some(Box::new(move || {
+        entered_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+    }));
+    let writer = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || s.append(APP, &[1], &single(2, 1, "during")))
+    };
+    entered.recv().unwrap();
+    // The write is under way without the state lock: reads answer, and do
+    // not see the message before it is in the log.
+    let seen = |s: &EmbeddedStore| s.read(APP, 1, 0, usize::MAX).unwrap().len();
+    assert_eq!(seen(&s), 1);
+    assert!(s.user_exists(APP, 2).unwrap());
+    // Another mutation waits for the write to end.
+    let creator = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || s.create_user(APP, "c", "h"))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !creator.is_finished(),
+        "a mutation ran during a group write"
+    );
+    assert!(!s.user_exists(APP, 3).unwrap());
+    go.send(()).unwrap();
+    assert_eq!(writer.join().unwrap().unwrap(), [2]);
+    assert_eq!(creator.join().unwrap().unwrap(), 3);
+    assert_eq!(seen(&s), 2);
+    *s.inner.before_write.lock().unwrap() = None;
+    let before = dump(&s, &[APP], &["a", "b", "c"], &[]);
+    drop(s);
+    assert_eq!(
+        dump(&open(dir.path()), &[APP], &["a", "b", "c"], &[]),
+        before
+    );
+}
