@@ -215,6 +215,14 @@ impl<T> QueueRx<T> {
         move || count.len()
     }
 
+    /// Wakes a sleeping receiver if items wait: called by one about to
+    /// block with items queued behind the one it took ([`on_block`]).
+    pub fn hand_on(&self) {
+        if self.count.len() > 0 {
+            self.sleep.wake(1);
+        }
+    }
+
     /// Takes a queued item without waiting.
     pub fn try_next(&self) -> Option<T> {
         self.try_take().ok()
@@ -319,6 +327,7 @@ impl<T> Answer<T> {
     pub fn wait(&self, wait: Duration) -> Option<T> {
         let deadline = Instant::now() + wait;
         let mut state = lock(&self.slot.state);
+        let mut first = true;
         loop {
             match std::mem::replace(&mut *state, State::Closed) {
                 State::Full(value) => return Some(value),
@@ -329,6 +338,9 @@ impl<T> Answer<T> {
             if left.is_zero() {
                 return None;
             }
+            if std::mem::take(&mut first) {
+                blocking();
+            }
             state = self
                 .slot
                 .ready
@@ -337,6 +349,30 @@ impl<T> Answer<T> {
                 .0;
         }
     }
+}
+
+thread_local! {
+    /// What this thread runs before it blocks: see [`blocking`].
+    static ON_BLOCK: std::cell::RefCell<Option<Box<dyn Fn()>>> = const {
+        std::cell::RefCell::new(None)
+    };
+}
+
+/// Sets what this thread runs whenever it is about to block ([`blocking`]).
+/// A worker hands the job queue on: a sleeping worker is woken for the
+/// jobs queued behind the one that blocks.
+pub fn on_block(hook: impl Fn() + 'static) {
+    ON_BLOCK.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
+}
+
+/// Called by a thread about to wait (a Redis round trip) or to work long
+/// (a password hash): runs its [`on_block`] hook, if it has one.
+pub fn blocking() {
+    ON_BLOCK.with(|h| {
+        if let Some(hook) = &*h.borrow() {
+            hook();
+        }
+    });
 }
 
 /// Poisoning means a thread panicked while holding a lock that guards a
@@ -445,6 +481,47 @@ mod tests {
         }
         tx.wake(usize::MAX);
         assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)), Ok(9));
+        drop(tx);
+        for r in receivers {
+            r.join().expect("a receiver ends when the last sender goes");
+        }
+    }
+
+    #[test]
+    fn a_receiver_about_to_block_hands_the_queue_to_a_sleeping_one() {
+        let (tx, rx) = queue_with_backstop(16, Duration::from_secs(3600));
+        let rx = Arc::new(rx);
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        // What the first item's receiver blocks on until the test ends.
+        let (release, blocked) = oneshot::<()>();
+        let blocked = Arc::new(Mutex::new(Some(blocked)));
+        let receivers: Vec<_> = (0..2)
+            .map(|_| {
+                let (rx, done, blocked) = (rx.clone(), done_tx.clone(), blocked.clone());
+                std::thread::spawn(move || {
+                    let hand_on = rx.clone();
+                    on_block(move || hand_on.hand_on());
+                    while let Some(item) = rx.next() {
+                        done.send(item).expect("the test listens");
+                        if item == 0 {
+                            let answer = lock(&blocked).take().expect("item 0 once");
+                            // Blocks (its promise is put only at the end).
+                            answer.wait(Duration::from_secs(3600));
+                        }
+                    }
+                })
+            })
+            .collect();
+        until_asleep(&rx, 2);
+        tx.try_queue(0u64).expect("room");
+        tx.try_queue(1).expect("room");
+        tx.wake(1);
+        let first = done_rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(first, Ok(0));
+        // Only the blocking receiver's hand-on can wake the other one.
+        let second = done_rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(second, Ok(1), "item 1 waited behind a blocked receiver");
+        release.put(());
         drop(tx);
         for r in receivers {
             r.join().expect("a receiver ends when the last sender goes");

@@ -38,8 +38,11 @@ impl HashGate {
         }
     }
 
-    /// A slot, or `None` if all are taken (the caller answers 429).
+    /// A slot, or `None` if all are taken (the caller answers 429). The
+    /// hash that follows is long work: the thread says so
+    /// ([`crate::sync::blocking`]).
     pub fn enter(&self) -> Option<HashPermit<'_>> {
+        crate::sync::blocking();
         self.free
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .ok()

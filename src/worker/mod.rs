@@ -73,13 +73,16 @@ pub struct Batching {
 impl Batching {
     /// For a store whose calls never wait on I/O (the embedded store),
     /// jobs are a few microseconds each: a woken worker runs a run of them
-    /// and answers them together. On Redis a worker waits out a round trip
-    /// per call and the calls waiting together are what fills each
-    /// pipeline: every job wakes a worker and every answer goes at once.
+    /// and answers them together. On Redis a `/p` takes the worker a few
+    /// microseconds too (Redis answers it from its lane), but other calls
+    /// wait out a round trip: answers go at once.
     pub fn for_store(waits_on_io: bool) -> Batching {
         if waits_on_io {
+            // A worker that is about to wait wakes another for the jobs
+            // behind it (`sync::blocking`); an answer never waits behind
+            // another job's round trip.
             Batching {
-                jobs_per_wake: 1,
+                jobs_per_wake: 8,
                 answers_held: 1,
                 answer_hold: Duration::ZERO,
             }
@@ -105,7 +108,13 @@ pub fn spawn(n: usize, api: Arc<Api>, jobs: JobsRx, batching: Batching) -> Vec<J
             let jobs = jobs.clone();
             std::thread::Builder::new()
                 .name(format!("haoshuo-worker-{i}"))
-                .spawn(move || run(&api, &jobs, batching))
+                .spawn(move || {
+                    // A job that waits (a Redis round trip, a password
+                    // hash) wakes another worker for the jobs behind it.
+                    let queue = jobs.clone();
+                    crate::sync::on_block(move || queue.hand_on());
+                    run(&api, &jobs, batching)
+                })
                 .expect("spawning a worker thread")
         })
         .collect()
