@@ -385,6 +385,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    /// `n` threads taking items from `rx` until it ends; what they take
+    /// comes out of the returned channel.
+    fn receivers(
+        rx: &Arc<QueueRx<u64>>,
+        n: usize,
+    ) -> (
+        Vec<std::thread::JoinHandle<()>>,
+        crossbeam_channel::Receiver<u64>,
+    ) {
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let threads = (0..n)
+            .map(|_| {
+                let (rx, done) = (rx.clone(), done_tx.clone());
+                std::thread::spawn(move || {
+                    while let Some(item) = rx.next() {
+                        done.send(item).expect("the test listens");
+                    }
+                })
+            })
+            .collect();
+        (threads, done_rx)
+    }
+
     /// Waits until `n` receivers are asleep (they count themselves first).
     fn until_asleep<T>(rx: &QueueRx<T>, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -418,17 +441,7 @@ mod tests {
         // wakes one.
         let (tx, rx) = queue_with_backstop(16, Duration::from_secs(3600));
         let rx = Arc::new(rx);
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        let receivers: Vec<_> = (0..2)
-            .map(|_| {
-                let (rx, done) = (rx.clone(), done_tx.clone());
-                std::thread::spawn(move || {
-                    while let Some(item) = rx.next() {
-                        done.send(item).expect("the test listens");
-                    }
-                })
-            })
-            .collect();
+        let (receivers, done_rx) = receivers(&rx, 2);
         for round in 0..3u64 {
             until_asleep(&rx, 2);
             tx.try_send(round).expect("room");
@@ -447,17 +460,7 @@ mod tests {
     fn items_queued_quietly_wait_for_one_wake_and_the_woken_receiver_takes_them_all() {
         let (tx, rx) = queue_with_backstop(16, Duration::from_secs(3600));
         let rx = Arc::new(rx);
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        let receivers: Vec<_> = (0..2)
-            .map(|_| {
-                let (rx, done) = (rx.clone(), done_tx.clone());
-                std::thread::spawn(move || {
-                    while let Some(item) = rx.next() {
-                        done.send(item).expect("the test listens");
-                    }
-                })
-            })
-            .collect();
+        let (receivers, done_rx) = receivers(&rx, 2);
         until_asleep(&rx, 2);
         tx.wake(0); // nothing queued: a no-op
         for item in 0..5u64 {

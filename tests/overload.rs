@@ -113,6 +113,13 @@ fn sigterm_lets_requests_at_a_worker_answer_before_the_exit() {
     srv.redis().pause();
     let (held, _refused, r) = fill_queue(srv.addr(), &alice, bob.uid);
     check_busy(&r);
+    term_then_resume(srv, poll, held);
+}
+
+/// SIGTERM with Redis paused and `held` requests waiting on it; once the
+/// poll shows the signal was handled, Redis goes on: every held request
+/// is answered `ok` with its connection closing, and the server exits 0.
+fn term_then_resume(mut srv: Server, mut poll: PendingPoll, held: Vec<(String, Conn)>) {
     let redis = srv.redis().pid();
     // term() waits for the exit, and the exit for the held answers.
     let stopping = thread::spawn(move || (srv.term(), srv));
@@ -162,20 +169,7 @@ fn sigterm_lets_sends_redis_has_answer_before_the_exit() {
             Err(ReadEnd::Eof) => panic!("{content} closed unanswered"),
         }
     }
-    let redis = srv.redis().pid();
-    let stopping = thread::spawn(move || (srv.term(), srv));
-    assert_eq!(poll.wait(WAIT), Some(noop_frame()), "the poll got no noop");
-    signal(redis, "CONT");
-    for (content, mut conn) in held {
-        let r = conn.read_response(WAIT);
-        assert_eq!(r.status, 200, "{content}: {:?}", r.json());
-        check_ok(&r.json());
-        assert_eq!(r.header("connection"), Some("close"), "{content}");
-        assert!(conn.closed_within(WAIT), "{content}: left open");
-    }
-    drop(poll);
-    let (status, _srv) = stopping.join().expect("term");
-    assert!(status.success(), "exit status {status:?}");
+    term_then_resume(srv, poll, held);
 }
 
 backend_tests!(a_delivery_dropped_by_a_full_inbox_is_read_from_the_store);
