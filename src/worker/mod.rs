@@ -213,9 +213,9 @@ fn run_job(api: &Api, job: Job) -> Option<(SubKey, CoreMsg)> {
                 let endpoint = crate::api::endpoint_index(path, req.admin);
                 let later = || -> Deliver {
                     let done = Done::of(api, &req, origin, endpoint, at);
-                    let router = api.router().clone();
+                    let (router, metrics) = (api.router().clone(), api.metrics().clone());
                     Box::new(move |reply| {
-                        let msg = done.account(reply);
+                        let msg = done.account(&metrics, reply);
                         router.mailbox(origin.core).send(msg);
                     })
                 };
@@ -235,7 +235,7 @@ fn run_job(api: &Api, job: Job) -> Option<(SubKey, CoreMsg)> {
                     })
                 })?;
                 let done = Done::of(api, &req, origin, endpoint, at);
-                Some((origin, done.account(reply)))
+                Some((origin, done.account(api.metrics(), reply)))
             }
             Job::Page { origin, sub } => {
                 let page = catch_unwind(AssertUnwindSafe(|| api.page(&sub))).unwrap_or_else(|_| {
@@ -254,7 +254,6 @@ struct Done {
     conn: ConnRef,
     endpoint: usize,
     at: Instant,
-    metrics: Arc<Metrics>,
     /// The access log's client, method and target, when it is on.
     access: Option<(Option<std::net::IpAddr>, Vec<u8>, String)>,
 }
@@ -271,16 +270,17 @@ impl Done {
             conn: origin.conn,
             endpoint,
             at,
-            metrics: api.metrics().clone(),
             access,
         }
     }
 
     /// Counts the answer, logs it, and makes it the reactor's message.
-    fn account(self, reply: Reply) -> CoreMsg {
+    /// (`metrics` is passed, not kept: an `Arc` cloned per request would
+    /// have every worker write one shared count.)
+    fn account(self, metrics: &Metrics, reply: Reply) -> CoreMsg {
         let status = status_of(&reply);
         let took = self.at.elapsed();
-        self.metrics.request(self.endpoint, status, Some(took));
+        metrics.request(self.endpoint, status, Some(took));
         if let Some((client, method, target)) = &self.access {
             crate::log::access(&crate::log::Access {
                 client: *client,
