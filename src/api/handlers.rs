@@ -321,10 +321,7 @@ impl Api {
         let reply = match self.route(origin, req, cors.as_deref(), later) {
             Ok(Some(reply)) => reply,
             Ok(None) => return None,
-            Err(e) => Reply::Http {
-                bytes: e.response(keep_alive),
-                keep_alive,
-            },
+            Err(e) => refused(&e, keep_alive),
         };
         Some(finish(reply, req.head.method, cors.as_deref()))
     }
@@ -697,7 +694,7 @@ impl Api {
                 if let Some((router, appid, to, msg)) = &routed {
                     publish(router, appid, to, Ids::Once(ids), msg);
                 }
-                OK.to_vec()
+                Cow::Borrowed(OK)
             });
             deliver(shape.reply(body));
         });
@@ -940,7 +937,6 @@ impl Api {
     }
 }
 
-/// A 200 with a JSON body.
 /// Hands a stored message to the router for the receivers that got it,
 /// in a list this thread keeps: a send allocates none.
 fn publish(router: &Router, appid: &str, to: &[Uid], ids: Ids, msg: &NewMessage) {
@@ -1003,19 +999,24 @@ struct Shape {
 
 impl Shape {
     /// A POST's answer: `body` as JSON, or the error's.
-    fn reply(self, body: Result<Vec<u8>, ApiError>) -> Reply {
-        let keep_alive = self.keep_alive;
+    fn reply(self, body: Result<Answer, ApiError>) -> Reply {
         let reply = match body {
-            Ok(body) => ok_json(&body, keep_alive),
-            Err(e) => Reply::Http {
-                bytes: e.response(keep_alive),
-                keep_alive,
-            },
+            Ok(body) => ok_json(&body, self.keep_alive),
+            Err(e) => refused(&e, self.keep_alive),
         };
         finish(reply, Method::Post, self.cors.as_deref())
     }
 }
 
+/// The answer to a request an endpoint refused.
+fn refused(e: &ApiError, keep_alive: bool) -> Reply {
+    Reply::Http {
+        bytes: e.response(keep_alive),
+        keep_alive,
+    }
+}
+
+/// A 200 with a JSON body.
 fn ok_json(body: &[u8], keep_alive: bool) -> Reply {
     let mut bytes = Vec::with_capacity(160 + body.len());
     write_response(&mut bytes, 200, CONTENT_JSON, body, keep_alive);

@@ -17,8 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::api::{Api, Deliver, Request};
-use crate::bus::ConnRef;
-use crate::bus::{CoreMsg, Reply, Sub, SubKey};
+use crate::bus::{ConnRef, CoreMsg, Reply, Sub, SubKey};
 use crate::delivery::wire::Kind;
 use crate::http::response::error_response;
 use crate::metrics::Metrics;
@@ -206,45 +205,43 @@ impl Answers {
 /// Runs one job: the answer and who it goes to; `None` when the answer
 /// goes later, once the store has answered (see [`Api::handle_then`]).
 fn run_job(api: &Api, job: Job) -> Option<(SubKey, CoreMsg)> {
-    {
-        match job {
-            Job::Request { origin, req, at } => {
-                let path = req.head.path(&req.raw);
-                let endpoint = crate::api::endpoint_index(path, req.admin);
-                let later = || -> Deliver {
-                    let done = Done::of(api, &req, origin, endpoint, at);
-                    let (router, metrics) = (api.router().clone(), api.metrics().clone());
-                    Box::new(move |reply| {
-                        let msg = done.account(&metrics, reply);
-                        router.mailbox(origin.core).send(msg);
-                    })
-                };
-                // A bug in one handler must not leave its client waiting
-                // forever, nor take the worker down with it: answer 500.
-                let reply = catch_unwind(AssertUnwindSafe(|| {
-                    api.handle_then(origin, &req, Some(&later))
-                }))
-                .unwrap_or_else(|_| {
-                    error!(
-                        "worker: a request for {} panicked; answered 500",
-                        String::from_utf8_lossy(path)
-                    );
-                    Some(Reply::Http {
-                        bytes: error_response(500, "internal error", false),
-                        keep_alive: false,
-                    })
-                })?;
+    match job {
+        Job::Request { origin, req, at } => {
+            let path = req.head.path(&req.raw);
+            let endpoint = crate::api::endpoint_index(path, req.admin);
+            let later = || -> Deliver {
                 let done = Done::of(api, &req, origin, endpoint, at);
-                Some((origin, done.account(api.metrics(), reply)))
-            }
-            Job::Page { origin, sub } => {
-                let page = catch_unwind(AssertUnwindSafe(|| api.page(&sub))).unwrap_or_else(|_| {
-                    error!("worker: a page read panicked; the subscription ends");
-                    None
-                });
-                let conn = origin.conn;
-                Some((origin, CoreMsg::Page { conn, page }))
-            }
+                let (router, metrics) = (api.router().clone(), api.metrics().clone());
+                Box::new(move |reply| {
+                    let msg = done.account(&metrics, reply);
+                    router.mailbox(origin.core).send(msg);
+                })
+            };
+            // A bug in one handler must not leave its client waiting
+            // forever, nor take the worker down with it: answer 500.
+            let reply = catch_unwind(AssertUnwindSafe(|| {
+                api.handle_then(origin, &req, Some(&later))
+            }))
+            .unwrap_or_else(|_| {
+                error!(
+                    "worker: a request for {} panicked; answered 500",
+                    String::from_utf8_lossy(path)
+                );
+                Some(Reply::Http {
+                    bytes: error_response(500, "internal error", false),
+                    keep_alive: false,
+                })
+            })?;
+            let done = Done::of(api, &req, origin, endpoint, at);
+            Some((origin, done.account(api.metrics(), reply)))
+        }
+        Job::Page { origin, sub } => {
+            let page = catch_unwind(AssertUnwindSafe(|| api.page(&sub))).unwrap_or_else(|_| {
+                error!("worker: a page read panicked; the subscription ends");
+                None
+            });
+            let conn = origin.conn;
+            Some((origin, CoreMsg::Page { conn, page }))
         }
     }
 }

@@ -427,9 +427,12 @@ fn ids_of(to: &[Uid], ids: Vec<Option<i64>>) -> Result<Vec<Option<MsgId>>> {
         .collect()
 }
 
-/// An append queued on a lane: whom it was for, and where its outcome goes.
+/// An append queued on a lane: whom it was for (all of `to` in one call),
+/// and where its outcome goes.
 struct Answered {
     to: Vec<Uid>,
+    /// Indexes into `to`: the script call's receivers.
+    call: Vec<usize>,
     then: Then,
 }
 
@@ -446,9 +449,8 @@ impl Answered {
                     Some(answer) => answer,
                     None => return Err(StoreError::Unavailable("redis: no reply".into())),
                 };
-                let all: Vec<usize> = (0..self.to.len()).collect();
                 let mut ids = vec![None; self.to.len()];
-                read_append(&all, answer, &mut ids, &mut Vec::new())?;
+                read_append(&self.call, answer, &mut ids, &mut Vec::new())?;
                 ids_of(&self.to, ids)
             });
         (self.then)(outcome)
@@ -776,10 +778,11 @@ impl Store for RedisStore {
             Ok(args) => args,
             Err(e) => return then(Err(e)),
         };
-        let all: Vec<usize> = (0..to.len()).collect();
-        let bytes = args.cmd(self, to, &all).get_packed_command();
+        let call: Vec<usize> = (0..to.len()).collect();
+        let bytes = args.cmd(self, to, &call).get_packed_command();
         let answered = Answered {
             to: to.to_vec(),
+            call,
             then,
         };
         let pool = self.pool.clone();
