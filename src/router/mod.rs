@@ -24,76 +24,107 @@ use crate::store::{MsgId, NewMessage, Uid};
 const SHARDS: usize = 64;
 
 /// One lock's share of the registry: each user's subscriptions.
-type Shard = Mutex<HashMap<(AppKey, Uid), Subs>>;
+type Shard = Mutex<Users>;
 
 /// One lock's share of when users' last held polls were answered.
 type Polled = Mutex<HashMap<(AppKey, Uid), Instant>>;
 
+/// A user, as a map key of 12 bytes instead of the tuple's 16 (packed to
+/// 4-byte alignment, so a map slot holds no padding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(C, packed(4))]
+struct UserKey {
+    app: AppKey,
+    uid: Uid,
+}
+
+impl UserKey {
+    fn new(app: AppKey, uid: Uid) -> UserKey {
+        UserKey { app, uid }
+    }
+
+    fn pair(self) -> (AppKey, Uid) {
+        (self.app, self.uid)
+    }
+}
+
 /// One subscription, and the token it was opened with (its selector as a
 /// number), so that a logout ends exactly the subscriptions of that token.
+/// 20 bytes: with its 12-byte key, a map slot of 32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, packed(4))]
 struct Entry {
     sub: SubKey,
     token: u64,
 }
 
-/// A user's subscriptions. Nearly every user online holds one stream or
-/// poll, so one is kept in the map's own slot: a user costs no heap
-/// allocation of its own (48 bytes a map entry, against 40 plus a
-/// 96-byte `Vec` of four), and no small long-lived allocation lands
-/// between a worker's short-lived ones to keep their pages resident.
-#[derive(Debug)]
-enum Subs {
-    One(Entry),
-    /// Two or more (back to `One` when one is left).
-    Many(Vec<Entry>),
+/// One lock's users and their subscriptions. Nearly every user online
+/// holds one stream or poll: those are in `one`, a map slot of 32 bytes
+/// and no heap allocation of their own (no small long-lived allocation
+/// lands between a worker's short-lived ones to keep their pages
+/// resident). A user with two or more is in `many` instead, never in both.
+#[derive(Default)]
+struct Users {
+    one: HashMap<UserKey, Entry>,
+    many: HashMap<UserKey, Vec<Entry>>,
 }
 
-impl Subs {
-    fn as_slice(&self) -> &[Entry] {
-        match self {
-            Subs::One(e) => std::slice::from_ref(e),
-            Subs::Many(v) => v,
+impl Users {
+    fn get(&self, user: UserKey) -> &[Entry] {
+        match self.one.get(&user) {
+            Some(e) => std::slice::from_ref(e),
+            None => self.many.get(&user).map_or(&[], Vec::as_slice),
         }
     }
 
-    fn len(&self) -> usize {
-        self.as_slice().len()
+    fn contains(&self, user: UserKey) -> bool {
+        self.one.contains_key(&user) || self.many.contains_key(&user)
     }
 
-    fn push(&mut self, e: Entry) {
-        match self {
-            Subs::One(first) => *self = Subs::Many(vec![*first, e]),
-            Subs::Many(v) => v.push(e),
+    fn push(&mut self, user: UserKey, e: Entry) {
+        if let Some(first) = self.one.remove(&user) {
+            self.many.insert(user, vec![first, e]);
+        } else if let Some(v) = self.many.get_mut(&user) {
+            v.push(e);
+        } else {
+            self.one.insert(user, e);
         }
     }
 
-    /// Drops the entries `drop` picks, adding their subscriptions to
-    /// `gone`; whether any is left.
-    fn remove(&mut self, drop: impl Fn(&Entry) -> bool, gone: &mut Vec<SubKey>) -> bool {
-        match self {
-            Subs::One(e) => {
-                if !drop(e) {
-                    return true;
-                }
+    /// Drops `user`'s entries that `drop` picks, adding their
+    /// subscriptions to `gone`.
+    fn remove(&mut self, user: UserKey, drop: impl Fn(&Entry) -> bool, gone: &mut Vec<SubKey>) {
+        if let Some(e) = self.one.get(&user) {
+            if drop(e) {
                 gone.push(e.sub);
-                false
+                self.one.remove(&user);
             }
-            Subs::Many(v) => {
-                v.retain(|e| {
-                    let d = drop(e);
-                    if d {
-                        gone.push(e.sub);
-                    }
-                    !d
-                });
-                let left = !v.is_empty();
-                if let [only] = v[..] {
-                    *self = Subs::One(only);
-                }
-                left
-            }
+            return;
         }
+        let Some(v) = self.many.get_mut(&user) else {
+            return;
+        };
+        v.retain(|e| {
+            let d = drop(e);
+            if d {
+                gone.push(e.sub);
+            }
+            !d
+        });
+        match v[..] {
+            [] => {
+                self.many.remove(&user);
+            }
+            [only] => {
+                self.many.remove(&user);
+                self.one.insert(user, only);
+            }
+            _ => {}
+        }
+    }
+
+    fn users(&self) -> impl Iterator<Item = (AppKey, Uid)> + '_ {
+        self.one.keys().chain(self.many.keys()).map(|u| u.pair())
     }
 }
 
@@ -179,21 +210,15 @@ impl Router {
         token: u64,
     ) -> Result<(), SubscribeError> {
         let mut shard = lock(self.shard(app, uid));
-        let held = shard.get(&(app, uid)).map_or(0, Subs::len);
-        if held >= self.per_user {
+        let user = UserKey::new(app, uid);
+        if shard.get(user).len() >= self.per_user {
             return Err(SubscribeError::TooManyForUser);
         }
         if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total {
             self.total.fetch_sub(1, Ordering::Relaxed);
             return Err(SubscribeError::TooMany);
         }
-        let e = Entry { sub, token };
-        match shard.get_mut(&(app, uid)) {
-            Some(subs) => subs.push(e),
-            None => {
-                shard.insert((app, uid), Subs::One(e));
-            }
-        }
+        shard.push(user, Entry { sub, token });
         Ok(())
     }
 
@@ -210,14 +235,8 @@ impl Router {
         drop: impl Fn(&Entry) -> bool,
         gone: &mut Vec<SubKey>,
     ) {
-        let mut shard = lock(self.shard(app, uid));
-        let Some(subs) = shard.get_mut(&(app, uid)) else {
-            return;
-        };
         let before = gone.len();
-        if !subs.remove(drop, gone) {
-            shard.remove(&(app, uid));
-        }
+        lock(self.shard(app, uid)).remove(UserKey::new(app, uid), drop, gone);
         self.total.fetch_sub(gone.len() - before, Ordering::Relaxed);
     }
 
@@ -254,7 +273,7 @@ impl Router {
     /// Whether `uid` is online on this process at `now`: it holds a
     /// stream or a poll, or its last poll was answered within the grace.
     pub fn is_online(&self, app: AppKey, uid: Uid, now: Instant) -> bool {
-        if lock(self.shard(app, uid)).contains_key(&(app, uid)) {
+        if lock(self.shard(app, uid)).contains(UserKey::new(app, uid)) {
             return true;
         }
         lock(&self.polled[self.shard_index(app, uid)])
@@ -271,7 +290,7 @@ impl Router {
         let mut users = Vec::new();
         for (shard, polled) in self.shards.iter().zip(self.polled.iter()) {
             users.clear();
-            users.extend(lock(shard).keys().copied());
+            users.extend(lock(shard).users());
             {
                 let mut polled = lock(polled);
                 polled.retain(|_, at| now.saturating_duration_since(*at) < self.poll_grace);
@@ -308,16 +327,15 @@ impl Router {
         let mut per_core: Vec<Vec<Target>> = Vec::new();
         for &(uid, msgid) in receivers {
             let shard = lock(self.shard(app, uid));
-            if let Some(subs) = shard.get(&(app, uid)) {
-                for e in subs.as_slice() {
-                    if per_core.is_empty() {
-                        per_core.resize_with(self.mailboxes.len(), Vec::new);
-                    }
-                    per_core[usize::from(e.sub.core)].push(Target {
-                        conn: e.sub.conn,
-                        msgid,
-                    });
+            for e in shard.get(UserKey::new(app, uid)) {
+                if per_core.is_empty() {
+                    per_core.resize_with(self.mailboxes.len(), Vec::new);
                 }
+                let sub = e.sub;
+                per_core[usize::from(sub.core)].push(Target {
+                    conn: sub.conn,
+                    msgid,
+                });
             }
         }
         if per_core.is_empty() {
@@ -535,14 +553,16 @@ mod tests {
     fn a_user_with_one_subscription_costs_one_map_slot() {
         // What the map holds per user online: no heap of its own for the
         // one stream nearly every user has.
-        assert_eq!(std::mem::size_of::<Entry>(), 24);
-        assert_eq!(std::mem::size_of::<((AppKey, Uid), Subs)>(), 48);
+        assert_eq!(std::mem::size_of::<Entry>(), 20);
+        assert_eq!(std::mem::size_of::<(UserKey, Entry)>(), 32);
         let (r, inboxes, _polls) = router(1, 4, 100);
         r.subscribe(1, 7, sub(0, 1), 0xaa).unwrap();
+        // (in `one`, subscriptions held), or None for a user not there.
         let slot = |r: &Router| {
-            lock(r.shard(1, 7))
-                .get(&(1, 7))
-                .map(|s| (matches!(s, Subs::One(_)), s.len()))
+            let shard = lock(r.shard(1, 7));
+            let user = UserKey::new(1, 7);
+            let held = shard.get(user).len();
+            (held > 0).then(|| (shard.one.contains_key(&user), held))
         };
         assert_eq!(slot(&r), Some((true, 1)));
         // A second device spills to a Vec, and back inline when it goes.
