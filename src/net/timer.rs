@@ -30,6 +30,10 @@ pub fn after(now: Secs, secs: Secs) -> Secs {
 /// timeout (heartbeat and poll 30 s, keep-alive 60 s) in one lap.
 const SLOTS: usize = 256;
 
+/// Entries' room a slot keeps when it empties, so slots that stay small
+/// are not freed and grown again every lap.
+const KEEP: usize = 8;
+
 pub struct TimerWheel<K> {
     slots: Vec<Vec<(Secs, K)>>,
     /// The next tick not yet fired.
@@ -73,6 +77,11 @@ impl<K: Copy> TimerWheel<K> {
                     true
                 }
             });
+            // A connect storm arms thousands in one second's slot: give
+            // back the room it no longer needs once they have fired.
+            if slot.capacity() > 4 * slot.len().max(KEEP) {
+                slot.shrink_to(2 * slot.len());
+            }
             self.next += 1;
             #[cfg(test)]
             {
@@ -149,6 +158,29 @@ mod tests {
         assert_eq!(after(10, 2), 13);
         assert_eq!(after(0, 0), 1);
         assert_eq!(after(NEVER - 5, 10), NEVER - 1, "saturates below NEVER");
+    }
+
+    #[test]
+    fn a_slot_gives_back_the_room_of_a_burst_once_it_fired() {
+        let mut w = TimerWheel::new(0);
+        for k in 0..10_000 {
+            w.arm(5, k);
+        }
+        w.arm(5 + SLOTS as Secs, 1);
+        let slot = |w: &TimerWheel<u32>| w.slots[5].capacity();
+        assert!(slot(&w) >= 10_001);
+        assert_eq!(fired(&mut w, 5).len(), 10_000);
+        assert!(
+            slot(&w) <= 4 * KEEP,
+            "the next lap's one entry keeps {}",
+            slot(&w)
+        );
+        // A slot that stays small keeps its room from lap to lap.
+        w.arm(6, 1);
+        w.arm(6, 2);
+        let room = w.slots[6].capacity();
+        fired(&mut w, 6);
+        assert_eq!(w.slots[6].capacity(), room);
     }
 
     #[test]
