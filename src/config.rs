@@ -188,6 +188,14 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_PRESENCE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub presence_secs: u64,
 
+    /// Seconds between looks at whether to give freed heap back to the
+    /// system (glibc's `malloc_trim`): done when memory freed but kept
+    /// resident has grown by an eighth of the process (a MiB at least)
+    /// since it last did. After a connect storm or a bulk provisioning
+    /// that is most of what the burst left resident (docs/c1m.md). 0: never.
+    #[arg(long, env = "HAOSHUO_HEAP_TRIM_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub heap_trim_secs: u64,
+
     /// A web origin (`https://app.example`) whose pages may call the API
     /// from a browser (CORS), repeatable or comma-separated; `*` for any.
     /// Without it, browsers on other origins are refused as before.

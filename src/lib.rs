@@ -15,6 +15,7 @@ pub mod bus;
 pub mod config;
 pub mod delivery;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod presence;

@@ -12,6 +12,7 @@ use mio::{Poll, Token, Waker};
 use crate::api::{Api, Options as ApiOptions};
 use crate::bus::CoreMsg;
 use crate::config::{resolve, Config, FsyncPolicy};
+use crate::memory::{TrimStats, Trimmer};
 use crate::metrics::{Metered, Metrics};
 use crate::net::listener;
 use crate::net::mailbox::Mailbox;
@@ -135,6 +136,8 @@ pub struct Server {
     feed: Option<Feed>,
     /// The online-status refresh, with the Redis store.
     presence: Option<Presence>,
+    /// Gives freed heap back, unless `--heap-trim-secs 0`.
+    trimmer: Option<Trimmer>,
     store: Arc<dyn Store>,
     router: Arc<Router>,
     reactors: Vec<JoinHandle<io::Result<()>>>,
@@ -158,7 +161,8 @@ impl Server {
 
         let threads = cfg.threads();
         let (jobs, job_rx) = worker::queue(cfg.job_queue);
-        let mut metrics = Metrics::new(threads);
+        let trims = Arc::new(TrimStats::default());
+        let mut metrics = Metrics::new(threads).with_trims(trims.clone());
         // The workers' side: a sender kept here would keep them running.
         let queued = job_rx.depth();
         metrics = metrics.with_queue(move || queued() as u64, cfg.job_queue);
@@ -225,6 +229,13 @@ impl Server {
                 .map_err(|e| format!("starting the presence thread: {e}"))?,
             ),
             None => None,
+        };
+        let trimmer = match cfg.heap_trim_secs {
+            0 => None,
+            secs => Some(
+                Trimmer::start(Duration::from_secs(secs), trims)
+                    .map_err(|e| format!("starting the heap trimmer: {e}"))?,
+            ),
         };
         let batching = worker::Batching::for_store(redis.is_some());
         let workers = worker::spawn(cfg.workers(), api, job_rx, batching);
@@ -302,6 +313,7 @@ impl Server {
             admin_addr,
             feed,
             presence,
+            trimmer,
             store,
             router,
             reactors,
@@ -353,6 +365,7 @@ impl Server {
         if let Some(feed) = self.feed {
             feed.stop();
         }
+        drop(self.trimmer);
         self.store
             .flush()
             .map_err(|e| format!("flushing the store: {e}"))

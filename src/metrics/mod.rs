@@ -29,6 +29,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::delivery::wire::Kind;
+use crate::memory::{self, Heap, TrimStats};
 use crate::router::Router;
 
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -222,6 +223,8 @@ pub struct Metrics {
     queue: Option<(ReadCount, u64)>,
     /// Connections the Redis store made again after losing one.
     redis_reconnects: Option<ReadCount>,
+    /// What the heap trimmer did.
+    trims: Option<Arc<TrimStats>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -246,7 +249,14 @@ impl Metrics {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             queue: None,
             redis_reconnects: None,
+            trims: None,
         }
+    }
+
+    /// Reports the heap trimmer's work.
+    pub fn with_trims(mut self, trims: Arc<TrimStats>) -> Self {
+        self.trims = Some(trims);
+        self
     }
 
     /// Reports the job queue: `len` reads its length, out of `capacity`.
@@ -334,6 +344,9 @@ impl Metrics {
             .collect();
         s.queue = self.queue.as_ref().map(|(len, cap)| (len(), *cap));
         s.redis_reconnects = self.redis_reconnects.as_ref().map(|count| count());
+        s.heap = memory::heap();
+        s.resident = memory::resident();
+        s.trims = self.trims.as_ref().map(|t| (t.trims(), t.returned()));
         let mut online = 0;
         router.for_each_online(Instant::now(), |users| online += users.len());
         s.online_users = online as u64;
@@ -390,6 +403,10 @@ pub struct Snapshot {
     queue: Option<(u64, u64)>,
     redis_reconnects: Option<u64>,
     pub online_users: u64,
+    heap: Option<Heap>,
+    resident: Option<u64>,
+    /// Trims made, and the resident bytes they gave back.
+    trims: Option<(u64, u64)>,
 }
 
 impl Snapshot {
@@ -567,6 +584,47 @@ impl Collector for Snapshot {
             family(&mut e, "haoshuo_redis_reconnects", "Connections to Redis made again after one was lost (pool lanes and the announcement feed).", Counter, |m| {
                 counter(m, n)
             })?;
+        }
+        if let Some(bytes) = self.resident {
+            family(
+                &mut e,
+                "process_resident_memory_bytes",
+                "Resident memory of this process (/proc/self/statm).",
+                Gauge,
+                |m| m.encode_gauge(&bytes),
+            )?;
+        }
+        if let Some(heap) = self.heap {
+            family(
+                &mut e,
+                "haoshuo_heap_in_use_bytes",
+                "Heap handed out by the allocator and not freed (glibc's mallinfo2).",
+                Gauge,
+                |m| m.encode_gauge(&heap.in_use),
+            )?;
+            family(
+                &mut e,
+                "haoshuo_heap_free_bytes",
+                "Heap freed and kept by the allocator for later, resident or given back.",
+                Gauge,
+                |m| m.encode_gauge(&heap.free),
+            )?;
+        }
+        if let Some((trims, returned)) = self.trims {
+            family(
+                &mut e,
+                "haoshuo_heap_trims",
+                "Times freed heap was given back to the system (--heap-trim-secs).",
+                Counter,
+                |m| counter(m, trims),
+            )?;
+            family(
+                &mut e,
+                "haoshuo_heap_returned_bytes",
+                "Resident bytes the heap trims gave back, summed.",
+                Counter,
+                |m| counter(m, returned),
+            )?;
         }
         Ok(())
     }
