@@ -205,11 +205,16 @@ impl Mem {
 }
 
 /// Memory rows: `[before provisioning, provisioned, held]`; per connection
-/// is what holding `open` streams added after provisioning.
+/// is what holding `open` streams added after provisioning, and (from
+/// start) what they and their users' provisioning added together.
 fn mem_rows(r: &mut Report, [before, provisioned, held]: [Mem; 3], open: u64) {
     let per = |a: u64, b: u64| b.saturating_sub(a) / open.max(1);
     if let Some(a) = before.rss {
         r.add("server_rss_before_provision_mib", mib(a));
+        if let Some(b) = held.rss {
+            // The stricter figure: what provisioning left resident too.
+            r.add("server_rss_per_conn_from_start_bytes", per(a, b));
+        }
     }
     if let (Some(a), Some(b)) = (provisioned.rss, held.rss) {
         r.add("server_rss_before_mib", mib(a));
