@@ -189,10 +189,10 @@ pub struct Config {
     pub presence_secs: u64,
 
     /// Seconds between looks at whether to give freed heap back to the
-    /// system (glibc's `malloc_trim`): done when memory freed but kept
-    /// resident has grown by an eighth of the process (a MiB at least)
-    /// since it last did. After a connect storm or a bulk provisioning
-    /// that is most of what the burst left resident (docs/c1m.md). 0: never.
+    /// system (glibc's `malloc_trim`): done once what the heap freed since
+    /// it last did is a 64th of the process (256 KiB at least). After a
+    /// connect storm or a bulk provisioning that is most of what the
+    /// burst left resident (docs/c1m.md). 0: never.
     #[arg(long, env = "HAOSHUO_HEAP_TRIM_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub heap_trim_secs: u64,
 

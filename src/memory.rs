@@ -7,9 +7,10 @@
 //! Measured on one process that took 18,500 streams in five seconds: 29.9
 //! MB resident, 10.3 MB after one `malloc_trim(0)` (docs/c1m.md). Resident
 //! memory is the figure operators size hosts by, so a thread here trims
-//! the heap when what is resident but not in use has grown by an eighth
-//! of the process since it last did, and the allocator holds enough free
-//! memory to be worth a walk over its arenas.
+//! the heap once what it freed since it last did (or since the heap's
+//! low point) is a sixty-fourth of the process, 256 KiB at least: at a
+//! million streams over 52 processes, a looser bound (an eighth, a MiB at
+//! least) left 20 to 70 bytes a stream resident (docs/c1m.md).
 //!
 //! What is in use and what is held free are scraped live
 //! (`haoshuo_heap_*` in docs/API.md); on other C libraries nothing is
@@ -18,12 +19,15 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 
-/// Free heap below which a trim is not worth its walk over the arenas.
-const MIN_FREE: u64 = 1 << 20;
+/// Freed heap below which a trim is not worth its walk over the arenas.
+const MIN_FREE: u64 = 256 << 10;
+/// A trim waits for freed heap of this share of the process (1/64): one
+/// walk per so much given back.
+const SHARE: u64 = 64;
 
 /// The allocator's account of the heap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,12 +82,12 @@ pub fn resident() -> Option<u64> {
 /// resident in `rss` bytes. What was freed since that low point is memory
 /// the process touched and let go, resident until trimmed (what a trim
 /// gave back stays counted as free, so it does not count again). A trim
-/// is due once that is an eighth of the process (a MiB at least): a
+/// is due once that is a sixty-fourth of the process (256 KiB at least): a
 /// process whose heap holds steady or grows with what it holds costs no
 /// walks over the arenas; one that held a burst and let it go gives it
 /// back.
 fn due(free: u64, low: u64, rss: u64) -> bool {
-    free.saturating_sub(low) >= MIN_FREE.max(rss / 8)
+    free.saturating_sub(low) >= MIN_FREE.max(rss / SHARE)
 }
 
 /// What the trimmer did, for `/metrics`.
@@ -91,6 +95,7 @@ fn due(free: u64, low: u64, rss: u64) -> bool {
 pub struct TrimStats {
     trims: AtomicU64,
     returned: AtomicU64,
+    took_ns: AtomicU64,
 }
 
 impl TrimStats {
@@ -102,6 +107,12 @@ impl TrimStats {
     /// Resident bytes the trims gave back, summed.
     pub fn returned(&self) -> u64 {
         self.returned.load(Relaxed)
+    }
+
+    /// Time spent trimming (each trim holds an arena's lock while it
+    /// walks it), summed.
+    pub fn took(&self) -> Duration {
+        Duration::from_nanos(self.took_ns.load(Relaxed))
     }
 }
 
@@ -128,10 +139,14 @@ impl Trimmer {
                     if !due(free, low, rss) {
                         continue;
                     }
+                    let started = Instant::now();
                     trim();
+                    let took = started.elapsed();
                     let Some((trimmed, free)) = now() else { return };
                     low = free;
                     stats.trims.fetch_add(1, Relaxed);
+                    let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+                    stats.took_ns.fetch_add(took, Relaxed);
                     stats
                         .returned
                         .fetch_add(rss.saturating_sub(trimmed), Relaxed);
@@ -160,13 +175,13 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     #[test]
-    fn a_trim_is_due_once_an_eighth_of_the_process_was_freed_since() {
-        // A process of 80 MiB that freed 10 MiB since the heap's low point.
-        assert!(due(15 * MIB, 5 * MIB, 80 * MIB));
-        assert!(!due(14 * MIB, 5 * MIB, 80 * MIB), "less than an eighth");
-        // A small process: a MiB at least.
-        assert!(!due(5 * MIB + MIB / 2, 5 * MIB, 8 * MIB));
-        assert!(due(6 * MIB, 5 * MIB, 8 * MIB));
+    fn a_trim_is_due_once_a_sixty_fourth_of_the_process_was_freed_since() {
+        // A process of 640 MiB that freed 10 MiB since the heap's low point.
+        assert!(due(15 * MIB, 5 * MIB, 640 * MIB));
+        assert!(!due(15 * MIB - 1, 5 * MIB, 640 * MIB), "less than a 64th");
+        // A small process: 256 KiB at least.
+        assert!(!due(5 * MIB + MIB / 8, 5 * MIB, 8 * MIB));
+        assert!(due(5 * MIB + MIB / 4, 5 * MIB, 8 * MIB));
         // Nothing freed since (a heap holding steady, or growing with what
         // it holds): nothing to give back, however much is free.
         assert!(!due(50 * MIB, 50 * MIB, 800 * MIB));

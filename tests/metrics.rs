@@ -454,6 +454,7 @@ fn heap_given_back() {
         ("haoshuo_heap_free_bytes", "gauge"),
         ("haoshuo_heap_trims", "counter"),
         ("haoshuo_heap_returned_bytes", "counter"),
+        ("haoshuo_heap_trim_seconds", "counter"),
     ] {
         assert_eq!(
             before.types.get(family).map(String::as_str),

@@ -346,7 +346,10 @@ impl Metrics {
         s.redis_reconnects = self.redis_reconnects.as_ref().map(|count| count());
         s.heap = memory::heap();
         s.resident = memory::resident();
-        s.trims = self.trims.as_ref().map(|t| (t.trims(), t.returned()));
+        s.trims = self
+            .trims
+            .as_ref()
+            .map(|t| (t.trims(), t.returned(), t.took()));
         let mut online = 0;
         router.for_each_online(Instant::now(), |users| online += users.len());
         s.online_users = online as u64;
@@ -405,8 +408,8 @@ pub struct Snapshot {
     pub online_users: u64,
     heap: Option<Heap>,
     resident: Option<u64>,
-    /// Trims made, and the resident bytes they gave back.
-    trims: Option<(u64, u64)>,
+    /// Trims made, the resident bytes they gave back, the time they took.
+    trims: Option<(u64, u64, Duration)>,
 }
 
 impl Snapshot {
@@ -610,7 +613,7 @@ impl Collector for Snapshot {
                 |m| m.encode_gauge(&heap.free),
             )?;
         }
-        if let Some((trims, returned)) = self.trims {
+        if let Some((trims, returned, took)) = self.trims {
             family(
                 &mut e,
                 "haoshuo_heap_trims",
@@ -624,6 +627,13 @@ impl Collector for Snapshot {
                 "Resident bytes the heap trims gave back, summed.",
                 Counter,
                 |m| counter(m, returned),
+            )?;
+            family(
+                &mut e,
+                "haoshuo_heap_trim_seconds",
+                "Time the heap trims took, summed (each holds an arena's lock while it walks it).",
+                Counter,
+                |m| m.encode_counter::<NoLabelSet, f64, u64>(&took.as_secs_f64(), None),
             )?;
         }
         Ok(())
