@@ -42,7 +42,7 @@
 # streams in flight over all client workers, 25000) PROCS (client
 # worker processes; default: as many as the
 # open-file limit needs) SENDERS (keep-alive connections posting the
-# messages, closed loop each: 16) RAISE_SYSCTLS (1) OUT (default: a new
+# messages, closed loop each: 4) RAISE_SYSCTLS (1) OUT (default: a new
 # /tmp/c1m.* dir, which keeps the logs and the table) HAOSHUO_BIN
 # HAOSHUO_LOAD. Exit status: haoshuo-load's (0 all good, 2 the check failed).
 set -uo pipefail
@@ -138,7 +138,7 @@ per_worker=$(( ${INFLIGHT:-25000} / workers ))
 [ "$per_worker" -ge 50 ] || per_worker=50
 timeout $((IDLE + SECS * 3 + ${CONNECT_WAIT:-600} + 600)) "$LOAD" chat --users "$CONNS" --idle-secs "$IDLE" \
   --rate "$RATE" --secs "$SECS" --target "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
-  --server-pid "$SUP" "${procs[@]}" --senders "${SENDERS:-16}" --max-inflight "$per_worker" --connect-wait "${CONNECT_WAIT:-600}" > "$OUT/table.txt" 2> "$OUT/load.log"
+  --server-pid "$SUP" "${procs[@]}" --senders "${SENDERS:-4}" --max-inflight "$per_worker" --connect-wait "${CONNECT_WAIT:-600}" > "$OUT/table.txt" 2> "$OUT/load.log"
 rc=$?
 echo "redis_cpu_secs               $(awk -v t="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / t}' "/proc/$RP/stat")" >> "$OUT/table.txt"
 echo "redis_rss_mib                $(awk -F: '/^used_memory_rss:/ {printf "%.1f", $2 / 1048576}' <(redis-cli -p "$rport" info memory | tr -d '\r'))" >> "$OUT/table.txt"

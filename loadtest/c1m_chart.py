@@ -5,7 +5,9 @@
 
 Each RUN_DIR is a c1m.sh OUT dir; its table.txt gives the streams held
 (open_after_idle), the server's RSS after the hold (all processes) and
-before the streams, and the kernel slab after and before. Two panels: the
+before the users were provisioned (before the streams, for runs that did
+not record it: a heap trim after provisioning makes that base too high),
+and the kernel slab after and before. Two panels: the
 server's memory for the streams (MiB) and the kernel's slab (GiB, both ends
 of every connection), each point labelled with its bytes per stream.
 """
@@ -20,7 +22,8 @@ def read(run: Path) -> dict:
         if len(parts) == 2:
             rows[parts[0]] = parts[1]
     n = int(rows["open_after_idle"])
-    server = float(rows["server_rss_after_mib"]) - float(rows["server_rss_before_mib"])
+    base = rows.get("server_rss_before_provision_mib", rows["server_rss_before_mib"])
+    server = float(rows["server_rss_after_mib"]) - float(base)
     slab = float(rows["kernel_slab_after_mib"]) - float(rows["kernel_slab_before_mib"])
     return {"n": n, "server_mib": server, "slab_gib": slab / 1024}
 
@@ -53,7 +56,7 @@ def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     points = sorted((read(Path(d)) for d in sys.argv[2:]), key=lambda p: p["n"])
-    body = panel(0, "haoshuo servers' RSS for the streams", points, "server_mib", "MiB",
+    body = panel(0, "haoshuo servers' RSS for the users and streams", points, "server_mib", "MiB",
                  lambda p: p["server_mib"] * 2**20 / p["n"])
     body += panel(340, "kernel slab, both ends of each connection", points, "slab_gib", "GiB",
                   lambda p: p["slab_gib"] * 2**30 / p["n"])
