@@ -67,6 +67,17 @@ impl Scrape {
         self.get(name, labels).unwrap_or(0.0)
     }
 
+    /// Asserts each `(family, type)` is in the scrape with that type.
+    fn has_families(&self, families: &[(&str, &str)]) {
+        for (family, kind) in families {
+            assert_eq!(
+                self.types.get(*family).map(String::as_str),
+                Some(*kind),
+                "{family}"
+            );
+        }
+    }
+
     fn subscriptions(&self) -> [f64; 4] {
         ["stream", "poll", "sse", "ws"].map(|kind| {
             self.get("haoshuo_subscriptions", &[("kind", kind)])
@@ -209,7 +220,7 @@ fn gauges_and_counters_follow_the_clients(backend: Backend) {
     let (alice, bob) = (&users[0], &users[1]);
 
     let before = scrape(&server);
-    for (family, kind) in [
+    before.has_families(&[
         ("haoshuo_subscriptions", "gauge"),
         ("haoshuo_online_users", "gauge"),
         ("haoshuo_deliveries", "counter"),
@@ -225,13 +236,7 @@ fn gauges_and_counters_follow_the_clients(backend: Backend) {
         ("haoshuo_mailbox_depth", "gauge"),
         ("haoshuo_mailbox_dropped", "counter"),
         ("haoshuo_mailbox_lag_events", "counter"),
-    ] {
-        assert_eq!(
-            before.types.get(family).map(String::as_str),
-            Some(kind),
-            "{family}"
-        );
-    }
+    ]);
     let redis = before.types.get("haoshuo_redis_reconnects");
     match backend {
         Backend::Redis | Backend::Cluster => {
@@ -448,20 +453,14 @@ fn heap_given_back() {
             .flag("--heap-trim-secs", 1),
     );
     let before = scrape(&server);
-    for (family, kind) in [
+    before.has_families(&[
         ("process_resident_memory_bytes", "gauge"),
         ("haoshuo_heap_in_use_bytes", "gauge"),
         ("haoshuo_heap_free_bytes", "gauge"),
         ("haoshuo_heap_trims", "counter"),
         ("haoshuo_heap_returned_bytes", "counter"),
         ("haoshuo_heap_trim_seconds", "counter"),
-    ] {
-        assert_eq!(
-            before.types.get(family).map(String::as_str),
-            Some(kind),
-            "{family}"
-        );
-    }
+    ]);
     let in_use = |s: &Scrape| s.value("haoshuo_heap_in_use_bytes", &[]);
     let resident = |s: &Scrape| s.value("process_resident_memory_bytes", &[]);
     let returned = |s: &Scrape| s.value("haoshuo_heap_returned_bytes_total", &[]);
