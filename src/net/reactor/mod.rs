@@ -28,6 +28,7 @@ use crate::api::Request;
 use crate::bus::{ConnRef, CoreMsg, SubKey};
 use crate::delivery::subscriber::{Step, HIGH_WATER};
 use crate::delivery::wire::Kind;
+use crate::http::buffer;
 use crate::http::request::{parse_head, Head, HttpError};
 use crate::http::response::{closing, error_response, CONTINUE};
 use crate::metrics::{self, CoreStats, Metrics};
@@ -141,6 +142,8 @@ pub struct Reactor {
     scratch: Box<[u8]>,
     #[allow(clippy::vec_box)] // the boxes are what a connection's InBuf holds
     spare: Vec<Box<Vec<u8>>>,
+    /// Buffers for the requests handed to workers, fed by their answers.
+    bufs: buffer::Pool,
     /// Connections with work left after their per-wake-up cap.
     again: Vec<usize>,
     /// Set by `Shutdown`: the tick by which the loop exits, drained or not.
@@ -204,6 +207,7 @@ impl Reactor {
             next_gen: 0,
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             spare: Vec::new(),
+            bufs: buffer::Pool::default(),
             again: Vec::new(),
             stopping: None,
             due: deliver::Due::default(),
@@ -474,7 +478,7 @@ impl Reactor {
                 // is parsed straight from the scratch buffer.
                 match examine(&self.scratch[..n], self.set.max_body) {
                     Examined::Complete(head, len) => {
-                        let raw = self.scratch[..len].to_vec();
+                        let raw = self.bufs.copy(&self.scratch[..len]);
                         if len < n {
                             let mut buf = take_buffer(&mut self.spare);
                             buf.extend_from_slice(&self.scratch[len..n]);
@@ -504,7 +508,7 @@ impl Reactor {
         let conn = &mut self.conns[key];
         match examine(&conn.inbuf, self.set.max_body) {
             Examined::Complete(head, len) => {
-                let raw = conn.inbuf[..len].to_vec();
+                let raw = self.bufs.copy(&conn.inbuf[..len]);
                 conn.inbuf.drain(..len);
                 if conn.inbuf.is_empty() {
                     give_buffer(&mut self.spare, conn.inbuf.take());
@@ -568,6 +572,7 @@ impl Reactor {
                 let endpoint = crate::api::endpoint_index(req.head.path(&req.raw), admin);
                 self.metrics.request(endpoint, 503, None);
                 self.log_answer(key, Some((&req.raw, &req.head)), 503, bytes.len());
+                self.bufs.keep(req.raw);
             }
             self.answer(key, &bytes, head.keep_alive);
         }
