@@ -3,7 +3,9 @@
 //! A reactor owns a `mio::Poll`, its own `SO_REUSEPORT` listener and a slab of
 //! connections. Sockets are registered once, edge-triggered, for reading and
 //! writing; readiness is remembered in the connection and reads drain until
-//! `WouldBlock`, with a cap on work per connection per wake-up. Complete
+//! `WouldBlock` or a read that does not fill the buffer (which took all the
+//! socket held: see [`Conn::read`]), with a cap on work per connection per
+//! wake-up. Complete
 //! requests go to the worker pool; answers and live messages come back
 //! through the reactor's [`Mailbox`]. A reactor never blocks on storage.
 //!
@@ -249,6 +251,9 @@ impl Reactor {
                             if event.is_readable() || event.is_read_closed() || event.is_error() {
                                 conn.readable = true;
                             }
+                            if event.is_read_closed() || event.is_error() {
+                                conn.read_closed = true;
+                            }
                             self.drive(key);
                         }
                     }
@@ -468,6 +473,9 @@ impl Reactor {
                 return;
             }
             let conn = &mut self.conns[key];
+            if !conn.readable {
+                return; // drained: the next edge brings more
+            }
             let n = match conn.read(&mut self.scratch) {
                 Input::Data(n) => n,
                 Input::Drained => return,
@@ -695,7 +703,7 @@ impl Reactor {
     fn read_ahead(&mut self, key: usize) {
         for _ in 0..READS_PER_WAKE {
             let conn = &mut self.conns[key];
-            if conn.inbuf.len() >= PIPELINE_AHEAD {
+            if conn.inbuf.len() >= PIPELINE_AHEAD || !conn.readable {
                 return; // the rest waits in the kernel
             }
             let n = match conn.read(&mut self.scratch) {
@@ -724,7 +732,7 @@ impl Reactor {
         }
         for _ in 0..READS_PER_WAKE {
             let conn = &mut self.conns[key];
-            if conn.queued() > HIGH_WATER {
+            if conn.queued() > HIGH_WATER || !conn.readable {
                 return;
             }
             let n = match conn.read(&mut self.scratch) {
@@ -772,6 +780,9 @@ impl Reactor {
     /// closes the connection.
     fn discard_input(&mut self, key: usize) {
         for _ in 0..READS_PER_WAKE {
+            if !self.conns[key].readable {
+                return;
+            }
             match self.conns[key].read(&mut self.scratch) {
                 Input::Data(_) => {}
                 Input::Drained => return,
