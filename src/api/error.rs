@@ -75,7 +75,7 @@ impl ApiError {
             ApiError::BadHandshake(_) => b"Sec-WebSocket-Version: 13\r\n".to_vec(),
             _ => Vec::new(),
         };
-        let mut out = Vec::with_capacity(200);
+        let mut out = crate::http::buffer::answer_buffer(200);
         write_error_with(&mut out, self.status(), self.msg(), keep_alive, &extra);
         out
     }

@@ -16,6 +16,7 @@ use crate::auth;
 use crate::bus::{Reply, Sub, SubKey, Subscribed};
 use crate::delivery::frame;
 use crate::delivery::wire::Kind;
+use crate::http::buffer;
 use crate::http::cors::{self, Cors};
 use crate::http::query;
 use crate::http::request::{header_value, Head, Method};
@@ -986,6 +987,7 @@ impl Later<'_> {
         let shape = Shape {
             keep_alive: self.keep_alive,
             cors: self.cors.map(Box::from),
+            buf: buffer::answer_buffer(0),
         };
         ((self.deliver)(), shape)
     }
@@ -995,13 +997,16 @@ impl Later<'_> {
 struct Shape {
     keep_alive: bool,
     cors: Option<Box<[u8]>>,
+    /// What the answer is built in: taken from the worker's thread
+    /// (`http::buffer`), so whichever thread answers allocates nothing.
+    buf: Vec<u8>,
 }
 
 impl Shape {
     /// A POST's answer: `body` as JSON, or the error's.
     fn reply(self, body: Result<Answer, ApiError>) -> Reply {
         let reply = match body {
-            Ok(body) => ok_json(&body, self.keep_alive),
+            Ok(body) => ok_json_in(self.buf, &body, self.keep_alive),
             Err(e) => refused(&e, self.keep_alive),
         };
         finish(reply, Method::Post, self.cors.as_deref())
@@ -1018,7 +1023,12 @@ fn refused(e: &ApiError, keep_alive: bool) -> Reply {
 
 /// A 200 with a JSON body.
 fn ok_json(body: &[u8], keep_alive: bool) -> Reply {
-    let mut bytes = Vec::with_capacity(160 + body.len());
+    ok_json_in(buffer::answer_buffer(0), body, keep_alive)
+}
+
+/// [`ok_json`] built in `bytes` (an empty buffer).
+fn ok_json_in(mut bytes: Vec<u8>, body: &[u8], keep_alive: bool) -> Reply {
+    bytes.reserve(160 + body.len());
     write_response(&mut bytes, 200, CONTENT_JSON, body, keep_alive);
     Reply::Http { bytes, keep_alive }
 }

@@ -3,6 +3,7 @@
 //! and status enums; it must not touch sockets, timers or connection state,
 //! and it must not print or log.
 
+pub mod buffer;
 pub mod chunked;
 pub mod cors;
 pub mod date;

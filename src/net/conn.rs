@@ -30,8 +30,12 @@ pub struct Conn {
     /// The last tick at which queued output made progress (or there was
     /// none): the send timeout counts from here.
     pub progress_at: Secs,
-    /// Readiness seen from edge-triggered events, cleared on `WouldBlock`.
+    /// Readiness seen from edge-triggered events, cleared on `WouldBlock`
+    /// or on a read that left the socket drained (see [`Conn::read`]).
     pub readable: bool,
+    /// An event said the peer closed (or the socket failed): no edge comes
+    /// after this one, so reads go on until they see it.
+    pub read_closed: bool,
     /// The request being read asked for `100 Continue` and got it.
     pub continue_sent: bool,
     /// Close (lingering) once `out` is flushed.
@@ -131,6 +135,7 @@ impl Conn {
             armed_at: NEVER,
             progress_at: 0,
             readable: false,
+            read_closed: false,
             continue_sent: false,
             close_after_flush: false,
             admin: false,
@@ -139,12 +144,23 @@ impl Conn {
         }
     }
 
-    /// Reads once into `scratch`.
+    /// Reads once into `scratch`. A read that does not fill `scratch` took
+    /// everything the socket held (a TCP read copies what is queued up to
+    /// the length asked), so the readiness is cleared as `WouldBlock` would
+    /// clear it, without the read that would say so: bytes arriving after
+    /// it raise a new edge-triggered event. Not so once the peer closed:
+    /// no event follows that one, and the close itself is still to read.
+    /// (nginx does the same with `EPOLLRDHUP`.)
     pub fn read(&mut self, scratch: &mut [u8]) -> Input {
         loop {
             match self.sock.read(scratch) {
                 Ok(0) => return Input::Closed,
-                Ok(n) => return Input::Data(n),
+                Ok(n) => {
+                    if n < scratch.len() && !self.read_closed {
+                        self.readable = false;
+                    }
+                    return Input::Data(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
                     return Input::Drained;
@@ -451,6 +467,34 @@ mod tests {
         peer.set_linger(Some(std::time::Duration::ZERO)).unwrap();
         drop(peer); // a reset
         wait_readable(&mut conn);
+        assert!(matches!(conn.read(&mut scratch), Input::Closed));
+    }
+
+    /// A read that leaves the socket drained clears the readiness without
+    /// the read that would say `WouldBlock`; one that fills the buffer
+    /// does not (more may wait), nor does one after the peer closed (its
+    /// close is still to be read, and no event will say so again).
+    #[test]
+    fn a_short_read_clears_the_readiness_unless_the_peer_closed() {
+        let (mut conn, mut peer) = slow_pair();
+        peer.write_all(b"0123456789").unwrap();
+        wait_readable(&mut conn);
+        conn.readable = true;
+        let mut four = [0; 4];
+        assert!(matches!(conn.read(&mut four), Input::Data(4)));
+        assert!(conn.readable, "a full buffer: more may wait");
+        let mut scratch = [0; 16];
+        assert!(matches!(conn.read(&mut scratch), Input::Data(6)));
+        assert_eq!(&scratch[..6], b"456789");
+        assert!(!conn.readable, "a short read drained the socket");
+
+        peer.write_all(b"bye").unwrap();
+        drop(peer);
+        wait_readable(&mut conn);
+        conn.readable = true;
+        conn.read_closed = true;
+        assert!(matches!(conn.read(&mut scratch), Input::Data(3)));
+        assert!(conn.readable, "the peer's close is still to be read");
         assert!(matches!(conn.read(&mut scratch), Input::Closed));
     }
 

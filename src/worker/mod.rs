@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::api::{Api, Deliver, Request};
 use crate::bus::{ConnRef, CoreMsg, Reply, Sub, SubKey};
 use crate::delivery::wire::Kind;
+use crate::http::buffer;
 use crate::http::response::error_response;
 use crate::metrics::Metrics;
 use crate::sync::{QueueRx, QueueTx};
@@ -231,9 +232,14 @@ fn run_job(api: &Api, job: Job) -> Option<(SubKey, CoreMsg)> {
                     bytes: error_response(500, "internal error", false),
                     keep_alive: false,
                 })
-            })?;
-            let done = Done::of(api, &req, origin, endpoint, at);
-            Some((origin, done.account(api.metrics(), reply)))
+            });
+            let answered = reply.map(|reply| {
+                let done = Done::of(api, &req, origin, endpoint, at);
+                (origin, done.account(api.metrics(), reply))
+            });
+            // The next answer this worker builds goes out in it.
+            buffer::give_back(req.raw);
+            answered
         }
         Job::Page { origin, sub } => {
             let page = catch_unwind(AssertUnwindSafe(|| api.page(&sub))).unwrap_or_else(|_| {

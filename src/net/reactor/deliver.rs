@@ -76,12 +76,16 @@ impl Reactor {
         let Some(key) = self.lookup(r) else {
             // The connection went away while its request was at a worker;
             // a subscription made for it must not outlive it.
-            if let Reply::Subscribed(s) = reply {
-                let origin = SubKey {
-                    core: self.set.core,
-                    conn: r,
-                };
-                self.router.unsubscribe(s.sub.app, s.sub.uid, origin);
+            match reply {
+                Reply::Subscribed(s) => {
+                    let origin = SubKey {
+                        core: self.set.core,
+                        conn: r,
+                    };
+                    self.router.unsubscribe(s.sub.app, s.sub.uid, origin);
+                }
+                Reply::Http { bytes, .. } => self.bufs.keep(bytes),
+                Reply::StreamRefused { .. } => {}
             }
             return;
         };
@@ -90,7 +94,11 @@ impl Reactor {
             _ => (0, false),
         };
         match reply {
-            Reply::Http { bytes, keep_alive } => self.answer(key, &bytes, keep_alive),
+            Reply::Http { bytes, keep_alive } => {
+                self.answer(key, &bytes, keep_alive);
+                // Its buffer takes a later request to a worker.
+                self.bufs.keep(bytes);
+            }
             Reply::StreamRefused {
                 frame,
                 kind,

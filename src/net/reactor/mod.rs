@@ -3,7 +3,9 @@
 //! A reactor owns a `mio::Poll`, its own `SO_REUSEPORT` listener and a slab of
 //! connections. Sockets are registered once, edge-triggered, for reading and
 //! writing; readiness is remembered in the connection and reads drain until
-//! `WouldBlock`, with a cap on work per connection per wake-up. Complete
+//! `WouldBlock` or a read that does not fill the buffer (which took all the
+//! socket held: see [`Conn::read`]), with a cap on work per connection per
+//! wake-up. Complete
 //! requests go to the worker pool; answers and live messages come back
 //! through the reactor's [`Mailbox`]. A reactor never blocks on storage.
 //!
@@ -28,6 +30,7 @@ use crate::api::Request;
 use crate::bus::{ConnRef, CoreMsg, SubKey};
 use crate::delivery::subscriber::{Step, HIGH_WATER};
 use crate::delivery::wire::Kind;
+use crate::http::buffer;
 use crate::http::request::{parse_head, Head, HttpError};
 use crate::http::response::{closing, error_response, CONTINUE};
 use crate::metrics::{self, CoreStats, Metrics};
@@ -141,6 +144,8 @@ pub struct Reactor {
     scratch: Box<[u8]>,
     #[allow(clippy::vec_box)] // the boxes are what a connection's InBuf holds
     spare: Vec<Box<Vec<u8>>>,
+    /// Buffers for the requests handed to workers, fed by their answers.
+    bufs: buffer::Pool,
     /// Connections with work left after their per-wake-up cap.
     again: Vec<usize>,
     /// Set by `Shutdown`: the tick by which the loop exits, drained or not.
@@ -204,6 +209,7 @@ impl Reactor {
             next_gen: 0,
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             spare: Vec::new(),
+            bufs: buffer::Pool::default(),
             again: Vec::new(),
             stopping: None,
             due: deliver::Due::default(),
@@ -244,6 +250,9 @@ impl Reactor {
                         if let Some(conn) = self.conns.get_mut(key) {
                             if event.is_readable() || event.is_read_closed() || event.is_error() {
                                 conn.readable = true;
+                            }
+                            if event.is_read_closed() || event.is_error() {
+                                conn.read_closed = true;
                             }
                             self.drive(key);
                         }
@@ -464,6 +473,9 @@ impl Reactor {
                 return;
             }
             let conn = &mut self.conns[key];
+            if !conn.readable {
+                return; // drained: the next edge brings more
+            }
             let n = match conn.read(&mut self.scratch) {
                 Input::Data(n) => n,
                 Input::Drained => return,
@@ -474,7 +486,7 @@ impl Reactor {
                 // is parsed straight from the scratch buffer.
                 match examine(&self.scratch[..n], self.set.max_body) {
                     Examined::Complete(head, len) => {
-                        let raw = self.scratch[..len].to_vec();
+                        let raw = self.bufs.copy(&self.scratch[..len]);
                         if len < n {
                             let mut buf = take_buffer(&mut self.spare);
                             buf.extend_from_slice(&self.scratch[len..n]);
@@ -504,7 +516,7 @@ impl Reactor {
         let conn = &mut self.conns[key];
         match examine(&conn.inbuf, self.set.max_body) {
             Examined::Complete(head, len) => {
-                let raw = conn.inbuf[..len].to_vec();
+                let raw = self.bufs.copy(&conn.inbuf[..len]);
                 conn.inbuf.drain(..len);
                 if conn.inbuf.is_empty() {
                     give_buffer(&mut self.spare, conn.inbuf.take());
@@ -568,6 +580,7 @@ impl Reactor {
                 let endpoint = crate::api::endpoint_index(req.head.path(&req.raw), admin);
                 self.metrics.request(endpoint, 503, None);
                 self.log_answer(key, Some((&req.raw, &req.head)), 503, bytes.len());
+                self.bufs.keep(req.raw);
             }
             self.answer(key, &bytes, head.keep_alive);
         }
@@ -690,7 +703,7 @@ impl Reactor {
     fn read_ahead(&mut self, key: usize) {
         for _ in 0..READS_PER_WAKE {
             let conn = &mut self.conns[key];
-            if conn.inbuf.len() >= PIPELINE_AHEAD {
+            if conn.inbuf.len() >= PIPELINE_AHEAD || !conn.readable {
                 return; // the rest waits in the kernel
             }
             let n = match conn.read(&mut self.scratch) {
@@ -719,7 +732,7 @@ impl Reactor {
         }
         for _ in 0..READS_PER_WAKE {
             let conn = &mut self.conns[key];
-            if conn.queued() > HIGH_WATER {
+            if conn.queued() > HIGH_WATER || !conn.readable {
                 return;
             }
             let n = match conn.read(&mut self.scratch) {
@@ -767,6 +780,9 @@ impl Reactor {
     /// closes the connection.
     fn discard_input(&mut self, key: usize) {
         for _ in 0..READS_PER_WAKE {
+            if !self.conns[key].readable {
+                return;
+            }
             match self.conns[key].read(&mut self.scratch) {
                 Input::Data(_) => {}
                 Input::Drained => return,
