@@ -577,6 +577,15 @@ mod tests {
         assert_eq!((slot(&r), r.subscriptions()), (Some((true, 1)), 1));
         r.unsubscribe(1, 7, sub(0, 1));
         assert_eq!((slot(&r), r.subscriptions()), (None, 0));
+        // Two devices on one token, logged out together: the user is gone
+        // from both maps, not left online with no subscription.
+        r.subscribe(1, 7, sub(0, 5), 0xcc).unwrap();
+        r.subscribe(1, 7, sub(0, 6), 0xcc).unwrap();
+        assert_eq!(slot(&r), Some((false, 2)));
+        r.revoke(1, 7, 0xcc);
+        assert_eq!((slot(&r), r.subscriptions()), (None, 0));
+        assert!(!r.is_online(1, 7, Instant::now()));
+        assert!(r.online_users(Instant::now()).is_empty());
     }
 
     #[test]
