@@ -166,21 +166,32 @@ mod tests {
         for k in 0..10_000 {
             w.arm(5, k);
         }
-        w.arm(5 + SLOTS as Secs, 1);
+        for k in 0..3 {
+            w.arm(5 + SLOTS as Secs, k);
+        }
         let slot = |w: &TimerWheel<u32>| w.slots[5].capacity();
-        assert!(slot(&w) >= 10_001);
+        assert!(slot(&w) >= 10_003);
         assert_eq!(fired(&mut w, 5).len(), 10_000);
-        assert!(
-            slot(&w) <= 4 * KEEP,
-            "the next lap's one entry keeps {}",
-            slot(&w)
-        );
+        assert_eq!(slot(&w), 6, "the next lap's three keep room for six");
         // A slot that stays small keeps its room from lap to lap.
         w.arm(6, 1);
         w.arm(6, 2);
         let room = w.slots[6].capacity();
         fired(&mut w, 6);
         assert_eq!(w.slots[6].capacity(), room);
+        // A slot still holding a quarter or more of its room keeps it:
+        // 64 entries, 48 or 44 of them fired.
+        for left in [16, 20] {
+            let tick = 7 + left as Secs;
+            for k in 0..64 {
+                let lap = if k < left { SLOTS as Secs } else { 0 };
+                w.arm(tick + lap, k);
+            }
+            let at = tick as usize % SLOTS;
+            assert_eq!(w.slots[at].capacity(), 64);
+            assert_eq!(fired(&mut w, tick).len(), 64 - left as usize);
+            assert_eq!(w.slots[at].capacity(), 64, "{left} left");
+        }
     }
 
     #[test]
