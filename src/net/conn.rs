@@ -30,12 +30,9 @@ pub struct Conn {
     /// The last tick at which queued output made progress (or there was
     /// none): the send timeout counts from here.
     pub progress_at: Secs,
-    /// Readiness seen from edge-triggered events, cleared on `WouldBlock`
-    /// or on a read that left the socket drained (see [`Conn::read`]).
-    pub readable: bool,
-    /// An event said the peer closed (or the socket failed): no edge comes
-    /// after this one, so reads go on until they see it.
-    pub read_closed: bool,
+    /// What edge-triggered events said of reading, and what the reads
+    /// since have seen (see [`Conn::read`]).
+    pub readiness: Readiness,
     /// The request being read asked for `100 Continue` and got it.
     pub continue_sent: bool,
     /// Close (lingering) once `out` is flushed.
@@ -115,6 +112,20 @@ pub enum State {
     Linger,
 }
 
+/// Whether a connection has bytes to read, as its edge-triggered events
+/// and its reads since tell it (one byte, so `Conn` stays 80).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Read until `WouldBlock`, or until a read that did not fill the
+    /// buffer: the next event brings more.
+    Drained,
+    /// An event said bytes came.
+    Readable,
+    /// An event said the peer closed (or the socket failed): no event
+    /// comes after this one, so reads go on until they see the close.
+    PeerClosed,
+}
+
 /// What a read brought.
 pub enum Input {
     /// This many bytes are in the scratch buffer.
@@ -134,8 +145,7 @@ impl Conn {
             deadline: NEVER,
             armed_at: NEVER,
             progress_at: 0,
-            readable: false,
-            read_closed: false,
+            readiness: Readiness::Drained,
             continue_sent: false,
             close_after_flush: false,
             admin: false,
@@ -144,25 +154,44 @@ impl Conn {
         }
     }
 
+    /// Takes an event's word on reading: bytes came (`readable`), or the
+    /// peer closed or the socket failed (`closed`, which stays).
+    pub fn on_event(&mut self, readable: bool, closed: bool) {
+        if closed {
+            self.readiness = Readiness::PeerClosed;
+        } else if readable && self.readiness == Readiness::Drained {
+            self.readiness = Readiness::Readable;
+        }
+    }
+
+    /// Whether a read may bring bytes (or the close).
+    pub fn readable(&self) -> bool {
+        self.readiness != Readiness::Drained
+    }
+
     /// Reads once into `scratch`. A read that does not fill `scratch` took
     /// everything the socket held (a TCP read copies what is queued up to
     /// the length asked), so the readiness is cleared as `WouldBlock` would
     /// clear it, without the read that would say so: bytes arriving after
     /// it raise a new edge-triggered event. Not so once the peer closed:
     /// no event follows that one, and the close itself is still to read.
-    /// (nginx does the same with `EPOLLRDHUP`.)
+    /// (nginx does the same with `EPOLLRDHUP`.) A drained connection reads
+    /// nothing: `Drained` until the next event.
     pub fn read(&mut self, scratch: &mut [u8]) -> Input {
+        if !self.readable() {
+            return Input::Drained;
+        }
         loop {
             match self.sock.read(scratch) {
                 Ok(0) => return Input::Closed,
                 Ok(n) => {
-                    if n < scratch.len() && !self.read_closed {
-                        self.readable = false;
+                    if n < scratch.len() && self.readiness == Readiness::Readable {
+                        self.readiness = Readiness::Drained;
                     }
                     return Input::Data(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.readable = false;
+                    self.readiness = Readiness::Drained;
                     return Input::Drained;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -453,13 +482,15 @@ mod tests {
         let (mut conn, mut peer) = slow_pair();
         peer.write_all(b"hello").unwrap();
         wait_readable(&mut conn);
-        assert!(matches!(conn.read(&mut scratch), Input::Data(5)));
-        assert_eq!(&scratch[..5], b"hello");
-        conn.readable = true;
+        conn.on_event(true, false); // as the reactor does
+        let mut five = [0; 5];
+        assert!(matches!(conn.read(&mut five), Input::Data(5)));
+        assert_eq!(&five, b"hello");
         assert!(matches!(conn.read(&mut scratch), Input::Drained));
-        assert!(!conn.readable, "WouldBlock clears the readiness");
+        assert!(!conn.readable(), "WouldBlock clears the readiness");
         drop(peer);
         wait_readable(&mut conn);
+        conn.on_event(true, false);
         assert!(matches!(conn.read(&mut scratch), Input::Closed));
 
         let (mut conn, peer) = slow_pair();
@@ -467,6 +498,7 @@ mod tests {
         peer.set_linger(Some(std::time::Duration::ZERO)).unwrap();
         drop(peer); // a reset
         wait_readable(&mut conn);
+        conn.on_event(true, false);
         assert!(matches!(conn.read(&mut scratch), Input::Closed));
     }
 
@@ -479,22 +511,27 @@ mod tests {
         let (mut conn, mut peer) = slow_pair();
         peer.write_all(b"0123456789").unwrap();
         wait_readable(&mut conn);
-        conn.readable = true;
+        conn.on_event(true, false);
         let mut four = [0; 4];
         assert!(matches!(conn.read(&mut four), Input::Data(4)));
-        assert!(conn.readable, "a full buffer: more may wait");
+        assert!(conn.readable(), "a full buffer: more may wait");
         let mut scratch = [0; 16];
         assert!(matches!(conn.read(&mut scratch), Input::Data(6)));
         assert_eq!(&scratch[..6], b"456789");
-        assert!(!conn.readable, "a short read drained the socket");
+        assert!(!conn.readable(), "a short read drained the socket");
+        // Bytes that come after it wait for their own event.
+        peer.write_all(b"more").unwrap();
+        wait_readable(&mut conn);
+        assert!(matches!(conn.read(&mut scratch), Input::Drained));
+        conn.on_event(true, false);
+        assert!(matches!(conn.read(&mut scratch), Input::Data(4)));
 
         peer.write_all(b"bye").unwrap();
         drop(peer);
         wait_readable(&mut conn);
-        conn.readable = true;
-        conn.read_closed = true;
+        conn.on_event(true, true);
         assert!(matches!(conn.read(&mut scratch), Input::Data(3)));
-        assert!(conn.readable, "the peer's close is still to be read");
+        assert!(conn.readable(), "the peer's close is still to be read");
         assert!(matches!(conn.read(&mut scratch), Input::Closed));
     }
 

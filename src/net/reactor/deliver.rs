@@ -154,7 +154,7 @@ impl Reactor {
             self.set.heartbeat
         };
         self.set_deadline(key, sub.deadline(self.now, period));
-        if self.follow_counted(key, &out, step, msgs) && self.conns[key].readable {
+        if self.follow_counted(key, &out, step, msgs) && self.conns[key].readable() {
             // A waiting connection is not read: the client may have closed
             // (or sent more) meanwhile, and edge-triggered readiness will
             // not be told again. Unseen, a closed held poll would keep its

@@ -248,12 +248,10 @@ impl Reactor {
                     Token(t) => {
                         let key = t - self.first_conn;
                         if let Some(conn) = self.conns.get_mut(key) {
-                            if event.is_readable() || event.is_read_closed() || event.is_error() {
-                                conn.readable = true;
-                            }
-                            if event.is_read_closed() || event.is_error() {
-                                conn.read_closed = true;
-                            }
+                            conn.on_event(
+                                event.is_readable(),
+                                event.is_read_closed() || event.is_error(),
+                            );
                             self.drive(key);
                         }
                     }
@@ -392,7 +390,7 @@ impl Reactor {
             }
         }
         let conn = &self.conns[key];
-        if !conn.readable {
+        if !conn.readable() {
             // Requests read ahead (behind a held poll, or pipelined) are
             // parsed even when the socket has nothing new; so are a
             // WebSocket client's frames sent right behind its handshake.
@@ -473,9 +471,6 @@ impl Reactor {
                 return;
             }
             let conn = &mut self.conns[key];
-            if !conn.readable {
-                return; // drained: the next edge brings more
-            }
             let n = match conn.read(&mut self.scratch) {
                 Input::Data(n) => n,
                 Input::Drained => return,
@@ -676,7 +671,7 @@ impl Reactor {
         } else {
             self.set.request_timeout
         };
-        if conn.readable || !conn.inbuf.is_empty() {
+        if conn.readable() || !conn.inbuf.is_empty() {
             // Pipelined requests, or bytes left in the kernel.
             self.again.push(key);
         }
@@ -703,7 +698,7 @@ impl Reactor {
     fn read_ahead(&mut self, key: usize) {
         for _ in 0..READS_PER_WAKE {
             let conn = &mut self.conns[key];
-            if conn.inbuf.len() >= PIPELINE_AHEAD || !conn.readable {
+            if conn.inbuf.len() >= PIPELINE_AHEAD {
                 return; // the rest waits in the kernel
             }
             let n = match conn.read(&mut self.scratch) {
@@ -732,7 +727,7 @@ impl Reactor {
         }
         for _ in 0..READS_PER_WAKE {
             let conn = &mut self.conns[key];
-            if conn.queued() > HIGH_WATER || !conn.readable {
+            if conn.queued() > HIGH_WATER {
                 return;
             }
             let n = match conn.read(&mut self.scratch) {
@@ -780,9 +775,6 @@ impl Reactor {
     /// closes the connection.
     fn discard_input(&mut self, key: usize) {
         for _ in 0..READS_PER_WAKE {
-            if !self.conns[key].readable {
-                return;
-            }
             match self.conns[key].read(&mut self.scratch) {
                 Input::Data(_) => {}
                 Input::Drained => return,
