@@ -8,9 +8,9 @@
 //! MB resident, 10.3 MB after one `malloc_trim(0)` (docs/c1m.md). Resident
 //! memory is the figure operators size hosts by, so a thread here trims
 //! the heap once what it freed since it last did (or since the heap's
-//! low point) is a sixty-fourth of the process, 256 KiB at least: at a
-//! million streams over 52 processes, a looser bound (an eighth, a MiB at
-//! least) left 20 to 70 bytes a stream resident (docs/c1m.md).
+//! low point) is a sixty-fourth of the process, 256 KiB at least: at
+//! 500,000 streams over 26 processes, a looser bound (an eighth, a MiB at
+//! least) left 68 bytes a stream resident (docs/c1m.md).
 //!
 //! What is in use and what is held free are scraped live
 //! (`haoshuo_heap_*` in docs/API.md); on other C libraries nothing is
