@@ -16,6 +16,8 @@
 # request (its processes' user + system time over the run, nginx's master
 # and workers) and context switches per request (all its threads): on a
 # machine shared with other work these move less than requests/s does.
+# wrk's own CPU per request is the last column: on 2 cores the client
+# takes what the server leaves, so requests/s is set by both.
 #
 # Environment (defaults in brackets):
 #   BUILDS    ["current=target/release/haoshuo"]: name=binary pairs; a
@@ -127,11 +129,14 @@ done
   echo "loadavg at start: $(cat /proc/loadavg)"
 } > "$RESULTS/meta.txt"
 
-run_wrk() { # name addr users out
+# run_wrk NAME ADDR USERS OUT: wrk's output, then its own CPU time (the
+# client shares the machine's cores with the server it measures).
+run_wrk() {
+  local clock=(/usr/bin/time -a -o "$4" -f 'CLIENT_CPU {"user": %U, "sys": %S}')
   if [ "$1" = nginx ]; then
-    timeout 60 wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$wrkdir/ok.lua" "http://$2/ok" > "$4" 2>&1
+    "${clock[@]}" timeout 60 wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$wrkdir/ok.lua" "http://$2/ok" > "$4" 2>&1
   else
-    WRK_USERS=$3 timeout 60 wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$wrkdir/p.lua" "http://$2" > "$4" 2>&1
+    WRK_USERS=$3 "${clock[@]}" timeout 60 wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$wrkdir/p.lua" "http://$2" > "$4" 2>&1
   fi
 }
 
@@ -190,6 +195,9 @@ def runs(name):
                 c = json.loads(line[11:])
                 run["cpu_us"] = c["ticks"] / c["hz"] * 1e6
                 run["switches"] = c["switches"]
+            if line.startswith("CLIENT_CPU "):
+                c = json.loads(line[11:])
+                run["client_us"] = (c["user"] + c["sys"]) * 1e6
         if "rps" in run:
             out.append(run)
     return out
@@ -199,18 +207,19 @@ ref = med([r["rps"] for r in rows["nginx"]])
 def per_req(r, key):
     return r[key] / r["requests"] if r.get("requests") and key in r else float("nan")
 ref_cpu = med([per_req(r, "cpu_us") for r in rows["nginx"]])
-print("| target | req/s (median) | rounds | p50 ms | p99 ms | non-2xx | vs nginx | server CPU µs / req | vs nginx | context switches / req |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| target | req/s (median) | rounds | p50 ms | p99 ms | non-2xx | vs nginx | server CPU µs / req | vs nginx | context switches / req | wrk CPU µs / req |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for n in names:
     rs = rows[n]
     rps = med([r["rps"] for r in rs])
     cpu = med([per_req(r, "cpu_us") for r in rs])
-    print("| %s | %s | %s | %.2f | %.2f | %d | %.2f | %.1f | %.2f | %.2f |" % (
+    print("| %s | %s | %s | %.2f | %.2f | %d | %.2f | %.1f | %.2f | %.2f | %.1f |" % (
         n, format(round(rps), ","), " / ".join(format(round(r["rps"]), ",") for r in rs),
         med([r["lat_p50_us"] for r in rs]) / 1000, med([r["lat_p99_us"] for r in rs]) / 1000,
         sum(r.get("non2xx", 0) for r in rs), rps / ref if ref else float("nan"),
         cpu, cpu / ref_cpu if ref_cpu else float("nan"),
-        med([per_req(r, "switches") for r in rs])))
+        med([per_req(r, "switches") for r in rs]),
+        med([per_req(r, "client_us") for r in rs])))
 for p in (16, 1):
     f = os.path.join(res, "redis-benchmark-P%d.txt" % p)
     if os.path.exists(f):
