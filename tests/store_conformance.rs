@@ -17,8 +17,8 @@ use common::{RedisCluster, RedisServer};
 use haoshuo::store::embedded::{self as embedded_store, EmbeddedStore};
 use haoshuo::store::redis::{self as redis_store, RedisStore};
 use haoshuo::store::{
-    unix_now, Limit, Message, MsgId, NewMessage, Once, Page, Reset, Store, StoreError, TokenInfo,
-    Uid, DATATYPE_GROUP, DATATYPE_SINGLE,
+    unix_now, Append, Limit, Message, MsgId, NewMessage, Once, Page, Reset, Store, StoreError,
+    TokenInfo, Uid, DATATYPE_GROUP, DATATYPE_SINGLE,
 };
 
 const APP: &str = "app";
@@ -158,6 +158,7 @@ conformance!(
     group_creation_checks_every_member_first,
     msgids_count_per_receiver_and_per_appid,
     append_to_an_unknown_receiver_stores_nothing,
+    a_group_of_sends_answers_each_as_alone,
     append_once_recognises_a_send_by_app_sender_and_cmsgid,
     append_once_refuses_a_cmsgid_reused_for_another_message,
     a_group_append_once_retry_stores_nothing_twice,
@@ -890,6 +891,59 @@ fn cmsgids_that_join_alike_stay_apart(kind: Kind) {
 fn only_redis_announces(kind: Kind) {
     let b = Backend::new(kind);
     assert_eq!(b.store().announces(), kind != Kind::Embedded);
+}
+
+/// `append_group` (a reactor's sends of one loop turn) answers each send
+/// what it would have been answered alone, in order, each against what the
+/// earlier ones stored: msgids follow on, one to an unknown user fails
+/// alone, a `cmsgid` sent earlier in the group is a retry (nothing stored
+/// twice) or, for another message, refused; and it stores what it answers.
+fn a_group_of_sends_answers_each_as_alone(kind: Kind) {
+    let b = Backend::new(kind);
+    let s = b.store();
+    users(s, APP, 3);
+    let (a, b2, c) = (single(1, 2, "a"), single(1, 2, "b"), group_msg(1, 1, "c"));
+    let (retry, other) = (single(3, 2, "once"), single(3, 2, "not the same"));
+    let k = once("k");
+    let send = |to, msg, once| Append {
+        appid: APP,
+        to,
+        msg,
+        once,
+    };
+    let outcomes = s.append_group(&[
+        send(&[2], &a, None),
+        send(&[2, 99], &c, None),
+        send(&[1, 2, 3], &c, None),
+        send(&[2], &b2, None),
+        send(&[2], &retry, Some(k)),
+        send(&[2], &retry, Some(k)),
+        send(&[2], &other, Some(k)),
+    ]);
+    assert_eq!(outcomes.len(), 7);
+    let mut outcomes = outcomes.into_iter();
+    let mut next = || outcomes.next().expect("an outcome per send");
+    assert_eq!(next().unwrap(), [Some(1)]);
+    assert_no_such_user(next(), 99);
+    assert_eq!(next().unwrap(), [Some(1), Some(2), Some(1)]);
+    assert_eq!(next().unwrap(), [Some(3)]);
+    assert_eq!(next().unwrap(), [Some(4)]);
+    assert_eq!(next().unwrap(), [None], "a retry stored again");
+    assert_reused(next());
+    assert_eq!(
+        inbox(s, APP, 2),
+        (
+            vec![
+                (1, "a".into()),
+                (2, "c".into()),
+                (3, "b".into()),
+                (4, "once".into())
+            ],
+            4
+        )
+    );
+    assert_eq!(inbox(s, APP, 1), (vec![(1, "c".into())], 1));
+    assert_eq!(inbox(s, APP, 3), (vec![(1, "c".into())], 1));
 }
 
 // ---- Redis only ----

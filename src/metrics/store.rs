@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use super::Metrics;
 use crate::store::{
-    Gid, Limit, Message, MsgId, NewMessage, Once, Page, Result, Store, StoreError, Then, TokenInfo,
-    Uid,
+    Append, Gid, Limit, Message, MsgId, NewMessage, Once, Page, Result, Store, StoreError, Then,
+    TokenInfo, Uid,
 };
 
 /// Store operations, the `op` label of the store metrics ([`OPS`]).
@@ -154,6 +154,22 @@ impl Store for Metered {
         once: &Once,
     ) -> Result<Vec<Option<MsgId>>> {
         self.timed(Op::AppendOnce, |s| s.append_once(appid, to, msg, once))
+    }
+    fn waits_on_io(&self) -> bool {
+        self.inner.waits_on_io()
+    }
+    /// Each send is counted as a call that took the whole group's time.
+    fn append_group(&self, group: &[Append<'_>]) -> Vec<Result<Vec<Option<MsgId>>>> {
+        let start = Instant::now();
+        let outcomes = self.inner.append_group(group);
+        for (a, r) in group.iter().zip(&outcomes) {
+            let op = match a.once {
+                Some(_) => Op::AppendOnce,
+                None => Op::Append,
+            };
+            record(&self.metrics, op, start, r);
+        }
+        outcomes
     }
     fn answers_later(&self) -> bool {
         self.inner.answers_later()

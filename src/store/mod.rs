@@ -218,6 +218,15 @@ pub fn append_now<S: Store + ?Sized>(
     }
 }
 
+/// One send of a group ([`Store::append_group`]): what
+/// [`Store::append`] or, with `once`, [`Store::append_once`] takes.
+pub struct Append<'a> {
+    pub appid: &'a str,
+    pub to: &'a [Uid],
+    pub msg: &'a NewMessage,
+    pub once: Option<Once<'a>>,
+}
+
 /// Where [`Store::append_then`] sends an append's outcome: per receiver,
 /// its msgid, or `None` where a `cmsgid` send had reached it already.
 pub type Then = Box<dyn FnOnce(Result<Vec<Option<MsgId>>>) + Send>;
@@ -319,6 +328,27 @@ pub trait Store: Send + Sync + 'static {
         msg: &NewMessage,
         once: &Once,
     ) -> Result<Vec<Option<MsgId>>>;
+
+    /// Whether a call may wait on I/O before it returns: a server's round
+    /// trip, or an fsync. A store whose calls never do (the embedded store
+    /// unless it fsyncs every write) answers the quick calls on the
+    /// reactor that read them ([`crate::api::Api::runs_inline`]).
+    fn waits_on_io(&self) -> bool {
+        true
+    }
+
+    /// Appends every send of `group`, in order, as one group where the
+    /// store can: the embedded store validates each against the state the
+    /// earlier ones leave and writes them all with one `write(2)` (and one
+    /// fsync under `--fsync always`), as it does for calls that arrive
+    /// together. Each send's outcome, in order, as [`append_now`] gives
+    /// it; one that fails fails alone. By default, one after another.
+    fn append_group(&self, group: &[Append<'_>]) -> Vec<Result<Vec<Option<MsgId>>>> {
+        group
+            .iter()
+            .map(|a| append_now(self, a.appid, a.to, a.msg, a.once.as_ref()))
+            .collect()
+    }
 
     /// Whether [`Store::append_then`] may answer on another thread, after
     /// it returned (a store that waits on a server); false: it answers

@@ -99,9 +99,10 @@ impl EmbeddedStore {
         if !queue.leading {
             queue.leading = true;
             drop(queue);
-            return self
-                .lead(Some(&req))
-                .unwrap_or_else(|| Err(unavailable("store panicked while committing")));
+            let mut answer = [None];
+            self.lead(std::slice::from_ref(&req), &mut answer);
+            let [answer] = answer;
+            return answer.unwrap_or_else(|| Err(unavailable("store panicked while committing")));
         }
         let ticket = queue.next_ticket;
         queue.next_ticket += 1;
@@ -115,7 +116,7 @@ impl EmbeddedStore {
                 // everything it took before it stops leading), so lead.
                 queue.leading = true;
                 drop(queue);
-                self.lead(None);
+                self.lead(&[], &mut []);
                 queue = commits.queue();
                 continue;
             }
@@ -128,11 +129,37 @@ impl EmbeddedStore {
         }
     }
 
-    /// Commits one group, `own` (the leader's request, if not queued)
-    /// first: takes the state lock first, so that everything queued while
-    /// it waits for it joins the group, then every waiting request; posts
-    /// the queued ones' answers and returns `own`'s.
-    fn lead(&self, own: Option<&Request<'_>>) -> Option<Answer> {
+    /// Commits `reqs` in order as one group (with whatever others have
+    /// queued meanwhile) and returns their answers in order. Waits for a
+    /// leader at work to finish, then leads with `reqs` borrowed: a
+    /// reactor's sends of one loop turn, written with one `write(2)`.
+    pub(super) fn submit_group(&self, reqs: &[Request<'_>]) -> Vec<Answer> {
+        let commits = &self.commits;
+        let mut queue = commits.queue();
+        while queue.leading {
+            queue.sleeping += 1;
+            queue = commits
+                .answered
+                .wait(queue)
+                .unwrap_or_else(PoisonError::into_inner);
+            queue.sleeping -= 1;
+        }
+        queue.leading = true;
+        drop(queue);
+        let mut answers: Vec<Option<Answer>> = reqs.iter().map(|_| None).collect();
+        self.lead(reqs, &mut answers);
+        let failed = || Err(unavailable("store panicked while committing"));
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(failed))
+            .collect()
+    }
+
+    /// Commits one group, `own` (the leader's requests, not queued) first:
+    /// takes the state lock first, so that everything queued while it
+    /// waits for it joins the group, then every waiting request; posts the
+    /// queued ones' answers and puts `own`'s in `own_answers`, in order.
+    fn lead(&self, own: &[Request<'_>], own_answers: &mut [Option<Answer>]) {
         let commits = &self.commits;
         let inner = self.inner.lock_idle();
         let batch = {
@@ -143,14 +170,13 @@ impl EmbeddedStore {
         // Ends the leadership and answers whatever was not answered, even
         // if committing panics, so no follower waits forever.
         let post = Post { commits, batch };
-        let requests = own.into_iter().chain(post.batch.iter().map(|(_, req)| req));
-        let skip = usize::from(own.is_some());
-        let mut own_answer = None;
+        let requests = own.iter().chain(post.batch.iter().map(|(_, req)| req));
+        let skip = own.len();
         // Answers go in with one lock of the queue, after the group is
         // applied.
         let mut queue: Option<MutexGuard<'_, Queue>> = None;
         let mut answer = |i: usize, answer: Answer| match i.checked_sub(skip) {
-            None => own_answer = Some(answer),
+            None => own_answers[i] = Some(answer),
             Some(j) => {
                 let queue = queue.get_or_insert_with(|| commits.queue());
                 queue.answers.insert(post.batch[j].0, answer);
@@ -166,7 +192,6 @@ impl EmbeddedStore {
         }
         drop(queue);
         drop(post);
-        own_answer
     }
 }
 

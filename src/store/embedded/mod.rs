@@ -145,8 +145,8 @@ pub use self::log::{scan_bytes, Scanned};
 use self::log::{Log, Record};
 use self::state::State;
 use super::{
-    fingerprint, unix_now, Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store, StoreError,
-    TokenInfo, Uid,
+    fingerprint, unix_now, Append, Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store,
+    StoreError, TokenInfo, Uid,
 };
 
 /// When the log is fsynced.
@@ -271,6 +271,7 @@ pub struct EmbeddedStore {
     syncer: Option<(Sender<()>, JoinHandle<()>)>,
     /// Holds the `flock` on `LOCK` until the store is dropped.
     _lock: File,
+    fsync: Fsync,
 }
 
 impl fmt::Debug for EmbeddedStore {
@@ -397,6 +398,7 @@ impl EmbeddedStore {
             dir: opts.dir,
             syncer,
             _lock: lock,
+            fsync: opts.fsync,
         })
     }
 
@@ -540,6 +542,12 @@ impl Inner {
 }
 
 impl Store for EmbeddedStore {
+    /// A write goes to the page cache; only [`Fsync::Always`] waits for
+    /// the disk before answering.
+    fn waits_on_io(&self) -> bool {
+        self.fsync == Fsync::Always
+    }
+
     fn create_user(&self, appid: &str, username: &str, pass_hash: &str) -> Result<Uid> {
         let mut inner = self.inner.lock_idle()?;
         let uid = inner.state.check_user(appid, username)?;
@@ -662,6 +670,34 @@ impl Store for EmbeddedStore {
             Some(ids) => ids.into_iter().map(Some).collect(),
             None => vec![None; to.len()],
         })
+    }
+
+    fn append_group(&self, group: &[Append<'_>]) -> Vec<Result<Vec<Option<MsgId>>>> {
+        let requests: Vec<Request<'_>> = group
+            .iter()
+            .map(|a| Request {
+                appid: Cow::Borrowed(a.appid),
+                to: Cow::Borrowed(a.to),
+                msg: Cow::Borrowed(a.msg),
+                once: a.once.as_ref().map(|once| OnceRequest {
+                    cmsgid: Cow::Borrowed(once.cmsgid),
+                    until: once.until,
+                    print: fingerprint(a.msg),
+                }),
+            })
+            .collect();
+        let answers = self.submit_group(&requests);
+        group
+            .iter()
+            .zip(answers)
+            .map(|(a, answer)| {
+                answer.map(|ids| match ids {
+                    Some(ids) => ids.into_iter().map(Some).collect(),
+                    // A retry of a send stored before: every receiver has it.
+                    None => vec![None; a.to.len()],
+                })
+            })
+            .collect()
     }
 
     fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
