@@ -238,6 +238,10 @@ impl Server {
             ),
         };
         let batching = worker::Batching::for_store(redis.is_some());
+        let work = worker::Work {
+            jobs: jobs.clone(),
+            inline: (!store.waits_on_io()).then(|| api.clone()),
+        };
         let workers = worker::spawn(cfg.workers(), api, job_rx, batching);
 
         // The first listener fixes the port (port 0 picks one); the others
@@ -292,7 +296,7 @@ impl Server {
                 inbox,
                 mailbox,
                 router.clone(),
-                jobs.clone(),
+                work.clone(),
                 metrics.clone(),
             )
             .map_err(|e| format!("starting reactor {core}: {e}"))?;

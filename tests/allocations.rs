@@ -9,9 +9,9 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use haoshuo::api::{Api, Options, Request};
+use haoshuo::api::{Answering, Api, Deliver, Held, Options, Request};
 use haoshuo::bus::{ConnRef, Reply, SubKey};
 use haoshuo::http::buffer;
 use haoshuo::http::request::parse_head;
@@ -138,6 +138,14 @@ fn ok_body(reply: &Reply) -> serde_json::Value {
 /// - 1 the page the store reads (`Page::msgs`);
 /// - 1 the answer's body (`frame::pull_body`), copied into the HTTP answer.
 const P_MAX: u64 = 4;
+/// A `/p` run by a reactor (the embedded store): held, then committed as a
+/// group of one at the end of the loop turn (a group of several shares the
+/// last 5). The 4 of any `/p`, and:
+/// - 2 the held copy of the appid and the receivers (`api::Held`);
+/// - 1 the `Deliver` its answer goes to (a box);
+/// - 2 the group's `Append`s, and the store's borrowed requests;
+/// - 3 the answers: the store's, each's msgids as `Option`s, all of them.
+const P_HELD_MAX: u64 = 12;
 const PULL_MAX: u64 = 4;
 
 #[test]
@@ -207,7 +215,41 @@ fn a_send_and_a_pull_allocate_no_more_than_pinned() {
         .collect();
     assert_eq!(contents, ["warm", "hello", "form warm-up", "form hello"]);
 
-    println!("allocations: /p {p} (a form's {p_form}), /pull of four messages {pulled}");
+    // As a reactor runs a send: held, then committed as a group (here of
+    // one) at the end of its loop turn, the answer given to its Deliver.
+    let held = Held::default();
+    let answered: Arc<Mutex<Option<Reply>>> = Arc::default();
+    let deliver = || -> Deliver {
+        let answered = Arc::clone(&answered);
+        Box::new(move |reply| *answered.lock().unwrap() = Some(reply))
+    };
+    let run_held = |req: Request| {
+        let later = Answering {
+            deliver: &deliver,
+            held: Some(&held),
+        };
+        assert!(api.handle_then(origin, &req, Some(later)).is_none());
+        api.commit_held(&held);
+        buffer::give_back(req.raw);
+    };
+    run_held(request("/p", &json("held warm-up"), false));
+    let req = request("/p", &json("held hello"), false);
+    let (p_held, ()) = allocations(|| run_held(req));
+    let reply = answered
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the held send's answer");
+    assert_eq!(ok_body(&reply)["type"], "ok");
+
+    println!(
+        "allocations: /p {p} (a form's {p_form}; held and committed alone {p_held}), \
+         /pull of four messages {pulled}"
+    );
+    assert!(
+        p_held <= P_HELD_MAX,
+        "a held /p allocated {p_held} times (pinned at {P_HELD_MAX}): what is new on its path?"
+    );
     for (p, what) in [(p, "a /p"), (p_form, "a form's /p")] {
         assert!(
             p <= P_MAX,

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A 429 with `Retry-After` of at least a second, and this message.
 fn expect_429(answer: (u16, serde_json::Value), msg: &str) {
@@ -116,6 +116,88 @@ fn busy_hashing_answers_429_at_once_and_blocks_nothing_else() {
         busy > 0,
         "eight concurrent logins never found the one slot taken"
     );
+}
+
+/// On the embedded store a send is run by the reactor that read it, not
+/// queued for a worker: a storm of logins, each hashing a password on the
+/// one worker, does not hold it up. (Queued, it waited behind every hash
+/// ahead of it.)
+#[test]
+fn a_send_does_not_wait_behind_password_hashing() {
+    let waiting = logins_waiting_when_a_send_is_answered(Opts::default());
+    assert!(
+        waiting > 0,
+        "the send was answered only after every login queued before it"
+    );
+}
+
+/// With `--fsync always` a send waits for the disk, which a reactor must
+/// never do: it goes to the worker, behind the logins queued before it.
+#[test]
+fn with_fsync_always_a_send_goes_to_a_worker() {
+    let waiting = logins_waiting_when_a_send_is_answered(Opts::default().fsync(Fsync::Always));
+    assert_eq!(waiting, 0, "a send that fsyncs was answered by a reactor");
+}
+
+/// Sends eight logins (unknown users, a password hash each) to a server
+/// with one worker, waits until the first is answered (the reactor has
+/// read the others by then: they wait for the worker), sends a message,
+/// and returns how many logins were still unanswered when its answer came.
+fn logins_waiting_when_a_send_is_answered(opts: Opts) -> usize {
+    let srv = Server::start(
+        Backend::Embedded,
+        opts.workers(1)
+            .flag("--login-per-user", 0)
+            .flag("--auth-per-ip", 0),
+    );
+    let api = srv.api();
+    let (alice, bob) = (api.user("a", "alice"), api.user("a", "bob"));
+    let mut logins: Vec<Conn> = (0..8)
+        .map(|i| {
+            let body = form_body(&login_body("a", &format!("nobody{i}"), "x"));
+            let mut conn = Conn::connect(srv.addr());
+            conn.send(&request_bytes(
+                "POST",
+                "/login",
+                &[("Content-Type", FORM)],
+                body.as_bytes(),
+            ));
+            conn
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    let mut answered = Vec::new();
+    while answered.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no login answered within {WAIT:?}"
+        );
+        for (i, conn) in logins.iter_mut().enumerate() {
+            if let Ok(r) = conn.try_read_response(Duration::from_millis(5)) {
+                assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+                answered.push(i);
+            }
+        }
+    }
+    // A send now is answered while logins still wait for their hash.
+    check_ok(&api.ok("/p", &send_body(&alice, bob.uid, "not behind the logins")));
+    let mut waiting = 0;
+    for (i, conn) in logins.iter_mut().enumerate() {
+        if answered.contains(&i) {
+            continue;
+        }
+        match conn.try_read_response(Duration::from_millis(1)) {
+            Ok(r) => assert_eq!(r.status, 401),
+            Err(ReadEnd::Timeout) => {
+                waiting += 1;
+                // Every login is answered in the end.
+                assert_eq!(conn.read_response(WAIT * 4).status, 401);
+            }
+            Err(ReadEnd::Eof) => panic!("login {i} closed unanswered"),
+        }
+    }
+    assert_eq!(api.pull(&bob).msgids(), vec![1]);
+    waiting
 }
 
 common::backend_tests!(groups_per_owner_are_bounded);

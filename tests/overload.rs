@@ -240,6 +240,10 @@ fn a_delivery_dropped_by_a_full_inbox_is_read_from_the_store(backend: Backend) {
             .workers(4)
             .admin("")
             .flag("--mailbox-capacity", 1)
+            // Every call goes to a worker, whose answers keep the inbox
+            // full: a store that fsyncs each write is never called by a
+            // reactor itself (the embedded store's calls are, otherwise).
+            .fsync(Fsync::Always)
             .flag("--send-rate", 0)
             // Redis stalls on a loaded machine are not what this is about.
             .flag("--redis-timeout-ms", 30_000),

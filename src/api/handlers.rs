@@ -1,8 +1,9 @@
 //! The endpoints of API.md, one function each.
 
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,8 +26,8 @@ use crate::http::ws;
 use crate::metrics::{self, Metrics};
 use crate::router::Router;
 use crate::store::{
-    leading_run, unix_now, Limit, MsgId, NewMessage, Once, Page, Store, Then, TokenInfo, Uid,
-    DATATYPE_GROUP, DATATYPE_SINGLE, MAX_MSGID,
+    leading_run, unix_now, Append, Limit, MsgId, NewMessage, Once, Page, Store, StoreError, Then,
+    TokenInfo, Uid, DATATYPE_GROUP, DATATYPE_SINGLE, MAX_MSGID,
 };
 
 /// Longest appid accepted, in bytes: it is a key prefix, not a document.
@@ -243,6 +244,19 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// Whether a call is quick on a store that never waits on I/O: no
+    /// password to hash (`/re`, `/login`), nothing in proportion to a
+    /// whole app (`/gre`'s members, `/admin/users`, a `/metrics` scrape).
+    fn is_quick(&self) -> bool {
+        use Endpoint::*;
+        matches!(
+            self,
+            P | Gp | Pull | Ack | Logout | Online | Stream | Poll | Sse | Ws | Healthz | Readyz
+        )
+    }
+}
+
 impl Api {
     pub fn new(store: Arc<dyn Store>, router: Arc<Router>, limits: Options) -> Api {
         let dummy_hash = auth::hash_password("haoshuo: no such user")
@@ -291,6 +305,57 @@ impl Api {
         &self.metrics
     }
 
+    /// Whether the reactor that read a request for `path` runs it itself
+    /// instead of handing it to a worker: a quick call ([`Endpoint`]) on a
+    /// store whose calls never wait on I/O ([`Store::waits_on_io`]). Such
+    /// a call costs a few microseconds, less than the two crossings
+    /// between threads (and the wake-ups) a worker would add to it.
+    pub fn runs_inline(&self, path: &[u8], admin: bool) -> bool {
+        !self.store.waits_on_io() && Endpoint::parse(path, admin).is_some_and(|(e, _)| e.is_quick())
+    }
+
+    /// Commits the sends `held` holds as one group ([`Store::append_group`]),
+    /// hands each to the router, and gives each its answer.
+    pub fn commit_held(&self, held: &Held) {
+        let mut sends = std::mem::take(&mut *held.sends.borrow_mut());
+        let group: Vec<Append<'_>> = sends
+            .iter()
+            .map(|s| Append {
+                appid: &s.appid,
+                to: &s.to,
+                msg: &s.msg,
+                once: s.once.as_ref().map(|(cmsgid, until)| Once {
+                    cmsgid,
+                    until: *until,
+                }),
+            })
+            .collect();
+        // A bug in the store must not take the reactor down, nor leave the
+        // senders waiting: each is answered as failed.
+        let outcomes = catch_unwind(AssertUnwindSafe(|| self.store.append_group(&group)))
+            .unwrap_or_else(|_| {
+                error!("a group of {} sends panicked in the store", group.len());
+                let failed = || Err(StoreError::Unavailable("store failed".into()));
+                group.iter().map(|_| failed()).collect()
+            });
+        drop(group);
+        for (send, ids) in sends.drain(..).zip(outcomes) {
+            let body = ids.map_err(ApiError::from).map(|ids| {
+                if !self.store.announces() {
+                    let ids = Ids::Once(ids);
+                    publish(&self.router, &send.appid, &send.to, ids, &send.msg);
+                }
+                Cow::Borrowed(OK)
+            });
+            (send.deliver)(send.shape.reply(body));
+        }
+        // Kept for the next turn's sends.
+        let mut kept = held.sends.borrow_mut();
+        if kept.is_empty() {
+            *kept = sends;
+        }
+    }
+
     /// Runs one request for the connection `origin` names.
     pub fn handle(&self, origin: SubKey, req: &Request) -> Reply {
         match self.handle_then(origin, req, None) {
@@ -303,12 +368,14 @@ impl Api {
     /// `None` if it goes to the [`Deliver`] that `later` makes, once the
     /// store has answered. That is a message the store takes on another
     /// thread ([`Store::answers_later`]: Redis, from its lane): the
-    /// worker goes on with other jobs meanwhile.
+    /// worker goes on with other jobs meanwhile. With `later.held`, a send
+    /// waits there, on any store, to be committed with others by
+    /// [`Api::commit_held`], which gives its answer.
     pub fn handle_then(
         &self,
         origin: SubKey,
         req: &Request,
-        later: Option<&dyn Fn() -> Deliver>,
+        later: Option<Answering<'_>>,
     ) -> Option<Reply> {
         let keep_alive = req.head.keep_alive;
         // A page on an allowed origin may read the answer (CORS); the admin
@@ -350,7 +417,7 @@ impl Api {
         origin: SubKey,
         req: &Request,
         cors: Option<&[u8]>,
-        later: Option<&dyn Fn() -> Deliver>,
+        later: Option<Answering<'_>>,
     ) -> Result<Option<Reply>, ApiError> {
         let path = req.head.path(&req.raw);
         let (endpoint, method) = Endpoint::parse(path, req.admin)
@@ -433,8 +500,9 @@ impl Api {
             }
             _ => endpoint,
         };
-        let later = later.map(|deliver| Later {
-            deliver,
+        let later = later.map(|later| Later {
+            deliver: later.deliver,
+            held: later.held,
             keep_alive,
             cors,
         });
@@ -670,6 +738,23 @@ impl Api {
             cmsgid,
             until: unix_now().saturating_add(self.limits.cmsgid_window),
         });
+        if let Some(
+            later @ Later {
+                held: Some(held), ..
+            },
+        ) = later
+        {
+            let (deliver, shape) = later.split();
+            held.sends.borrow_mut().push(HeldSend {
+                appid: appid.to_owned(),
+                to: to.to_vec(),
+                msg: msg.clone(),
+                once: once.map(|o| (o.cmsgid.to_owned(), o.until)),
+                deliver,
+                shape,
+            });
+            return Ok(None);
+        }
         let Some(later) = later.filter(|_| self.store.answers_later()) else {
             let ids = match &once {
                 Some(once) => Ids::Once(self.store.append_once(appid, to, msg, once)?),
@@ -974,10 +1059,48 @@ fn finish(mut reply: Reply, method: Method, cors: Option<&[u8]>) -> Reply {
 /// returned (see [`Api::handle_then`]).
 pub type Deliver = Box<dyn FnOnce(Reply) + Send>;
 
+/// How the caller of [`Api::handle_then`] takes an answer that comes
+/// after it returned.
+#[derive(Clone, Copy)]
+pub struct Answering<'a> {
+    /// Makes the [`Deliver`] the answer goes to.
+    pub deliver: &'a dyn Fn() -> Deliver,
+    /// Where sends wait to be committed as a group ([`Api::commit_held`]);
+    /// `None`: each is committed at once.
+    pub held: Option<&'a Held>,
+}
+
+/// Sends a reactor ran in one loop turn, held back to be committed
+/// together at its end ([`Api::commit_held`]): one log write for all of
+/// them instead of one each. Belongs to one thread.
+#[derive(Default)]
+pub struct Held {
+    sends: RefCell<Vec<HeldSend>>,
+}
+
+impl Held {
+    pub fn is_empty(&self) -> bool {
+        self.sends.borrow().is_empty()
+    }
+}
+
+/// A send waiting in [`Held`]: the append, owned, and where its answer
+/// goes.
+struct HeldSend {
+    appid: String,
+    to: Vec<Uid>,
+    msg: NewMessage,
+    /// The `cmsgid` and the end of its window.
+    once: Option<(String, u64)>,
+    deliver: Deliver,
+    shape: Shape,
+}
+
 /// A request that may be answered later: how to make its [`Deliver`],
 /// and what its answer needs to be shaped as [`Api::handle`] would.
 struct Later<'a> {
     deliver: &'a dyn Fn() -> Deliver,
+    held: Option<&'a Held>,
     keep_alive: bool,
     cors: Option<&'a [u8]>,
 }

@@ -1,9 +1,11 @@
 //! The worker pool: where API calls meet the store.
 //!
-//! Reactors never block on storage: they put a [`Job`] on one shared
-//! bounded queue ([`Jobs`]) and go on. Each worker thread takes jobs, runs
-//! them against the [`Api`], and sends the answer to the mailbox of the
-//! reactor that owns the connection, which wakes it.
+//! Reactors never wait on I/O: they put a [`Job`] on one shared bounded
+//! queue ([`Jobs`]) and go on. Each worker thread takes jobs, runs them
+//! against the [`Api`], and sends the answer to the mailbox of the reactor
+//! that owns the connection, which wakes it. (The quick calls on a store
+//! that never waits, the embedded one, a reactor runs itself with
+//! [`run_request`], as a worker would: see [`Work`].)
 //!
 //! The queue is a [`crate::sync::queue`]: a worker that finds it empty goes
 //! to sleep at once on a condition variable (no spinning `sched_yield`
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::api::{Api, Deliver, Request};
+use crate::api::{Answering, Api, Deliver, Held, Request};
 use crate::bus::{ConnRef, CoreMsg, Reply, Sub, SubKey};
 use crate::delivery::wire::Kind;
 use crate::http::buffer;
@@ -47,6 +49,15 @@ pub type Jobs = QueueTx<Job>;
 
 /// What the workers take jobs from.
 pub type JobsRx = QueueRx<Job>;
+
+/// Where a reactor's requests are run: the workers' queue, and the API it
+/// runs the quick ones with itself when the store never waits on I/O
+/// ([`Api::runs_inline`]; `None`: every request goes to a worker).
+#[derive(Clone)]
+pub struct Work {
+    pub jobs: Jobs,
+    pub inline: Option<Arc<Api>>,
+}
 
 /// The job queue, holding at most `capacity` jobs.
 pub fn queue(capacity: usize) -> (Jobs, JobsRx) {
@@ -208,38 +219,7 @@ impl Answers {
 fn run_job(api: &Api, job: Job) -> Option<(SubKey, CoreMsg)> {
     match job {
         Job::Request { origin, req, at } => {
-            let path = req.head.path(&req.raw);
-            let endpoint = crate::api::endpoint_index(path, req.admin);
-            let later = || -> Deliver {
-                let done = Done::of(api, &req, origin, endpoint, at);
-                let (router, metrics) = (api.router().clone(), api.metrics().clone());
-                Box::new(move |reply| {
-                    let msg = done.account(&metrics, reply);
-                    router.mailbox(origin.core).send(msg);
-                })
-            };
-            // A bug in one handler must not leave its client waiting
-            // forever, nor take the worker down with it: answer 500.
-            let reply = catch_unwind(AssertUnwindSafe(|| {
-                api.handle_then(origin, &req, Some(&later))
-            }))
-            .unwrap_or_else(|_| {
-                error!(
-                    "worker: a request for {} panicked; answered 500",
-                    String::from_utf8_lossy(path)
-                );
-                Some(Reply::Http {
-                    bytes: error_response(500, "internal error", false),
-                    keep_alive: false,
-                })
-            });
-            let answered = reply.map(|reply| {
-                let done = Done::of(api, &req, origin, endpoint, at);
-                (origin, done.account(api.metrics(), reply))
-            });
-            // The next answer this worker builds goes out in it.
-            buffer::give_back(req.raw);
-            answered
+            run_request(api, origin, req, at, None).map(|msg| (origin, msg))
         }
         Job::Page { origin, sub } => {
             let page = catch_unwind(AssertUnwindSafe(|| api.page(&sub))).unwrap_or_else(|_| {
@@ -250,6 +230,63 @@ fn run_job(api: &Api, job: Job) -> Option<(SubKey, CoreMsg)> {
             Some((origin, CoreMsg::Page { conn, page }))
         }
     }
+}
+
+/// Runs one request read at `at` from the connection `origin` names, on a
+/// worker or on that connection's reactor ([`Api::runs_inline`]): its
+/// answer, counted and logged, for that reactor; `None` when it goes
+/// there later, once the store has answered (a send `held` back: once the
+/// caller has committed it, [`Api::commit_held`]).
+pub fn run_request(
+    api: &Api,
+    origin: SubKey,
+    req: Request,
+    at: Instant,
+    held: Option<&Held>,
+) -> Option<CoreMsg> {
+    let path = req.head.path(&req.raw);
+    let endpoint = crate::api::endpoint_index(path, req.admin);
+    // A held send is answered by its own reactor, which reads its inbox
+    // right after committing: no wake-up is needed.
+    let wake = held.is_none();
+    let later = || -> Deliver {
+        let done = Done::of(api, &req, origin, endpoint, at);
+        let (router, metrics) = (api.router().clone(), api.metrics().clone());
+        Box::new(move |reply| {
+            let msg = done.account(&metrics, reply);
+            let mailbox = router.mailbox(origin.core);
+            match wake {
+                true => mailbox.send(msg),
+                false => mailbox.post(msg),
+            };
+        })
+    };
+    // A bug in one handler must not leave its client waiting forever, nor
+    // take the thread down with it: answer 500.
+    let reply = catch_unwind(AssertUnwindSafe(|| {
+        let later = Answering {
+            deliver: &later,
+            held,
+        };
+        api.handle_then(origin, &req, Some(later))
+    }))
+    .unwrap_or_else(|_| {
+        error!(
+            "a request for {} panicked; answered 500",
+            String::from_utf8_lossy(path)
+        );
+        Some(Reply::Http {
+            bytes: error_response(500, "internal error", false),
+            keep_alive: false,
+        })
+    });
+    let answered = reply.map(|reply| {
+        let done = Done::of(api, &req, origin, endpoint, at);
+        done.account(api.metrics(), reply)
+    });
+    // The next answer this thread builds goes out in it.
+    buffer::give_back(req.raw);
+    answered
 }
 
 /// What is counted and logged of a request once it is answered.

@@ -506,8 +506,9 @@ mod tests {
             admin: None,
         };
         let metrics = Arc::new(Metrics::new(1));
+        let work = worker::Work { jobs, inline: None };
         let reactor =
-            Reactor::new(set, poll, listeners, inbox, mailbox, router, jobs, metrics).unwrap();
+            Reactor::new(set, poll, listeners, inbox, mailbox, router, work, metrics).unwrap();
         Bench { reactor, jobs: rx }
     }
 

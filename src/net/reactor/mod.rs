@@ -7,7 +7,10 @@
 //! socket held: see [`Conn::read`]), with a cap on work per connection per
 //! wake-up. Complete
 //! requests go to the worker pool; answers and live messages come back
-//! through the reactor's [`Mailbox`]. A reactor never blocks on storage.
+//! through the reactor's [`Mailbox`]. A reactor never waits on I/O: on a
+//! store that never does (the embedded one, unless it fsyncs every write)
+//! it runs the quick calls itself ([`Api::runs_inline`]), and commits the
+//! sends of a loop turn as one group at its end.
 //!
 //! What a stream or held poll is owed is not decided here: each has a
 //! [`Subscriber`](crate::delivery::subscriber::Subscriber), fed by
@@ -26,7 +29,7 @@ use slab::Slab;
 
 mod deliver;
 
-use crate::api::Request;
+use crate::api::{Api, Held, Request};
 use crate::bus::{ConnRef, CoreMsg, SubKey};
 use crate::delivery::subscriber::{Step, HIGH_WATER};
 use crate::delivery::wire::Kind;
@@ -38,7 +41,7 @@ use crate::net::conn::{Conn, Input, State};
 use crate::net::mailbox::Mailbox;
 use crate::net::timer::{after, Secs, TimerWheel, NEVER};
 use crate::router::Router;
-use crate::worker::{Job, Jobs};
+use crate::worker::{Job, Jobs, Work};
 
 const WAKER: Token = Token(1);
 const ADMIN: Token = Token(2);
@@ -137,6 +140,8 @@ pub struct Reactor {
     mailbox: Arc<Mailbox>,
     router: Arc<Router>,
     jobs: Jobs,
+    /// The API this reactor runs quick calls with itself (see [`Work`]).
+    inline: Option<Arc<Api>>,
     timers: TimerWheel<ConnRef>,
     started: Instant,
     now: Secs,
@@ -158,6 +163,8 @@ pub struct Reactor {
     cors_held: std::collections::HashMap<usize, Box<[u8]>>,
     /// Jobs queued this loop turn: workers are woken for them at its end.
     queued: usize,
+    /// Sends run here this loop turn, committed together at its end.
+    held: Held,
     /// This reactor's counters (only it writes them).
     stats: Arc<CoreStats>,
     /// Where requests it answers itself are counted.
@@ -173,7 +180,7 @@ impl Reactor {
         inbox: Receiver<CoreMsg>,
         mailbox: Arc<Mailbox>,
         router: Arc<Router>,
-        jobs: Jobs,
+        work: Work,
         metrics: Arc<Metrics>,
     ) -> io::Result<Reactor> {
         let Listeners {
@@ -202,7 +209,8 @@ impl Reactor {
             inbox,
             mailbox,
             router,
-            jobs,
+            jobs: work.jobs,
+            inline: work.inline,
             timers: TimerWheel::new(0),
             started: Instant::now(),
             now: 0,
@@ -215,6 +223,7 @@ impl Reactor {
             due: deliver::Due::default(),
             cors_held: std::collections::HashMap::new(),
             queued: 0,
+            held: Held::default(),
         })
     }
 
@@ -282,6 +291,9 @@ impl Reactor {
                 }
             }
             self.wake_workers();
+            if !self.held.is_empty() {
+                inbox_left |= self.commit_held();
+            }
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
@@ -539,7 +551,8 @@ impl Reactor {
         }
     }
 
-    /// Hands a complete request to the worker pool.
+    /// Runs a complete request: a quick one here and now, when the store
+    /// never waits ([`Api::runs_inline`]), any other on the worker pool.
     fn dispatch(&mut self, key: usize, raw: Vec<u8>, head: Head) {
         self.next_gen = self.next_gen.wrapping_add(1);
         let conn = &mut self.conns[key];
@@ -559,16 +572,24 @@ impl Reactor {
             None
         };
         let origin = self.sub_key(key);
-        let job = Job::Request {
-            origin,
-            req: Request {
-                raw,
-                head,
-                admin,
-                peer,
-            },
-            at: Instant::now(),
+        let req = Request {
+            raw,
+            head,
+            admin,
+            peer,
         };
+        let at = Instant::now();
+        let inline =
+            (self.inline.as_deref()).filter(|api| api.runs_inline(req.head.path(&req.raw), admin));
+        if let Some(api) = inline {
+            // Answered as a worker would, then as its answer would be; a
+            // send waits for the end of the turn, committed with the others.
+            if let Some(msg) = crate::worker::run_request(api, origin, req, at, Some(&self.held)) {
+                self.on_msg(msg);
+            }
+            return;
+        }
+        let job = Job::Request { origin, req, at };
         if let Err(job) = self.queue_job(job) {
             let bytes = error_response(503, "server busy", head.keep_alive);
             if let Job::Request { req, .. } = job {
@@ -591,6 +612,16 @@ impl Reactor {
             }
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => Err(job),
         }
+    }
+
+    /// Commits the sends this turn held as one group (one log write); their
+    /// answers come through the inbox, which is read at once. True if some
+    /// of it is left for the next turn.
+    fn commit_held(&mut self) -> bool {
+        if let Some(api) = &self.inline {
+            api.commit_held(&self.held);
+        }
+        self.drain_inbox()
     }
 
     /// Wakes sleeping workers for the jobs queued this turn, one per
@@ -908,15 +939,20 @@ impl Reactor {
                 left = false;
                 break;
             };
-            match msg {
-                CoreMsg::Reply { conn, reply } => self.on_reply(conn, reply),
-                CoreMsg::Deliver { msg, to } => self.take_live(msg, to),
-                CoreMsg::Page { conn, page } => self.on_page(conn, page),
-                CoreMsg::Revoke { conn } => self.on_revoke(conn),
-                CoreMsg::Shutdown => self.begin_shutdown(),
-            }
+            self.on_msg(msg);
         }
         left
+    }
+
+    /// Handles one message from another thread (or an answer run here).
+    fn on_msg(&mut self, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Reply { conn, reply } => self.on_reply(conn, reply),
+            CoreMsg::Deliver { msg, to } => self.take_live(msg, to),
+            CoreMsg::Page { conn, page } => self.on_page(conn, page),
+            CoreMsg::Revoke { conn } => self.on_revoke(conn),
+            CoreMsg::Shutdown => self.begin_shutdown(),
+        }
     }
 
     // ---- shutdown ----
