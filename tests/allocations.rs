@@ -9,9 +9,9 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use haoshuo::api::{Answering, Api, Deliver, Held, Options, Request};
+use haoshuo::api::{Answering, Api, Held, Options, Request};
 use haoshuo::bus::{ConnRef, Reply, SubKey};
 use haoshuo::http::buffer;
 use haoshuo::http::request::parse_head;
@@ -139,13 +139,12 @@ fn ok_body(reply: &Reply) -> serde_json::Value {
 /// - 1 the answer's body (`frame::pull_body`), copied into the HTTP answer.
 const P_MAX: u64 = 4;
 /// A `/p` run by a reactor (the embedded store): held, then committed as a
-/// group of one at the end of the loop turn (a group of several shares the
-/// last 5). The 4 of any `/p`, and:
+/// group of one at the end of the loop turn. The 4 of any `/p`, and:
 /// - 2 the held copy of the appid and the receivers (`api::Held`);
-/// - 1 the `Deliver` its answer goes to (a box);
-/// - 2 the group's `Append`s, and the store's borrowed requests;
-/// - 3 the answers: the store's, each's msgids as `Option`s, all of them.
-const P_HELD_MAX: u64 = 12;
+/// - 1 its msgids as `Option`s (the group's answer, as `append_now`'s);
+/// - 4 the group's, shared by all its sends: the `Append`s, the store's
+///   borrowed requests, the store's answers, and the outcomes.
+const P_HELD_MAX: u64 = 11;
 const PULL_MAX: u64 = 4;
 
 #[test]
@@ -216,30 +215,19 @@ fn a_send_and_a_pull_allocate_no_more_than_pinned() {
     assert_eq!(contents, ["warm", "hello", "form warm-up", "form hello"]);
 
     // As a reactor runs a send: held, then committed as a group (here of
-    // one) at the end of its loop turn, the answer given to its Deliver.
+    // one) at the end of its loop turn, which gives its answer.
     let held = Held::default();
-    let answered: Arc<Mutex<Option<Reply>>> = Arc::default();
-    let deliver = || -> Deliver {
-        let answered = Arc::clone(&answered);
-        Box::new(move |reply| *answered.lock().unwrap() = Some(reply))
-    };
-    let run_held = |req: Request| {
-        let later = Answering {
-            deliver: &deliver,
-            held: Some(&held),
-        };
+    let mut replies = Vec::with_capacity(1);
+    let mut run_held = |req: Request| {
+        let later = Answering::Held(&held);
         assert!(api.handle_then(origin, &req, Some(later)).is_none());
-        api.commit_held(&held);
+        api.commit_held(&held, &mut |reply| replies.push(reply));
         buffer::give_back(req.raw);
+        replies.pop().expect("the held send's answer")
     };
     run_held(request("/p", &json("held warm-up"), false));
     let req = request("/p", &json("held hello"), false);
-    let (p_held, ()) = allocations(|| run_held(req));
-    let reply = answered
-        .lock()
-        .unwrap()
-        .take()
-        .expect("the held send's answer");
+    let (p_held, reply) = allocations(|| run_held(req));
     assert_eq!(ok_body(&reply)["type"], "ok");
 
     println!(

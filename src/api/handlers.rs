@@ -315,8 +315,9 @@ impl Api {
     }
 
     /// Commits the sends `held` holds as one group ([`Store::append_group`]),
-    /// hands each to the router, and gives each its answer.
-    pub fn commit_held(&self, held: &Held) {
+    /// hands each to the router, and gives `answer` each one's answer, in
+    /// the order they were held.
+    pub fn commit_held(&self, held: &Held, answer: &mut dyn FnMut(Reply)) {
         let mut sends = std::mem::take(&mut *held.sends.borrow_mut());
         let group: Vec<Append<'_>> = sends
             .iter()
@@ -347,7 +348,7 @@ impl Api {
                 }
                 Cow::Borrowed(OK)
             });
-            (send.deliver)(send.shape.reply(body));
+            answer(send.shape.reply(body));
         }
         // Kept for the next turn's sends.
         let mut kept = held.sends.borrow_mut();
@@ -368,8 +369,8 @@ impl Api {
     /// `None` if it goes to the [`Deliver`] that `later` makes, once the
     /// store has answered. That is a message the store takes on another
     /// thread ([`Store::answers_later`]: Redis, from its lane): the
-    /// worker goes on with other jobs meanwhile. With `later.held`, a send
-    /// waits there, on any store, to be committed with others by
+    /// worker goes on with other jobs meanwhile. With [`Answering::Held`],
+    /// a send waits there, on any store, to be committed with others by
     /// [`Api::commit_held`], which gives its answer.
     pub fn handle_then(
         &self,
@@ -500,9 +501,8 @@ impl Api {
             }
             _ => endpoint,
         };
-        let later = later.map(|later| Later {
-            deliver: later.deliver,
-            held: later.held,
+        let later = later.map(|answering| Later {
+            answering,
             keep_alive,
             cors,
         });
@@ -738,24 +738,26 @@ impl Api {
             cmsgid,
             until: unix_now().saturating_add(self.limits.cmsgid_window),
         });
-        if let Some(
-            later @ Later {
-                held: Some(held), ..
+        let later = match later {
+            Some(later) => match later.answering {
+                Answering::Held(held) => {
+                    held.sends.borrow_mut().push(HeldSend {
+                        appid: appid.to_owned(),
+                        to: to.to_vec(),
+                        msg: msg.clone(),
+                        once: once.map(|o| (o.cmsgid.to_owned(), o.until)),
+                        shape: later.shape(),
+                    });
+                    return Ok(None);
+                }
+                Answering::Deliver(deliver) if self.store.answers_later() => {
+                    Some((deliver, later.shape()))
+                }
+                Answering::Deliver(_) => None,
             },
-        ) = later
-        {
-            let (deliver, shape) = later.split();
-            held.sends.borrow_mut().push(HeldSend {
-                appid: appid.to_owned(),
-                to: to.to_vec(),
-                msg: msg.clone(),
-                once: once.map(|o| (o.cmsgid.to_owned(), o.until)),
-                deliver,
-                shape,
-            });
-            return Ok(None);
-        }
-        let Some(later) = later.filter(|_| self.store.answers_later()) else {
+            None => None,
+        };
+        let Some((deliver, shape)) = later else {
             let ids = match &once {
                 Some(once) => Ids::Once(self.store.append_once(appid, to, msg, once)?),
                 None => Ids::Each(self.store.append(appid, to, msg)?),
@@ -766,7 +768,7 @@ impl Api {
             }
             return Ok(Some(Cow::Borrowed(OK)));
         };
-        let (deliver, shape) = later.split();
+        let deliver = deliver();
         let routed = (!self.store.announces()).then(|| {
             (
                 self.router.clone(),
@@ -1062,12 +1064,13 @@ pub type Deliver = Box<dyn FnOnce(Reply) + Send>;
 /// How the caller of [`Api::handle_then`] takes an answer that comes
 /// after it returned.
 #[derive(Clone, Copy)]
-pub struct Answering<'a> {
-    /// Makes the [`Deliver`] the answer goes to.
-    pub deliver: &'a dyn Fn() -> Deliver,
-    /// Where sends wait to be committed as a group ([`Api::commit_held`]);
-    /// `None`: each is committed at once.
-    pub held: Option<&'a Held>,
+pub enum Answering<'a> {
+    /// On a store that answers later, the answer goes to the [`Deliver`]
+    /// this makes.
+    Deliver(&'a dyn Fn() -> Deliver),
+    /// A send waits here to be committed with others; [`Api::commit_held`]
+    /// gives its answer.
+    Held(&'a Held),
 }
 
 /// Sends a reactor ran in one loop turn, held back to be committed
@@ -1084,35 +1087,31 @@ impl Held {
     }
 }
 
-/// A send waiting in [`Held`]: the append, owned, and where its answer
-/// goes.
+/// A send waiting in [`Held`]: the append, owned, and its answer's shape.
 struct HeldSend {
     appid: String,
     to: Vec<Uid>,
     msg: NewMessage,
     /// The `cmsgid` and the end of its window.
     once: Option<(String, u64)>,
-    deliver: Deliver,
     shape: Shape,
 }
 
-/// A request that may be answered later: how to make its [`Deliver`],
-/// and what its answer needs to be shaped as [`Api::handle`] would.
+/// A request that may be answered later: where its answer goes, and what
+/// it needs to be shaped as [`Api::handle`] would.
 struct Later<'a> {
-    deliver: &'a dyn Fn() -> Deliver,
-    held: Option<&'a Held>,
+    answering: Answering<'a>,
     keep_alive: bool,
     cors: Option<&'a [u8]>,
 }
 
 impl Later<'_> {
-    fn split(self) -> (Deliver, Shape) {
-        let shape = Shape {
+    fn shape(&self) -> Shape {
+        Shape {
             keep_alive: self.keep_alive,
             cors: self.cors.map(Box::from),
             buf: buffer::answer_buffer(0),
-        };
-        ((self.deliver)(), shape)
+        }
     }
 }
 

@@ -219,7 +219,11 @@ impl Answers {
 fn run_job(api: &Api, job: Job) -> Option<(SubKey, CoreMsg)> {
     match job {
         Job::Request { origin, req, at } => {
-            run_request(api, origin, req, at, None).map(|msg| (origin, msg))
+            match run_request(api, origin, req, at, None) {
+                Ran::Answered(msg) => Some((origin, msg)),
+                // Not asked to hold, it held nothing.
+                Ran::Later | Ran::Held(_) => None,
+            }
         }
         Job::Page { origin, sub } => {
             let page = catch_unwind(AssertUnwindSafe(|| api.page(&sub))).unwrap_or_else(|_| {
@@ -233,42 +237,34 @@ fn run_job(api: &Api, job: Job) -> Option<(SubKey, CoreMsg)> {
 }
 
 /// Runs one request read at `at` from the connection `origin` names, on a
-/// worker or on that connection's reactor ([`Api::runs_inline`]): its
-/// answer, counted and logged, for that reactor; `None` when it goes
-/// there later, once the store has answered (a send `held` back: once the
-/// caller has committed it, [`Api::commit_held`]).
+/// worker or on that connection's reactor ([`Api::runs_inline`]). With
+/// `held`, a send waits there to be committed with others
+/// ([`Api::commit_held`]).
 pub fn run_request(
     api: &Api,
     origin: SubKey,
     req: Request,
     at: Instant,
     held: Option<&Held>,
-) -> Option<CoreMsg> {
+) -> Ran {
     let path = req.head.path(&req.raw);
     let endpoint = crate::api::endpoint_index(path, req.admin);
-    // A held send is answered by its own reactor, which reads its inbox
-    // right after committing: no wake-up is needed.
-    let wake = held.is_none();
     let later = || -> Deliver {
         let done = Done::of(api, &req, origin, endpoint, at);
         let (router, metrics) = (api.router().clone(), api.metrics().clone());
         Box::new(move |reply| {
             let msg = done.account(&metrics, reply);
-            let mailbox = router.mailbox(origin.core);
-            match wake {
-                true => mailbox.send(msg),
-                false => mailbox.post(msg),
-            };
+            router.mailbox(origin.core).send(msg);
         })
+    };
+    let answering = match held {
+        Some(held) => Answering::Held(held),
+        None => Answering::Deliver(&later),
     };
     // A bug in one handler must not leave its client waiting forever, nor
     // take the thread down with it: answer 500.
     let reply = catch_unwind(AssertUnwindSafe(|| {
-        let later = Answering {
-            deliver: &later,
-            held,
-        };
-        api.handle_then(origin, &req, Some(later))
+        api.handle_then(origin, &req, Some(answering))
     }))
     .unwrap_or_else(|_| {
         error!(
@@ -280,13 +276,39 @@ pub fn run_request(
             keep_alive: false,
         })
     });
-    let answered = reply.map(|reply| {
-        let done = Done::of(api, &req, origin, endpoint, at);
-        done.account(api.metrics(), reply)
-    });
+    let done = || Done::of(api, &req, origin, endpoint, at);
+    let ran = match reply {
+        Some(reply) => Ran::Answered(done().account(api.metrics(), reply)),
+        // With `held`, only a send is answered later: it was held.
+        None if held.is_some() => Ran::Held(HeldAnswer { done: done() }),
+        None => Ran::Later,
+    };
     // The next answer this thread builds goes out in it.
     buffer::give_back(req.raw);
-    answered
+    ran
+}
+
+/// What became of a request [`run_request`] ran.
+pub enum Ran {
+    /// Its answer, counted and logged, for the connection's reactor.
+    Answered(CoreMsg),
+    /// It goes to that reactor later, once the store has answered.
+    Later,
+    /// A send held back: [`Api::commit_held`] gives its answer, in the
+    /// order the sends were held, for this to count and log.
+    Held(HeldAnswer),
+}
+
+/// A held send's request, waiting for its answer.
+pub struct HeldAnswer {
+    done: Done,
+}
+
+impl HeldAnswer {
+    /// The answer, counted and logged, for the connection's reactor.
+    pub fn answer(self, metrics: &Metrics, reply: Reply) -> CoreMsg {
+        self.done.account(metrics, reply)
+    }
 }
 
 /// What is counted and logged of a request once it is answered.

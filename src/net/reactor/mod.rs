@@ -30,7 +30,7 @@ use slab::Slab;
 mod deliver;
 
 use crate::api::{Api, Held, Request};
-use crate::bus::{ConnRef, CoreMsg, SubKey};
+use crate::bus::{ConnRef, CoreMsg, Reply, SubKey};
 use crate::delivery::subscriber::{Step, HIGH_WATER};
 use crate::delivery::wire::Kind;
 use crate::http::buffer;
@@ -41,7 +41,7 @@ use crate::net::conn::{Conn, Input, State};
 use crate::net::mailbox::Mailbox;
 use crate::net::timer::{after, Secs, TimerWheel, NEVER};
 use crate::router::Router;
-use crate::worker::{Job, Jobs, Work};
+use crate::worker::{self, HeldAnswer, Job, Jobs, Ran, Work};
 
 const WAKER: Token = Token(1);
 const ADMIN: Token = Token(2);
@@ -163,8 +163,12 @@ pub struct Reactor {
     cors_held: std::collections::HashMap<usize, Box<[u8]>>,
     /// Jobs queued this loop turn: workers are woken for them at its end.
     queued: usize,
-    /// Sends run here this loop turn, committed together at its end.
+    /// Sends run here this loop turn, committed together at its end, and
+    /// their requests, in the same order.
     held: Held,
+    held_answers: Vec<HeldAnswer>,
+    /// Their answers, once committed (kept for its room).
+    held_replies: Vec<Reply>,
     /// This reactor's counters (only it writes them).
     stats: Arc<CoreStats>,
     /// Where requests it answers itself are counted.
@@ -224,6 +228,8 @@ impl Reactor {
             cors_held: std::collections::HashMap::new(),
             queued: 0,
             held: Held::default(),
+            held_answers: Vec::new(),
+            held_replies: Vec::new(),
         })
     }
 
@@ -292,7 +298,7 @@ impl Reactor {
             }
             self.wake_workers();
             if !self.held.is_empty() {
-                inbox_left |= self.commit_held();
+                self.commit_held();
             }
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
@@ -584,8 +590,10 @@ impl Reactor {
         if let Some(api) = inline {
             // Answered as a worker would, then as its answer would be; a
             // send waits for the end of the turn, committed with the others.
-            if let Some(msg) = crate::worker::run_request(api, origin, req, at, Some(&self.held)) {
-                self.on_msg(msg);
+            match worker::run_request(api, origin, req, at, Some(&self.held)) {
+                Ran::Answered(msg) => self.on_msg(msg),
+                Ran::Later => {}
+                Ran::Held(answer) => self.held_answers.push(answer),
             }
             return;
         }
@@ -614,14 +622,30 @@ impl Reactor {
         }
     }
 
-    /// Commits the sends this turn held as one group (one log write); their
-    /// answers come through the inbox, which is read at once. True if some
-    /// of it is left for the next turn.
-    fn commit_held(&mut self) -> bool {
+    /// Commits the sends this turn held as one group (one log write), and
+    /// answers them.
+    fn commit_held(&mut self) {
+        let mut replies = std::mem::take(&mut self.held_replies);
         if let Some(api) = &self.inline {
-            api.commit_held(&self.held);
+            api.commit_held(&self.held, &mut |reply| replies.push(reply));
         }
-        self.drain_inbox()
+        let mut answers = std::mem::take(&mut self.held_answers);
+        if answers.len() != replies.len() {
+            error!("{} sends held, {} answered", answers.len(), replies.len());
+        }
+        let mut given = replies.drain(..);
+        for answer in answers.drain(..) {
+            // One left unanswered (a bug) must not wait forever.
+            let reply = given.next().unwrap_or_else(|| Reply::Http {
+                bytes: error_response(500, "internal error", false),
+                keep_alive: false,
+            });
+            let msg = answer.answer(&self.metrics, reply);
+            self.on_msg(msg);
+        }
+        drop(given);
+        self.held_answers = answers;
+        self.held_replies = replies;
     }
 
     /// Wakes sleeping workers for the jobs queued this turn, one per
