@@ -58,6 +58,10 @@ const READS_PER_WAKE: usize = 8;
 const ACCEPTS_PER_WAKE: usize = 256;
 /// Inbox messages handled per loop turn before sockets get a turn again.
 const INBOX_PER_TURN: usize = 4096;
+/// Sends held before they are committed, even mid-turn: the first of a
+/// group waits for the others to be read and run (a few microseconds
+/// each), so a large turn commits in groups of this many.
+const HELD_MAX: usize = 16;
 /// The per-core read buffer: one socket read lands here, and only a partial
 /// request is copied out of it into the connection.
 const SCRATCH: usize = 64 * 1024;
@@ -593,7 +597,12 @@ impl Reactor {
             match worker::run_request(api, origin, req, at, Some(&self.held)) {
                 Ran::Answered(msg) => self.on_msg(msg),
                 Ran::Later => {}
-                Ran::Held(answer) => self.held_answers.push(answer),
+                Ran::Held(answer) => {
+                    self.held_answers.push(answer);
+                    if self.held_answers.len() >= HELD_MAX {
+                        self.commit_held();
+                    }
+                }
             }
             return;
         }
