@@ -51,6 +51,7 @@ wrkdir=$root/loadtest/wrk
 for t in wrk nginx redis-server redis-cli redis-benchmark curl python3 timeout; do
   command -v "$t" >/dev/null || die "$t not found (apt-get install -y wrk nginx libnginx-mod-nchan redis-server curl python3)"
 done
+[ -x /usr/bin/time ] || die "/usr/bin/time not found (apt-get install -y time)"
 mkdir -p "$RESULTS/logs" || die "cannot create $RESULTS"
 tmp=$(mktemp -d /tmp/haoshuo-rp.XXXXXX)
 trap 'stop_all; rm -rf "$tmp"' EXIT
