@@ -80,6 +80,17 @@ impl Committer {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Sleeps until a leader has posted a group's answers.
+    fn sleep<'a>(&'a self, mut queue: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        queue.sleeping += 1;
+        let mut queue = self
+            .answered
+            .wait(queue)
+            .unwrap_or_else(PoisonError::into_inner);
+        queue.sleeping -= 1;
+        queue
+    }
+
     /// Requests not committed yet: those waiting and the leader's own
     /// (for tests).
     #[cfg(test)]
@@ -102,7 +113,7 @@ impl EmbeddedStore {
             let mut answer = [None];
             self.lead(std::slice::from_ref(&req), &mut answer);
             let [answer] = answer;
-            return answer.unwrap_or_else(|| Err(unavailable("store panicked while committing")));
+            return answer.unwrap_or_else(unanswered);
         }
         let ticket = queue.next_ticket;
         queue.next_ticket += 1;
@@ -120,12 +131,7 @@ impl EmbeddedStore {
                 queue = commits.queue();
                 continue;
             }
-            queue.sleeping += 1;
-            queue = commits
-                .answered
-                .wait(queue)
-                .unwrap_or_else(PoisonError::into_inner);
-            queue.sleeping -= 1;
+            queue = commits.sleep(queue);
         }
     }
 
@@ -137,21 +143,15 @@ impl EmbeddedStore {
         let commits = &self.commits;
         let mut queue = commits.queue();
         while queue.leading {
-            queue.sleeping += 1;
-            queue = commits
-                .answered
-                .wait(queue)
-                .unwrap_or_else(PoisonError::into_inner);
-            queue.sleeping -= 1;
+            queue = commits.sleep(queue);
         }
         queue.leading = true;
         drop(queue);
         let mut answers: Vec<Option<Answer>> = reqs.iter().map(|_| None).collect();
         self.lead(reqs, &mut answers);
-        let failed = || Err(unavailable("store panicked while committing"));
         answers
             .into_iter()
-            .map(|a| a.unwrap_or_else(failed))
+            .map(|a| a.unwrap_or_else(unanswered))
             .collect()
     }
 
@@ -195,6 +195,11 @@ impl EmbeddedStore {
     }
 }
 
+/// What a request the leader did not answer (it panicked) gets.
+fn unanswered() -> Answer {
+    Err(unavailable("store panicked while committing"))
+}
+
 /// A leader's group: hands the leadership back when dropped, answering
 /// every request of it that was not (a panic) with `Unavailable`.
 struct Post<'a> {
@@ -206,10 +211,7 @@ impl Drop for Post<'_> {
     fn drop(&mut self) {
         let mut queue = self.commits.queue();
         for (ticket, _) in self.batch.drain(..) {
-            queue
-                .answers
-                .entry(ticket)
-                .or_insert_with(|| Err(unavailable("store panicked while committing")));
+            queue.answers.entry(ticket).or_insert_with(unanswered);
         }
         queue.spare = mem::take(&mut self.batch);
         queue.leading = false;
