@@ -1008,9 +1008,16 @@ impl Api {
     ) -> Result<Cow<'f, str>, ApiError> {
         const BAD: ApiError = ApiError::Unauthorized("token error");
         let token = f.str("token")?;
-        match self.token_owner(&token)? {
-            Some(info) if info.appid == appid && info.uid == uid => Ok(token),
-            _ => Err(BAD),
+        let Some((selector, verifier)) = auth::split_token(&token) else {
+            return Err(BAD);
+        };
+        let now = unix_now();
+        let acts_for = self.store.check_token(selector, &mut |info| {
+            live(info, verifier, now) && info.appid == appid && info.uid == uid
+        })?;
+        match acts_for {
+            true => Ok(token),
+            false => Err(BAD),
         }
     }
 
@@ -1019,10 +1026,18 @@ impl Api {
         let Some((selector, verifier)) = auth::split_token(token) else {
             return Ok(None);
         };
-        Ok(self.store.get_token(selector)?.filter(|info| {
-            auth::verifier_matches(verifier, &info.verifier) && info.expires_at > unix_now()
-        }))
+        let now = unix_now();
+        Ok(self
+            .store
+            .get_token(selector)?
+            .filter(|info| live(info, verifier, now)))
     }
+}
+
+/// Whether `info` is a token sent with `verifier` (compared in constant
+/// time) and not expired at `now`.
+fn live(info: &TokenInfo, verifier: &str, now: u64) -> bool {
+    auth::verifier_matches(verifier, &info.verifier) && info.expires_at > now
 }
 
 /// Hands a stored message to the router for the receivers that got it,

@@ -140,6 +140,13 @@ impl Store for Metered {
     fn get_token(&self, selector: &str) -> Result<Option<TokenInfo>> {
         self.timed(Op::GetToken, |s| s.get_token(selector))
     }
+    fn check_token(
+        &self,
+        selector: &str,
+        check: &mut dyn FnMut(&TokenInfo) -> bool,
+    ) -> Result<bool> {
+        self.timed(Op::GetToken, |s| s.check_token(selector, check))
+    }
     fn delete_token(&self, appid: &str, uid: Uid, selector: &str) -> Result<()> {
         self.timed(Op::DeleteToken, |s| s.delete_token(appid, uid, selector))
     }

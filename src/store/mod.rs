@@ -303,6 +303,17 @@ pub trait Store: Send + Sync + 'static {
     /// caller's to check.
     fn get_token(&self, selector: &str) -> Result<Option<TokenInfo>>;
 
+    /// What `check` says of the token `selector` names (false when there
+    /// is none): the check of every authenticated call, which needs no copy
+    /// of the token. By default, `check` of [`Store::get_token`]'s copy.
+    fn check_token(
+        &self,
+        selector: &str,
+        check: &mut dyn FnMut(&TokenInfo) -> bool,
+    ) -> Result<bool> {
+        Ok(self.get_token(selector)?.is_some_and(|info| check(&info)))
+    }
+
     /// Forgets `uid`'s token (logout). Forgetting an unknown token is not an
     /// error. A store that [announces](Store::announces) also tells every
     /// node, whose router then ends the subscriptions held with it.

@@ -624,6 +624,15 @@ impl Store for EmbeddedStore {
         Ok(self.lock()?.state.get_token(selector))
     }
 
+    /// Checked under the lock, in place: a compare, nothing copied.
+    fn check_token(
+        &self,
+        selector: &str,
+        check: &mut dyn FnMut(&TokenInfo) -> bool,
+    ) -> Result<bool> {
+        Ok(self.lock()?.state.token(selector).is_some_and(check))
+    }
+
     fn delete_token(&self, _appid: &str, _uid: Uid, selector: &str) -> Result<()> {
         let mut inner = self.inner.lock_idle()?;
         if !inner.state.has_token(selector) {

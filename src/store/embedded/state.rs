@@ -247,6 +247,10 @@ impl State {
         self.tokens.get(selector).cloned()
     }
 
+    pub fn token(&self, selector: &str) -> Option<&TokenInfo> {
+        self.tokens.get(selector)
+    }
+
     pub fn has_token(&self, selector: &str) -> bool {
         self.tokens.contains_key(selector)
     }
