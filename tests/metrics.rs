@@ -489,14 +489,24 @@ fn heap_given_back() {
         i += 1;
         i % 2 == 0
     });
+    // The reactors may still be reading the last bodies when `full` is
+    // taken (on a loaded machine): what is in use at the end is checked
+    // against what the bodies left held take at most (a buffer grows to
+    // 64 KiB for a 48 KiB body; 200 of them still held take at least
+    // `held` if none was freed), and the resident peak is the highest seen
+    // before the trim gave memory back.
     let freed = held / 2.0;
+    let peak = std::cell::Cell::new(resident(&full));
     let trimmed = scrape_until(&server, "the freed buffers given back", |s| {
-        in_use(s) <= in_use(&full) - 0.9 * freed && returned(s) >= returned(&full) + 0.5 * freed
+        if returned(s) == returned(&full) {
+            peak.set(peak.get().max(resident(s)));
+        }
+        in_use(s) <= in_use(&before) + 1.4 * freed && returned(s) >= returned(&full) + 0.5 * freed
     });
     assert!(
-        resident(&trimmed) <= resident(&full) - 0.5 * freed,
+        resident(&trimmed) <= peak.get() - 0.5 * freed,
         "resident {:.1} MiB with the bodies held, {:.1} MiB after half were freed and trimmed",
-        resident(&full) / MIB,
+        peak.get() / MIB,
         resident(&trimmed) / MIB,
     );
     drop(conns);
