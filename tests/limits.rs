@@ -140,13 +140,16 @@ fn with_fsync_always_a_send_goes_to_a_worker() {
 }
 
 /// Sends eight logins (unknown users, a password hash each) to a server
-/// with one worker, waits until the first is answered (the reactor has
-/// read the others by then: they wait for the worker), sends a message,
-/// and returns how many logins were still unanswered when its answer came.
+/// with one reactor and one worker, waits until the first is answered (the
+/// reactor has read the others by then: they wait for the worker), sends a
+/// message, and returns how many logins were still unanswered when its
+/// answer came. (A reactor that hashed passwords itself would answer the
+/// message only after every login it read before it.)
 fn logins_waiting_when_a_send_is_answered(opts: Opts) -> usize {
     let srv = Server::start(
         Backend::Embedded,
-        opts.workers(1)
+        opts.threads(1)
+            .workers(1)
             .flag("--login-per-user", 0)
             .flag("--auth-per-ip", 0),
     );
