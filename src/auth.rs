@@ -80,7 +80,8 @@ pub fn verifier_matches(sent: &str, stored: &str) -> bool {
     sent.len() == stored.len() && bool::from(sent.as_bytes().ct_eq(stored.as_bytes()))
 }
 
-fn to_hex(bytes: &[u8]) -> String {
+/// `bytes` as lowercase hex digits.
+pub fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {

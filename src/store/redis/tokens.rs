@@ -59,7 +59,7 @@ pub struct TokenCache {
 }
 
 /// A verifier's bytes, if it is lowercase hex of the length logins hand
-/// out (so that [`hex`] gives it back exactly).
+/// out (so that [`to_hex`](crate::auth::to_hex) gives it back exactly).
 fn verifier_bytes(v: &str) -> Option<[u8; VERIFIER_HEX / 2]> {
     let mut out = [0u8; VERIFIER_HEX / 2];
     if v.len() != VERIFIER_HEX || v.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -69,10 +69,6 @@ fn verifier_bytes(v: &str) -> Option<[u8; VERIFIER_HEX / 2]> {
         *byte = u8::from_str_radix(v.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A selector (16 hex digits) as the number it spells; `None` for what no
@@ -98,7 +94,7 @@ impl TokenCache {
         let shard = lock(self.shard(key));
         let c = shard.get(&key).filter(|c| c.read_at.elapsed() < self.ttl)?;
         Some(TokenInfo {
-            verifier: hex(&c.verifier),
+            verifier: crate::auth::to_hex(&c.verifier),
             appid: c.appid.to_string(),
             uid: c.uid,
             expires_at: c.expires_at,
