@@ -516,13 +516,7 @@ fn keep_alive_pipelined_requests_answered_in_order(backend: Backend) {
     let mut conn = Conn::connect(srv.addr());
     let mut burst = Vec::new();
     for name in names {
-        let body = form_body(&register_body("a", name, "pw"));
-        burst.extend(request_bytes(
-            "POST",
-            "/re",
-            &[("Content-Type", FORM)],
-            body.as_bytes(),
-        ));
+        burst.extend(form_request("/re", &register_body("a", name, "pw")));
     }
     conn.send(&burst);
     let mut uids = Vec::new();

@@ -253,13 +253,10 @@ fn calls_at_a_lane_when_redis_dies_get_503_and_all_work_after_a_restart() {
     server.redis().pause();
     let mut conns: Vec<Conn> = (0..CALLS)
         .map(|i| {
-            let body = form_body(&send_body(&alice, bob.uid, &format!("lost {i}")));
             let mut conn = Conn::connect(server.addr());
-            conn.send(&request_bytes(
-                "POST",
+            conn.send(&form_request(
                 "/p",
-                &[("Content-Type", FORM)],
-                body.as_bytes(),
+                &send_body(&alice, bob.uid, &format!("lost {i}")),
             ));
             conn
         })

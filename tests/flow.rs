@@ -50,13 +50,7 @@ const SLOW_RATE: u64 = 2 * 1024 * 1024;
 /// bytes a second; the answer is the caller's to read.
 fn slow_pull(addr: SocketAddr, user: &User, rate: u64) -> Conn {
     let mut conn = Conn::connect_slow(addr, SLOW_RCVBUF, rate);
-    let body = form_body(&pull_body(user));
-    conn.send(&request_bytes(
-        "POST",
-        "/pull",
-        &[("Content-Type", FORM)],
-        body.as_bytes(),
-    ));
+    conn.send(&form_request("/pull", &pull_body(user)));
     conn
 }
 

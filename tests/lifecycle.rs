@@ -89,8 +89,7 @@ fn a_request_pipelined_behind_a_held_poll_is_answered_after_it(backend: Backend)
         &[],
         b"",
     );
-    let pull = form_body(&pull_body(&alice));
-    let pull = request_bytes("POST", "/pull", &[("Content-Type", FORM)], pull.as_bytes());
+    let pull = form_request("/pull", &pull_body(&alice));
     // The poll first; once it is held (it does not answer), the pull
     // arrives behind it on the same connection.
     conn.send(&poll);

@@ -37,13 +37,7 @@ fn logins_are_limited_per_username() {
     api.user("other", "alice");
     // The Retry-After header says when.
     let mut conn = Conn::connect(srv.addr());
-    let body = form_body(&login_body("a", "alice", "guess"));
-    conn.send(&request_bytes(
-        "POST",
-        "/login",
-        &[("Content-Type", FORM)],
-        body.as_bytes(),
-    ));
+    conn.send(&form_request("/login", &login_body("a", "alice", "guess")));
     let r = conn.read_response(WAIT);
     assert_eq!(r.status, 429);
     let secs: u64 = r
@@ -157,13 +151,10 @@ fn logins_waiting_when_a_send_is_answered(opts: Opts) -> usize {
     let (alice, bob) = (api.user("a", "alice"), api.user("a", "bob"));
     let mut logins: Vec<Conn> = (0..8)
         .map(|i| {
-            let body = form_body(&login_body("a", &format!("nobody{i}"), "x"));
             let mut conn = Conn::connect(srv.addr());
-            conn.send(&request_bytes(
-                "POST",
+            conn.send(&form_request(
                 "/login",
-                &[("Content-Type", FORM)],
-                body.as_bytes(),
+                &login_body("a", &format!("nobody{i}"), "x"),
             ));
             conn
         })

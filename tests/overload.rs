@@ -41,8 +41,7 @@ fn server() -> Server {
 fn send_request(from: &User, to: u64, content: &str) -> Vec<u8> {
     let mut body = send_body(from, to, content);
     body["cmsgid"] = content.into();
-    let body = form_body(&body);
-    request_bytes("POST", "/p", &[("Content-Type", FORM)], body.as_bytes())
+    form_request("/p", &body)
 }
 
 /// With Redis paused: sends `/p` requests, each on its own connection,
@@ -153,14 +152,8 @@ fn sigterm_lets_sends_redis_has_answer_before_the_exit() {
     let mut held = Vec::new();
     for i in 0..6 {
         let content = format!("m{i}");
-        let body = form_body(&send_body(&alice, bob.uid, &content));
         let mut conn = Conn::connect(srv.addr());
-        conn.send(&request_bytes(
-            "POST",
-            "/p",
-            &[("Content-Type", FORM)],
-            body.as_bytes(),
-        ));
+        conn.send(&form_request("/p", &send_body(&alice, bob.uid, &content)));
         // Each is queued behind the paused Redis, none refused: the one
         // worker is free again at once.
         match conn.try_read_response(QUIET) {
@@ -196,8 +189,7 @@ struct Busy {
 
 impl Busy {
     fn start(addr: SocketAddr, carol: &User) -> Busy {
-        let body = form_body(&pull_body(carol));
-        let pull = request_bytes("POST", "/pull", &[("Content-Type", FORM)], body.as_bytes());
+        let pull = form_request("/pull", &pull_body(carol));
         let stop = Arc::new(AtomicBool::new(false));
         let pullers = (0..8)
             .map(|_| {

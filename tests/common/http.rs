@@ -374,6 +374,12 @@ pub fn form_body(json: &Value) -> String {
     format!("haoshuo={}", percent_encode(&json.to_string()))
 }
 
+/// The bytes of a POST of `json` form-encoded to `path`, to send as is.
+pub fn form_request(path: &str, json: &Value) -> Vec<u8> {
+    let body = form_body(json);
+    request_bytes("POST", path, &[("Content-Type", FORM)], body.as_bytes())
+}
+
 /// POSTs `json` form-encoded; returns the status and the JSON body.
 pub fn post(addr: SocketAddr, path: &str, json: &Value) -> (u16, Value) {
     let r = request(
