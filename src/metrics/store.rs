@@ -91,6 +91,14 @@ impl Metered {
     }
 }
 
+/// The op an append is counted as: with a `cmsgid` (`once`) or not.
+fn append_op(once: bool) -> Op {
+    match once {
+        true => Op::AppendOnce,
+        false => Op::Append,
+    }
+}
+
 /// Counts a call that began at `start` and ended with `r`.
 fn record<T>(metrics: &Metrics, op: Op, start: Instant, r: &Result<T>) {
     let failed = matches!(r, Err(StoreError::Unavailable(_)));
@@ -170,11 +178,7 @@ impl Store for Metered {
         let start = Instant::now();
         let outcomes = self.inner.append_group(group);
         for (a, r) in group.iter().zip(&outcomes) {
-            let op = match a.once {
-                Some(_) => Op::AppendOnce,
-                None => Op::Append,
-            };
-            record(&self.metrics, op, start, r);
+            record(&self.metrics, append_op(a.once.is_some()), start, r);
         }
         outcomes
     }
@@ -189,11 +193,7 @@ impl Store for Metered {
         once: Option<&Once>,
         then: Then,
     ) {
-        let op = if once.is_some() {
-            Op::AppendOnce
-        } else {
-            Op::Append
-        };
+        let op = append_op(once.is_some());
         let start = Instant::now();
         let metrics = self.metrics.clone();
         let timed: Then = Box::new(move |r| {
