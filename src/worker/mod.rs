@@ -271,10 +271,7 @@ pub fn run_request(
             "a request for {} panicked; answered 500",
             String::from_utf8_lossy(path)
         );
-        Some(Reply::Http {
-            bytes: error_response(500, "internal error", false),
-            keep_alive: false,
-        })
+        Some(internal_error())
     });
     let done = || Done::of(api, &req, origin, endpoint, at);
     let ran = match reply {
@@ -286,6 +283,15 @@ pub fn run_request(
     // The next answer this thread builds goes out in it.
     buffer::give_back(req.raw);
     ran
+}
+
+/// The answer to a request whose handling failed (a bug): a 500, and the
+/// connection closed after it.
+pub fn internal_error() -> Reply {
+    Reply::Http {
+        bytes: error_response(500, "internal error", false),
+        keep_alive: false,
+    }
 }
 
 /// What became of a request [`run_request`] ran.

@@ -645,10 +645,7 @@ impl Reactor {
         let mut given = replies.drain(..);
         for answer in answers.drain(..) {
             // One left unanswered (a bug) must not wait forever.
-            let reply = given.next().unwrap_or_else(|| Reply::Http {
-                bytes: error_response(500, "internal error", false),
-                keep_alive: false,
-            });
+            let reply = given.next().unwrap_or_else(worker::internal_error);
             let msg = answer.answer(&self.metrics, reply);
             self.on_msg(msg);
         }
