@@ -396,19 +396,7 @@ impl Log {
 
     /// Appends the log's bytes from `from` to its end onto `to`.
     fn copy_tail(&self, to: &File, from: u64) -> io::Result<u64> {
-        let tail = self.len - from;
-        if tail > 0 {
-            let mut src = File::open(self.dir.join(LOG_FILE))?;
-            src.seek(SeekFrom::Start(from))?;
-            let copied = io::copy(&mut src.take(tail), &mut &*to)?;
-            if copied != tail {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "log shorter than expected",
-                ));
-            }
-        }
-        Ok(tail)
+        copy_range(&self.dir, to, from, self.len)
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -450,6 +438,64 @@ where
         let _ = fs::remove_file(&tmp);
     }
     res
+}
+
+/// Past this many bytes logged since the last round, [`catch_up`] copies
+/// another round without the lock.
+const CATCH_UP_LEFT: u64 = 64 * 1024;
+/// Most rounds [`catch_up`] copies: each is shorter than the one before
+/// (a copy is quicker than the writes it copies), unless the disk stalls.
+const CATCH_UP_ROUNDS: usize = 8;
+
+/// Copies onto a snapshot written while the log was `from` bytes long
+/// (`snapshot`: the file and its length) what the log gained since, without
+/// the store's lock, and fsyncs it: round after round while the log
+/// (`log_len` reads its length, briefly taking the lock) has gained more
+/// than [`CATCH_UP_LEFT`]. Then [`Log::finish_rewrite`], under the lock,
+/// has only the last few records to copy and fsync. Returns the snapshot
+/// and how far into the log it reaches. Needs no lock: bytes below the
+/// log's length never change, and only compaction writes `log.tmp`.
+pub(crate) fn catch_up(
+    dir: &Path,
+    (file, mut len): (File, u64),
+    mut from: u64,
+    mut log_len: impl FnMut() -> io::Result<u64>,
+) -> io::Result<((File, u64), u64)> {
+    let copied = (|| {
+        for _ in 0..CATCH_UP_ROUNDS {
+            let upto = log_len()?;
+            if upto.saturating_sub(from) <= CATCH_UP_LEFT {
+                break;
+            }
+            len += copy_range(dir, &file, from, upto)?;
+            from = upto;
+            file.sync_data()?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = copied {
+        let _ = fs::remove_file(dir.join(TMP_FILE));
+        return Err(e);
+    }
+    Ok(((file, len), from))
+}
+
+/// Appends bytes `from..upto` of the log in `dir` onto `to`; returns how
+/// many.
+fn copy_range(dir: &Path, to: &File, from: u64, upto: u64) -> io::Result<u64> {
+    let tail = upto - from;
+    if tail > 0 {
+        let mut src = File::open(dir.join(LOG_FILE))?;
+        src.seek(SeekFrom::Start(from))?;
+        let copied = io::copy(&mut src.take(tail), &mut &*to)?;
+        if copied != tail {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "log shorter than expected",
+            ));
+        }
+    }
+    Ok(tail)
 }
 
 /// Fsyncs a directory so a created or renamed entry in it is durable.
@@ -799,6 +845,54 @@ mod tests {
                 Record::TokenDel { s: "y".into() }
             ]
         );
+        assert_eq!(len, log.len());
+    }
+
+    /// A compaction copies the records logged while its snapshot was
+    /// written in rounds without the lock ([`catch_up`]), then the last few
+    /// under it: every record lands once, in order, after the snapshot.
+    #[test]
+    fn a_tail_caught_up_in_rounds_keeps_every_record_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let Replayed { file, len, .. } = replay(dir.path(), false, |_, _| Ok(())).unwrap();
+        let mut log = Log::new(dir.path().to_path_buf(), file, len, Fsync::EverySec, 10);
+        let del = |i: usize| Record::TokenDel {
+            s: format!("{i:0100}").into(),
+        };
+        // Appends records numbered on from `next` until the log grew by `bytes`.
+        let append = |log: &mut Log, next: &mut usize, bytes: u64| {
+            let upto = log.len() + bytes;
+            while log.len() < upto {
+                log.append(&del(*next)).map_err(|e| e.msg).unwrap();
+                *next += 1;
+            }
+        };
+        let mut next = 0;
+        append(&mut log, &mut next, 1000);
+        let (from, in_snapshot) = (log.len(), next);
+        let snapshot =
+            write_snapshot(dir.path(), |emit| emit(&Record::TokenDel { s: "z".into() })).unwrap();
+        // Two rounds' worth, each more than is left for the lock; the
+        // second grows while the first is copied.
+        append(&mut log, &mut next, 2 * CATCH_UP_LEFT);
+        let first = log.len();
+        append(&mut log, &mut next, CATCH_UP_LEFT + 1);
+        let second = log.len();
+        append(&mut log, &mut next, 100);
+        let lens = [first, second, log.len()];
+        let mut asked = 0;
+        let (snapshot, reached) = catch_up(dir.path(), snapshot, from, || {
+            asked += 1;
+            Ok(lens[asked - 1])
+        })
+        .unwrap();
+        assert_eq!((asked, reached), (3, second), "two rounds, then the lock");
+        log.finish_rewrite(snapshot, reached).unwrap();
+        append(&mut log, &mut next, 1);
+        let (recs, len) = collect(dir.path()).unwrap();
+        let mut want = vec![Record::TokenDel { s: "z".into() }];
+        want.extend((in_snapshot..next).map(del));
+        assert_eq!(recs, want);
         assert_eq!(len, log.len());
     }
 }

@@ -103,12 +103,17 @@
 //! live state in the same format (users, groups, tokens, un-acked messages,
 //! `seq` for fully acked inboxes, acks) into `log.tmp`, which is fsynced,
 //! renamed over `log`, and the dir fsynced. Tokens that expired more than a
-//! day ago are dropped. The write that crossed the threshold clones the
-//! state under the lock and starts a compaction thread, which writes the
-//! snapshot without the lock, then locks again to append the records logged
-//! meanwhile and switch files: callers wait for the clone and that tail
-//! only. A failed compaction leaves the old log in place and is retried once
-//! the log has doubled again.
+//! day ago are dropped. The write that crossed the threshold takes a
+//! snapshot of the state under the lock and starts a compaction thread,
+//! which writes it without the lock, then copies onto it what was logged
+//! meanwhile, also without the lock, round after round until a round has
+//! little left ([`log::catch_up`]). Only then does it lock again, to copy
+//! and fsync that little and switch files. Taking the snapshot copies no
+//! inbox: users are shared with it, and one written meanwhile is copied
+//! then, alone (copy on write, like the pages of Redis's forked child). It
+//! copies the tokens and the remembered `cmsgid`s, in proportion to the
+//! users, not to the messages. A failed compaction leaves the old log in
+//! place and is retried once the log has doubled again.
 //!
 //! # Retention
 //!
@@ -473,7 +478,7 @@ impl Drop for EmbeddedStore {
 fn compact(inner: &mut Inner) -> io::Result<()> {
     inner.state.purge_tokens(unix_now());
     let Inner { state, log, .. } = inner;
-    log.rewrite(|emit| state.snapshot(emit))
+    log.rewrite(|emit| state.snapshot().write(emit))
 }
 
 impl Inner {
@@ -492,10 +497,12 @@ impl Inner {
 
     /// Runs after a mutation was applied: once the log has grown enough,
     /// starts a compaction in the background, like Redis's
-    /// BGREWRITEAOF. Under the lock it only clones the state and notes the
-    /// log's length; another thread writes the snapshot, then takes the lock
-    /// again to append what was logged meanwhile and switch files. Writers
-    /// wait for the clone and that tail, not for the whole rewrite.
+    /// BGREWRITEAOF. Under the lock it only takes a snapshot (no inbox is
+    /// copied: see [`state::App`]) and notes the log's length; another
+    /// thread writes the snapshot and copies what was logged meanwhile,
+    /// then takes the lock again to copy the last few records and switch
+    /// files. Writers wait for the snapshot to be taken and for those last
+    /// records, not for the rewrite nor for the bulk of its tail.
     fn after_write(&mut self) {
         if self.compaction.as_ref().is_some_and(|h| !h.is_finished())
             || !self.log.wants_compaction()
@@ -506,18 +513,23 @@ impl Inner {
             return;
         };
         self.state.purge_tokens(unix_now());
-        let snapshot = self.state.clone();
+        let snapshot = self.state.snapshot();
         let from = self.log.len();
         let dir = self.log.dir().to_path_buf();
         let spawned = std::thread::Builder::new()
             .name("haoshuo-compaction".into())
             .spawn(move || {
-                let written = log::write_snapshot(&dir, |emit| snapshot.snapshot(emit));
+                let written = log::write_snapshot(&dir, |emit| snapshot.write(emit));
                 drop(snapshot);
+                let log_len = || match me.lock_idle() {
+                    Ok(inner) => Ok(inner.log.len()),
+                    Err(e) => Err(io::Error::other(e.to_string())),
+                };
+                let written = written.and_then(|s| log::catch_up(&dir, s, from, log_len));
                 let Ok(mut inner) = me.lock_idle() else {
                     return;
                 };
-                let done = written.and_then(|s| inner.log.finish_rewrite(s, from));
+                let done = written.and_then(|(s, from)| inner.log.finish_rewrite(s, from));
                 match done {
                     Ok(()) => {
                         inner.compaction_error = None;

@@ -56,11 +56,17 @@ pub(crate) struct Group {
 
 /// One appid's users and groups. Uids and gids are dense from 1 and never
 /// deleted, so they index these vectors (`uid - 1`).
-#[derive(Clone, Default)]
+///
+/// Each user and group is shared with the [`Snapshot`] a compaction is
+/// writing, if one is: taking one costs a reference count per user, not a
+/// copy of every inbox under the store's lock. A user written while it is
+/// shared is copied then, and alone ([`App::user_mut`]); a group never
+/// changes once made.
+#[derive(Default)]
 pub(crate) struct App {
     by_name: HashMap<String, Uid>,
-    users: Vec<User>,
-    groups: Vec<Group>,
+    users: Vec<Arc<User>>,
+    groups: Vec<Arc<Group>>,
 }
 
 impl App {
@@ -69,11 +75,16 @@ impl App {
     }
 
     fn user(&self, uid: Uid) -> Option<&User> {
-        Self::index(uid).and_then(|i| self.users.get(i))
+        Self::index(uid)
+            .and_then(|i| self.users.get(i))
+            .map(|u| &**u)
     }
 
+    /// The user to change: copied first if a snapshot still holds it.
     fn user_mut(&mut self, uid: Uid) -> Option<&mut User> {
-        Self::index(uid).and_then(|i| self.users.get_mut(i))
+        Self::index(uid)
+            .and_then(|i| self.users.get_mut(i))
+            .map(Arc::make_mut)
     }
 }
 
@@ -104,7 +115,7 @@ impl OnceSeen {
     }
 }
 
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(crate) struct State {
     apps: HashMap<String, App>,
     /// Selector -> token.
@@ -154,7 +165,7 @@ impl State {
         let app = self.apps.entry(appid.to_owned()).or_default();
         debug_assert_eq!(uid, app.users.len() as Uid + 1);
         app.by_name.insert(name.to_owned(), uid);
-        app.users.push(User {
+        app.users.push(Arc::new(User {
             name: name.to_owned(),
             pass_hash: pass_hash.to_owned(),
             inbox: VecDeque::new(),
@@ -163,7 +174,7 @@ impl State {
             epoch: 0,
             tokens: Vec::new(),
             groups_owned: 0,
-        });
+        }));
     }
 
     pub fn find_user(&self, appid: &str, name: &str) -> Option<(Uid, String)> {
@@ -206,11 +217,11 @@ impl State {
         if let Some(user) = app.user_mut(owner) {
             user.groups_owned = user.groups_owned.saturating_add(1);
         }
-        app.groups.push(Group {
+        app.groups.push(Arc::new(Group {
             owner,
             name: name.to_owned(),
             members: members.to_vec(),
-        });
+        }));
     }
 
     pub fn group_members(&self, appid: &str, gid: Gid) -> Option<Vec<Uid>> {
@@ -562,13 +573,49 @@ impl State {
         }
     }
 
+    /// What a compaction writes of this state as it is now. Users and
+    /// groups are shared, not copied (see [`App`]); tokens and remembered
+    /// sends are copied.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut apps: Vec<SnapshotApp> = (self.apps.iter())
+            .map(|(name, app)| SnapshotApp {
+                name: name.clone(),
+                users: app.users.clone(),
+                groups: app.groups.clone(),
+            })
+            .collect();
+        apps.sort_unstable_by(|x, y| x.name.cmp(&y.name));
+        Snapshot {
+            apps,
+            tokens: self.tokens.clone(),
+            once: self.once.clone(),
+        }
+    }
+}
+
+/// One app in a [`Snapshot`].
+struct SnapshotApp {
+    name: String,
+    users: Vec<Arc<User>>,
+    groups: Vec<Arc<Group>>,
+}
+
+/// The state as it was in one instant ([`State::snapshot`]), for a
+/// compaction to write while the store goes on.
+pub(crate) struct Snapshot {
+    /// In name order.
+    apps: Vec<SnapshotApp>,
+    tokens: HashMap<String, TokenInfo>,
+    once: HashMap<OnceKey, (u64, Option<Box<str>>)>,
+}
+
+impl Snapshot {
     /// Emits records that rebuild this state when replayed into an empty
     /// one: users, groups, tokens, un-acked messages (one record per
     /// original append, in append order), then msgid counters of fully acked
     /// inboxes and ack positions.
-    pub fn snapshot(&self, emit: &mut dyn FnMut(&Record<'_>) -> io::Result<()>) -> io::Result<()> {
-        let mut apps: Vec<(&String, &App)> = self.apps.iter().collect();
-        apps.sort_unstable_by_key(|(name, _)| *name);
+    pub fn write(&self, emit: &mut dyn FnMut(&Record<'_>) -> io::Result<()>) -> io::Result<()> {
+        let apps: Vec<(&String, &SnapshotApp)> = self.apps.iter().map(|a| (&a.name, a)).collect();
         for &(a, app) in &apps {
             for (i, user) in app.users.iter().enumerate() {
                 emit(&Record::User {
@@ -664,5 +711,77 @@ impl State {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(u: Uid) -> Record<'static> {
+        Record::User {
+            a: "t".into(),
+            u,
+            n: format!("user{u}").into(),
+            p: "h".into(),
+        }
+    }
+
+    fn msg(to: Uid, id: MsgId, c: &str) -> Record<'static> {
+        Record::Msg {
+            a: "t".into(),
+            to: Cow::Owned(vec![to]),
+            ids: Cow::Owned(vec![id]),
+            f: 1,
+            t: to,
+            d: 1,
+            c: c.to_owned().into(),
+            k: None,
+            x: None,
+            h: None,
+        }
+    }
+
+    fn written(snapshot: &Snapshot) -> Vec<String> {
+        let mut lines = Vec::new();
+        snapshot
+            .write(&mut |rec| {
+                let mut buf = Vec::new();
+                super::super::log::encode(rec, &mut buf);
+                lines.push(String::from_utf8(buf).unwrap());
+                Ok(())
+            })
+            .unwrap();
+        lines
+    }
+
+    /// A compaction's snapshot is the state of the instant it was taken,
+    /// whatever is written after; taking it copied no inbox, and a write
+    /// copies only the user it changes.
+    #[test]
+    fn a_snapshot_shares_users_and_a_write_copies_only_its_own() {
+        let mut state = State::default();
+        for u in 1..=3 {
+            state.apply(user(u)).unwrap();
+        }
+        state.apply(msg(2, 1, "before-2")).unwrap();
+        state.apply(msg(3, 1, "before-3")).unwrap();
+        let snapshot = state.snapshot();
+        let then = written(&snapshot);
+        let users = |s: &Snapshot| s.apps[0].users.clone();
+        let live = &state.apps["t"].users;
+        assert!((0..3).all(|i| Arc::ptr_eq(&users(&snapshot)[i], &live[i])));
+
+        state.apply(msg(2, 2, "after")).unwrap();
+        state.set_ack("t", 3, 1);
+        assert_eq!(written(&snapshot), then, "the snapshot moved");
+        let live = &state.apps["t"].users;
+        let shared: Vec<bool> = (0..3)
+            .map(|i| Arc::ptr_eq(&users(&snapshot)[i], &live[i]))
+            .collect();
+        assert_eq!(shared, [true, false, false]);
+        assert!(written(&state.snapshot())
+            .iter()
+            .any(|l| l.contains("after")));
     }
 }
