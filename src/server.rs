@@ -240,7 +240,8 @@ impl Server {
         let batching = worker::Batching::for_store(redis.is_some());
         let work = worker::Work {
             jobs: jobs.clone(),
-            inline: (!store.waits_on_io()).then(|| api.clone()),
+            // Which calls run on the reactors, `Api::runs_inline` says.
+            inline: Some(api.clone()),
         };
         let workers = worker::spawn(cfg.workers(), api, job_rx, batching);
 

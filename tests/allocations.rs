@@ -11,7 +11,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
 
-use haoshuo::api::{Answering, Api, Held, Options, Request};
+use haoshuo::api::{Answering, Api, Handled, Held, Options, Request};
 use haoshuo::bus::{ConnRef, Reply, SubKey};
 use haoshuo::http::buffer;
 use haoshuo::http::request::parse_head;
@@ -218,7 +218,8 @@ fn a_send_and_a_pull_allocate_no_more_than_pinned() {
     let mut replies = Vec::with_capacity(1);
     let mut run_held = |req: Request| {
         let later = Answering::Held(&held);
-        assert!(api.handle_then(origin, &req, Some(later)).is_none());
+        let handled = api.handle_then(origin, &req, Some(later));
+        assert!(matches!(handled, Handled::Later));
         api.commit_held(&held, &mut |reply| replies.push(reply));
         buffer::give_back(req.raw);
         replies.pop().expect("the held send's answer")

@@ -34,6 +34,10 @@ pub enum ApiError {
     Unavailable,
     /// 500: a bug or an OS failure outside the store (e.g. no randomness).
     Internal,
+    /// Never answered: the call would wait, and runs where nothing may
+    /// ([`crate::api::Answering::Queued`]); it goes to a worker instead.
+    /// Answered 500 if it ever reached a client (a bug).
+    WouldWait,
 }
 
 impl ApiError {
@@ -47,7 +51,7 @@ impl ApiError {
             ApiError::Conflict(_) => 409,
             ApiError::TooMany(..) => 429,
             ApiError::Unavailable => 503,
-            ApiError::Internal => 500,
+            ApiError::Internal | ApiError::WouldWait => 500,
         }
     }
 
@@ -60,7 +64,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(Method::Get) => "method not allowed: use GET",
             ApiError::MethodNotAllowed(_) => "method not allowed: use POST",
             ApiError::Unavailable => "store unavailable",
-            ApiError::Internal => "internal error",
+            ApiError::Internal | ApiError::WouldWait => "internal error",
         }
     }
 

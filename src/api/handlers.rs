@@ -310,8 +310,25 @@ impl Api {
     /// store whose calls never wait on I/O ([`Store::waits_on_io`]). Such
     /// a call costs a few microseconds, less than the two crossings
     /// between threads (and the wake-ups) a worker would add to it.
+    ///
+    /// On a store that may wait, a `/p` runs there too when the store
+    /// answers the send later (Redis, from a lane): the reactor queues it
+    /// on the lane itself. One that would wait (its token not cached, a
+    /// `cmsgid` to check) is given back before anything is done
+    /// ([`Handled::WouldWait`]), for a worker.
     pub fn runs_inline(&self, path: &[u8], admin: bool) -> bool {
-        !self.store.waits_on_io() && Endpoint::parse(path, admin).is_some_and(|(e, _)| e.is_quick())
+        let Some((endpoint, _)) = Endpoint::parse(path, admin) else {
+            return false;
+        };
+        match self.store.waits_on_io() {
+            false => endpoint.is_quick(),
+            true => matches!(endpoint, Endpoint::P) && self.store.answers_later(),
+        }
+    }
+
+    /// Whether a call may wait on I/O in the store ([`Store::waits_on_io`]).
+    pub fn waits_on_io(&self) -> bool {
+        self.store.waits_on_io()
     }
 
     /// Commits the sends `held` holds as one group ([`Store::append_group`]),
@@ -360,24 +377,28 @@ impl Api {
     /// Runs one request for the connection `origin` names.
     pub fn handle(&self, origin: SubKey, req: &Request) -> Reply {
         match self.handle_then(origin, req, None) {
-            Some(reply) => reply,
-            None => unreachable!("answered later, with no way to answer later"),
+            Handled::Answer(reply) => reply,
+            Handled::Later | Handled::WouldWait => {
+                unreachable!("answered later, with no way to answer later")
+            }
         }
     }
 
     /// Runs one request for the connection `origin` names: its answer, or
-    /// `None` if it goes to the [`Deliver`] that `later` makes, once the
-    /// store has answered. That is a message the store takes on another
-    /// thread ([`Store::answers_later`]: Redis, from its lane): the
-    /// worker goes on with other jobs meanwhile. With [`Answering::Held`],
-    /// a send waits there, on any store, to be committed with others by
-    /// [`Api::commit_held`], which gives its answer.
+    /// [`Handled::Later`] if it goes to the [`Deliver`] that `later` makes,
+    /// once the store has answered. That is a message the store takes on
+    /// another thread ([`Store::answers_later`]: Redis, from its lane):
+    /// the worker goes on with other jobs meanwhile. With
+    /// [`Answering::Held`], a send waits there, on any store, to be
+    /// committed with others by [`Api::commit_held`], which gives its
+    /// answer. With [`Answering::Queued`], a call that would wait is not
+    /// run: [`Handled::WouldWait`].
     pub fn handle_then(
         &self,
         origin: SubKey,
         req: &Request,
         later: Option<Answering<'_>>,
-    ) -> Option<Reply> {
+    ) -> Handled {
         let keep_alive = req.head.keep_alive;
         // A page on an allowed origin may read the answer (CORS); the admin
         // listener is for servers, never for pages.
@@ -389,10 +410,11 @@ impl Api {
         };
         let reply = match self.route(origin, req, cors.as_deref(), later) {
             Ok(Some(reply)) => reply,
-            Ok(None) => return None,
+            Ok(None) => return Handled::Later,
+            Err(ApiError::WouldWait) => return Handled::WouldWait,
             Err(e) => refused(&e, keep_alive),
         };
-        Some(finish(reply, req.head.method, cors.as_deref()))
+        Handled::Answer(finish(reply, req.head.method, cors.as_deref()))
     }
 
     /// A subscriber's next page of stored messages, from `sub.next` on;
@@ -669,7 +691,13 @@ impl Api {
         datatype: u8,
         later: Option<Later<'_>>,
     ) -> Result<Option<Answer>, ApiError> {
-        let (appid, msg) = self.message(f, datatype)?;
+        let queued = later.as_ref().is_some_and(Later::must_not_wait);
+        // A send that would wait must say so before anything is done (the
+        // send rate taken): checking a `cmsgid` is a round trip.
+        if queued && (datatype != DATATYPE_SINGLE || f.opt_str("cmsgid")?.is_some()) {
+            return Err(ApiError::WouldWait);
+        }
+        let (appid, msg) = self.message(f, datatype, !queued)?;
         if datatype == DATATYPE_SINGLE {
             return self.send(f, &appid, &[msg.toid], &msg, later);
         }
@@ -683,15 +711,20 @@ impl Api {
         self.send(f, &appid, &members, &msg, later)
     }
 
-    /// The fields shared by `/p` and `/gp`, checked.
+    /// The fields shared by `/p` and `/gp`, checked. Unless it may `wait`,
+    /// a token the store cannot check at once is [`ApiError::WouldWait`].
     fn message<'f>(
         &self,
         f: &'f Fields,
         datatype: u8,
+        wait: bool,
     ) -> Result<(Cow<'f, str>, NewMessage), ApiError> {
         let appid = appid(f)?;
         let fromid = f.u64("fromid")?;
-        self.check_token(f, &appid, fromid)?;
+        match wait {
+            true => self.check_token(f, &appid, fromid).map(drop)?,
+            false => self.check_token_now(f, &appid, fromid)?,
+        }
         let mut key = [0; SENDER_KEY];
         let sender = sender_key(&mut key, &appid, fromid);
         if let Err(wait) = self.per_sender.take(sender, Instant::now()) {
@@ -750,9 +783,12 @@ impl Api {
                     });
                     return Ok(None);
                 }
-                Answering::Deliver(deliver) if self.store.answers_later() => {
+                Answering::Deliver(deliver) | Answering::Queued(deliver)
+                    if self.store.answers_later() =>
+                {
                     Some((deliver, later.shape()))
                 }
+                Answering::Queued(_) => return Err(ApiError::WouldWait),
                 Answering::Deliver(_) => None,
             },
             None => None,
@@ -1006,18 +1042,29 @@ impl Api {
         appid: &str,
         uid: Uid,
     ) -> Result<Cow<'f, str>, ApiError> {
-        const BAD: ApiError = ApiError::Unauthorized("token error");
         let token = f.str("token")?;
-        let Some((selector, verifier)) = auth::split_token(&token) else {
-            return Err(BAD);
+        let acts_for = match token_check(&token, appid, uid) {
+            Some((selector, mut check)) => self.store.check_token(selector, &mut check)?,
+            None => false,
         };
-        let now = unix_now();
-        let acts_for = self.store.check_token(selector, &mut |info| {
-            live(info, verifier, now) && info.appid == appid && info.uid == uid
-        })?;
         match acts_for {
             true => Ok(token),
-            false => Err(BAD),
+            false => Err(TOKEN_ERROR),
+        }
+    }
+
+    /// [`Api::check_token`] where nothing may wait: a token the store
+    /// cannot check at once is [`ApiError::WouldWait`].
+    fn check_token_now(&self, f: &Fields, appid: &str, uid: Uid) -> Result<(), ApiError> {
+        let token = f.str("token")?;
+        let Some((selector, mut check)) = token_check(&token, appid, uid) else {
+            return Err(TOKEN_ERROR);
+        };
+        match self.store.check_token_now(selector, &mut check) {
+            Some(Ok(true)) => Ok(()),
+            Some(Ok(false)) => Err(TOKEN_ERROR),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(ApiError::WouldWait),
         }
     }
 
@@ -1032,6 +1079,25 @@ impl Api {
             .get_token(selector)?
             .filter(|info| live(info, verifier, now)))
     }
+}
+
+/// What every authenticated call is refused with when its token is bad,
+/// expired or someone else's.
+const TOKEN_ERROR: ApiError = ApiError::Unauthorized("token error");
+
+/// The selector of `token`, and the check that the token it names is this
+/// one, live, and acts for `uid` of `appid`; `None` for what no login
+/// hands out.
+fn token_check<'a>(
+    token: &'a str,
+    appid: &'a str,
+    uid: Uid,
+) -> Option<(&'a str, impl FnMut(&TokenInfo) -> bool + 'a)> {
+    let (selector, verifier) = auth::split_token(token)?;
+    let now = unix_now();
+    let check =
+        move |info: &TokenInfo| live(info, verifier, now) && info.appid == appid && info.uid == uid;
+    Some((selector, check))
 }
 
 /// Whether `info` is a token sent with `verifier` (compared in constant
@@ -1080,12 +1146,27 @@ pub type Deliver = Box<dyn FnOnce(Reply) + Send>;
 /// after it returned.
 #[derive(Clone, Copy)]
 pub enum Answering<'a> {
-    /// On a store that answers later, the answer goes to the [`Deliver`]
-    /// this makes.
+    /// A worker's: on a store that answers later, the answer goes to the
+    /// [`Deliver`] this makes.
     Deliver(&'a dyn Fn() -> Deliver),
-    /// A send waits here to be committed with others; [`Api::commit_held`]
-    /// gives its answer.
+    /// A reactor's, on a store that never waits: a send waits here to be
+    /// committed with others; [`Api::commit_held`] gives its answer.
     Held(&'a Held),
+    /// A reactor's, on a store that may wait: nothing may. A send the
+    /// store answers later (from a Redis lane) is answered through the
+    /// [`Deliver`] this makes; a call that would wait is not run
+    /// ([`Handled::WouldWait`]), and nothing of it is done.
+    Queued(&'a dyn Fn() -> Deliver),
+}
+
+/// What became of a request [`Api::handle_then`] ran.
+pub enum Handled {
+    /// Its answer.
+    Answer(Reply),
+    /// Its answer goes where [`Answering`] said, later.
+    Later,
+    /// Not run: it would wait, and [`Answering::Queued`] said nothing may.
+    WouldWait,
 }
 
 /// Sends a reactor ran in one loop turn, held back to be committed
@@ -1121,6 +1202,11 @@ struct Later<'a> {
 }
 
 impl Later<'_> {
+    /// Whether the call runs where nothing may wait.
+    fn must_not_wait(&self) -> bool {
+        matches!(self.answering, Answering::Queued(_))
+    }
+
     fn shape(&self) -> Shape {
         Shape {
             keep_alive: self.keep_alive,

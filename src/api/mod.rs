@@ -11,7 +11,7 @@ pub mod error;
 mod handlers;
 pub mod limits;
 
-pub use handlers::{endpoint_index, Answering, Api, Deliver, Held, Options, ENDPOINTS};
+pub use handlers::{endpoint_index, Answering, Api, Deliver, Handled, Held, Options, ENDPOINTS};
 
 use std::net::IpAddr;
 

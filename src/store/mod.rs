@@ -314,6 +314,18 @@ pub trait Store: Send + Sync + 'static {
         Ok(self.get_token(selector)?.is_some_and(|info| check(&info)))
     }
 
+    /// [`Store::check_token`] when it needs no I/O now; `None` when it
+    /// would wait (a token this process has not cached, on Redis). A
+    /// reactor, which must never wait, then hands the call to a worker.
+    /// By default: on a store that never waits, always answered.
+    fn check_token_now(
+        &self,
+        selector: &str,
+        check: &mut dyn FnMut(&TokenInfo) -> bool,
+    ) -> Option<Result<bool>> {
+        (!self.waits_on_io()).then(|| self.check_token(selector, check))
+    }
+
     /// Forgets `uid`'s token (logout). Forgetting an unknown token is not an
     /// error. A store that [announces](Store::announces) also tells every
     /// node, whose router then ends the subscriptions held with it.

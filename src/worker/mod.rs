@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::api::{Answering, Api, Deliver, Held, Request};
+use crate::api::{Answering, Api, Deliver, Handled, Held, Request};
 use crate::bus::{ConnRef, CoreMsg, Reply, Sub, SubKey};
 use crate::delivery::wire::Kind;
 use crate::http::buffer;
@@ -221,8 +221,8 @@ fn run_job(api: &Api, job: Job) -> Option<(SubKey, CoreMsg)> {
         Job::Request { origin, req, at } => {
             match run_request(api, origin, req, at, None) {
                 Ran::Answered(msg) => Some((origin, msg)),
-                // Not asked to hold, it held nothing.
-                Ran::Later | Ran::Held(_) => None,
+                // Not asked to hold, it held nothing; a worker may wait.
+                Ran::Later | Ran::Held(_) | Ran::WouldWait(_) => None,
             }
         }
         Job::Page { origin, sub } => {
@@ -238,8 +238,9 @@ fn run_job(api: &Api, job: Job) -> Option<(SubKey, CoreMsg)> {
 
 /// Runs one request read at `at` from the connection `origin` names, on a
 /// worker or on that connection's reactor ([`Api::runs_inline`]). With
-/// `held`, a send waits there to be committed with others
-/// ([`Api::commit_held`]).
+/// `held` (a reactor's), a send waits there to be committed with others
+/// ([`Api::commit_held`]) on a store that never waits; on one that may, a
+/// call that would wait is given back, not run ([`Ran::WouldWait`]).
 pub fn run_request(
     api: &Api,
     origin: SubKey,
@@ -258,12 +259,15 @@ pub fn run_request(
         })
     };
     let answering = match held {
-        Some(held) => Answering::Held(held),
+        // A reactor's: on a store that never waits a send is held, to be
+        // committed with the turn's others; on one that may, nothing may.
+        Some(held) if !api.waits_on_io() => Answering::Held(held),
+        Some(_) => Answering::Queued(&later),
         None => Answering::Deliver(&later),
     };
     // A bug in one handler must not leave its client waiting forever, nor
     // take the thread down with it: answer 500.
-    let reply = catch_unwind(AssertUnwindSafe(|| {
+    let handled = catch_unwind(AssertUnwindSafe(|| {
         api.handle_then(origin, &req, Some(answering))
     }))
     .unwrap_or_else(|_| {
@@ -271,14 +275,16 @@ pub fn run_request(
             "a request for {} panicked; answered 500",
             String::from_utf8_lossy(path)
         );
-        Some(internal_error())
+        Handled::Answer(internal_error())
     });
     let done = || Done::of(api, &req, origin, endpoint, at);
-    let ran = match reply {
-        Some(reply) => Ran::Answered(done().account(api.metrics(), reply)),
-        // With `held`, only a send is answered later: it was held.
-        None if held.is_some() => Ran::Held(HeldAnswer { done: done() }),
-        None => Ran::Later,
+    let ran = match handled {
+        Handled::Answer(reply) => Ran::Answered(done().account(api.metrics(), reply)),
+        Handled::Later if matches!(answering, Answering::Held(_)) => {
+            Ran::Held(HeldAnswer { done: done() })
+        }
+        Handled::Later => Ran::Later,
+        Handled::WouldWait => return Ran::WouldWait(req),
     };
     // The next answer this thread builds goes out in it.
     buffer::give_back(req.raw);
@@ -303,6 +309,9 @@ pub enum Ran {
     /// A send held back: [`Api::commit_held`] gives its answer, in the
     /// order the sends were held, for this to count and log.
     Held(HeldAnswer),
+    /// Not run: on a reactor it would have waited ([`Handled::WouldWait`]);
+    /// it goes to a worker.
+    WouldWait(Request),
 }
 
 /// A held send's request, waiting for its answer.

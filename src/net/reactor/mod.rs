@@ -562,7 +562,9 @@ impl Reactor {
     }
 
     /// Runs a complete request: a quick one here and now, when the store
-    /// never waits ([`Api::runs_inline`]), any other on the worker pool.
+    /// never waits, or a `/p` the store answers from a Redis lane
+    /// ([`Api::runs_inline`]); any other, or one that would wait after
+    /// all, on the worker pool.
     fn dispatch(&mut self, key: usize, raw: Vec<u8>, head: Head) {
         self.next_gen = self.next_gen.wrapping_add(1);
         let conn = &mut self.conns[key];
@@ -591,21 +593,24 @@ impl Reactor {
         let at = Instant::now();
         let inline =
             (self.inline.as_deref()).filter(|api| api.runs_inline(req.head.path(&req.raw), admin));
-        if let Some(api) = inline {
+        let req = match inline {
             // Answered as a worker would, then as its answer would be; a
-            // send waits for the end of the turn, committed with the others.
-            match worker::run_request(api, origin, req, at, Some(&self.held)) {
-                Ran::Answered(msg) => self.on_msg(msg),
-                Ran::Later => {}
+            // send waits for the end of the turn, committed with the
+            // others (or, on Redis, is queued on a lane, which answers it).
+            Some(api) => match worker::run_request(api, origin, req, at, Some(&self.held)) {
+                Ran::Answered(msg) => return self.on_msg(msg),
+                Ran::Later => return,
                 Ran::Held(answer) => {
                     self.held_answers.push(answer);
                     if self.held_answers.len() >= HELD_MAX {
                         self.commit_held();
                     }
+                    return;
                 }
-            }
-            return;
-        }
+                Ran::WouldWait(req) => req,
+            },
+            None => req,
+        };
         let job = Job::Request { origin, req, at };
         if let Err(job) = self.queue_job(job) {
             let bytes = error_response(503, "server busy", head.keep_alive);
