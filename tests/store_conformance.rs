@@ -1018,7 +1018,7 @@ fn redis_a_failed_append_pipeline_is_not_run_again() {
     // Redis knows the script now: the failure below is not NOSCRIPT's.
     assert_eq!(s.append(APP, &[1], &single(2, 1, "first")).unwrap(), [1]);
     let redis = b.redis.as_ref().unwrap();
-    assert_eq!(redis.command(&["SET", "hs:{u:app:2}:inbox", "x"]), "+OK");
+    assert_eq!(redis.command(&["SET", "hs:{u:app:2}:box", "x"]), "+OK");
     let r = s.append(APP, &[1, 2], &group_msg(1, 1, "once"));
     match r {
         Err(StoreError::Unavailable(e)) => assert!(e.contains("WRONGTYPE"), "{e}"),
@@ -1028,6 +1028,43 @@ fn redis_a_failed_append_pipeline_is_not_run_again() {
         inbox(s, APP, 1),
         (vec![(1, "first".into()), (2, "once".into())], 2)
     );
+}
+
+/// An inbox a server before the list wrote (a sorted set at
+/// `...:inbox`) is read on: the first page merges it, in msgid order, with
+/// what was appended to the list since, and deletes it; acks trim across
+/// both.
+#[test]
+fn redis_an_inbox_of_the_old_format_is_merged_on_first_read() {
+    let b = Backend::new(Kind::Redis);
+    let s = b.store();
+    users(s, APP, 2);
+    let redis = b.redis.as_ref().unwrap();
+    let member = |id: u64, c: &str| format!(r#"{id}:{{"f":2,"t":1,"d":1,"c":"{c}"}}"#);
+    let old = "hs:{u:app:1}:inbox";
+    for (id, c) in [(1, "old one"), (2, "old two")] {
+        let stored = redis.command(&["ZADD", old, &id.to_string(), &member(id, c)]);
+        assert_eq!(stored, ":1");
+    }
+    redis.command(&["HSET", "hs:{u:app:1}", "seq", "2"]);
+    assert_eq!(s.append(APP, &[1], &single(2, 1, "new")).unwrap(), [3]);
+    let all = vec![
+        (1, "old one".into()),
+        (2, "old two".into()),
+        (3, "new".into()),
+    ];
+    assert_eq!(inbox(s, APP, 1), (all.clone(), 3));
+    assert_eq!(redis.command(&["EXISTS", old]), ":0");
+    assert_eq!(redis.command(&["TYPE", "hs:{u:app:1}:box"]), "+list");
+    assert_eq!(inbox(s, APP, 1), (all.clone(), 3));
+    s.ack(APP, 1, 2).unwrap();
+    assert_eq!(inbox(s, APP, 1), (all[2..].to_vec(), 3));
+    // An ack finds an old inbox too.
+    redis.command(&["ZADD", "hs:{u:app:2}:inbox", "1", &member(1, "for two")]);
+    redis.command(&["HSET", "hs:{u:app:2}", "seq", "1"]);
+    s.ack(APP, 2, 1).unwrap();
+    assert_eq!(inbox(s, APP, 2), (vec![], 1));
+    assert_eq!(redis.command(&["EXISTS", "hs:{u:app:2}:inbox"]), ":0");
 }
 
 /// A process's presence is poured in a piece at a time (an app's users
@@ -1186,6 +1223,23 @@ fn a_reader_ahead_of_the_counter_moves_the_inbox_to_a_new_epoch(kind: Kind) {
     );
     // Another user's counter is its own.
     assert_eq!(b.store().page(APP, 1, 1, all).unwrap().last, 0);
+    // Reads and acks across the holes: msgids 1, 5, then 8.
+    let s = b.store();
+    assert_eq!(s.append(APP, &[2], &single(1, 2, "eight")).unwrap(), [8]);
+    let from = |from| -> Vec<MsgId> {
+        let page = s.page(APP, 2, from, all).unwrap();
+        page.msgs.iter().map(|m| m.msgid).collect()
+    };
+    assert_eq!(from(1), [1, 5, 8]);
+    assert_eq!(from(2), [5, 8]);
+    assert_eq!(from(5), [5, 8]);
+    assert_eq!(from(6), [8]);
+    assert_eq!(from(8), [8]);
+    assert!(from(9).is_empty());
+    s.ack(APP, 2, 4).unwrap();
+    assert_eq!(from(1), [5, 8]);
+    s.ack(APP, 2, 7).unwrap();
+    assert_eq!(from(1), [8]);
 }
 
 fn bulk_users_are_all_or_nothing(kind: Kind) {

@@ -79,15 +79,26 @@ pub fn username(appid: &str, name: &str) -> String {
 }
 
 /// `hs:{u:APPID:UID}`: hash `name`, `pass`, `seq` (last msgid), `ack`,
-/// and once they happen `epoch` (see `scripts::PAGE`), `tokens` (tokens
+/// and once they happen `epoch` (see `scripts::page`), `tokens` (tokens
 /// made), `groups` (groups created).
 pub fn user(appid: &str, uid: Uid) -> String {
     format!("hs:{{u:{}:{uid}}}", part(appid))
 }
 
-/// `hs:{u:APPID:UID}:inbox`: sorted set, score msgid, member
-/// `<msgid>:<message JSON>`.
+/// `hs:{u:APPID:UID}:box`: list, the un-acked messages in msgid order,
+/// each `<msgid>:<message JSON>`. Appended at the tail (`RPUSH`: O(1), and
+/// a few bytes a message beyond its own in a listpack), trimmed at the
+/// head. Msgids follow on in it but may skip ahead after a
+/// lost write (see `scripts::page`), so the scripts find a msgid by its
+/// position and check it (see `scripts::INBOX_FIND`).
 pub fn inbox(appid: &str, uid: Uid) -> String {
+    format!("hs:{{u:{}:{uid}}}:box", part(appid))
+}
+
+/// `hs:{u:APPID:UID}:inbox`: the inbox as servers before the list kept
+/// it, a sorted set (score msgid, the same members). The first page or
+/// ack that finds it merges it into [`inbox`] and deletes it.
+pub fn old_inbox(appid: &str, uid: Uid) -> String {
     format!("hs:{{u:{}:{uid}}}:inbox", part(appid))
 }
 

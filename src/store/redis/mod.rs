@@ -100,8 +100,8 @@ impl RedisStore {
             tokens: tokens::TokenCache::new(opts.token_cache),
             groups: groups::GroupCache::default(),
             append: Script::new(scripts::APPEND),
-            ack: Script::new(scripts::ACK),
-            page: Script::new(scripts::PAGE),
+            ack: Script::new(&scripts::ack()),
+            page: Script::new(&scripts::page()),
             sent: Script::new(scripts::SENT),
             tokens_list: Script::new(scripts::TOKENS),
             own_group: Script::new(scripts::OWN_GROUP),
@@ -833,6 +833,7 @@ impl Store for RedisStore {
             self.page
                 .key(keys::user(appid, uid))
                 .key(keys::inbox(appid, uid))
+                .key(keys::old_inbox(appid, uid))
                 .arg(from)
                 .arg(count)
                 .arg(bytes)
@@ -851,9 +852,10 @@ impl Store for RedisStore {
             self.write_route(&mut p, appid, uid, self.route_until());
             p.cmd("EVALSHA")
                 .arg(self.page.get_hash())
-                .arg(2)
+                .arg(3)
                 .arg(keys::user(appid, uid))
                 .arg(keys::inbox(appid, uid))
+                .arg(keys::old_inbox(appid, uid))
                 .arg(from)
                 .arg(count)
                 .arg(bytes);
@@ -886,6 +888,7 @@ impl Store for RedisStore {
             self.ack
                 .key(keys::user(appid, uid))
                 .key(keys::inbox(appid, uid))
+                .key(keys::old_inbox(appid, uid))
                 .arg(endid)
                 .invoke(c)
         })?;
@@ -1011,9 +1014,9 @@ impl Store for RedisStore {
 
 /// The PAGE script's count and byte caps for `limit`.
 fn page_limits(limit: Limit) -> (usize, usize) {
-    // Lua numbers are doubles: a cap past 2^53 means "no cap" anyway;
-    // ZRANGEBYSCORE's LIMIT takes a signed 64-bit count.
-    (limit.count.min(i64::MAX as usize), limit.bytes.min(1 << 53))
+    // Lua numbers are doubles: a cap past 2^53 means "no cap" anyway (the
+    // script caps the count at the inbox's length).
+    (limit.count.min(1 << 53), limit.bytes.min(1 << 53))
 }
 
 /// The PAGE script's answer for `uid`'s inbox.

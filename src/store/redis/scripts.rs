@@ -7,7 +7,9 @@
 /// in an inbox, none is skipped, and the announcement of N+1 is never
 /// published before N's.
 ///
-/// KEYS, per receiver: its user hash, its inbox, its routes (the nodes
+/// KEYS, per receiver: its user hash, its inbox (a list: see
+/// `keys::inbox`; one in the old format is merged by the next page or ack,
+/// see [`INBOX_FIND`]), its routes (the nodes
 /// that have it subscribed, see `keys::routes`), and (with a `cmsgid`)
 /// the send's `once` key in its slot: ARGV[6] keys each. ARGV[1] the
 /// stored message JSON, ARGV[2] the announcement channels' prefix, ARGV[3]
@@ -51,11 +53,8 @@ for i = 1, n do
     out[i] = -2
   else
     local id = redis.call('HINCRBY', u, 'seq', 1)
-    redis.call('ZADD', box, id, id .. ':' .. ARGV[1])
-    if cap > 0 then
-      local over = redis.call('ZCARD', box) - cap
-      if over > 0 then redis.call('ZREMRANGEBYRANK', box, 0, over - 1) end
-    end
+    local over = redis.call('RPUSH', box, id .. ':' .. ARGV[1]) - cap
+    if cap > 0 and over > 0 then redis.call('LTRIM', box, over, -1) end
     out[i] = id
     local routes = redis.call('HGETALL', at)
     for j = 1, #routes, 2 do
@@ -85,19 +84,72 @@ end
 return out
 "#;
 
+/// What the page and ack scripts share, before their own code: the
+/// functions that read an inbox list (`keys::inbox`).
+///
+/// `merge_old(box, old)` merges an inbox of the old format (a sorted set,
+/// `keys::old_inbox`) into the list, in msgid order, and deletes it: an
+/// append writes to the list at once, so both may hold messages.
+///
+/// `find(box, from)` is the index in the list of the first message whose
+/// msgid is `from` or more (its length if none), and that length. Msgids
+/// follow on in a list, so the index is `from` less the first msgid, and
+/// a look at it confirms it; after a lost write (see [`PAGE`]) they skip
+/// ahead, and it is looked for from the start.
+const INBOX_FIND: &str = r#"
+local function id_of(m) return tonumber(string.match(m, '^%d+')) end
+local function merge_old(box, old)
+  if redis.call('EXISTS', old) == 0 then return end
+  local a, b = redis.call('ZRANGE', old, 0, -1), redis.call('LRANGE', box, 0, -1)
+  local all, i, j = {}, 1, 1
+  while i <= #a or j <= #b do
+    if j > #b or (i <= #a and id_of(a[i]) < id_of(b[j])) then
+      all[#all + 1] = a[i]
+      i = i + 1
+    else
+      all[#all + 1] = b[j]
+      j = j + 1
+    end
+  end
+  redis.call('DEL', box, old)
+  for k = 1, #all, 1000 do
+    redis.call('RPUSH', box, unpack(all, k, math.min(k + 999, #all)))
+  end
+end
+local function find(box, from)
+  local n = redis.call('LLEN', box)
+  if n == 0 then return 0, 0 end
+  local i = from - id_of(redis.call('LINDEX', box, 0))
+  if i <= 0 then return 0, n end
+  if i < n and id_of(redis.call('LINDEX', box, i)) == from then return i, n end
+  if id_of(redis.call('LINDEX', box, -1)) < from then return n, n end
+  for k, m in ipairs(redis.call('LRANGE', box, 0, -1)) do
+    if id_of(m) >= from then return k - 1, n end
+  end
+  return n, n
+end
+"#;
+
 /// Moves a user's ack position forward (never back, never past the last
 /// msgid) and trims what it covers from the inbox.
 ///
-/// KEYS[1] user hash, KEYS[2] inbox. ARGV[1] endid.
+/// KEYS[1] user hash, KEYS[2] inbox, KEYS[3] the inbox of the old format
+/// (merged first: see [`INBOX_FIND`]). ARGV[1] endid.
 /// Returns the ack position, or -1 if the user does not exist.
-pub const ACK: &str = r#"
+pub fn ack() -> String {
+    format!("{INBOX_FIND}{ACK}")
+}
+
+const ACK: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+merge_old(KEYS[2], KEYS[3])
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 local cur = tonumber(redis.call('HGET', KEYS[1], 'ack') or '0')
 local e = math.min(tonumber(ARGV[1]), seq)
 if e > cur then
   redis.call('HSET', KEYS[1], 'ack', e)
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', e)
+  local k = find(KEYS[2], e + 1)
+  if k > 0 then redis.call('LTRIM', KEYS[2], k, -1) end
   return e
 end
 return cur
@@ -105,7 +157,8 @@ return cur
 
 /// Reads one page of an inbox and its last msgid at one instant.
 ///
-/// KEYS[1] user hash, KEYS[2] inbox. ARGV[1] first msgid, ARGV[2] most
+/// KEYS[1] user hash, KEYS[2] inbox, KEYS[3] the inbox of the old format
+/// (merged first: see [`INBOX_FIND`]). ARGV[1] first msgid, ARGV[2] most
 /// messages, ARGV[3] most bytes (each member counts its length; the first
 /// is returned whatever its size). Returns `{last msgid, members}`, or -1
 /// if the user does not exist. Cutting by bytes here keeps a page of large
@@ -115,9 +168,15 @@ return cur
 /// means Redis lost acknowledged writes (a failover to a lagging replica,
 /// `appendfsync everysec`): the counter is raised to the reader's position
 /// and the user's `epoch` counted up, in the same instant, and the answer
-/// is `{last, members, epoch, last msgid found}`.
-pub const PAGE: &str = r#"
+/// is `{last, members, epoch, last msgid found}`. Msgids in the inbox then
+/// skip from the last found to past the reader's position.
+pub fn page() -> String {
+    format!("{INBOX_FIND}{PAGE}")
+}
+
+const PAGE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+merge_old(KEYS[2], KEYS[3])
 local last = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 local seen = tonumber(ARGV[1]) - 1
 local epoch, found
@@ -126,7 +185,9 @@ if seen > last then
   epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
   found, last = last, seen
 end
-local ms = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+local i, n = find(KEYS[2], tonumber(ARGV[1]))
+local stop, ms = math.min(i + tonumber(ARGV[2]), n) - 1, {}
+if stop >= i then ms = redis.call('LRANGE', KEYS[2], i, stop) end
 local cap, size, out = tonumber(ARGV[3]), 0, {}
 for i, m in ipairs(ms) do
   size = size + #m
