@@ -12,7 +12,9 @@
 # `GET /ok` first, then every build/store pair in order, so drift in the
 # machine's load spreads over all of them. The table gives the median of
 # the rounds, every round's figure, p50 / p99 latency (medians) and the
-# ratio to nginx's median of the same run; and the server's CPU time per
+# ratio to nginx's median of the same run (and the median of each round's
+# ratio to nginx's figure in that round, which moves less when the
+# machine's load drifts during the run); and the server's CPU time per
 # request (its processes' user + system time over the run, nginx's master
 # and workers) and context switches per request (all its threads): on a
 # machine shared with other work these move less than requests/s does.
@@ -187,8 +189,9 @@ res = sys.argv[1]
 names = [t.split("|")[0] for t in sys.argv[2:]]
 def runs(name):
     out = []
-    for f in sorted(glob.glob(os.path.join(res, name + ".*.txt"))):
-        run = {}
+    files = glob.glob(os.path.join(res, name + ".*.txt"))
+    for f in sorted(files, key=lambda f: int(f.rsplit(".", 2)[1])):
+        run = {"round": int(f.rsplit(".", 2)[1])}
         for line in open(f, errors="replace"):
             if line.startswith("WRK_JSON "):
                 run.update(json.loads(line[9:]))
@@ -208,16 +211,21 @@ ref = med([r["rps"] for r in rows["nginx"]])
 def per_req(r, key):
     return r[key] / r["requests"] if r.get("requests") and key in r else float("nan")
 ref_cpu = med([per_req(r, "cpu_us") for r in rows["nginx"]])
-print("| target | req/s (median) | rounds | p50 ms | p99 ms | non-2xx | vs nginx | server CPU µs / req | vs nginx | context switches / req | wrk CPU µs / req |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+# Each round's ratio to nginx in the same round: on a machine whose load
+# drifts, the median of these moves less than the ratio of the medians.
+nginx_by_round = {r["round"]: r["rps"] for r in rows["nginx"]}
+def round_ratio(rs):
+    return med([r["rps"] / nginx_by_round[r["round"]] for r in rs if nginx_by_round.get(r["round"])])
+print("| target | req/s (median) | rounds | p50 ms | p99 ms | non-2xx | vs nginx | vs nginx, per round | server CPU µs / req | vs nginx | context switches / req | wrk CPU µs / req |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for n in names:
     rs = rows[n]
     rps = med([r["rps"] for r in rs])
     cpu = med([per_req(r, "cpu_us") for r in rs])
-    print("| %s | %s | %s | %.2f | %.2f | %d | %.2f | %.1f | %.2f | %.2f | %.1f |" % (
+    print("| %s | %s | %s | %.2f | %.2f | %d | %.2f | %.2f | %.1f | %.2f | %.2f | %.1f |" % (
         n, format(round(rps), ","), " / ".join(format(round(r["rps"]), ",") for r in rs),
         med([r["lat_p50_us"] for r in rs]) / 1000, med([r["lat_p99_us"] for r in rs]) / 1000,
-        sum(r.get("non2xx", 0) for r in rs), rps / ref if ref else float("nan"),
+        sum(r.get("non2xx", 0) for r in rs), rps / ref if ref else float("nan"), round_ratio(rs),
         cpu, cpu / ref_cpu if ref_cpu else float("nan"),
         med([per_req(r, "switches") for r in rs]),
         med([per_req(r, "client_us") for r in rs])))
