@@ -234,6 +234,49 @@ fn the_feed_forgets_cached_tokens_when_it_reconnects() {
     }
 }
 
+/// A reactor never waits on Redis: a send it cannot queue on a lane at
+/// once (its sender's token not cached on this node, a `cmsgid` to check)
+/// goes to a worker. A frozen Redis then holds up those sends alone, not
+/// the other connections of their reactor (the server has one).
+#[test]
+fn a_send_that_would_wait_holds_up_no_other_connection() {
+    let mut server = Server::start(
+        Backend::Redis,
+        Opts::default()
+            .threads(1)
+            .admin("")
+            .flag("--redis-timeout-ms", 30_000),
+    );
+    let api = server.api();
+    let (alice, bob) = (api.user("app", "alice"), api.user("app", "bob"));
+    api.pull(&bob); // bob's token is cached here now; alice's is not
+    server.redis().pause();
+    let sends = [send_body(&alice, bob.uid, "token not cached"), {
+        let mut body = send_body(&bob, alice.uid, "a cmsgid");
+        body["cmsgid"] = "c1".into();
+        body
+    }];
+    let mut waiting: Vec<Conn> = (sends.iter())
+        .map(|body| {
+            let mut conn = Conn::connect(server.addr());
+            conn.send(&form_request("/p", body));
+            conn
+        })
+        .collect();
+    let mut health = Conn::connect(server.admin_addr());
+    health.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let answer = health.try_read_response(WAIT);
+    server.redis().resume();
+    assert_eq!(
+        answer.map(|r| r.status).ok(),
+        Some(200),
+        "the reactor waited on Redis"
+    );
+    for conn in &mut waiting {
+        assert_eq!(conn.read_response(WAIT).status, 200);
+    }
+}
+
 #[test]
 fn calls_at_a_lane_when_redis_dies_get_503_and_all_work_after_a_restart() {
     const CALLS: usize = 6;
