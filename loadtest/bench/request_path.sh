@@ -95,6 +95,12 @@ for build in $BUILDS; do
   [ -x "$bin" ] || die "$bin: not an executable"
   i=$((i + 1))
   cp "$bin" "$tmp/haoshuo-$i" || die "cannot copy $bin"
+  # The limits this bench turns off, for builds that have them (builds
+  # from before the limits, like issue 13's baseline, have none).
+  limits=()
+  if "$bin" --help 2>/dev/null | grep -q -- --send-rate; then
+    limits=(--auth-per-ip 0 --login-per-user 0 --send-rate 0)
+  fi
   for store in $STORES; do
     tag=$name-$store
     extra=()
@@ -105,7 +111,7 @@ for build in $BUILDS; do
     logf=$RESULTS/logs/$tag.log
     # shellcheck disable=SC2086 # flags are words on purpose
     "$tmp/haoshuo-$i" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir "$tmp/data-$tag" \
-      --auth-per-ip 0 --login-per-user 0 --send-rate 0 "${extra[@]}" $flags > "$logf" 2>&1 &
+      "${limits[@]}" "${extra[@]}" $flags > "$logf" 2>&1 &
     PIDS+=("$!")
     pid=$!
     addr=
