@@ -146,6 +146,11 @@ impl Options {
 
 pub struct Api {
     store: Arc<dyn Store>,
+    /// What the store says, once, of whether its calls may wait on I/O
+    /// ([`Store::waits_on_io`]) and whether it answers a send later
+    /// ([`Store::answers_later`]): asked of every request, never changing.
+    waits_on_io: bool,
+    answers_later: bool,
     router: Arc<Router>,
     limits: Options,
     /// A real argon2id hash to verify against when the username is unknown
@@ -262,6 +267,8 @@ impl Api {
         let dummy_hash = auth::hash_password("haoshuo: no such user")
             .expect("the OS random source works at start-up");
         Api {
+            waits_on_io: store.waits_on_io(),
+            answers_later: store.answers_later(),
             store,
             router,
             hashing: HashGate::new(limits.hash_concurrency),
@@ -320,15 +327,15 @@ impl Api {
         let Some((endpoint, _)) = Endpoint::parse(path, admin) else {
             return false;
         };
-        match self.store.waits_on_io() {
+        match self.waits_on_io {
             false => endpoint.is_quick(),
-            true => matches!(endpoint, Endpoint::P) && self.store.answers_later(),
+            true => matches!(endpoint, Endpoint::P) && self.answers_later,
         }
     }
 
     /// Whether a call may wait on I/O in the store ([`Store::waits_on_io`]).
     pub fn waits_on_io(&self) -> bool {
-        self.store.waits_on_io()
+        self.waits_on_io
     }
 
     /// Commits the sends `held` holds as one group ([`Store::append_group`]),
@@ -783,9 +790,7 @@ impl Api {
                     });
                     return Ok(None);
                 }
-                Answering::Deliver(deliver) | Answering::Queued(deliver)
-                    if self.store.answers_later() =>
-                {
+                Answering::Deliver(deliver) | Answering::Queued(deliver) if self.answers_later => {
                     Some((deliver, later.shape()))
                 }
                 Answering::Queued(_) => return Err(ApiError::WouldWait),
