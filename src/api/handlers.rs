@@ -700,8 +700,15 @@ impl Api {
     ) -> Result<Option<Answer>, ApiError> {
         let queued = later.as_ref().is_some_and(Later::must_not_wait);
         // A send that would wait must say so before anything is done (the
-        // send rate taken): checking a `cmsgid` is a round trip.
-        if queued && (datatype != DATATYPE_SINGLE || f.opt_str("cmsgid")?.is_some()) {
+        // send rate taken): checking a `cmsgid` is a round trip, and so is
+        // any append on a store that does not answer it later.
+        let waits =
+            || -> Result<bool, ApiError> {
+                Ok(!self.answers_later
+                    || datatype != DATATYPE_SINGLE
+                    || f.opt_str("cmsgid")?.is_some())
+            };
+        if queued && waits()? {
             return Err(ApiError::WouldWait);
         }
         let (appid, msg) = self.message(f, datatype, !queued)?;
