@@ -7,8 +7,8 @@
 //! measured without the noise of two processes sharing two cores.
 //!
 //! The real [`Api`], router and [`EmbeddedStore`] (in a temporary dir,
-//! `--fsync everysec`: its log is written, one `write(2)` per group;
-//! metered, as the server runs it), 1000
+//! `--fsync everysec`: its log is written, one `write(2)` per group, and
+//! never compacted; metered, as the server runs it), 1000
 //! users sending to the next one, each request a form body as wrk's
 //! `p.lua` sends it. Throughput is requests.
 
@@ -79,6 +79,10 @@ fn bench_held_p(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("a data dir");
     let mut opts = embedded::Options::new(dir.path());
     opts.fsync = embedded::Fsync::EverySec;
+    // No compaction beside the bench (it has its own thread and would only
+    // add noise); the server's inbox cap bounds the memory the inboxes take.
+    opts.compact_min_bytes = u64::MAX;
+    opts.inbox_cap = 10_000;
     let store = Arc::new(EmbeddedStore::open(opts).expect("the store"));
     // Metered, as the server runs it: every store call is counted and timed.
     let metrics = Arc::new(Metrics::default());

@@ -63,7 +63,10 @@ pub fn new_token() -> Result<(String, String), AuthError> {
 
 /// Splits a token as a client sent it; `None` if it cannot be one of ours.
 pub fn split_token(token: &str) -> Option<(&str, &str)> {
-    if token.len() != TOKEN_HEX || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+    // Every byte looked at, without a branch per byte: the check vectorizes
+    // (an early exit per byte cost a `/p` some 90 ns, benches/api.rs).
+    let hex = (token.bytes()).fold(true, |hex, b| hex & b.is_ascii_hexdigit());
+    if token.len() != TOKEN_HEX || !hex {
         return None;
     }
     Some(token.split_at(SELECTOR_HEX))
