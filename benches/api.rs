@@ -19,7 +19,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use haoshuo::api::{Answering, Api, Handled, Held, Options, Request};
 use haoshuo::bus::{ConnRef, Reply, SubKey};
 use haoshuo::http::buffer;
-use haoshuo::http::request::parse_head;
 use haoshuo::metrics::store::Metered;
 use haoshuo::metrics::Metrics;
 use haoshuo::net::mailbox::Mailbox;
@@ -41,15 +40,7 @@ fn request(path: &str, content_type: &str, body: &str, admin: bool) -> Request {
         body.len()
     )
     .into_bytes();
-    let head = parse_head(&raw, 1 << 16)
-        .expect("a valid request")
-        .expect("a whole head");
-    Request {
-        raw,
-        head,
-        admin,
-        peer: None,
-    }
+    Request::parse(raw, admin).expect("a whole, valid request")
 }
 
 /// The JSON as the form field `haoshuo`, URL-encoded, as `p.lua` sends it.

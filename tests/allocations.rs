@@ -14,7 +14,6 @@ use std::sync::Arc;
 use haoshuo::api::{Answering, Api, Handled, Held, Options, Request};
 use haoshuo::bus::{ConnRef, Reply, SubKey};
 use haoshuo::http::buffer;
-use haoshuo::http::request::parse_head;
 use haoshuo::net::mailbox::Mailbox;
 use haoshuo::router::Router;
 use haoshuo::store::embedded::{self, EmbeddedStore};
@@ -97,15 +96,9 @@ fn typed_request(path: &str, content_type: &str, body: &str, admin: bool) -> Req
         body.len()
     )
     .into_bytes();
-    let head = parse_head(&raw, 1 << 16)
-        .expect("a valid request")
-        .expect("a whole head");
-    Request {
-        raw: buffer::Pool::default().copy(&raw),
-        head,
-        admin,
-        peer: None,
-    }
+    // In a buffer of a reactor's pool, as a reactor hands it on.
+    let raw = buffer::Pool::default().copy(&raw);
+    Request::parse(raw, admin).expect("a whole, valid request")
 }
 
 fn ok_body(reply: &Reply) -> serde_json::Value {

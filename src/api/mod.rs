@@ -36,6 +36,20 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request whose head and whole body are in `raw`, as a reactor
+    /// hands it on; `None` if `raw` does not start with a whole, valid
+    /// head. (A reactor parses the head as bytes arrive; this is for what
+    /// builds requests whole: tests and benchmarks.)
+    pub fn parse(raw: Vec<u8>, admin: bool) -> Option<Request> {
+        let head = crate::http::request::parse_head(&raw, 1 << 16).ok()??;
+        Some(Request {
+            raw,
+            head,
+            admin,
+            peer: None,
+        })
+    }
+
     pub fn body(&self) -> &[u8] {
         let start = self.head.head_len;
         &self.raw[start..start + self.head.content_length]

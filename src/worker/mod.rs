@@ -406,7 +406,6 @@ mod tests {
     use super::*;
     use crate::api::Options;
     use crate::bus::ConnRef;
-    use crate::http::request::parse_head;
     use crate::net::mailbox::Mailbox;
     use crate::router::Router;
     use crate::store::{Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store, TokenInfo, Uid};
@@ -486,15 +485,7 @@ mod tests {
     }
 
     fn request(raw: Vec<u8>) -> Request {
-        let head = parse_head(&raw, 1 << 16)
-            .expect("a valid request")
-            .expect("a whole head");
-        Request {
-            raw,
-            head,
-            admin: false,
-            peer: None,
-        }
+        Request::parse(raw, false).expect("a whole, valid request")
     }
 
     /// The waker's wake-ups pending on `poll` (an eventfd: 0 or 1), waiting
