@@ -615,8 +615,8 @@ impl Snapshot {
     /// original append, in append order), then msgid counters of fully acked
     /// inboxes and ack positions.
     pub fn write(&self, emit: &mut dyn FnMut(&Record<'_>) -> io::Result<()>) -> io::Result<()> {
-        let apps: Vec<(&String, &SnapshotApp)> = self.apps.iter().map(|a| (&a.name, a)).collect();
-        for &(a, app) in &apps {
+        for app in &self.apps {
+            let a = &app.name;
             for (i, user) in app.users.iter().enumerate() {
                 emit(&Record::User {
                     a: Cow::Borrowed(a),
@@ -636,7 +636,7 @@ impl Snapshot {
             }
         }
         // Tokens user by user, oldest first: the order the quota revokes in.
-        for &(_, app) in &apps {
+        for app in &self.apps {
             for user in &app.users {
                 for s in &user.tokens {
                     let Some(t) = self.tokens.get(&**s) else {
@@ -654,7 +654,8 @@ impl Snapshot {
         }
         // Un-acked messages, grouped back into their appends.
         let mut entries: Vec<(u64, &str, Uid, &Message)> = Vec::new();
-        for &(a, app) in &apps {
+        for app in &self.apps {
+            let a = &app.name;
             for (i, user) in app.users.iter().enumerate() {
                 entries.extend(
                     user.inbox
@@ -690,7 +691,8 @@ impl Snapshot {
                 h: h.as_deref().map(Cow::Borrowed),
             })?;
         }
-        for &(a, app) in &apps {
+        for app in &self.apps {
+            let a = &app.name;
             for (i, user) in app.users.iter().enumerate() {
                 let u = i as Uid + 1;
                 if (user.inbox.is_empty() && user.next_msgid > 1) || user.epoch > 0 {
