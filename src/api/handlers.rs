@@ -702,13 +702,11 @@ impl Api {
         // A send that would wait must say so before anything is done (the
         // send rate taken): checking a `cmsgid` is a round trip, and so is
         // any append on a store that does not answer it later.
-        let waits =
-            || -> Result<bool, ApiError> {
-                Ok(!self.answers_later
-                    || datatype != DATATYPE_SINGLE
-                    || f.opt_str("cmsgid")?.is_some())
-            };
-        if queued && waits()? {
+        if queued
+            && (!self.answers_later
+                || datatype != DATATYPE_SINGLE
+                || f.opt_str("cmsgid")?.is_some())
+        {
             return Err(ApiError::WouldWait);
         }
         let (appid, msg) = self.message(f, datatype, !queued)?;
