@@ -668,11 +668,22 @@ impl Snapshot {
         for chunk in entries.chunk_by(|x, y| x.0 == y.0) {
             let (_, a, _, m) = chunk[0];
             // A receiver listed twice in one append keeps its msgid order:
-            // the chunk is sorted by (uid, msgid).
+            // the chunk is sorted by (uid, msgid). A single chat's message
+            // (one receiver) needs no list made.
+            let (to, ids) = match chunk {
+                [_] => (
+                    Cow::Borrowed(std::slice::from_ref(&chunk[0].2)),
+                    Cow::Borrowed(std::slice::from_ref(&m.msgid)),
+                ),
+                _ => (
+                    chunk.iter().map(|e| e.2).collect(),
+                    chunk.iter().map(|e| e.3.msgid).collect(),
+                ),
+            };
             emit(&Record::Msg {
                 a: Cow::Borrowed(a),
-                to: chunk.iter().map(|e| e.2).collect(),
-                ids: chunk.iter().map(|e| e.3.msgid).collect(),
+                to,
+                ids,
                 f: m.fromid,
                 t: m.toid,
                 d: m.datatype,
