@@ -554,8 +554,8 @@ impl Api {
             Endpoint::Re => self.re(req, f)?.into(),
             Endpoint::Gre => self.gre(f)?.into(),
             Endpoint::Login => self.login(req, f)?.into(),
-            Endpoint::P => return self.chat(f, DATATYPE_SINGLE, later),
-            Endpoint::Gp => return self.chat(f, DATATYPE_GROUP, later),
+            Endpoint::P => return self.chat(f, DATATYPE_SINGLE, req.at, later),
+            Endpoint::Gp => return self.chat(f, DATATYPE_GROUP, req.at, later),
             Endpoint::Pull => self.pull(f)?.into(),
             Endpoint::Ack => self.ack(f)?,
             Endpoint::Logout => self.logout(f)?.into(),
@@ -593,7 +593,7 @@ impl Api {
         let username = bounded(f, "username", MAX_USERNAME)?;
         let pass = bounded(f, "pass", MAX_PASS)?;
         let who = format!("{}:{appid}{username}", appid.len());
-        if let Err(wait) = self.per_user.take(&who, Instant::now()) {
+        if let Err(wait) = self.per_user.take(&who, req.at) {
             return Err(too_many("too many logins for this user", wait));
         }
         let user = self.store.find_user(&appid, &username)?;
@@ -618,7 +618,7 @@ impl Api {
     fn limit_peer(&self, req: &Request) -> Result<(), ApiError> {
         let Some(ip) = req.peer else { return Ok(()) };
         self.per_ip
-            .take(&ip.to_string(), Instant::now())
+            .take(&ip.to_string(), req.at)
             .map_err(|wait| too_many("too many requests from this address", wait))
     }
 
@@ -692,10 +692,12 @@ impl Api {
 
     /// `/p` (`datatype` single) and `/gp` (group): the body of the answer,
     /// or `None` when it goes to `later`.
+    /// `/p` and `/gp`, read `at`.
     fn chat(
         &self,
         f: &Fields,
         datatype: u8,
+        at: Instant,
         later: Option<Later<'_>>,
     ) -> Result<Option<Answer>, ApiError> {
         let queued = later.as_ref().is_some_and(Later::must_not_wait);
@@ -709,7 +711,7 @@ impl Api {
         {
             return Err(ApiError::WouldWait);
         }
-        let (appid, msg) = self.message(f, datatype, !queued)?;
+        let (appid, msg) = self.message(f, datatype, !queued, at)?;
         if datatype == DATATYPE_SINGLE {
             return self.send(f, &appid, &[msg.toid], &msg, later);
         }
@@ -723,13 +725,15 @@ impl Api {
         self.send(f, &appid, &members, &msg, later)
     }
 
-    /// The fields shared by `/p` and `/gp`, checked. Unless it may `wait`,
-    /// a token the store cannot check at once is [`ApiError::WouldWait`].
+    /// The fields shared by `/p` and `/gp`, checked, and the send rate
+    /// taken `at`. Unless it may `wait`, a token the store cannot check at
+    /// once is [`ApiError::WouldWait`].
     fn message<'f>(
         &self,
         f: &'f Fields,
         datatype: u8,
         wait: bool,
+        at: Instant,
     ) -> Result<(Cow<'f, str>, NewMessage), ApiError> {
         let appid = appid(f)?;
         let fromid = f.u64("fromid")?;
@@ -739,7 +743,7 @@ impl Api {
         }
         let mut key = [0; SENDER_KEY];
         let sender = sender_key(&mut key, &appid, fromid);
-        if let Err(wait) = self.per_sender.take(sender, Instant::now()) {
+        if let Err(wait) = self.per_sender.take(sender, at) {
             return Err(too_many("sending too fast", wait));
         }
         if let Some(d) = f.opt_u64("datatype")? {

@@ -123,7 +123,9 @@ impl RateLimit {
             unreachable!("inserted above, under the same lock")
         };
         bucket.tokens = bucket.refilled(now, per_sec, cap);
-        bucket.at = now;
+        // Callers' clocks are their loop turns', a little apart: a bucket's
+        // time never goes back, or the interval would be refilled twice.
+        bucket.at = bucket.at.max(now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             return Ok(());
@@ -193,6 +195,25 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(off.take("x", t0), Ok(()));
         }
+    }
+
+    /// Two reactors take tokens at their own loop turn's time, which may
+    /// be a little behind one another's: an earlier time neither refills
+    /// nor makes the next take refill the same interval again.
+    #[test]
+    fn a_take_at_an_earlier_time_refills_nothing_twice() {
+        let limit = RateLimit::per_minute(1); // one a minute, one saved up
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(60);
+        assert_eq!(limit.take("s", t0), Ok(()));
+        assert_eq!(limit.take("s", t1), Ok(()), "refilled by t1");
+        // Another reactor's turn began a little before: nothing saved up.
+        assert!(limit.take("s", t1 - Duration::from_secs(36)).is_err());
+        // 30 s after t1 is half a token, not the 66 s since that turn.
+        let wait = limit
+            .take("s", t1 + Duration::from_secs(30))
+            .expect_err("half a token");
+        assert!((29.9..=30.0).contains(&wait.as_secs_f64()), "{wait:?}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod limits;
 pub use handlers::{endpoint_index, Answering, Api, Deliver, Handled, Held, Options, ENDPOINTS};
 
 use std::net::IpAddr;
+use std::time::Instant;
 
 use crate::http::request::Head;
 
@@ -33,6 +34,10 @@ pub struct Request {
     pub admin: bool,
     /// The client's address, where [`needs_peer`] says it matters.
     pub peer: Option<IpAddr>,
+    /// When it was read: the start of the reactor's loop turn that read
+    /// it (one clock read a turn for all its requests). Its latency is
+    /// counted from here, and its rate limits take their tokens at it.
+    pub at: Instant,
 }
 
 impl Request {
@@ -47,6 +52,7 @@ impl Request {
             head,
             admin,
             peer: None,
+            at: Instant::now(),
         })
     }
 

@@ -33,12 +33,8 @@ use crate::sync::{QueueRx, QueueTx};
 pub const QUEUE_CAPACITY: usize = 64 * 1024;
 
 pub enum Job {
-    /// A complete request from a connection, handed on `at`.
-    Request {
-        origin: SubKey,
-        req: Request,
-        at: Instant,
-    },
+    /// A complete request from a connection.
+    Request { origin: SubKey, req: Request },
     /// A subscriber asks for the page of stored messages from `sub.next` on.
     Page { origin: SubKey, sub: Sub },
 }
@@ -218,8 +214,8 @@ impl Answers {
 /// goes later, once the store has answered (see [`Api::handle_then`]).
 fn run_job(api: &Api, job: Job) -> Option<(SubKey, CoreMsg)> {
     match job {
-        Job::Request { origin, req, at } => {
-            match run_request(api, origin, req, at, None) {
+        Job::Request { origin, req } => {
+            match run_request(api, origin, req, None) {
                 Ran::Answered(msg) => Some((origin, msg)),
                 // Not asked to hold, it held nothing; a worker may wait.
                 Ran::Later | Ran::Held(_) | Ran::WouldWait(_) => None,
@@ -241,20 +237,14 @@ fn run_job(api: &Api, job: Job) -> Option<(SubKey, CoreMsg)> {
 /// `held` (a reactor's), a send waits there to be committed with others
 /// ([`Api::commit_held`]) on a store that never waits; on one that may, a
 /// call that would wait is given back, not run ([`Ran::WouldWait`]).
-pub fn run_request(
-    api: &Api,
-    origin: SubKey,
-    req: Request,
-    at: Instant,
-    held: Option<&Held>,
-) -> Ran {
+pub fn run_request(api: &Api, origin: SubKey, req: Request, held: Option<&Held>) -> Ran {
     let path = req.head.path(&req.raw);
     let endpoint = crate::api::endpoint_index(path, req.admin);
     let later = || -> Deliver {
-        let done = Done::of(api, &req, origin, endpoint, at);
+        let done = Done::of(api, &req, origin, endpoint);
         let (router, metrics) = (api.router().clone(), api.metrics().clone());
         Box::new(move |reply| {
-            let msg = done.account(&metrics, reply);
+            let msg = done.account(&metrics, reply, Instant::now());
             router.mailbox(origin.core).send(msg);
         })
     };
@@ -277,9 +267,11 @@ pub fn run_request(
         );
         Handled::Answer(internal_error())
     });
-    let done = || Done::of(api, &req, origin, endpoint, at);
+    let done = || Done::of(api, &req, origin, endpoint);
     let ran = match handled {
-        Handled::Answer(reply) => Ran::Answered(done().account(api.metrics(), reply)),
+        Handled::Answer(reply) => {
+            Ran::Answered(done().account(api.metrics(), reply, Instant::now()))
+        }
         Handled::Later if matches!(answering, Answering::Held(_)) => {
             Ran::Held(HeldAnswer { done: done() })
         }
@@ -320,9 +312,10 @@ pub struct HeldAnswer {
 }
 
 impl HeldAnswer {
-    /// The answer, counted and logged, for the connection's reactor.
-    pub fn answer(self, metrics: &Metrics, reply: Reply) -> CoreMsg {
-        self.done.account(metrics, reply)
+    /// The answer, counted and logged, for the connection's reactor;
+    /// `now` is when the group it was committed with was answered.
+    pub fn answer(self, metrics: &Metrics, reply: Reply, now: Instant) -> CoreMsg {
+        self.done.account(metrics, reply, now)
     }
 }
 
@@ -336,7 +329,7 @@ struct Done {
 }
 
 impl Done {
-    fn of(api: &Api, req: &Request, origin: SubKey, endpoint: usize, at: Instant) -> Done {
+    fn of(api: &Api, req: &Request, origin: SubKey, endpoint: usize) -> Done {
         let access = crate::log::access_enabled().then(|| {
             let head = &req.head;
             let method = req.raw.split(|&b| b == b' ').next().unwrap_or(b"-");
@@ -346,17 +339,17 @@ impl Done {
         Done {
             conn: origin.conn,
             endpoint,
-            at,
+            at: req.at,
             access,
         }
     }
 
-    /// Counts the answer, logs it, and makes it the reactor's message.
-    /// (`metrics` is passed, not kept: an `Arc` cloned per request would
-    /// have every worker write one shared count.)
-    fn account(self, metrics: &Metrics, reply: Reply) -> CoreMsg {
+    /// Counts the answer given `now`, logs it, and makes it the reactor's
+    /// message. (`metrics` is passed, not kept: an `Arc` cloned per request
+    /// would have every worker write one shared count.)
+    fn account(self, metrics: &Metrics, reply: Reply, now: Instant) -> CoreMsg {
         let status = status_of(&reply);
-        let took = self.at.elapsed();
+        let took = now.saturating_duration_since(self.at);
         metrics.request(self.endpoint, status, Some(took));
         if let Some((client, method, target)) = &self.access {
             crate::log::access(&crate::log::Access {
@@ -512,8 +505,7 @@ mod tests {
                 conn: ConnRef { slot, gen: 1 },
             };
             let req = request(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
-            let at = Instant::now();
-            assert!(jobs.try_queue(Job::Request { origin, req, at }).is_ok());
+            assert!(jobs.try_queue(Job::Request { origin, req }).is_ok());
         }
         let batching = Batching {
             jobs_per_wake: 1,
@@ -564,8 +556,7 @@ mod tests {
                 conn: ConnRef { slot, gen: 7 },
             };
             let req = pull_request();
-            let at = Instant::now();
-            assert!(jobs.try_send(Job::Request { origin, req, at }).is_ok());
+            assert!(jobs.try_send(Job::Request { origin, req }).is_ok());
             let msg = inbox
                 .recv_timeout(Duration::from_secs(5))
                 .expect("no answer: the worker died with its job");

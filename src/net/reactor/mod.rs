@@ -148,6 +148,9 @@ pub struct Reactor {
     inline: Option<Arc<Api>>,
     timers: TimerWheel<ConnRef>,
     started: Instant,
+    /// When this loop turn began (its requests are read at it), and the
+    /// same in whole seconds since `started` (the timers' tick).
+    turn: Instant,
     now: Secs,
     next_gen: u32,
     scratch: Box<[u8]>,
@@ -221,6 +224,7 @@ impl Reactor {
             inline: work.inline,
             timers: TimerWheel::new(0),
             started: Instant::now(),
+            turn: Instant::now(),
             now: 0,
             next_gen: 0,
             scratch: vec![0; SCRATCH].into_boxed_slice(),
@@ -257,7 +261,9 @@ impl Reactor {
                     return Err(e);
                 }
             }
-            self.now = self.started.elapsed().as_secs() as Secs;
+            // The one clock read of the turn: its requests are read at it.
+            self.turn = Instant::now();
+            self.now = self.turn.duration_since(self.started).as_secs() as Secs;
             let mut woken = inbox_left;
             for event in events.iter() {
                 match event.token() {
@@ -589,15 +595,15 @@ impl Reactor {
             head,
             admin,
             peer,
+            at: self.turn,
         };
-        let at = Instant::now();
         let inline =
             (self.inline.as_deref()).filter(|api| api.runs_inline(req.head.path(&req.raw), admin));
         let req = match inline {
             // Answered as a worker would, then as its answer would be; a
             // send waits for the end of the turn, committed with the
             // others (or, on Redis, is queued on a lane, which answers it).
-            Some(api) => match worker::run_request(api, origin, req, at, Some(&self.held)) {
+            Some(api) => match worker::run_request(api, origin, req, Some(&self.held)) {
                 Ran::Answered(msg) => return self.on_msg(msg),
                 Ran::Later => return,
                 Ran::Held(answer) => {
@@ -611,7 +617,7 @@ impl Reactor {
             },
             None => req,
         };
-        let job = Job::Request { origin, req, at };
+        let job = Job::Request { origin, req };
         if let Err(job) = self.queue_job(job) {
             let bytes = error_response(503, "server busy", head.keep_alive);
             if let Job::Request { req, .. } = job {
@@ -648,10 +654,11 @@ impl Reactor {
             error!("{} sends held, {} answered", answers.len(), replies.len());
         }
         let mut given = replies.drain(..);
+        let now = Instant::now();
         for answer in answers.drain(..) {
             // One left unanswered (a bug) must not wait forever.
             let reply = given.next().unwrap_or_else(worker::internal_error);
-            let msg = answer.answer(&self.metrics, reply);
+            let msg = answer.answer(&self.metrics, reply, now);
             self.on_msg(msg);
         }
         drop(given);
