@@ -85,13 +85,21 @@ pub fn verifier_matches(sent: &str, stored: &str) -> bool {
 
 /// `bytes` as lowercase hex digits.
 pub fn to_hex(bytes: &[u8]) -> String {
+    let mut s = vec![0; bytes.len() * 2];
+    hex_in(bytes, &mut s).to_owned()
+}
+
+/// `bytes` as lowercase hex digits, written to the start of `out` (at
+/// least twice as long).
+pub fn hex_in<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
+    let out = &mut out[..bytes.len() * 2];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
     }
-    s
+    // Hex digits are ASCII.
+    std::str::from_utf8(out).expect("hex digits are ASCII")
 }
 
 #[cfg(test)]

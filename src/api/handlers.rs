@@ -27,7 +27,7 @@ use crate::metrics::{self, Metrics};
 use crate::router::Router;
 use crate::store::{
     leading_run, unix_now, Append, Limit, MsgId, NewMessage, Once, Page, Store, StoreError, Then,
-    TokenInfo, Uid, DATATYPE_GROUP, DATATYPE_SINGLE, MAX_MSGID,
+    TokenInfo, TokenRef, Uid, DATATYPE_GROUP, DATATYPE_SINGLE, MAX_MSGID,
 };
 
 /// Longest appid accepted, in bytes: it is a key prefix, not a document.
@@ -1091,7 +1091,7 @@ impl Api {
         Ok(self
             .store
             .get_token(selector)?
-            .filter(|info| live(info, verifier, now)))
+            .filter(|info| live(info.view(), verifier, now)))
     }
 }
 
@@ -1106,18 +1106,19 @@ fn token_check<'a>(
     token: &'a str,
     appid: &'a str,
     uid: Uid,
-) -> Option<(&'a str, impl FnMut(&TokenInfo) -> bool + 'a)> {
+) -> Option<(&'a str, impl FnMut(TokenRef<'_>) -> bool + 'a)> {
     let (selector, verifier) = auth::split_token(token)?;
     let now = unix_now();
-    let check =
-        move |info: &TokenInfo| live(info, verifier, now) && info.appid == appid && info.uid == uid;
+    let check = move |info: TokenRef<'_>| {
+        live(info, verifier, now) && info.appid == appid && info.uid == uid
+    };
     Some((selector, check))
 }
 
 /// Whether `info` is a token sent with `verifier` (compared in constant
 /// time) and not expired at `now`.
-fn live(info: &TokenInfo, verifier: &str, now: u64) -> bool {
-    auth::verifier_matches(verifier, &info.verifier) && info.expires_at > now
+fn live(info: TokenRef<'_>, verifier: &str, now: u64) -> bool {
+    auth::verifier_matches(verifier, info.verifier) && info.expires_at > now
 }
 
 /// Hands a stored message to the router for the receivers that got it,

@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::Metrics;
 use crate::store::{
     Append, Gid, Limit, Message, MsgId, NewMessage, Once, Page, Result, Store, StoreError, Then,
-    TokenInfo, Uid,
+    TokenInfo, TokenRef, Uid,
 };
 
 /// Store operations, the `op` label of the store metrics ([`OPS`]).
@@ -151,14 +151,14 @@ impl Store for Metered {
     fn check_token(
         &self,
         selector: &str,
-        check: &mut dyn FnMut(&TokenInfo) -> bool,
+        check: &mut dyn FnMut(TokenRef<'_>) -> bool,
     ) -> Result<bool> {
         self.timed(Op::GetToken, |s| s.check_token(selector, check))
     }
     fn check_token_now(
         &self,
         selector: &str,
-        check: &mut dyn FnMut(&TokenInfo) -> bool,
+        check: &mut dyn FnMut(TokenRef<'_>) -> bool,
     ) -> Option<Result<bool>> {
         // Counted only when answered: one that would wait is counted by
         // the `check_token` the worker then makes.

@@ -173,6 +173,30 @@ pub struct TokenInfo {
     pub expires_at: u64,
 }
 
+impl TokenInfo {
+    /// The token as a check sees it.
+    pub fn view(&self) -> TokenRef<'_> {
+        TokenRef {
+            verifier: &self.verifier,
+            appid: &self.appid,
+            uid: self.uid,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// A stored token as [`Store::check_token`]'s check sees it: borrowed from
+/// where the store keeps it, so a check copies nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenRef<'a> {
+    /// The secret half of the token (hex), compared in constant time.
+    pub verifier: &'a str,
+    pub appid: &'a str,
+    pub uid: Uid,
+    /// Unix seconds after which the token is no longer valid.
+    pub expires_at: u64,
+}
+
 /// Failures of a store call. Each maps to one HTTP status in `api::error`.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -309,9 +333,11 @@ pub trait Store: Send + Sync + 'static {
     fn check_token(
         &self,
         selector: &str,
-        check: &mut dyn FnMut(&TokenInfo) -> bool,
+        check: &mut dyn FnMut(TokenRef<'_>) -> bool,
     ) -> Result<bool> {
-        Ok(self.get_token(selector)?.is_some_and(|info| check(&info)))
+        Ok(self
+            .get_token(selector)?
+            .is_some_and(|info| check(info.view())))
     }
 
     /// [`Store::check_token`] when it needs no I/O now; `None` when it
@@ -321,7 +347,7 @@ pub trait Store: Send + Sync + 'static {
     fn check_token_now(
         &self,
         selector: &str,
-        check: &mut dyn FnMut(&TokenInfo) -> bool,
+        check: &mut dyn FnMut(TokenRef<'_>) -> bool,
     ) -> Option<Result<bool>> {
         (!self.waits_on_io()).then(|| self.check_token(selector, check))
     }

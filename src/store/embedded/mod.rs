@@ -151,7 +151,7 @@ use self::log::{Log, Record};
 use self::state::State;
 use super::{
     fingerprint, unix_now, Append, Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store,
-    StoreError, TokenInfo, Uid,
+    StoreError, TokenInfo, TokenRef, Uid,
 };
 
 /// When the log is fsynced.
@@ -640,9 +640,9 @@ impl Store for EmbeddedStore {
     fn check_token(
         &self,
         selector: &str,
-        check: &mut dyn FnMut(&TokenInfo) -> bool,
+        check: &mut dyn FnMut(TokenRef<'_>) -> bool,
     ) -> Result<bool> {
-        Ok(self.lock()?.state.token(selector).is_some_and(check))
+        Ok((self.lock()?.state.token(selector)).is_some_and(|t| check(t.view())))
     }
 
     fn delete_token(&self, _appid: &str, _uid: Uid, selector: &str) -> Result<()> {

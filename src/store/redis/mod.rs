@@ -31,7 +31,7 @@ use redis::{ConnectionLike, RedisResult, Script};
 
 use crate::store::{
     fingerprint, unix_now, Gid, Limit, MsgId, NewMessage, Once, Page, Reset, Result, Store,
-    StoreError, Then, TokenInfo, Uid,
+    StoreError, Then, TokenInfo, TokenRef, Uid,
 };
 
 pub use keys::{deliver_channel, DELIVER_PREFIX};
@@ -726,9 +726,9 @@ impl Store for RedisStore {
     fn check_token_now(
         &self,
         selector: &str,
-        check: &mut dyn FnMut(&TokenInfo) -> bool,
+        check: &mut dyn FnMut(TokenRef<'_>) -> bool,
     ) -> Option<Result<bool>> {
-        self.tokens.get(selector).map(|info| Ok(check(&info)))
+        self.tokens.check(selector, check).map(Ok)
     }
 
     /// Deletes the token, then tells every process (this one at once) to

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::store::TokenInfo;
+use crate::store::{TokenInfo, TokenRef};
 
 /// Lock shards: token checks run on every worker at once.
 const SHARDS: usize = 16;
@@ -90,15 +90,38 @@ impl TokenCache {
     }
 
     pub fn get(&self, selector: &str) -> Option<TokenInfo> {
-        let key = key(selector)?;
-        let shard = lock(self.shard(key));
-        let c = shard.get(&key).filter(|c| c.read_at.elapsed() < self.ttl)?;
-        Some(TokenInfo {
+        self.lookup(selector, |c| TokenInfo {
             verifier: crate::auth::to_hex(&c.verifier),
             appid: c.appid.to_string(),
             uid: c.uid,
             expires_at: c.expires_at,
         })
+    }
+
+    /// What `check` says of the cached token, checked in place (its
+    /// verifier spelled out on the stack); `None` if it is not cached.
+    pub fn check(
+        &self,
+        selector: &str,
+        check: &mut dyn FnMut(TokenRef<'_>) -> bool,
+    ) -> Option<bool> {
+        self.lookup(selector, |c| {
+            let mut hex = [0; VERIFIER_HEX];
+            check(TokenRef {
+                verifier: crate::auth::hex_in(&c.verifier, &mut hex),
+                appid: &c.appid,
+                uid: c.uid,
+                expires_at: c.expires_at,
+            })
+        })
+    }
+
+    /// `f` of the token cached for `selector`, if it is still trusted.
+    fn lookup<T>(&self, selector: &str, f: impl FnOnce(&Cached) -> T) -> Option<T> {
+        let key = key(selector)?;
+        let shard = lock(self.shard(key));
+        let c = shard.get(&key).filter(|c| c.read_at.elapsed() < self.ttl)?;
+        Some(f(c))
     }
 
     /// Where the count of forgets stands: read it before looking a token up
@@ -224,6 +247,25 @@ mod tests {
         assert_eq!(c.get("cd34").map(|i| i.uid), Some(2));
         c.clear();
         assert_eq!(c.get("cd34"), None);
+    }
+
+    /// A check in place sees what a copy holds: the verifier spelled as
+    /// it was put, the appid, uid and expiry.
+    #[test]
+    fn a_check_in_place_sees_the_token_as_put() {
+        let c = TokenCache::new(Duration::from_secs(5));
+        let put = info(7);
+        c.put("ab12", &put, 0);
+        let mut seen = None;
+        let answer = c.check("ab12", &mut |t| {
+            seen = Some((t.verifier.to_owned(), t.appid.to_owned(), t.uid, t.expires_at));
+            true
+        });
+        assert_eq!(answer, Some(true));
+        let want = (put.verifier.clone(), put.appid.clone(), put.uid, put.expires_at);
+        assert_eq!(seen, Some(want));
+        assert_eq!(c.check("ab12", &mut |_| false), Some(false));
+        assert_eq!(c.check("cd34", &mut |_| true), None, "not cached");
     }
 
     #[test]
