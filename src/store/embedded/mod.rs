@@ -627,7 +627,7 @@ impl Store for EmbeddedStore {
             u: info.uid,
             e: info.expires_at,
         })?;
-        inner.state.put_token(selector, info.clone());
+        inner.state.put_token(selector, info);
         inner.after_write();
         Ok(revoked)
     }

@@ -7,14 +7,15 @@
 //! mutation leaves the state untouched. Replay ([`State::apply`]) runs the
 //! same checks against each record and then the same apply code.
 
-use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::borrow::{Borrow, Cow};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::sync::Arc;
 
 use super::log::Record;
 use crate::store::{
-    counted_size, Gid, Limit, Message, MsgId, Page, Reset, StoreError, TokenInfo, Uid,
+    counted_size, Gid, Limit, Message, MsgId, Page, Reset, StoreError, TokenInfo, TokenRef, Uid,
 };
 
 /// Tokens that expired more than this long ago are dropped by compaction.
@@ -62,14 +63,24 @@ pub(crate) struct Group {
 /// copy of every inbox under the store's lock. A user written while it is
 /// shared is copied then, and alone ([`App::user_mut`]); a group never
 /// changes once made.
-#[derive(Default)]
 pub(crate) struct App {
+    /// The appid, shared by the app's tokens.
+    name: Arc<str>,
     by_name: HashMap<String, Uid>,
     users: Vec<Arc<User>>,
     groups: Vec<Arc<Group>>,
 }
 
 impl App {
+    fn named(name: &str) -> App {
+        App {
+            name: Arc::from(name),
+            by_name: HashMap::new(),
+            users: Vec::new(),
+            groups: Vec::new(),
+        }
+    }
+
     fn index(id: u64) -> Option<usize> {
         id.checked_sub(1).and_then(|i| usize::try_from(i).ok())
     }
@@ -85,6 +96,62 @@ impl App {
         Self::index(uid)
             .and_then(|i| self.users.get_mut(i))
             .map(Arc::make_mut)
+    }
+}
+
+/// A stored token. Every authenticated call looks one up, and the state's
+/// users' inboxes keep the caches busy, so what a check reads is close
+/// together: the selector and the verifier in one allocation (the map's
+/// key is the selector in it), the appid the app's own shared name.
+#[derive(Clone)]
+pub(crate) struct Token {
+    /// The selector, then the verifier.
+    text: Box<str>,
+    /// Where the selector ends in `text`.
+    split: usize,
+    appid: Arc<str>,
+    uid: Uid,
+    expires_at: u64,
+}
+
+impl Token {
+    fn selector(&self) -> &str {
+        &self.text[..self.split]
+    }
+
+    fn verifier(&self) -> &str {
+        &self.text[self.split..]
+    }
+
+    /// The token as a check sees it.
+    pub fn view(&self) -> TokenRef<'_> {
+        TokenRef {
+            verifier: self.verifier(),
+            appid: &self.appid,
+            uid: self.uid,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+// A token is its selector, to the map: it is looked up by one.
+impl Borrow<str> for Token {
+    fn borrow(&self) -> &str {
+        self.selector()
+    }
+}
+
+impl PartialEq for Token {
+    fn eq(&self, other: &Token) -> bool {
+        self.selector() == other.selector()
+    }
+}
+
+impl Eq for Token {}
+
+impl Hash for Token {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.selector().hash(state);
     }
 }
 
@@ -118,8 +185,8 @@ impl OnceSeen {
 #[derive(Default)]
 pub(crate) struct State {
     apps: HashMap<String, App>,
-    /// Selector -> token.
-    tokens: HashMap<String, TokenInfo>,
+    /// Tokens, by selector.
+    tokens: HashSet<Token>,
     /// Sequence number of the next append.
     next_seq: u64,
     /// Sends with a `cmsgid`: (appid, fromid, cmsgid) -> until when a retry
@@ -162,7 +229,7 @@ impl State {
 
     /// Adds a user; `uid` comes from [`State::check_user`].
     pub fn add_user(&mut self, appid: &str, uid: Uid, name: &str, pass_hash: &str) {
-        let app = self.apps.entry(appid.to_owned()).or_default();
+        let app = (self.apps.entry(appid.to_owned())).or_insert_with(|| App::named(appid));
         debug_assert_eq!(uid, app.users.len() as Uid + 1);
         app.by_name.insert(name.to_owned(), uid);
         app.users.push(Arc::new(User {
@@ -212,7 +279,7 @@ impl State {
 
     /// Adds a group; `gid` comes from [`State::check_group`].
     pub fn add_group(&mut self, appid: &str, gid: Gid, owner: Uid, name: &str, members: &[Uid]) {
-        let app = self.apps.entry(appid.to_owned()).or_default();
+        let app = (self.apps.entry(appid.to_owned())).or_insert_with(|| App::named(appid));
         debug_assert_eq!(gid, app.groups.len() as Gid + 1);
         if let Some(user) = app.user_mut(owner) {
             user.groups_owned = user.groups_owned.saturating_add(1);
@@ -232,13 +299,23 @@ impl State {
 
     // ---- tokens ----
 
-    pub fn put_token(&mut self, selector: &str, info: TokenInfo) {
+    pub fn put_token(&mut self, selector: &str, info: &TokenInfo) {
         // A selector stored again (never, with random selectors) moves.
         self.delete_token(selector);
         if let Some(user) = self.user_mut(&info.appid, info.uid) {
             user.tokens.push(selector.into());
         }
-        self.tokens.insert(selector.to_owned(), info);
+        let appid = match self.apps.get(info.appid.as_str()) {
+            Some(app) => Arc::clone(&app.name),
+            None => Arc::from(info.appid.as_str()),
+        };
+        self.tokens.insert(Token {
+            text: [selector, &info.verifier].concat().into(),
+            split: selector.len(),
+            appid,
+            uid: info.uid,
+            expires_at: info.expires_at,
+        });
     }
 
     /// The oldest tokens of `uid` that go when it gets one more and may
@@ -255,22 +332,28 @@ impl State {
     }
 
     pub fn get_token(&self, selector: &str) -> Option<TokenInfo> {
-        self.tokens.get(selector).cloned()
+        let t = self.tokens.get(selector)?;
+        Some(TokenInfo {
+            verifier: t.verifier().to_owned(),
+            appid: t.appid.to_string(),
+            uid: t.uid,
+            expires_at: t.expires_at,
+        })
     }
 
-    pub fn token(&self, selector: &str) -> Option<&TokenInfo> {
+    pub fn token(&self, selector: &str) -> Option<&Token> {
         self.tokens.get(selector)
     }
 
     pub fn has_token(&self, selector: &str) -> bool {
-        self.tokens.contains_key(selector)
+        self.tokens.contains(selector)
     }
 
     pub fn delete_token(&mut self, selector: &str) {
-        let Some(info) = self.tokens.remove(selector) else {
+        let Some(token) = self.tokens.take(selector) else {
             return;
         };
-        if let Some(user) = self.user_mut(&info.appid, info.uid) {
+        if let Some(user) = self.user_mut(&token.appid, token.uid) {
             user.tokens.retain(|s| &**s != selector);
         }
     }
@@ -506,7 +589,7 @@ impl State {
             }
             Record::TokenPut { s, v, a, u, e } => self.put_token(
                 &s,
-                TokenInfo {
+                &TokenInfo {
                     verifier: v.into_owned(),
                     appid: a.into_owned(),
                     uid: u,
@@ -565,8 +648,8 @@ impl State {
         let expired: Vec<String> = self
             .tokens
             .iter()
-            .filter(|(_, t)| t.expires_at.saturating_add(TOKEN_GRACE_SECS) < now)
-            .map(|(s, _)| s.clone())
+            .filter(|t| t.expires_at.saturating_add(TOKEN_GRACE_SECS) < now)
+            .map(|t| t.selector().to_owned())
             .collect();
         for s in expired {
             self.delete_token(&s);
@@ -605,7 +688,7 @@ struct SnapshotApp {
 pub(crate) struct Snapshot {
     /// In name order.
     apps: Vec<SnapshotApp>,
-    tokens: HashMap<String, TokenInfo>,
+    tokens: HashSet<Token>,
     once: HashMap<OnceKey, (u64, Option<Box<str>>)>,
 }
 
@@ -644,7 +727,7 @@ impl Snapshot {
                     };
                     emit(&Record::TokenPut {
                         s: Cow::Borrowed(s),
-                        v: Cow::Borrowed(&t.verifier),
+                        v: Cow::Borrowed(t.verifier()),
                         a: Cow::Borrowed(&t.appid),
                         u: t.uid,
                         e: t.expires_at,
@@ -753,6 +836,48 @@ mod tests {
             x: None,
             h: None,
         }
+    }
+
+    /// A token is found by its selector, checked as it was put, keeps
+    /// its app's one name, and goes with a logout.
+    #[test]
+    fn a_token_is_found_by_its_selector_and_shares_its_apps_name() {
+        let mut state = State::default();
+        state.apply(user(1)).unwrap();
+        let info = TokenInfo {
+            verifier: "v".repeat(32),
+            appid: "t".into(),
+            uid: 1,
+            expires_at: 99,
+        };
+        state.put_token("s1", &info);
+        state.put_token(
+            "s12",
+            &TokenInfo {
+                uid: 2,
+                ..info.clone()
+            },
+        );
+        assert_eq!(state.get_token("s1"), Some(info.clone()));
+        let t = state.token("s1").expect("found by its selector");
+        let seen = t.view();
+        assert_eq!(
+            (seen.verifier, seen.appid, seen.uid, seen.expires_at),
+            ("vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv", "t", 1, 99)
+        );
+        assert!(
+            Arc::ptr_eq(&t.appid, &state.apps["t"].name),
+            "a copy of the appid"
+        );
+        assert_eq!(
+            state.token("s12").map(|t| t.uid),
+            Some(2),
+            "a selector is not a prefix"
+        );
+        assert!(state.token("s").is_none());
+        state.delete_token("s1");
+        assert!(!state.has_token("s1"));
+        assert!(state.has_token("s12"));
     }
 
     fn written(snapshot: &Snapshot) -> Vec<String> {
