@@ -258,11 +258,21 @@ mod tests {
         c.put("ab12", &put, 0);
         let mut seen = None;
         let answer = c.check("ab12", &mut |t| {
-            seen = Some((t.verifier.to_owned(), t.appid.to_owned(), t.uid, t.expires_at));
+            seen = Some((
+                t.verifier.to_owned(),
+                t.appid.to_owned(),
+                t.uid,
+                t.expires_at,
+            ));
             true
         });
         assert_eq!(answer, Some(true));
-        let want = (put.verifier.clone(), put.appid.clone(), put.uid, put.expires_at);
+        let want = (
+            put.verifier.clone(),
+            put.appid.clone(),
+            put.uid,
+            put.expires_at,
+        );
         assert_eq!(seen, Some(want));
         assert_eq!(c.check("ab12", &mut |_| false), Some(false));
         assert_eq!(c.check("cd34", &mut |_| true), None, "not cached");
