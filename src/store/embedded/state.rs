@@ -878,6 +878,12 @@ mod tests {
         state.delete_token("s1");
         assert!(!state.has_token("s1"));
         assert!(state.has_token("s12"));
+        // Many in one set: tokens whose hashes meet stay apart.
+        for i in 0..1000 {
+            state.put_token(&format!("{i:016x}"), &info);
+        }
+        assert!((0..1000).all(|i| state.has_token(&format!("{i:016x}"))));
+        assert_eq!(state.tokens.len(), 1001);
     }
 
     fn written(snapshot: &Snapshot) -> Vec<String> {
