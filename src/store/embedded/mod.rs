@@ -148,7 +148,7 @@ use self::commit::{Committer, OnceRequest, Outcome, Request};
 #[doc(hidden)]
 pub use self::log::{scan_bytes, Scanned};
 use self::log::{Log, Record};
-use self::state::State;
+use self::state::{State, Tokens};
 use super::{
     fingerprint, unix_now, Append, Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store,
     StoreError, TokenInfo, TokenRef, Uid,
@@ -277,6 +277,8 @@ pub struct EmbeddedStore {
     /// Holds the `flock` on `LOCK` until the store is dropped.
     _lock: File,
     fsync: Fsync,
+    /// The state's tokens, checked without the state's lock.
+    tokens: Tokens,
 }
 
 impl fmt::Debug for EmbeddedStore {
@@ -367,6 +369,7 @@ impl EmbeddedStore {
             opts.fsync,
             opts.compact_min_bytes,
         );
+        let tokens = state.tokens();
         let inner = Arc::new_cyclic(|me| Core {
             inner: Mutex::new(Inner {
                 state,
@@ -404,6 +407,7 @@ impl EmbeddedStore {
             syncer,
             _lock: lock,
             fsync: opts.fsync,
+            tokens,
         })
     }
 
@@ -633,21 +637,22 @@ impl Store for EmbeddedStore {
     }
 
     fn get_token(&self, selector: &str) -> Result<Option<TokenInfo>> {
-        Ok(self.lock()?.state.get_token(selector))
+        Ok(self.tokens.get(selector))
     }
 
-    /// Checked under the lock, in place: a compare, nothing copied.
+    /// Checked in place, under the tokens' own lock, not the state's: a
+    /// compare, nothing copied, never behind a commit group's write.
     fn check_token(
         &self,
         selector: &str,
         check: &mut dyn FnMut(TokenRef<'_>) -> bool,
     ) -> Result<bool> {
-        Ok((self.lock()?.state.token(selector)).is_some_and(|t| check(t.view())))
+        Ok(self.tokens.check(selector, check))
     }
 
     fn delete_token(&self, _appid: &str, _uid: Uid, selector: &str) -> Result<()> {
         let mut inner = self.inner.lock_idle()?;
-        if !inner.state.has_token(selector) {
+        if !self.tokens.contains(selector) {
             return Ok(());
         }
         inner.commit(&Record::TokenDel {

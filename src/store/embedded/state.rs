@@ -11,7 +11,7 @@ use std::borrow::{Borrow, Cow};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::log::Record;
 use crate::store::{
@@ -155,6 +155,49 @@ impl Hash for Token {
     }
 }
 
+/// The stored tokens, behind a lock of their own, shared by the state
+/// and the store: every authenticated call checks one, and under the
+/// state's lock it would wait behind whatever holds that, a commit group
+/// mid-write on a thread the scheduler may have put aside for a tick. They
+/// change only under the state's lock too, so whoever holds that sees
+/// them agree with the users' lists of their tokens.
+#[derive(Clone, Default)]
+pub(crate) struct Tokens(Arc<RwLock<HashSet<Token>>>);
+
+impl Tokens {
+    // Nothing panics while holding the lock with the set half changed
+    // (an insert or a removal is whole), so a poisoned one is still sound.
+    fn read(&self) -> RwLockReadGuard<'_, HashSet<Token>> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashSet<Token>> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What `check` says of the token `selector` names (false when there
+    /// is none), checked in place.
+    pub fn check(&self, selector: &str, check: &mut dyn FnMut(TokenRef<'_>) -> bool) -> bool {
+        self.read().get(selector).is_some_and(|t| check(t.view()))
+    }
+
+    /// A copy of the token `selector` names.
+    pub fn get(&self, selector: &str) -> Option<TokenInfo> {
+        let tokens = self.read();
+        let t = tokens.get(selector)?;
+        Some(TokenInfo {
+            verifier: t.verifier().to_owned(),
+            appid: t.appid.to_string(),
+            uid: t.uid,
+            expires_at: t.expires_at,
+        })
+    }
+
+    pub fn contains(&self, selector: &str) -> bool {
+        self.read().contains(selector)
+    }
+}
+
 /// A send's `cmsgid` as the store knows it: (appid, fromid, cmsgid).
 type OnceKey = (String, Uid, String);
 
@@ -186,7 +229,7 @@ impl OnceSeen {
 pub(crate) struct State {
     apps: HashMap<String, App>,
     /// Tokens, by selector.
-    tokens: HashSet<Token>,
+    tokens: Tokens,
     /// Sequence number of the next append.
     next_seq: u64,
     /// Sends with a `cmsgid`: (appid, fromid, cmsgid) -> until when a retry
@@ -309,7 +352,7 @@ impl State {
             Some(app) => Arc::clone(&app.name),
             None => Arc::from(info.appid.as_str()),
         };
-        self.tokens.insert(Token {
+        self.tokens.write().insert(Token {
             text: [selector, &info.verifier].concat().into(),
             split: selector.len(),
             appid,
@@ -331,26 +374,13 @@ impl State {
         user.tokens[..over].iter().map(|s| s.to_string()).collect()
     }
 
-    pub fn get_token(&self, selector: &str) -> Option<TokenInfo> {
-        let t = self.tokens.get(selector)?;
-        Some(TokenInfo {
-            verifier: t.verifier().to_owned(),
-            appid: t.appid.to_string(),
-            uid: t.uid,
-            expires_at: t.expires_at,
-        })
-    }
-
-    pub fn token(&self, selector: &str) -> Option<&Token> {
-        self.tokens.get(selector)
-    }
-
-    pub fn has_token(&self, selector: &str) -> bool {
-        self.tokens.contains(selector)
+    /// The tokens, for the store to check without the state's lock.
+    pub fn tokens(&self) -> Tokens {
+        self.tokens.clone()
     }
 
     pub fn delete_token(&mut self, selector: &str) {
-        let Some(token) = self.tokens.take(selector) else {
+        let Some(token) = self.tokens.write().take(selector) else {
             return;
         };
         if let Some(user) = self.user_mut(&token.appid, token.uid) {
@@ -645,9 +675,7 @@ impl State {
     /// seconds), and sends with a `cmsgid` no longer recognised.
     pub fn purge_tokens(&mut self, now: u64) {
         self.purge_once(now);
-        let expired: Vec<String> = self
-            .tokens
-            .iter()
+        let expired: Vec<String> = (self.tokens.read().iter())
             .filter(|t| t.expires_at.saturating_add(TOKEN_GRACE_SECS) < now)
             .map(|t| t.selector().to_owned())
             .collect();
@@ -670,7 +698,7 @@ impl State {
         apps.sort_unstable_by(|x, y| x.name.cmp(&y.name));
         Snapshot {
             apps,
-            tokens: self.tokens.clone(),
+            tokens: self.tokens.read().clone(),
             once: self.once.clone(),
         }
     }
@@ -844,6 +872,8 @@ mod tests {
     fn a_token_is_found_by_its_selector_and_shares_its_apps_name() {
         let mut state = State::default();
         state.apply(user(1)).unwrap();
+        // The store's handle: the state changes them, the store reads them.
+        let tokens = state.tokens();
         let info = TokenInfo {
             verifier: "v".repeat(32),
             appid: "t".into(),
@@ -858,32 +888,39 @@ mod tests {
                 ..info.clone()
             },
         );
-        assert_eq!(state.get_token("s1"), Some(info.clone()));
-        let t = state.token("s1").expect("found by its selector");
-        let seen = t.view();
-        assert_eq!(
-            (seen.verifier, seen.appid, seen.uid, seen.expires_at),
-            ("vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv", "t", 1, 99)
-        );
+        assert_eq!(tokens.get("s1"), Some(info.clone()));
+        let mut seen = None;
+        assert!(tokens.check("s1", &mut |t| {
+            seen = Some((
+                t.verifier.to_owned(),
+                t.appid.to_owned(),
+                t.uid,
+                t.expires_at,
+            ));
+            true
+        }));
+        assert_eq!(seen, Some(("v".repeat(32), "t".to_owned(), 1, 99)));
+        assert!(!tokens.check("s1", &mut |_| false));
+        let shared = tokens.read().get("s1").map(|t| Arc::clone(&t.appid));
         assert!(
-            Arc::ptr_eq(&t.appid, &state.apps["t"].name),
+            Arc::ptr_eq(&shared.expect("found"), &state.apps["t"].name),
             "a copy of the appid"
         );
         assert_eq!(
-            state.token("s12").map(|t| t.uid),
+            tokens.get("s12").map(|t| t.uid),
             Some(2),
             "a selector is not a prefix"
         );
-        assert!(state.token("s").is_none());
+        assert!(!tokens.check("s", &mut |_| true));
         state.delete_token("s1");
-        assert!(!state.has_token("s1"));
-        assert!(state.has_token("s12"));
+        assert!(!tokens.contains("s1"));
+        assert!(tokens.contains("s12"));
         // Many in one set: tokens whose hashes meet stay apart.
         for i in 0..1000 {
             state.put_token(&format!("{i:016x}"), &info);
         }
-        assert!((0..1000).all(|i| state.has_token(&format!("{i:016x}"))));
-        assert_eq!(state.tokens.len(), 1001);
+        assert!((0..1000).all(|i| tokens.contains(&format!("{i:016x}"))));
+        assert_eq!(tokens.read().len(), 1001);
     }
 
     fn written(snapshot: &Snapshot) -> Vec<String> {

@@ -191,6 +191,32 @@ fn tokens() {
     );
 }
 
+/// A token is checked while the state's lock is held, as a commit group
+/// holds it through its write: with two reactors, one's every `/p` waited
+/// behind the other's commit, for a tick whenever the scheduler put that
+/// one aside mid-write.
+#[test]
+fn a_token_check_does_not_wait_for_the_state_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.create_user(APP, "a", "h").unwrap();
+    s.put_token("x", &token(1, u64::MAX), 0).unwrap();
+    let held = s.inner.lock().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _ = tx.send(s.check_token("x", &mut |t| t.uid == 1));
+        });
+        let checked = rx.recv_timeout(std::time::Duration::from_secs(10));
+        drop(held);
+        assert!(
+            matches!(checked, Ok(Ok(true))),
+            "the check waited for the state's lock: {checked:?}"
+        );
+    });
+    assert_eq!(s.get_token("x").unwrap(), Some(token(1, u64::MAX)));
+}
+
 #[test]
 fn append_and_read() {
     let dir = tempfile::tempdir().unwrap();
