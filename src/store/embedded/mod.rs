@@ -14,7 +14,10 @@
 //! One [`Mutex`] guards the state and the log writer together, so the log
 //! order is the apply order. Inside it a call validates, serialises its
 //! record into a reused buffer, writes it and applies it; readers take the
-//! same lock.
+//! same lock. The tokens are the exception: they have a lock of their own
+//! (`state::Tokens`, an `RwLock`), changed only by callers that also hold
+//! the state's lock, and a token check (every authenticated call) takes
+//! that one alone, so it never waits behind a commit group's write.
 //!
 //! Message appends (`append`, `append_once`: every chat message) go
 //! through group commit, a leader/follower scheme like LevelDB's writer
