@@ -197,6 +197,18 @@ pub struct TokenRef<'a> {
     pub expires_at: u64,
 }
 
+impl TokenRef<'_> {
+    /// An owned copy.
+    pub fn to_info(&self) -> TokenInfo {
+        TokenInfo {
+            verifier: self.verifier.to_owned(),
+            appid: self.appid.to_owned(),
+            uid: self.uid,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
 /// Failures of a store call. Each maps to one HTTP status in `api::error`.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

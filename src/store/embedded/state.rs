@@ -183,14 +183,7 @@ impl Tokens {
 
     /// A copy of the token `selector` names.
     pub fn get(&self, selector: &str) -> Option<TokenInfo> {
-        let tokens = self.read();
-        let t = tokens.get(selector)?;
-        Some(TokenInfo {
-            verifier: t.verifier().to_owned(),
-            appid: t.appid.to_string(),
-            uid: t.uid,
-            expires_at: t.expires_at,
-        })
+        self.read().get(selector).map(|t| t.view().to_info())
     }
 
     pub fn contains(&self, selector: &str) -> bool {
@@ -891,15 +884,10 @@ mod tests {
         assert_eq!(tokens.get("s1"), Some(info.clone()));
         let mut seen = None;
         assert!(tokens.check("s1", &mut |t| {
-            seen = Some((
-                t.verifier.to_owned(),
-                t.appid.to_owned(),
-                t.uid,
-                t.expires_at,
-            ));
+            seen = Some(t.to_info());
             true
         }));
-        assert_eq!(seen, Some(("v".repeat(32), "t".to_owned(), 1, 99)));
+        assert_eq!(seen.as_ref(), Some(&info), "checked as it was put");
         assert!(!tokens.check("s1", &mut |_| false));
         let shared = tokens.read().get("s1").map(|t| Arc::clone(&t.appid));
         assert!(

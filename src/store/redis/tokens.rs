@@ -90,38 +90,32 @@ impl TokenCache {
     }
 
     pub fn get(&self, selector: &str) -> Option<TokenInfo> {
-        self.lookup(selector, |c| TokenInfo {
-            verifier: crate::auth::to_hex(&c.verifier),
-            appid: c.appid.to_string(),
-            uid: c.uid,
-            expires_at: c.expires_at,
-        })
+        let mut info = None;
+        self.check(selector, &mut |t| {
+            info = Some(t.to_info());
+            true
+        });
+        info
     }
 
     /// What `check` says of the cached token, checked in place (its
-    /// verifier spelled out on the stack); `None` if it is not cached.
+    /// verifier spelled out on the stack); `None` if it is not cached, or
+    /// no longer trusted.
     pub fn check(
         &self,
         selector: &str,
         check: &mut dyn FnMut(TokenRef<'_>) -> bool,
     ) -> Option<bool> {
-        self.lookup(selector, |c| {
-            let mut hex = [0; VERIFIER_HEX];
-            check(TokenRef {
-                verifier: crate::auth::hex_in(&c.verifier, &mut hex),
-                appid: &c.appid,
-                uid: c.uid,
-                expires_at: c.expires_at,
-            })
-        })
-    }
-
-    /// `f` of the token cached for `selector`, if it is still trusted.
-    fn lookup<T>(&self, selector: &str, f: impl FnOnce(&Cached) -> T) -> Option<T> {
         let key = key(selector)?;
         let shard = lock(self.shard(key));
         let c = shard.get(&key).filter(|c| c.read_at.elapsed() < self.ttl)?;
-        Some(f(c))
+        let mut hex = [0; VERIFIER_HEX];
+        Some(check(TokenRef {
+            verifier: crate::auth::hex_in(&c.verifier, &mut hex),
+            appid: &c.appid,
+            uid: c.uid,
+            expires_at: c.expires_at,
+        }))
     }
 
     /// Where the count of forgets stands: read it before looking a token up
@@ -258,22 +252,11 @@ mod tests {
         c.put("ab12", &put, 0);
         let mut seen = None;
         let answer = c.check("ab12", &mut |t| {
-            seen = Some((
-                t.verifier.to_owned(),
-                t.appid.to_owned(),
-                t.uid,
-                t.expires_at,
-            ));
+            seen = Some(t.to_info());
             true
         });
         assert_eq!(answer, Some(true));
-        let want = (
-            put.verifier.clone(),
-            put.appid.clone(),
-            put.uid,
-            put.expires_at,
-        );
-        assert_eq!(seen, Some(want));
+        assert_eq!(seen, Some(put));
         assert_eq!(c.check("ab12", &mut |_| false), Some(false));
         assert_eq!(c.check("cd34", &mut |_| true), None, "not cached");
     }
