@@ -131,10 +131,7 @@ fn encode_after(rec: &Record<'_>, buf: &mut Vec<u8>) {
     buf.extend_from_slice(b"00000000 ");
     rec.write_json(buf);
     let crc = crc32fast::hash(&buf[start + CRC_PREFIX..]);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, slot) in buf[start..start + 8].iter_mut().enumerate() {
-        *slot = HEX[(crc >> (28 - 4 * i)) as usize & 0xf];
-    }
+    crate::auth::hex_in(&crc.to_be_bytes(), &mut buf[start..start + 8]);
     buf.push(b'\n');
 }
 

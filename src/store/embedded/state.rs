@@ -101,8 +101,8 @@ impl App {
 
 /// A stored token. Every authenticated call looks one up, and the state's
 /// users' inboxes keep the caches busy, so what a check reads is close
-/// together: the selector and the verifier in one allocation (the map's
-/// key is the selector in it), the appid the app's own shared name.
+/// together: the selector and the verifier in one allocation (the set
+/// finds it by the selector in it), the appid the app's own shared name.
 #[derive(Clone)]
 pub(crate) struct Token {
     /// The selector, then the verifier.
