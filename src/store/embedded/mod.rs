@@ -242,6 +242,14 @@ struct Core {
 }
 
 impl Core {
+    /// Refuses every write from now on: an fsync of the log, made without
+    /// the lock, failed (`what`), so the log cannot be trusted.
+    fn fsync_failed(&self, what: &str, e: &io::Error) {
+        if let Ok(mut inner) = self.lock() {
+            inner.broken = Some(format!("{what} failed: {e}; reopen the store"));
+        }
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
         self.inner
             .lock()
@@ -337,9 +345,7 @@ fn sync_dirty(core: &Core) {
     };
     drop(guard);
     if let Err(e) = file.sync_data() {
-        if let Ok(mut guard) = core.lock() {
-            guard.broken = Some(format!("log fsync failed: {e}; reopen the store"));
-        }
+        core.fsync_failed("log fsync", &e);
     }
 }
 
@@ -559,11 +565,7 @@ impl Inner {
                 // lock: writers go on meanwhile.
                 drop(inner);
                 if let Err(e) = after.map_or(Ok(()), log::AfterSwitch::run) {
-                    if let Ok(mut inner) = me.lock() {
-                        inner.broken = Some(format!(
-                            "log fsync after compaction failed: {e}; reopen the store"
-                        ));
-                    }
+                    me.fsync_failed("log fsync after compaction", &e);
                 }
             });
         match spawned {
@@ -797,11 +799,8 @@ impl Store for EmbeddedStore {
     fn flush(&self) -> Result<()> {
         let file = self.lock()?.log.file();
         file.sync_data().map_err(|e| {
-            let msg = format!("log fsync failed: {e}");
-            if let Ok(mut inner) = self.lock() {
-                inner.broken = Some(format!("{msg}; reopen the store"));
-            }
-            unavailable(msg)
+            self.inner.fsync_failed("log fsync", &e);
+            unavailable(format!("log fsync failed: {e}"))
         })
     }
 }
