@@ -690,9 +690,8 @@ impl Api {
         ]))
     }
 
-    /// `/p` (`datatype` single) and `/gp` (group): the body of the answer,
-    /// or `None` when it goes to `later`.
-    /// `/p` and `/gp`, read `at`.
+    /// `/p` (`datatype` single) and `/gp` (group), read `at`: the body of
+    /// the answer, or `None` when it goes to `later`.
     fn chat(
         &self,
         f: &Fields,

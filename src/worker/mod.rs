@@ -232,7 +232,7 @@ fn run_job(api: &Api, job: Job) -> Option<(SubKey, CoreMsg)> {
     }
 }
 
-/// Runs one request read at `at` from the connection `origin` names, on a
+/// Runs one request (read at `req.at`) from the connection `origin` names, on a
 /// worker or on that connection's reactor ([`Api::runs_inline`]). With
 /// `held` (a reactor's), a send waits there to be committed with others
 /// ([`Api::commit_held`]) on a store that never waits; on one that may, a

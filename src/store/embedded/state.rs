@@ -134,7 +134,7 @@ impl Token {
     }
 }
 
-// A token is its selector, to the map: it is looked up by one.
+// A token is its selector, to the set: it is looked up by one.
 impl Borrow<str> for Token {
     fn borrow(&self) -> &str {
         self.selector()
