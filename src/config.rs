@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
@@ -196,6 +197,14 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_HEAP_TRIM_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub heap_trim_secs: u64,
 
+    /// Microseconds after which a busy event-loop turn ends by giving the
+    /// core away once (`sched_yield`): a turn that ran sends itself (the
+    /// embedded store, unless --fsync always) and answered them. Lets the
+    /// clients, or a proxy, sharing the host's cores read the answers
+    /// without waiting out the loop's time slice. `off`: never.
+    #[arg(long, env = "HAOSHUO_YIELD_AFTER_US", default_value = "50", value_parser = parse_yield_after)]
+    pub yield_after_us: YieldAfter,
+
     /// A web origin (`https://app.example`) whose pages may call the API
     /// from a browser (CORS), repeatable or comma-separated; `*` for any.
     /// Without it, browsers on other origins are refused as before.
@@ -283,6 +292,21 @@ fn parse_processes(s: &str) -> Result<Processes, String> {
     }
 }
 
+/// `--yield-after-us`: how long a loop turn that committed sends runs
+/// before it ends by yielding the core; `None`: it never does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct YieldAfter(pub Option<Duration>);
+
+fn parse_yield_after(s: &str) -> Result<YieldAfter, String> {
+    match s {
+        "off" => Ok(YieldAfter(None)),
+        us => match us.parse::<u64>() {
+            Ok(us @ 0..=1_000_000) => Ok(YieldAfter(Some(Duration::from_micros(us)))),
+            _ => Err("expected microseconds (0 to 1000000) or off".into()),
+        },
+    }
+}
+
 /// The addresses `spec` (`HOST:PORT`, `IP:PORT`, `[IPv6]:PORT`) names, in
 /// the resolver's order, without repeats.
 pub fn resolve(spec: &str, flag: &str) -> Result<Vec<SocketAddr>, String> {
@@ -329,4 +353,22 @@ impl Config {
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yield_after_takes_microseconds_or_off() {
+        let us = |n| Ok(YieldAfter(Some(Duration::from_micros(n))));
+        assert_eq!(parse_yield_after("0"), us(0));
+        assert_eq!(parse_yield_after("50"), us(50));
+        assert_eq!(parse_yield_after("1000000"), us(1_000_000));
+        assert_eq!(parse_yield_after("off"), Ok(YieldAfter(None)));
+        for bad in ["1000001", "-1", "", "5ms", "Off"] {
+            let e = parse_yield_after(bad).unwrap_err();
+            assert!(e.contains("microseconds"), "{bad}: {e}");
+        }
+    }
 }

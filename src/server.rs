@@ -285,6 +285,7 @@ impl Server {
                 keepalive_timeout: cfg.keepalive_timeout,
                 linger_timeout: cfg.linger_timeout,
                 jobs_per_wake: batching.jobs_per_wake,
+                yield_after: cfg.yield_after_us.0,
             };
             let listeners = Listeners {
                 public: listeners,

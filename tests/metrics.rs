@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 common::backend_tests!(
     gauges_and_counters_follow_the_clients,
     metrics_take_the_admin_key_and_stay_off_the_public_port,
+    a_turn_that_committed_sends_yields_the_core,
 );
 
 mod redis_only {
@@ -388,6 +389,45 @@ fn gauges_and_counters_follow_the_clients(backend: Backend) {
         after.value("haoshuo_deliveries_total", &[]),
         "nothing delivered since"
     );
+}
+
+/// A loop turn that committed sends itself ends by yielding the core once
+/// it ran `--yield-after-us`: with 0 every such turn does, so one send
+/// shows a yield; with `off` none does. On a store whose sends the loop
+/// does not commit (Redis, the embedded one under `--fsync always`: their
+/// answers come back later) no turn does.
+fn a_turn_that_committed_sends_yields_the_core(backend: Backend) {
+    const YIELDS: &str = "haoshuo_reactor_yields_total";
+    let mut cases = vec![
+        ("0", None, backend == Backend::Embedded),
+        ("off", None, false),
+    ];
+    if backend == Backend::Embedded {
+        cases.push(("0", Some(Fsync::Always), false));
+    }
+    for (after, fsync, yields) in cases {
+        let mut opts = Opts::default().admin("").flag("--yield-after-us", after);
+        if let Some(policy) = fsync {
+            opts = opts.fsync(policy);
+        }
+        let server = Server::start(backend, opts);
+        let users = provisioned_users(
+            provision(&server, None, &json!({"appid":"m","prefix":"u","count":2})),
+            "m",
+        );
+        let before = scrape(&server);
+        before.has_families(&[("haoshuo_reactor_yields", "counter")]);
+        let before = before.value(YIELDS, &[]);
+        server.api().send(&users[0], users[1].uid, "hi");
+        let case = format!("--yield-after-us {after}, fsync {fsync:?}");
+        if yields {
+            scrape_until(&server, &format!("a yield counted ({case})"), |s| {
+                s.value(YIELDS, &[]) > before
+            });
+        } else {
+            assert_eq!(scrape(&server).value(YIELDS, &[]), before, "{case}");
+        }
+    }
 }
 
 fn metrics_take_the_admin_key_and_stay_off_the_public_port(backend: Backend) {

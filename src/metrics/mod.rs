@@ -103,6 +103,7 @@ pub struct CoreStats {
     deliveries: AtomicU64,
     bytes_out: AtomicU64,
     catch_ups: AtomicU64,
+    yields: AtomicU64,
 }
 
 impl CoreStats {
@@ -144,6 +145,11 @@ impl CoreStats {
     /// reads from the store.
     pub fn caught_up(&self) {
         bump(&self.catch_ups, 1);
+    }
+
+    /// The reactor gave its core away after a busy loop turn.
+    pub fn yielded(&self) {
+        bump(&self.yields, 1);
     }
 }
 
@@ -315,6 +321,7 @@ impl Metrics {
             s.deliveries += core.deliveries.load(Relaxed);
             s.bytes_out += core.bytes_out.load(Relaxed);
             s.catch_ups += core.catch_ups.load(Relaxed);
+            s.yields += core.yields.load(Relaxed);
         }
         s.requests = vec![[0; STATUSES.len() + 1]; ENDPOINTS];
         s.latency = vec![HistSum::default(); ENDPOINTS];
@@ -397,6 +404,7 @@ pub struct Snapshot {
     pub deliveries: u64,
     pub bytes_out: u64,
     pub catch_ups: u64,
+    pub yields: u64,
     requests: Vec<[u64; STATUSES.len() + 1]>,
     latency: Vec<HistSum>,
     store: Vec<HistSum>,
@@ -582,6 +590,9 @@ impl Collector for Snapshot {
         })?;
         family(&mut e, "haoshuo_mailbox_lag_events", "Times a reactor caught every subscriber up from the store because deliveries were lost (a full inbox, a Redis feed reconnect).", Counter, |m| {
             counter(m, self.catch_ups)
+        })?;
+        family(&mut e, "haoshuo_reactor_yields", "Loop turns a reactor ended by giving its core away (sched_yield): turns that committed sends themselves and ran --yield-after-us or longer.", Counter, |m| {
+            counter(m, self.yields)
         })?;
         if let Some(n) = self.redis_reconnects {
             family(&mut e, "haoshuo_redis_reconnects", "Connections to Redis made again after one was lost (pool lanes and the announcement feed).", Counter, |m| {

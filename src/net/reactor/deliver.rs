@@ -500,6 +500,7 @@ mod tests {
             keepalive_timeout: 30,
             linger_timeout: 5,
             jobs_per_wake: 1,
+            yield_after: None,
         };
         let listeners = Listeners {
             public: Vec::new(),
