@@ -118,7 +118,12 @@
 //! letting go too: the file system frees a large file's blocks on that
 //! close, which held every writer up to 35 ms. Taking the snapshot copies no
 //! inbox: users are shared with it, and one written meanwhile is copied
-//! then, alone (copy on write, like the pages of Redis's forked child). It
+//! then, alone (copy on write, like the pages of Redis's forked child),
+//! and of its inbox only the list of chunks and the chunk written (at
+//! most 64 messages; `inbox.rs`). Copied whole, the first write to each
+//! of 1,000 users holding 10,000 messages took 0.28 to 0.56 s in all,
+//! under the lock, in the commit groups just after a compaction began;
+//! now 2 to 4 ms. It
 //! copies the tokens and the remembered `cmsgid`s, in proportion to the
 //! users, not to the messages. A failed compaction leaves the old log in
 //! place and is retried once the log has doubled again.
@@ -134,6 +139,7 @@
 //! second open in the same process) cannot use the same data dir.
 
 mod commit;
+mod inbox;
 mod log;
 mod state;
 #[cfg(test)]
