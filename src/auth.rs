@@ -86,7 +86,8 @@ pub fn verifier_matches(sent: &str, stored: &str) -> bool {
 /// `bytes` as lowercase hex digits.
 pub fn to_hex(bytes: &[u8]) -> String {
     let mut s = vec![0; bytes.len() * 2];
-    hex_in(bytes, &mut s).to_owned()
+    hex_in(bytes, &mut s);
+    String::from_utf8(s).expect("hex digits are ASCII")
 }
 
 /// `bytes` as lowercase hex digits, written to the start of `out` (at
