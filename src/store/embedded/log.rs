@@ -558,9 +558,11 @@ impl Log {
         let old = std::mem::replace(&mut self.file, Arc::new(file));
         self.dirty = false;
         let sync = (Arc::clone(&self.file), self.dir.clone());
-        let sync = match now {
-            true => AfterSwitch::sync(sync).map(|()| None)?,
-            false => Some(sync),
+        let sync = if now {
+            AfterSwitch::sync(sync)?;
+            None
+        } else {
+            Some(sync)
         };
         Ok(AfterSwitch { sync, old })
     }
