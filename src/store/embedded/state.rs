@@ -256,9 +256,16 @@ impl State {
         }
     }
 
+    /// The app `appid`, made (empty) if it has no user or group yet.
+    fn app_or_new(&mut self, appid: &str) -> &mut App {
+        self.apps
+            .entry(appid.to_owned())
+            .or_insert_with(|| App::named(appid))
+    }
+
     /// Adds a user; `uid` comes from [`State::check_user`].
     pub fn add_user(&mut self, appid: &str, uid: Uid, name: &str, pass_hash: &str) {
-        let app = (self.apps.entry(appid.to_owned())).or_insert_with(|| App::named(appid));
+        let app = self.app_or_new(appid);
         debug_assert_eq!(uid, app.users.len() as Uid + 1);
         app.by_name.insert(name.to_owned(), uid);
         app.users.push(Arc::new(User {
@@ -308,7 +315,7 @@ impl State {
 
     /// Adds a group; `gid` comes from [`State::check_group`].
     pub fn add_group(&mut self, appid: &str, gid: Gid, owner: Uid, name: &str, members: &[Uid]) {
-        let app = (self.apps.entry(appid.to_owned())).or_insert_with(|| App::named(appid));
+        let app = self.app_or_new(appid);
         debug_assert_eq!(gid, app.groups.len() as Gid + 1);
         if let Some(user) = app.user_mut(owner) {
             user.groups_owned = user.groups_owned.saturating_add(1);
@@ -651,7 +658,10 @@ impl State {
     /// seconds), and sends with a `cmsgid` no longer recognised.
     pub fn purge_tokens(&mut self, now: u64) {
         self.purge_once(now);
-        let expired: Vec<String> = (self.tokens.read().iter())
+        let expired: Vec<String> = self
+            .tokens
+            .read()
+            .iter()
             .filter(|t| t.expires_at.saturating_add(TOKEN_GRACE_SECS) < now)
             .map(|t| t.selector().to_owned())
             .collect();
