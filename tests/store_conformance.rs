@@ -17,8 +17,8 @@ use common::{RedisCluster, RedisServer};
 use haoshuo::store::embedded::{self as embedded_store, EmbeddedStore};
 use haoshuo::store::redis::{self as redis_store, RedisStore};
 use haoshuo::store::{
-    unix_now, Append, Limit, Message, MsgId, NewMessage, Once, Page, Reset, Store, StoreError,
-    TokenInfo, Uid, DATATYPE_GROUP, DATATYPE_SINGLE,
+    unix_now, Append, Limit, Message, MsgId, NewMessage, Once, Outcomes, Page, Reset, Store,
+    StoreError, TokenInfo, Uid, DATATYPE_GROUP, DATATYPE_SINGLE,
 };
 
 const APP: &str = "app";
@@ -911,18 +911,28 @@ fn a_group_of_sends_answers_each_as_alone(kind: Kind) {
         msg,
         once,
     };
-    let outcomes = s.append_group(&[
-        send(&[2], &a, None),
-        send(&[2, 99], &c, None),
-        send(&[1, 2, 3], &c, None),
-        send(&[2], &b2, None),
-        send(&[2], &retry, Some(k)),
-        send(&[2], &retry, Some(k)),
-        send(&[2], &other, Some(k)),
-    ]);
-    assert_eq!(outcomes.len(), 7);
-    let mut outcomes = outcomes.into_iter();
-    let mut next = || outcomes.next().expect("an outcome per send");
+    let mut out = Outcomes::default();
+    s.append_group(
+        &[
+            send(&[2], &a, None),
+            send(&[2, 99], &c, None),
+            send(&[1, 2, 3], &c, None),
+            send(&[2], &b2, None),
+            send(&[2], &retry, Some(k)),
+            send(&[2], &retry, Some(k)),
+            send(&[2], &other, Some(k)),
+        ],
+        &mut out,
+    );
+    // A second group's outcomes follow the first's.
+    s.append_group(&[send(&[1, 3], &b2, None)], &mut out);
+    assert_eq!(out.len(), 8);
+    let mut i = 0;
+    let mut next = || {
+        i += 1;
+        let outcome = out.get(i - 1).expect("an outcome per send");
+        outcome.map(<[_]>::to_vec).map_err(StoreError::clone)
+    };
     assert_eq!(next().unwrap(), [Some(1)]);
     assert_no_such_user(next(), 99);
     assert_eq!(next().unwrap(), [Some(1), Some(2), Some(1)]);
@@ -930,6 +940,8 @@ fn a_group_of_sends_answers_each_as_alone(kind: Kind) {
     assert_eq!(next().unwrap(), [Some(4)]);
     assert_eq!(next().unwrap(), [None], "a retry stored again");
     assert_reused(next());
+    assert_eq!(next().unwrap(), [Some(2), Some(2)]);
+    assert!(out.get(8).is_none(), "an outcome past the last send");
     assert_eq!(
         inbox(s, APP, 2),
         (
@@ -942,8 +954,14 @@ fn a_group_of_sends_answers_each_as_alone(kind: Kind) {
             4
         )
     );
-    assert_eq!(inbox(s, APP, 1), (vec![(1, "c".into())], 1));
-    assert_eq!(inbox(s, APP, 3), (vec![(1, "c".into())], 1));
+    assert_eq!(
+        inbox(s, APP, 1),
+        (vec![(1, "c".into()), (2, "b".into())], 2)
+    );
+    assert_eq!(
+        inbox(s, APP, 3),
+        (vec![(1, "c".into()), (2, "b".into())], 2)
+    );
 }
 
 // ---- Redis only ----

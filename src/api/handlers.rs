@@ -3,6 +3,8 @@
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
+use std::mem;
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,8 +28,8 @@ use crate::http::ws;
 use crate::metrics::{self, Metrics};
 use crate::router::Router;
 use crate::store::{
-    leading_run, unix_now, Append, Limit, MsgId, NewMessage, Once, Page, Store, StoreError, Then,
-    TokenInfo, TokenRef, Uid, DATATYPE_GROUP, DATATYPE_SINGLE, MAX_MSGID,
+    leading_run, unix_now, Append, Limit, MsgId, NewMessage, Once, Outcomes, Page, Store,
+    StoreError, Then, TokenInfo, TokenRef, Uid, DATATYPE_GROUP, DATATYPE_SINGLE, MAX_MSGID,
 };
 
 /// Longest appid accepted, in bytes: it is a key prefix, not a document.
@@ -65,9 +67,9 @@ thread_local! {
 
 /// The msgids a send stored, one for each receiver (with a `cmsgid`,
 /// `None` where a retry stored nothing).
-enum Ids {
-    Each(Vec<MsgId>),
-    Once(Vec<Option<MsgId>>),
+enum Ids<'a> {
+    Each(&'a [MsgId]),
+    Once(&'a [Option<MsgId>]),
 }
 
 /// Most users one `/online` asks about: one Redis round trip carries them.
@@ -342,42 +344,50 @@ impl Api {
     /// hands each to the router, and gives `answer` each one's answer, in
     /// the order they were held.
     pub fn commit_held(&self, held: &Held, answer: &mut dyn FnMut(Reply)) {
-        let mut sends = std::mem::take(&mut *held.sends.borrow_mut());
-        let group: Vec<Append<'_>> = sends
-            .iter()
-            .map(|s| Append {
-                appid: &s.appid,
-                to: &s.to,
-                msg: &s.msg,
-                once: s.once.as_ref().map(|(cmsgid, until)| Once {
-                    cmsgid,
-                    until: *until,
-                }),
-            })
-            .collect();
+        // Out of the cell while the store and the router run; put back
+        // after, for its buffers' room.
+        let mut turn = held.turn.take();
+        let HeldTurn {
+            sends,
+            text,
+            to,
+            group,
+            outcomes,
+        } = &mut turn;
+        let mut appends = recycle(mem::take(group));
+        appends.extend(sends.iter().map(|s| s.append(text, to)));
+        outcomes.clear();
         // A bug in the store must not take the reactor down, nor leave the
-        // senders waiting: each is answered as failed.
-        let outcomes = catch_unwind(AssertUnwindSafe(|| self.store.append_group(&group)))
-            .unwrap_or_else(|_| {
-                error!("a group of {} sends panicked in the store", group.len());
-                let failed = || Err(StoreError::Unavailable("store failed".into()));
-                group.iter().map(|_| failed()).collect()
-            });
-        drop(group);
-        for (send, ids) in sends.drain(..).zip(outcomes) {
-            let body = ids.map_err(ApiError::from).map(|ids| {
-                if !self.store.announces() {
-                    let ids = Ids::Once(ids);
-                    publish(&self.router, &send.appid, &send.to, ids, &send.msg);
+        // senders waiting: each one it gave no outcome is answered as failed.
+        if catch_unwind(AssertUnwindSafe(|| {
+            self.store.append_group(&appends, outcomes)
+        }))
+        .is_err()
+        {
+            error!("a group of {} sends panicked in the store", appends.len());
+        }
+        *group = recycle(appends);
+        for (i, send) in sends.drain(..).enumerate() {
+            let body = match outcomes.get(i) {
+                Some(Ok(ids)) => {
+                    if !self.store.announces() {
+                        let to = &to[send.to.clone()];
+                        let appid = &text[send.appid.clone()];
+                        publish(&self.router, appid, to, Ids::Once(ids), &send.msg);
+                    }
+                    Ok(Cow::Borrowed(OK))
                 }
-                Cow::Borrowed(OK)
-            });
+                Some(Err(e)) => Err(ApiError::from(e.clone())),
+                None => Err(ApiError::from(StoreError::Unavailable(
+                    "store failed".into(),
+                ))),
+            };
             answer(send.shape.reply(body));
         }
-        // Kept for the next turn's sends.
-        let mut kept = held.sends.borrow_mut();
-        if kept.is_empty() {
-            *kept = sends;
+        turn.clear();
+        let mut kept = held.turn.borrow_mut();
+        if kept.sends.is_empty() {
+            *kept = turn;
         }
     }
 
@@ -789,13 +799,8 @@ impl Api {
         let later = match later {
             Some(later) => match later.answering {
                 Answering::Held(held) => {
-                    held.sends.borrow_mut().push(HeldSend {
-                        appid: appid.to_owned(),
-                        to: to.to_vec(),
-                        msg: msg.clone(),
-                        once: once.map(|o| (o.cmsgid.to_owned(), o.until)),
-                        shape: later.shape(),
-                    });
+                    let shape = later.shape();
+                    held.turn.borrow_mut().hold(appid, to, msg, once, shape);
                     return Ok(None);
                 }
                 Answering::Deliver(deliver) | Answering::Queued(deliver) if self.answers_later => {
@@ -807,9 +812,16 @@ impl Api {
             None => None,
         };
         let Some((deliver, shape)) = later else {
+            let (each, once_ids);
             let ids = match &once {
-                Some(once) => Ids::Once(self.store.append_once(appid, to, msg, once)?),
-                None => Ids::Each(self.store.append(appid, to, msg)?),
+                Some(once) => {
+                    once_ids = self.store.append_once(appid, to, msg, once)?;
+                    Ids::Once(&once_ids)
+                }
+                None => {
+                    each = self.store.append(appid, to, msg)?;
+                    Ids::Each(&each)
+                }
             };
             if !self.store.announces() {
                 // Routed here only by a store that does not announce.
@@ -829,7 +841,7 @@ impl Api {
         let then: Then = Box::new(move |ids| {
             let body = ids.map_err(ApiError::from).map(|ids| {
                 if let Some((router, appid, to, msg)) = &routed {
-                    publish(router, appid, to, Ids::Once(ids), msg);
+                    publish(router, appid, to, Ids::Once(&ids), msg);
                 }
                 Cow::Borrowed(OK)
             });
@@ -1126,10 +1138,12 @@ fn publish(router: &Router, appid: &str, to: &[Uid], ids: Ids, msg: &NewMessage)
     let mut receivers = RECEIVERS.with(Cell::take);
     receivers.clear();
     match ids {
-        Ids::Each(ids) => receivers.extend(to.iter().copied().zip(ids)),
-        Ids::Once(ids) => {
-            receivers.extend(to.iter().zip(ids).filter_map(|(&uid, id)| Some((uid, id?))))
-        }
+        Ids::Each(ids) => receivers.extend(to.iter().copied().zip(ids.iter().copied())),
+        Ids::Once(ids) => receivers.extend(
+            to.iter()
+                .zip(ids)
+                .filter_map(|(&uid, &id)| Some((uid, id?))),
+        ),
     }
     router.publish(router.app_key(appid), &receivers, msg);
     if receivers.capacity() <= KEEP_RECEIVERS {
@@ -1188,23 +1202,120 @@ pub enum Handled {
 /// them instead of one each. Belongs to one thread.
 #[derive(Default)]
 pub struct Held {
-    sends: RefCell<Vec<HeldSend>>,
+    turn: RefCell<HeldTurn>,
 }
 
 impl Held {
     pub fn is_empty(&self) -> bool {
-        self.sends.borrow().is_empty()
+        self.turn.borrow().sends.is_empty()
     }
 }
 
-/// A send waiting in [`Held`]: the append, owned, and its answer's shape.
-struct HeldSend {
-    appid: String,
+/// The sends of one turn, in buffers kept from turn to turn: holding a
+/// send copies what it borrows from its request into them, and allocates
+/// nothing once they have grown to a turn's worth.
+#[derive(Default)]
+struct HeldTurn {
+    sends: Vec<HeldSend>,
+    /// The sends' appids and cmsgids, one after another.
+    text: String,
+    /// The sends' receivers, one list after another.
     to: Vec<Uid>,
+    /// The group handed to the store: empty between turns, kept for its
+    /// room ([`recycle`]).
+    group: Vec<Append<'static>>,
+    /// What the store answered the group.
+    outcomes: Outcomes,
+}
+
+/// Most bytes of appids and cmsgids, and most receivers, a [`HeldTurn`]
+/// keeps room for between turns (a turn of group sends to big groups
+/// gives the room back).
+const KEEP_HELD: usize = 64 << 10;
+
+impl HeldTurn {
+    /// Holds a send for the end of the turn.
+    fn hold(
+        &mut self,
+        appid: &str,
+        to: &[Uid],
+        msg: &NewMessage,
+        once: Option<Once>,
+        shape: Shape,
+    ) {
+        let mut text = |s: &str| {
+            let start = self.text.len();
+            self.text.push_str(s);
+            start..self.text.len()
+        };
+        let appid = text(appid);
+        let once = once.map(|o| (text(o.cmsgid), o.until));
+        let start = self.to.len();
+        self.to.extend_from_slice(to);
+        self.sends.push(HeldSend {
+            appid,
+            to: start..self.to.len(),
+            msg: msg.clone(),
+            once,
+            shape,
+        });
+    }
+
+    /// Empties it for the next turn, keeping its room unless a turn of
+    /// big sends left too much.
+    fn clear(&mut self) {
+        self.sends.clear();
+        self.text.clear();
+        self.to.clear();
+        self.outcomes.clear();
+        if self.text.capacity() > KEEP_HELD {
+            self.text = String::new();
+        }
+        if self.to.capacity() > KEEP_HELD {
+            self.to = Vec::new();
+        }
+        if self.outcomes.capacity() > KEEP_HELD {
+            self.outcomes = Outcomes::default();
+        }
+    }
+}
+
+/// A send waiting in [`Held`]: the append, its strings and receivers as
+/// ranges of its [`HeldTurn`]'s buffers, and its answer's shape.
+struct HeldSend {
+    appid: Range<usize>,
+    to: Range<usize>,
     msg: NewMessage,
     /// The `cmsgid` and the end of its window.
-    once: Option<(String, u64)>,
+    once: Option<(Range<usize>, u64)>,
     shape: Shape,
+}
+
+impl HeldSend {
+    /// The append, read from its turn's `text` and `to`.
+    fn append<'a>(&'a self, text: &'a str, to: &'a [Uid]) -> Append<'a> {
+        Append {
+            appid: &text[self.appid.clone()],
+            to: &to[self.to.clone()],
+            msg: &self.msg,
+            once: self.once.as_ref().map(|(cmsgid, until)| Once {
+                cmsgid: &text[cmsgid.clone()],
+                until: *until,
+            }),
+        }
+    }
+}
+
+/// An empty `Vec` in the room of `v`, emptied, for appends that borrow
+/// for another lifetime: the group of one turn's sends is built in the
+/// room of the last turn's. (Std collects a `Vec`'s own iterator in place
+/// when the element layout is the same, as here; if it did not, this
+/// would allocate, not fail.)
+fn recycle<'b>(mut v: Vec<Append<'_>>) -> Vec<Append<'b>> {
+    v.clear();
+    v.into_iter()
+        .map(|_| -> Append<'b> { unreachable!("the vec is empty") })
+        .collect()
 }
 
 /// A request that may be answered later: where its answer goes, and what

@@ -7,12 +7,12 @@
 //! backend's own.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Metrics;
 use crate::store::{
-    Append, Gid, Limit, Message, MsgId, NewMessage, Once, Page, Result, Store, StoreError, Then,
-    TokenInfo, TokenRef, Uid,
+    Append, Gid, Limit, Message, MsgId, NewMessage, Once, Outcomes, Page, Result, Store,
+    StoreError, Then, TokenInfo, TokenRef, Uid,
 };
 
 /// Store operations, the `op` label of the store metrics ([`OPS`]).
@@ -101,8 +101,18 @@ fn append_op(once: bool) -> Op {
 
 /// Counts a call that began at `start` and ended with `r`.
 fn record<T>(metrics: &Metrics, op: Op, start: Instant, r: &Result<T>) {
+    record_took(metrics, op, start.elapsed(), &r.as_ref());
+}
+
+/// Counts a call that took `took` and ended with `r`.
+fn record_took<T>(
+    metrics: &Metrics,
+    op: Op,
+    took: Duration,
+    r: &std::result::Result<T, &StoreError>,
+) {
     let failed = matches!(r, Err(StoreError::Unavailable(_)));
-    metrics.store_call(op, start.elapsed(), failed);
+    metrics.store_call(op, took, failed);
     if let Err(StoreError::Unavailable(e)) = r {
         // Rate-limited: a store that went away is a line a second.
         error!("store: {} failed: {e}", OPS[op as usize]);
@@ -186,13 +196,16 @@ impl Store for Metered {
         self.inner.waits_on_io()
     }
     /// Each send is counted as a call that took the whole group's time.
-    fn append_group(&self, group: &[Append<'_>]) -> Vec<Result<Vec<Option<MsgId>>>> {
+    fn append_group(&self, group: &[Append<'_>], out: &mut Outcomes) {
         let start = Instant::now();
-        let outcomes = self.inner.append_group(group);
-        for (a, r) in group.iter().zip(&outcomes) {
-            record(&self.metrics, append_op(a.once.is_some()), start, r);
+        let first = out.len();
+        self.inner.append_group(group, out);
+        let took = start.elapsed();
+        for (i, a) in group.iter().enumerate() {
+            if let Some(r) = out.get(first + i) {
+                record_took(&self.metrics, append_op(a.once.is_some()), took, &r);
+            }
         }
-        outcomes
     }
     fn answers_later(&self) -> bool {
         self.inner.answers_later()

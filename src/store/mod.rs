@@ -2,8 +2,9 @@
 //!
 //! A store owns users, groups, login tokens, every user's inbox with its msgid
 //! counter, and each user's ack position. Worker threads call it
-//! synchronously; a reactor thread never does. Backends (the embedded
-//! append-only log, Redis) sit behind [`Store`] and pass the same test suite.
+//! synchronously, and so does a reactor where the store never waits on I/O
+//! ([`Store::waits_on_io`]). Backends (the embedded append-only log, Redis)
+//! sit behind [`Store`] and pass the same test suite.
 //!
 //! What a store must guarantee:
 //! - `append` gives each receiver the next msgid of *its own* inbox: msgids
@@ -54,7 +55,7 @@ pub struct Once<'a> {
 /// What makes two sends with one `cmsgid` the same message: where it goes,
 /// its kind and its content, hashed (BLAKE2b, 128 bits: stable across
 /// processes and versions, and no sender can make two messages collide).
-pub fn fingerprint(msg: &NewMessage) -> String {
+pub fn fingerprint(msg: &NewMessage) -> Fingerprint {
     use blake2::digest::{Update, VariableOutput};
     let mut h = blake2::Blake2bVar::new(16).expect("16 is a valid BLAKE2b output size");
     h.update(&msg.toid.to_le_bytes());
@@ -63,7 +64,28 @@ pub fn fingerprint(msg: &NewMessage) -> String {
     let mut out = [0u8; 16];
     h.finalize_variable(&mut out)
         .expect("the buffer is the output size");
-    out.iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = [0u8; 32];
+    crate::auth::hex_in(&out, &mut hex);
+    Fingerprint(hex)
+}
+
+/// A message's [`fingerprint`] as the stores keep it: 32 lowercase hex
+/// digits, held inline (a send with a `cmsgid` allocates none for it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 32]);
+
+impl std::ops::Deref for Fingerprint {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
 }
 
 /// A message as it sits in one receiver's inbox.
@@ -210,7 +232,7 @@ impl TokenRef<'_> {
 }
 
 /// Failures of a store call. Each maps to one HTTP status in `api::error`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("username taken")]
     UsernameTaken,
@@ -256,11 +278,74 @@ pub fn append_now<S: Store + ?Sized>(
 
 /// One send of a group ([`Store::append_group`]): what
 /// [`Store::append`] or, with `once`, [`Store::append_once`] takes.
+#[derive(Clone, Copy, Debug)]
 pub struct Append<'a> {
     pub appid: &'a str,
     pub to: &'a [Uid],
     pub msg: &'a NewMessage,
     pub once: Option<Once<'a>>,
+}
+
+/// Each send's outcome in a group ([`Store::append_group`]), in order:
+/// per receiver its msgid, or `None` where a `cmsgid` send had reached it
+/// already, as [`append_now`] gives it; or why the send failed. The msgids
+/// of all the sends are in one list, so a caller that keeps its
+/// `Outcomes` from group to group allocates nothing for them once grown.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    ids: Vec<Option<MsgId>>,
+    each: Vec<Result<std::ops::Range<usize>>>,
+}
+
+impl Outcomes {
+    /// Forgets every outcome, keeping the room.
+    pub fn clear(&mut self) {
+        self.ids.clear();
+        self.each.clear();
+    }
+
+    /// How many sends have an outcome.
+    pub fn len(&self) -> usize {
+        self.each.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.each.is_empty()
+    }
+
+    /// Adds the next send's outcome: stored, its receivers getting `ids`.
+    pub fn push_ok(&mut self, ids: impl IntoIterator<Item = Option<MsgId>>) {
+        let start = self.ids.len();
+        self.ids.extend(ids);
+        self.each.push(Ok(start..self.ids.len()));
+    }
+
+    /// Adds the next send's outcome: it failed.
+    pub fn push_err(&mut self, e: StoreError) {
+        self.each.push(Err(e));
+    }
+
+    /// Adds the next send's outcome as [`append_now`] gives it.
+    pub fn push(&mut self, outcome: Result<Vec<Option<MsgId>>>) {
+        match outcome {
+            Ok(ids) => self.push_ok(ids),
+            Err(e) => self.push_err(e),
+        }
+    }
+
+    /// How many msgids it has room for.
+    pub fn capacity(&self) -> usize {
+        self.ids.capacity()
+    }
+
+    /// The outcome of send `i` (counted from 0): its receivers' msgids,
+    /// or why it failed. `None` past the last.
+    pub fn get(&self, i: usize) -> Option<std::result::Result<&[Option<MsgId>], &StoreError>> {
+        Some(match self.each.get(i)? {
+            Ok(range) => Ok(&self.ids[range.clone()]),
+            Err(e) => Err(e),
+        })
+    }
 }
 
 /// Where [`Store::append_then`] sends an append's outcome: per receiver,
@@ -402,13 +487,12 @@ pub trait Store: Send + Sync + 'static {
     /// store can: the embedded store validates each against the state the
     /// earlier ones leave and writes them all with one `write(2)` (and one
     /// fsync under `--fsync always`), as it does for calls that arrive
-    /// together. Each send's outcome, in order, as [`append_now`] gives
-    /// it; one that fails fails alone. By default, one after another.
-    fn append_group(&self, group: &[Append<'_>]) -> Vec<Result<Vec<Option<MsgId>>>> {
-        group
-            .iter()
-            .map(|a| append_now(self, a.appid, a.to, a.msg, a.once.as_ref()))
-            .collect()
+    /// together. Adds each send's outcome to `out`, in order; one that
+    /// fails fails alone. By default, one after another.
+    fn append_group(&self, group: &[Append<'_>], out: &mut Outcomes) {
+        for a in group {
+            out.push(append_now(self, a.appid, a.to, a.msg, a.once.as_ref()));
+        }
     }
 
     /// Whether [`Store::append_then`] may answer on another thread, after

@@ -5,40 +5,41 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::mem;
+use std::ops::Range;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use super::log::Record;
 use super::state::OnceSeen;
-use super::{unavailable, unix_now, Core, EmbeddedStore, Inner, MsgId, NewMessage, Result, Uid};
-use super::{StoreError, ONCE_PURGE_MIN};
+use super::{fingerprint, unavailable, unix_now, Core, EmbeddedStore, Inner, Result};
+use super::{Append, Fingerprint, MsgId, NewMessage, Once, StoreError, Uid, ONCE_PURGE_MIN};
 
-/// One `append` or `append_once` to commit: the call's arguments. The
-/// leader's own request is borrowed; one that waits in the queue is owned,
-/// since another thread commits it.
-pub(super) struct Request<'a> {
-    pub appid: Cow<'a, str>,
-    pub to: Cow<'a, [Uid]>,
-    pub msg: Cow<'a, NewMessage>,
-    pub once: Option<OnceRequest<'a>>,
+/// An `append` or `append_once` waiting in the queue for a leader: the
+/// call's arguments, owned, since another thread commits it.
+struct Queued {
+    appid: String,
+    to: Vec<Uid>,
+    msg: NewMessage,
+    once: Option<(String, u64)>,
 }
 
-/// The `cmsgid` of an `append_once`, with the message's fingerprint.
-pub(super) struct OnceRequest<'a> {
-    pub cmsgid: Cow<'a, str>,
-    pub until: u64,
-    pub print: String,
-}
+impl Queued {
+    fn new(a: Append<'_>) -> Queued {
+        Queued {
+            appid: a.appid.to_owned(),
+            to: a.to.to_vec(),
+            msg: a.msg.clone(),
+            once: a.once.map(|o| (o.cmsgid.to_owned(), o.until)),
+        }
+    }
 
-impl Request<'_> {
-    fn into_owned(self) -> Request<'static> {
-        Request {
-            appid: Cow::Owned(self.appid.into_owned()),
-            to: Cow::Owned(self.to.into_owned()),
-            msg: Cow::Owned(self.msg.into_owned()),
-            once: self.once.map(|o| OnceRequest {
-                cmsgid: Cow::Owned(o.cmsgid.into_owned()),
-                until: o.until,
-                print: o.print,
+    fn append(&self) -> Append<'_> {
+        Append {
+            appid: &self.appid,
+            to: &self.to,
+            msg: &self.msg,
+            once: self.once.as_ref().map(|(cmsgid, until)| Once {
+                cmsgid,
+                until: *until,
             }),
         }
     }
@@ -48,6 +49,9 @@ impl Request<'_> {
 /// for a retry of a send already stored (only `append_once`).
 pub(super) type Answer = Result<Option<Vec<MsgId>>>;
 
+/// An answer as a group gives it, its msgids borrowed from the group's.
+pub(super) type AnswerRef<'a> = Result<Option<&'a [MsgId]>>;
+
 /// The commit queue, shared by every caller of `append`/`append_once`.
 #[derive(Default)]
 pub(super) struct Committer {
@@ -56,14 +60,14 @@ pub(super) struct Committer {
     answered: Condvar,
 }
 
-type Queued = Vec<(u64, Request<'static>)>;
+type Waiting = Vec<(u64, Queued)>;
 
 #[derive(Default)]
 struct Queue {
     /// Requests no leader has taken yet, with their tickets.
-    waiting: Queued,
+    waiting: Waiting,
     /// The last group's emptied `waiting`, kept for its capacity.
-    spare: Queued,
+    spare: Waiting,
     /// Answers their callers have not collected yet, by ticket.
     answers: HashMap<u64, Answer>,
     /// Whether a caller is leading (committing a group) now.
@@ -104,20 +108,21 @@ impl EmbeddedStore {
     /// Commits `req` and returns its answer: at once as the leader of a
     /// group if no one leads, else after queueing it for a leader (which
     /// may turn out to be this thread too).
-    pub(super) fn submit(&self, req: Request<'_>) -> Answer {
+    pub(super) fn submit(&self, req: Append<'_>) -> Answer {
         let commits = &self.commits;
         let mut queue = commits.queue();
         if !queue.leading {
             queue.leading = true;
             drop(queue);
-            let mut answer = [None];
-            self.lead(std::slice::from_ref(&req), &mut answer);
-            let [answer] = answer;
-            return answer.unwrap_or_else(unanswered);
+            let mut answer = None;
+            self.lead(&[req], &mut |_, a| {
+                answer = Some(a.map(|ids| ids.map(<[MsgId]>::to_vec)))
+            });
+            return answer.unwrap_or_else(|| Err(unanswered()));
         }
         let ticket = queue.next_ticket;
         queue.next_ticket += 1;
-        queue.waiting.push((ticket, req.into_owned()));
+        queue.waiting.push((ticket, Queued::new(req)));
         loop {
             if let Some(answer) = queue.answers.remove(&ticket) {
                 return answer;
@@ -127,7 +132,7 @@ impl EmbeddedStore {
                 // everything it took before it stops leading), so lead.
                 queue.leading = true;
                 drop(queue);
-                self.lead(&[], &mut []);
+                self.lead(&[], &mut |_, _| {});
                 queue = commits.queue();
                 continue;
             }
@@ -136,10 +141,16 @@ impl EmbeddedStore {
     }
 
     /// Commits `reqs` in order as one group (with whatever others have
-    /// queued meanwhile) and returns their answers in order. Waits for a
-    /// leader at work to finish, then leads with `reqs` borrowed: a
-    /// reactor's sends of one loop turn, written with one `write(2)`.
-    pub(super) fn submit_group(&self, reqs: &[Request<'_>]) -> Vec<Answer> {
+    /// queued meanwhile) and gives `answer` each one's answer by its index,
+    /// once the group is applied. Waits for a leader at work to finish,
+    /// then leads with `reqs` borrowed: a reactor's sends of one loop turn,
+    /// written with one `write(2)`. A request the leader could not answer
+    /// (it panicked) is never given to `answer`.
+    pub(super) fn submit_group(
+        &self,
+        reqs: &[Append<'_>],
+        answer: &mut dyn FnMut(usize, AnswerRef<'_>),
+    ) {
         let commits = &self.commits;
         let mut queue = commits.queue();
         while queue.leading {
@@ -147,19 +158,14 @@ impl EmbeddedStore {
         }
         queue.leading = true;
         drop(queue);
-        let mut answers: Vec<Option<Answer>> = reqs.iter().map(|_| None).collect();
-        self.lead(reqs, &mut answers);
-        answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(unanswered))
-            .collect()
+        self.lead(reqs, answer);
     }
 
     /// Commits one group, `own` (the leader's requests, not queued) first:
     /// takes the state lock first, so that everything queued while it
     /// waits for it joins the group, then every waiting request; posts the
-    /// queued ones' answers and puts `own`'s in `own_answers`, in order.
-    fn lead(&self, own: &[Request<'_>], own_answers: &mut [Option<Answer>]) {
+    /// queued ones' answers and gives `own`'s to `own_answer`, by index.
+    fn lead(&self, own: &[Append<'_>], own_answer: &mut dyn FnMut(usize, AnswerRef<'_>)) {
         let commits = &self.commits;
         let inner = self.inner.lock_idle();
         let batch = {
@@ -170,15 +176,19 @@ impl EmbeddedStore {
         // Ends the leadership and answers whatever was not answered, even
         // if committing panics, so no follower waits forever.
         let post = Post { commits, batch };
-        let requests = own.iter().chain(post.batch.iter().map(|(_, req)| req));
+        let requests = own
+            .iter()
+            .copied()
+            .chain(post.batch.iter().map(|(_, req)| req.append()));
         let skip = own.len();
         // Answers go in with one lock of the queue, after the group is
         // applied.
         let mut queue: Option<MutexGuard<'_, Queue>> = None;
-        let mut answer = |i: usize, answer: Answer| match i.checked_sub(skip) {
-            None => own_answers[i] = Some(answer),
+        let mut answer = |i: usize, answer: AnswerRef<'_>| match i.checked_sub(skip) {
+            None => own_answer(i, answer),
             Some(j) => {
                 let queue = queue.get_or_insert_with(|| commits.queue());
+                let answer = answer.map(|ids| ids.map(<[MsgId]>::to_vec));
                 queue.answers.insert(post.batch[j].0, answer);
             }
         };
@@ -196,22 +206,25 @@ impl EmbeddedStore {
 }
 
 /// What a request the leader did not answer (it panicked) gets.
-fn unanswered() -> Answer {
-    Err(unavailable("store panicked while committing"))
+pub(super) fn unanswered() -> StoreError {
+    unavailable("store panicked while committing")
 }
 
 /// A leader's group: hands the leadership back when dropped, answering
 /// every request of it that was not (a panic) with `Unavailable`.
 struct Post<'a> {
     commits: &'a Committer,
-    batch: Queued,
+    batch: Waiting,
 }
 
 impl Drop for Post<'_> {
     fn drop(&mut self) {
         let mut queue = self.commits.queue();
         for (ticket, _) in self.batch.drain(..) {
-            queue.answers.entry(ticket).or_insert_with(unanswered);
+            queue
+                .answers
+                .entry(ticket)
+                .or_insert_with(|| Err(unanswered()));
         }
         queue.spare = mem::take(&mut self.batch);
         queue.leading = false;
@@ -223,27 +236,58 @@ impl Drop for Post<'_> {
     }
 }
 
-/// How one request of a group came out of validation.
+/// How one request of a group came out of validation. Msgids are ranges
+/// of the group's list of them ([`Inner::group_ids`]).
 pub(super) enum Outcome {
     /// Answered without writing anything, whatever happens to the group's
     /// write (a validation error, a retry of a send stored before).
-    Done(Answer),
-    /// Staged for the group's write with these msgids.
-    Staged(Vec<MsgId>),
+    Done(Result<Option<Range<usize>>>),
+    /// Staged for the group's write with these msgids (and, with a
+    /// `cmsgid`, the message's fingerprint).
+    Staged(Range<usize>, Option<Fingerprint>),
     /// Answered from an earlier request of the same group (a retry of it,
     /// or its cmsgid reused): holds only if the group's write succeeds.
-    AfterEarlier(Answer),
+    AfterEarlier(Result<Option<Range<usize>>>),
 }
 
 /// What the earlier requests of a group will change, for validating the
 /// later ones against the state as it will be.
-#[derive(Default)]
 struct Pending<'r> {
-    /// By appid: the next msgid of each receiver given one.
-    next: HashMap<&'r str, HashMap<Uid, MsgId>>,
+    /// The appid the group's first send went to, for `next`.
+    app: Option<&'r str>,
+    /// By uid of `app`: the next msgid of each receiver given one. Kept
+    /// from group to group for its capacity ([`Inner::group_next`]): a
+    /// group is nearly always of one app.
+    next: HashMap<Uid, MsgId>,
+    /// The same for every other appid.
+    others: HashMap<&'r str, HashMap<Uid, MsgId>>,
     /// (appid, fromid, cmsgid) -> (until, fingerprint).
-    once: HashMap<(&'r str, Uid, &'r str), (u64, &'r str)>,
+    once: HashMap<(&'r str, Uid, &'r str), (u64, Fingerprint)>,
 }
+
+impl<'r> Pending<'r> {
+    /// By uid of `appid`: the next msgid of those given one (if any).
+    fn taken(&self, appid: &str) -> Option<&HashMap<Uid, MsgId>> {
+        match self.app {
+            Some(app) if app == appid => Some(&self.next),
+            _ => self.others.get(appid),
+        }
+    }
+
+    fn taken_mut(&mut self, appid: &'r str) -> &mut HashMap<Uid, MsgId> {
+        match self.app {
+            None => {
+                self.app = Some(appid);
+                &mut self.next
+            }
+            Some(app) if app == appid => &mut self.next,
+            Some(_) => self.others.entry(appid).or_default(),
+        }
+    }
+}
+
+/// Most entries [`Inner::group_next`] keeps room for between groups.
+const KEEP_NEXT: usize = 4096;
 
 /// Validates every request in order, writes the records of those that
 /// passed with one write (and one fsync under `Always`), then applies them
@@ -261,9 +305,9 @@ fn commit_group<'a, 'r, I>(
     core: &'a Core,
     mut inner: MutexGuard<'a, Inner>,
     requests: I,
-    answer: &mut dyn FnMut(usize, Answer),
+    answer: &mut dyn FnMut(usize, AnswerRef<'_>),
 ) where
-    I: Iterator<Item = &'r Request<'r>> + Clone,
+    I: Iterator<Item = Append<'r>> + Clone,
 {
     let now = unix_now();
     if requests.clone().any(|r| r.once.is_some()) {
@@ -274,17 +318,27 @@ fn commit_group<'a, 'r, I>(
             inner.once_purge_at = (inner.state.once_len() * 2).max(ONCE_PURGE_MIN);
         }
     }
-    let mut pending = Pending::default();
     debug_assert!(!inner.log.has_staged());
     // Reused from group to group.
     let mut outcomes = mem::take(&mut inner.outcomes);
+    let mut ids = mem::take(&mut inner.group_ids);
+    let mut pending = Pending {
+        app: None,
+        next: mem::take(&mut inner.group_next),
+        others: HashMap::new(),
+        once: HashMap::new(),
+    };
     let n = requests.clone().count();
     for (i, req) in requests.clone().enumerate() {
         // The last request needs no bookkeeping for later ones.
-        let outcome = inner.check_and_stage(req, &mut pending, i + 1 < n, now);
+        let outcome = inner.check_and_stage(req, &mut pending, &mut ids, i + 1 < n, now);
         outcomes.push(outcome);
     }
-    drop(pending);
+    let mut next = pending.next;
+    next.clear();
+    if next.capacity() <= KEEP_NEXT {
+        inner.group_next = next;
+    }
     let written = if !inner.log.has_staged() {
         Ok(())
     } else if let Some(why) = &inner.broken {
@@ -327,19 +381,21 @@ fn commit_group<'a, 'r, I>(
     for (i, (req, outcome)) in requests.zip(outcomes.drain(..)).enumerate() {
         let a = match (outcome, &written) {
             (Outcome::Done(a), _) => a,
-            (Outcome::Staged(_) | Outcome::AfterEarlier(_), Err(why)) => {
+            (Outcome::Staged(..) | Outcome::AfterEarlier(_), Err(why)) => {
                 Err(unavailable(why.clone()))
             }
             (Outcome::AfterEarlier(a), Ok(())) => a,
-            (Outcome::Staged(ids), Ok(())) => {
-                inner.apply(req, &ids);
+            (Outcome::Staged(range, print), Ok(())) => {
+                inner.apply(req, &ids[range.clone()], print);
                 applied = true;
-                Ok(Some(ids))
+                Ok(Some(range))
             }
         };
-        answer(i, a);
+        answer(i, a.map(|r| r.map(|r| &ids[r])));
     }
+    ids.clear();
     inner.outcomes = outcomes;
+    inner.group_ids = ids;
     if applied {
         inner.after_write();
     }
@@ -347,26 +403,29 @@ fn commit_group<'a, 'r, I>(
 
 impl Inner {
     /// Validates `req` against the state and the group's earlier requests
-    /// (`pending`); if it is to be stored, stages its record and, if
-    /// `remember` (a later request follows), notes it in `pending`.
+    /// (`pending`); if it is to be stored, adds its msgids to `ids`, stages
+    /// its record and, if `remember` (a later request follows), notes it
+    /// in `pending`.
     fn check_and_stage<'r>(
         &mut self,
-        req: &'r Request<'r>,
+        req: Append<'r>,
         pending: &mut Pending<'r>,
+        ids: &mut Vec<MsgId>,
         remember: bool,
         now: u64,
     ) -> Outcome {
         let fromid = req.msg.fromid;
-        if let Some(once) = &req.once {
-            let key = (&*req.appid, fromid, &*once.cmsgid);
+        let print = req.once.map(|_| fingerprint(req.msg));
+        if let (Some(once), Some(print)) = (&req.once, &print) {
+            let key = (req.appid, fromid, once.cmsgid);
             let (seen, earlier) = match pending.once.get(&key) {
-                Some(&(until, print)) => (
-                    OnceSeen::judge(Some((until, Some(print))), &once.print, now),
+                Some(&(until, seen)) => (
+                    OnceSeen::judge(Some((until, Some(&seen))), print, now),
                     true,
                 ),
                 None => (
                     self.state
-                        .seen_once(&req.appid, fromid, &once.cmsgid, &once.print, now),
+                        .seen_once(req.appid, fromid, once.cmsgid, print, now),
                     false,
                 ),
             };
@@ -381,37 +440,40 @@ impl Inner {
                 Some(answer) => return Outcome::Done(answer),
             }
         }
-        if req.to.is_empty() {
-            return Outcome::Done(Ok(Some(Vec::new())));
+        let start = ids.len();
+        if let Err(e) = self
+            .state
+            .check_append(req.appid, req.to, pending.taken(req.appid), ids)
+        {
+            ids.truncate(start);
+            return Outcome::Done(Err(e));
         }
-        let none_taken = HashMap::new();
-        let taken = pending.next.get(&*req.appid).unwrap_or(&none_taken);
-        let ids = match self.state.check_append(&req.appid, &req.to, taken) {
-            Ok(ids) => ids,
-            Err(e) => return Outcome::Done(Err(e)),
-        };
+        let range = start..ids.len();
+        if range.is_empty() {
+            return Outcome::Done(Ok(Some(range)));
+        }
         if remember {
-            let taken = pending.next.entry(&*req.appid).or_default();
-            for (&uid, &id) in req.to.iter().zip(&ids) {
+            let taken = pending.taken_mut(req.appid);
+            for (&uid, &id) in req.to.iter().zip(&ids[range.clone()]) {
                 taken.insert(uid, id + 1);
             }
-            if let Some(once) = &req.once {
-                pending.once.insert(
-                    (&req.appid, fromid, &once.cmsgid),
-                    (once.until, &once.print),
-                );
+            if let (Some(once), Some(print)) = (req.once, print) {
+                pending
+                    .once
+                    .insert((req.appid, fromid, once.cmsgid), (once.until, print));
             }
         }
-        self.log.stage(&record(req, &ids));
-        Outcome::Staged(ids)
+        self.log
+            .stage(&record(req, &ids[range.clone()], print.as_ref()));
+        Outcome::Staged(range, print)
     }
 
     /// Applies a written request.
-    fn apply(&mut self, req: &Request<'_>, ids: &[MsgId]) {
-        let msg = &req.msg;
+    fn apply(&mut self, req: Append<'_>, ids: &[MsgId], print: Option<Fingerprint>) {
+        let msg = req.msg;
         self.state.add_message(
-            &req.appid,
-            &req.to,
+            req.appid,
+            req.to,
             ids,
             msg.fromid,
             msg.toid,
@@ -420,30 +482,29 @@ impl Inner {
         );
         if let Some(once) = &req.once {
             self.state.add_once(
-                &req.appid,
+                req.appid,
                 msg.fromid,
-                &once.cmsgid,
+                once.cmsgid,
                 once.until,
-                Some(&once.print),
+                print.as_deref(),
             );
         }
     }
 }
 
 /// The `msg` record of `req`, its receivers getting `ids`.
-fn record<'r>(req: &'r Request<'r>, ids: &'r [MsgId]) -> Record<'r> {
-    let msg = &req.msg;
-    let once = req.once.as_ref();
+fn record<'r>(req: Append<'r>, ids: &'r [MsgId], print: Option<&'r Fingerprint>) -> Record<'r> {
+    let msg = req.msg;
     Record::Msg {
-        a: Cow::Borrowed(&req.appid),
-        to: Cow::Borrowed(&req.to),
+        a: Cow::Borrowed(req.appid),
+        to: Cow::Borrowed(req.to),
         ids: Cow::Borrowed(ids),
         f: msg.fromid,
         t: msg.toid,
         d: msg.datatype,
         c: Cow::Borrowed(&msg.content),
-        k: once.map(|o| Cow::Borrowed(&*o.cmsgid)),
-        x: once.map(|o| o.until),
-        h: once.map(|o| Cow::Borrowed(&*o.print)),
+        k: req.once.map(|o| Cow::Borrowed(o.cmsgid)),
+        x: req.once.map(|o| o.until),
+        h: print.map(|p| Cow::Borrowed(&**p)),
     }
 }

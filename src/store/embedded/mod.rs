@@ -146,6 +146,7 @@ mod state;
 mod tests;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -157,15 +158,15 @@ use std::time::Duration;
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
-use self::commit::{Committer, OnceRequest, Outcome, Request};
+use self::commit::{unanswered, Committer, Outcome};
 /// Replay's reader on plain bytes, for the fuzz targets in `tests/fuzz`.
 #[doc(hidden)]
 pub use self::log::{scan_bytes, Scanned};
 use self::log::{Log, Record};
 use self::state::{State, Tokens};
 use super::{
-    fingerprint, unix_now, Append, Gid, Limit, MsgId, NewMessage, Once, Page, Result, Store,
-    StoreError, TokenInfo, TokenRef, Uid,
+    fingerprint, unix_now, Append, Fingerprint, Gid, Limit, MsgId, NewMessage, Once, Outcomes,
+    Page, Result, Store, StoreError, TokenInfo, TokenRef, Uid,
 };
 
 /// When the log is fsynced.
@@ -231,6 +232,12 @@ struct Inner {
     idle_waiters: usize,
     /// A commit group's outcomes, kept for the buffer's capacity.
     outcomes: Vec<Outcome>,
+    /// A commit group's msgids, which its outcomes give ranges of; kept
+    /// for the buffer's capacity.
+    group_ids: Vec<MsgId>,
+    /// A commit group's next msgid by receiver, kept for its capacity
+    /// (see `commit::Pending`).
+    group_next: HashMap<Uid, MsgId>,
     /// The `Core` holding this `Inner`, for the compaction thread to lock
     /// when done.
     me: Weak<Core>,
@@ -402,6 +409,8 @@ impl EmbeddedStore {
                 writing: false,
                 idle_waiters: 0,
                 outcomes: Vec::new(),
+                group_ids: Vec::new(),
+                group_next: HashMap::new(),
                 me: me.clone(),
             }),
             idle: Condvar::new(),
@@ -692,10 +701,10 @@ impl Store for EmbeddedStore {
     }
 
     fn append(&self, appid: &str, to: &[Uid], msg: &NewMessage) -> Result<Vec<MsgId>> {
-        let ids = self.submit(Request {
-            appid: Cow::Borrowed(appid),
-            to: Cow::Borrowed(to),
-            msg: Cow::Borrowed(msg),
+        let ids = self.submit(Append {
+            appid,
+            to,
+            msg,
             once: None,
         })?;
         // Only a send with a cmsgid can be a retry (`None`).
@@ -709,16 +718,11 @@ impl Store for EmbeddedStore {
         msg: &NewMessage,
         once: &Once,
     ) -> Result<Vec<Option<MsgId>>> {
-        let print = fingerprint(msg);
-        let ids = self.submit(Request {
-            appid: Cow::Borrowed(appid),
-            to: Cow::Borrowed(to),
-            msg: Cow::Borrowed(msg),
-            once: Some(OnceRequest {
-                cmsgid: Cow::Borrowed(once.cmsgid),
-                until: once.until,
-                print,
-            }),
+        let ids = self.submit(Append {
+            appid,
+            to,
+            msg,
+            once: Some(*once),
         })?;
         Ok(match ids {
             Some(ids) => ids.into_iter().map(Some).collect(),
@@ -726,32 +730,25 @@ impl Store for EmbeddedStore {
         })
     }
 
-    fn append_group(&self, group: &[Append<'_>]) -> Vec<Result<Vec<Option<MsgId>>>> {
-        let requests: Vec<Request<'_>> = group
-            .iter()
-            .map(|a| Request {
-                appid: Cow::Borrowed(a.appid),
-                to: Cow::Borrowed(a.to),
-                msg: Cow::Borrowed(a.msg),
-                once: a.once.as_ref().map(|once| OnceRequest {
-                    cmsgid: Cow::Borrowed(once.cmsgid),
-                    until: once.until,
-                    print: fingerprint(a.msg),
-                }),
-            })
-            .collect();
-        let answers = self.submit_group(&requests);
-        group
-            .iter()
-            .zip(answers)
-            .map(|(a, answer)| {
-                answer.map(|ids| match ids {
-                    Some(ids) => ids.into_iter().map(Some).collect(),
-                    // A retry of a send stored before: every receiver has it.
-                    None => vec![None; a.to.len()],
-                })
-            })
-            .collect()
+    fn append_group(&self, group: &[Append<'_>], out: &mut Outcomes) {
+        let mut next = 0;
+        self.submit_group(group, &mut |i, answer| {
+            // Answers come in order; one the leader could not give (it
+            // panicked) is failed here.
+            for _ in next..i {
+                out.push_err(unanswered());
+            }
+            next = i + 1;
+            match answer {
+                Ok(Some(ids)) => out.push_ok(ids.iter().copied().map(Some)),
+                // A retry of a send stored before: every receiver has it.
+                Ok(None) => out.push_ok(std::iter::repeat_n(None, group[i].to.len())),
+                Err(e) => out.push_err(e),
+            }
+        });
+        for _ in next..group.len() {
+            out.push_err(unanswered());
+        }
     }
 
     fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {

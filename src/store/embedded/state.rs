@@ -383,26 +383,31 @@ impl State {
 
     // ---- inboxes ----
 
-    /// The msgid each receiver in `to` would get (a receiver listed twice
-    /// gets two consecutive msgids). Every receiver must exist.
-    /// `taken` holds, by uid of `appid`, the next msgid after those already
-    /// handed out to earlier, not yet applied appends of the same commit
-    /// group (see the module doc of [`super`]); empty outside a group.
+    /// Adds to `ids` the msgid each receiver in `to` would get (a receiver
+    /// listed twice gets two consecutive msgids). Every receiver must
+    /// exist; if one does not, `ids` may hold some of them. `taken` holds,
+    /// by uid of `appid`, the next msgid after those already handed out to
+    /// earlier, not yet applied appends of the same commit group (see the
+    /// module doc of [`super`]); `None` outside a group.
     pub fn check_append(
         &self,
         appid: &str,
         to: &[Uid],
-        taken: &HashMap<Uid, MsgId>,
-    ) -> Result<Vec<MsgId>, StoreError> {
+        taken: Option<&HashMap<Uid, MsgId>>,
+        ids: &mut Vec<MsgId>,
+    ) -> Result<(), StoreError> {
         let next_of = |uid: Uid| -> Result<MsgId, StoreError> {
             let user = self.user(appid, uid)?;
-            Ok(taken.get(&uid).copied().unwrap_or(user.next_msgid))
+            Ok(taken
+                .and_then(|t| t.get(&uid).copied())
+                .unwrap_or(user.next_msgid))
         };
         if let [uid] = to {
-            return Ok(vec![next_of(*uid)?]);
+            ids.push(next_of(*uid)?);
+            return Ok(());
         }
         let mut next: HashMap<Uid, MsgId> = HashMap::with_capacity(to.len());
-        let mut ids = Vec::with_capacity(to.len());
+        ids.reserve(to.len());
         for &uid in to {
             let n = match next.entry(uid) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -411,7 +416,7 @@ impl State {
             ids.push(*n);
             *n += 1;
         }
-        Ok(ids)
+        Ok(())
     }
 
     /// Appends one message to every receiver, `ids[i]` being the msgid of

@@ -249,7 +249,7 @@ impl RedisStore {
             let seen: i64 = self.with(|c| {
                 self.sent
                     .key(keys::sent(appid, msg.fromid, o.cmsgid))
-                    .arg(fingerprint(msg))
+                    .arg(&*fingerprint(msg))
                     .arg(ttl)
                     .invoke(c)
             })?;
