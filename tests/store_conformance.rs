@@ -159,6 +159,7 @@ conformance!(
     msgids_count_per_receiver_and_per_appid,
     append_to_an_unknown_receiver_stores_nothing,
     a_group_of_sends_answers_each_as_alone,
+    a_group_across_apps_keeps_each_apps_msgids,
     append_once_recognises_a_send_by_app_sender_and_cmsgid,
     append_once_refuses_a_cmsgid_reused_for_another_message,
     a_group_append_once_retry_stores_nothing_twice,
@@ -962,6 +963,57 @@ fn a_group_of_sends_answers_each_as_alone(kind: Kind) {
         inbox(s, APP, 3),
         (vec![(1, "c".into()), (2, "b".into())], 2)
     );
+}
+
+/// A group of sends to two apps, their users with the same uids: each
+/// app's receivers get msgids that follow on in that app alone, and a
+/// `cmsgid` sent in one app is not a retry in the other.
+fn a_group_across_apps_keeps_each_apps_msgids(kind: Kind) {
+    let b = Backend::new(kind);
+    let s = b.store();
+    let (one, two, three) = ("app1", "app2", "app3");
+    for app in [one, two, three] {
+        users(s, app, 2);
+    }
+    let m = single(1, 2, "m");
+    let k = once("k");
+    let send = |appid, once| Append {
+        appid,
+        to: &[2],
+        msg: &m,
+        once,
+    };
+    let mut out = Outcomes::default();
+    s.append_group(
+        &[
+            send(one, None),
+            send(two, None),
+            send(one, Some(k)),
+            send(three, None),
+            send(two, Some(k)),
+            send(three, None),
+            send(two, Some(k)),
+        ],
+        &mut out,
+    );
+    let got: Vec<_> = (0..out.len())
+        .map(|i| out.get(i).unwrap().map(<[_]>::to_vec).unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            [Some(1)],
+            [Some(1)],
+            [Some(2)],
+            [Some(1)],
+            [Some(2)],
+            [Some(2)],
+            [None]
+        ]
+    );
+    assert_eq!(inbox(s, one, 2).1, 2);
+    assert_eq!(inbox(s, two, 2).1, 2);
+    assert_eq!(inbox(s, three, 2).1, 2);
 }
 
 // ---- Redis only ----
