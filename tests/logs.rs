@@ -183,21 +183,10 @@ fn repeated_store_errors_are_counted_not_repeated() {
     assert!(failed >= FAILURES as u64, "{failed}");
     // Every failure is accounted for once its second is over.
     let prefix = "store: get_token failed";
-    let deadline = Instant::now() + WAIT;
-    let mut out = srv.output();
-    loop {
-        let (lines, total) = accounted(&out, prefix);
-        if total == failed {
-            // Far fewer lines than failures: the repeats were counted.
-            assert!(lines < FAILURES as u64 / 2, "{lines} lines:\n{out}");
-            return;
-        }
-        assert!(total < failed, "more logged than failed:\n{out}");
-        assert!(
-            Instant::now() < deadline,
-            "{total} of {failed} accounted for:\n{out}"
-        );
-        thread::sleep(Duration::from_millis(50));
-        out = srv.output();
-    }
+    let what = format!("the {failed} failures accounted for");
+    let out = srv.wait_output(&what, |out| accounted(out, prefix).1 >= failed);
+    let (lines, total) = accounted(&out, prefix);
+    assert_eq!(total, failed, "more logged than failed:\n{out}");
+    // Far fewer lines than failures: the repeats were counted.
+    assert!(lines < FAILURES as u64 / 2, "{lines} lines:\n{out}");
 }

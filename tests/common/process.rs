@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -232,7 +232,7 @@ pub struct Server {
     sentinels: Option<RedisSentinels>,
     redis_url: Option<String>,
     /// Everything the server printed (stdout and stderr), across restarts.
-    log: Arc<Mutex<String>>,
+    log: Arc<Output>,
 }
 
 impl Server {
@@ -273,7 +273,7 @@ impl Server {
     /// own) if any, its own data dir and log.
     fn start_on(backend: Backend, url: Option<&str>, opts: Opts) -> Server {
         let dir = tempfile::tempdir().expect("create a temporary data dir");
-        let log = Arc::new(Mutex::new(String::new()));
+        let log = Arc::new(Output::default());
         let (child, addr, admin_addr) = spawn(backend, url, &opts, dir.path(), &log);
         Server {
             redis: None,
@@ -340,7 +340,20 @@ impl Server {
 
     /// Everything the server printed so far (its start line first).
     pub fn output(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.log.text()
+    }
+
+    /// Waits until the server has printed a line `ok` accepts (panics
+    /// after [`WAIT`](super::WAIT), showing `what` and the output).
+    pub fn wait_line(&self, what: &str, ok: impl Fn(&str) -> bool) {
+        self.log.wait_until(what, |text| text.lines().any(&ok));
+    }
+
+    /// Waits until what the server printed is something `ok` accepts, and
+    /// returns it (panics after [`WAIT`](super::WAIT), showing `what` and
+    /// the output).
+    pub fn wait_output(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        self.log.wait_until(what, ok)
     }
 
     /// The server's process id (for its memory use in /proc).
@@ -426,10 +439,7 @@ impl Server {
     /// [`Server::restart_same_port`] fixed it.
     pub fn restart_same_dir(&mut self) {
         self.kill9();
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_str("---- restart ----\n");
+        self.log.push("---- restart ----\n");
         let (child, addr, admin_addr) = spawn(
             self.backend,
             self.redis_url.as_deref(),
@@ -447,7 +457,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
         if thread::panicking() {
-            let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let log = self.log.text();
             eprintln!("---- haoshuo output ({:?}) ----\n{log}", self.backend);
         }
     }
@@ -458,7 +468,7 @@ fn spawn(
     redis_url: Option<&str>,
     opts: &Opts,
     dir: &Path,
-    log: &Arc<Mutex<String>>,
+    log: &Arc<Output>,
 ) -> (Child, SocketAddr, Option<SocketAddr>) {
     let bin = env!("CARGO_BIN_EXE_haoshuo");
     let mut cmd = match opts.nofile {
@@ -506,7 +516,7 @@ fn spawn(
             Err(why) => {
                 let _ = child.kill();
                 let status = child.wait();
-                let log = log.lock().unwrap_or_else(|e| e.into_inner());
+                let log = log.text();
                 panic!(
                     "haoshuo printed no `listening on 127.0.0.1:PORT` line within {START_TIMEOUT:?} \
                      ({why:?}; exit status {status:?}); its output:\n{log}"
@@ -527,11 +537,57 @@ pub fn hermetic(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
+/// What a child process printed, as its lines came, and a way to wait
+/// for one.
+#[derive(Default)]
+pub struct Output {
+    text: Mutex<String>,
+    /// Notified on every line.
+    grew: Condvar,
+}
+
+impl Output {
+    fn lock(&self) -> MutexGuard<'_, String> {
+        self.text.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Everything printed so far.
+    pub fn text(&self) -> String {
+        self.lock().clone()
+    }
+
+    pub(super) fn push(&self, line: &str) {
+        self.lock().push_str(line);
+        self.grew.notify_all();
+    }
+
+    /// Waits until everything printed so far is something `ok` accepts,
+    /// and returns it (panics after [`WAIT`](super::WAIT), showing `what`
+    /// and the output).
+    pub fn wait_until(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + super::WAIT;
+        let mut text = self.lock();
+        while !ok(&text) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not printed within {:?}; the output:\n{text}",
+                super::WAIT
+            );
+            text = self
+                .grew
+                .wait_timeout(text, left(deadline))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        text.clone()
+    }
+}
+
 /// Copies a pipe into `log` line by line (and each line to `lines`) until
 /// it closes, so the server never blocks on a full pipe.
 pub(super) fn drain(
     pipe: impl Read + Send + 'static,
-    log: &Arc<Mutex<String>>,
+    log: &Arc<Output>,
     lines: Option<mpsc::Sender<String>>,
 ) {
     let log = Arc::clone(log);
@@ -544,9 +600,7 @@ pub(super) fn drain(
                 Ok(0) | Err(_) => return,
                 Ok(_) => {
                     let line = String::from_utf8_lossy(&raw).into_owned();
-                    log.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_str(&line);
+                    log.push(&line);
                     if let Some(tx) = &lines {
                         let _ = tx.send(line);
                     }

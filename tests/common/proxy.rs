@@ -8,14 +8,14 @@
 //! deadline; a proxy that exits first (its port was taken meanwhile) is
 //! started again on another port.
 
-use super::{drain, Api};
+use super::{drain, Api, Output};
 use std::fs;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -130,7 +130,7 @@ pub struct Proxy {
     addr: SocketAddr,
     dir: tempfile::TempDir,
     /// What the proxy printed (stdout and stderr).
-    log: Arc<Mutex<String>>,
+    log: Arc<Output>,
 }
 
 impl Proxy {
@@ -142,7 +142,7 @@ impl Proxy {
         // their temp dirs inside `dir`; a tempdir is 0700.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
             .expect("make the proxy's dir readable");
-        let log = Arc::new(Mutex::new(String::new()));
+        let log = Arc::new(Output::default());
         for _ in 0..PORT_TRIES {
             let port = free_port();
             let config = dir.path().join(kind.shipped().0);
@@ -168,7 +168,7 @@ impl Proxy {
             }
             stop(child);
         }
-        let log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let log = log.text();
         panic!(
             "{} did not accept connections in {PORT_TRIES} tries; its output:\n{log}",
             kind.name()
@@ -196,7 +196,7 @@ impl Drop for Proxy {
             stop(child);
         }
         if thread::panicking() {
-            let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let log = self.log.text();
             eprintln!("---- {} output ----\n{log}", self.kind.name());
             for name in ["error.log", "access.log"] {
                 if let Ok(text) = fs::read_to_string(self.dir.path().join(name)) {
