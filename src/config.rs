@@ -205,6 +205,13 @@ pub struct Config {
     #[arg(long, env = "HAOSHUO_YIELD_AFTER_US", default_value = "50", value_parser = parse_yield_after)]
     pub yield_after_us: YieldAfter,
 
+    /// Milliseconds an event-loop turn may take before a warning names it
+    /// (how long, what it did) and `haoshuo_reactor_slow_turns_total`
+    /// counts it: every connection of that core waited meanwhile. `off`:
+    /// never.
+    #[arg(long, env = "HAOSHUO_SLOW_TURN_MS", default_value = "100", value_parser = parse_slow_turn)]
+    pub slow_turn_ms: SlowTurn,
+
     /// A web origin (`https://app.example`) whose pages may call the API
     /// from a browser (CORS), repeatable or comma-separated; `*` for any.
     /// Without it, browsers on other origins are refused as before.
@@ -298,11 +305,30 @@ fn parse_processes(s: &str) -> Result<Processes, String> {
 pub struct YieldAfter(pub Option<Duration>);
 
 fn parse_yield_after(s: &str) -> Result<YieldAfter, String> {
+    duration_or_off(s, "microseconds", 1_000_000, Duration::from_micros).map(YieldAfter)
+}
+
+/// `--slow-turn-ms`: how long a loop turn may take before it is reported
+/// as slow; `None`: never.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlowTurn(pub Option<Duration>);
+
+fn parse_slow_turn(s: &str) -> Result<SlowTurn, String> {
+    duration_or_off(s, "milliseconds", 3_600_000, Duration::from_millis).map(SlowTurn)
+}
+
+/// `off`, or a count of `unit`s from 0 to `max` made a duration by `of`.
+fn duration_or_off(
+    s: &str,
+    unit: &str,
+    max: u64,
+    of: fn(u64) -> Duration,
+) -> Result<Option<Duration>, String> {
     match s {
-        "off" => Ok(YieldAfter(None)),
-        us => match us.parse::<u64>() {
-            Ok(us @ 0..=1_000_000) => Ok(YieldAfter(Some(Duration::from_micros(us)))),
-            _ => Err("expected microseconds (0 to 1000000) or off".into()),
+        "off" => Ok(None),
+        n => match n.parse::<u64>() {
+            Ok(n) if n <= max => Ok(Some(of(n))),
+            _ => Err(format!("expected {unit} (0 to {max}) or off")),
         },
     }
 }
@@ -369,6 +395,19 @@ mod tests {
         for bad in ["1000001", "-1", "", "5ms", "Off"] {
             let e = parse_yield_after(bad).unwrap_err();
             assert!(e.contains("microseconds"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn slow_turn_takes_milliseconds_or_off() {
+        let ms = |n| Ok(SlowTurn(Some(Duration::from_millis(n))));
+        assert_eq!(parse_slow_turn("0"), ms(0));
+        assert_eq!(parse_slow_turn("100"), ms(100));
+        assert_eq!(parse_slow_turn("3600000"), ms(3_600_000));
+        assert_eq!(parse_slow_turn("off"), Ok(SlowTurn(None)));
+        for bad in ["3600001", "-1", "", "1s"] {
+            let e = parse_slow_turn(bad).unwrap_err();
+            assert!(e.contains("milliseconds (0 to 3600000)"), "{bad}: {e}");
         }
     }
 }

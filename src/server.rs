@@ -286,6 +286,7 @@ impl Server {
                 linger_timeout: cfg.linger_timeout,
                 jobs_per_wake: batching.jobs_per_wake,
                 yield_after: cfg.yield_after_us.0,
+                slow_turn: cfg.slow_turn_ms.0,
             };
             let listeners = Listeners {
                 public: listeners,

@@ -19,6 +19,7 @@ common::backend_tests!(
     gauges_and_counters_follow_the_clients,
     metrics_take_the_admin_key_and_stay_off_the_public_port,
     a_turn_that_committed_sends_yields_the_core,
+    a_slow_turn_is_counted_and_named,
 );
 
 mod redis_only {
@@ -427,6 +428,39 @@ fn a_turn_that_committed_sends_yields_the_core(backend: Backend) {
         } else {
             assert_eq!(scrape(&server).value(YIELDS, &[]), before, "{case}");
         }
+    }
+}
+
+/// A loop turn that took `--slow-turn-ms` or longer is counted and named
+/// in a warning: at 0 every turn is, the one that ran a send included
+/// (on the embedded store it committed it: one send in the line); `off`:
+/// none, whatever the traffic.
+fn a_slow_turn_is_counted_and_named(backend: Backend) {
+    const SLOW: &str = "haoshuo_reactor_slow_turns_total";
+    for slow in ["0", "off"] {
+        let opts = Opts::default().admin("").flag("--slow-turn-ms", slow);
+        let server = Server::start(backend, opts);
+        let users = provisioned_users(
+            provision(&server, None, &json!({"appid":"m","prefix":"u","count":2})),
+            "m",
+        );
+        scrape(&server).has_families(&[("haoshuo_reactor_slow_turns", "counter")]);
+        server.api().send(&users[0], users[1].uid, "hi");
+        let line = "a loop turn took";
+        if slow == "off" {
+            let s = scrape(&server);
+            assert_eq!(s.value(SLOW, &[]), 0.0, "--slow-turn-ms off");
+            assert!(!server.output().contains(line), "{}", server.output());
+            continue;
+        }
+        scrape_until(&server, "a slow turn counted", |s| s.value(SLOW, &[]) > 0.0);
+        let committed = match backend {
+            Backend::Embedded => "sends committed: 1,",
+            _ => "sends committed: 0,",
+        };
+        server.wait_line(&format!("a slow turn's warning, {committed:?}"), |l| {
+            l.contains(" WARN core ") && l.contains(line) && l.contains(committed)
+        });
     }
 }
 

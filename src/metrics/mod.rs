@@ -104,6 +104,7 @@ pub struct CoreStats {
     bytes_out: AtomicU64,
     catch_ups: AtomicU64,
     yields: AtomicU64,
+    slow_turns: AtomicU64,
 }
 
 impl CoreStats {
@@ -150,6 +151,11 @@ impl CoreStats {
     /// The reactor gave its core away after a busy loop turn.
     pub fn yielded(&self) {
         bump(&self.yields, 1);
+    }
+
+    /// A loop turn of the reactor took `--slow-turn-ms` or longer.
+    pub fn slow_turn(&self) {
+        bump(&self.slow_turns, 1);
     }
 }
 
@@ -322,6 +328,7 @@ impl Metrics {
             s.bytes_out += core.bytes_out.load(Relaxed);
             s.catch_ups += core.catch_ups.load(Relaxed);
             s.yields += core.yields.load(Relaxed);
+            s.slow_turns += core.slow_turns.load(Relaxed);
         }
         s.requests = vec![[0; STATUSES.len() + 1]; ENDPOINTS];
         s.latency = vec![HistSum::default(); ENDPOINTS];
@@ -405,6 +412,7 @@ pub struct Snapshot {
     pub bytes_out: u64,
     pub catch_ups: u64,
     pub yields: u64,
+    pub slow_turns: u64,
     requests: Vec<[u64; STATUSES.len() + 1]>,
     latency: Vec<HistSum>,
     store: Vec<HistSum>,
@@ -593,6 +601,9 @@ impl Collector for Snapshot {
         })?;
         family(&mut e, "haoshuo_reactor_yields", "Loop turns a reactor ended by giving its core away (sched_yield): turns that committed sends themselves and ran --yield-after-us or longer.", Counter, |m| {
             counter(m, self.yields)
+        })?;
+        family(&mut e, "haoshuo_reactor_slow_turns", "Loop turns of a reactor that took --slow-turn-ms or longer (each also a warning line): every connection of that core waited for them.", Counter, |m| {
+            counter(m, self.slow_turns)
         })?;
         if let Some(n) = self.redis_reconnects {
             family(&mut e, "haoshuo_redis_reconnects", "Connections to Redis made again after one was lost (pool lanes and the announcement feed).", Counter, |m| {

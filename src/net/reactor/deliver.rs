@@ -501,6 +501,7 @@ mod tests {
             linger_timeout: 5,
             jobs_per_wake: 1,
             yield_after: None,
+            slow_turn: None,
         };
         let listeners = Listeners {
             public: Vec::new(),

@@ -113,6 +113,8 @@ pub struct Settings {
     pub jobs_per_wake: usize,
     /// `--yield-after-us`: see [`Reactor::yield_if_busy`].
     pub yield_after: Option<Duration>,
+    /// `--slow-turn-ms`: see [`Reactor::report_if_slow`].
+    pub slow_turn: Option<Duration>,
 }
 
 /// The sockets a reactor accepts on.
@@ -180,6 +182,9 @@ pub struct Reactor {
     held_replies: Vec<Reply>,
     /// Whether this loop turn has committed sends (and answered them).
     committed: bool,
+    /// Sends this loop turn committed, and the time that took.
+    turn_sends: usize,
+    turn_commit: Duration,
     /// This reactor's counters (only it writes them).
     stats: Arc<CoreStats>,
     /// Where requests it answers itself are counted.
@@ -243,6 +248,8 @@ impl Reactor {
             held_answers: Vec::new(),
             held_replies: Vec::new(),
             committed: false,
+            turn_sends: 0,
+            turn_commit: Duration::ZERO,
         })
     }
 
@@ -270,7 +277,9 @@ impl Reactor {
             self.turn = Instant::now();
             self.now = self.turn.duration_since(self.started).as_secs() as Secs;
             let mut woken = inbox_left;
+            let mut n_events = 0;
             for event in events.iter() {
+                n_events += 1;
                 match event.token() {
                     ADMIN => self.accept_admin(),
                     WAKER => woken = true,
@@ -315,8 +324,10 @@ impl Reactor {
             if !self.held.is_empty() {
                 self.commit_held();
             }
+            let took = self.turn.elapsed();
+            self.report_if_slow(took, n_events);
             if std::mem::take(&mut self.committed) {
-                self.yield_if_busy();
+                self.yield_if_busy(took);
             }
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
@@ -655,15 +666,18 @@ impl Reactor {
     fn commit_held(&mut self) {
         self.committed = true;
         let mut replies = std::mem::take(&mut self.held_replies);
+        let start = Instant::now();
         if let Some(api) = &self.inline {
             api.commit_held(&self.held, &mut |reply| replies.push(reply));
         }
+        let now = Instant::now();
+        self.turn_commit += now - start;
         let mut answers = std::mem::take(&mut self.held_answers);
+        self.turn_sends += answers.len();
         if answers.len() != replies.len() {
             error!("{} sends held, {} answered", answers.len(), replies.len());
         }
         let mut given = replies.drain(..);
-        let now = Instant::now();
         for answer in answers.drain(..) {
             // One left unanswered (a bug) must not wait forever.
             let reply = given.next().unwrap_or_else(worker::internal_error);
@@ -673,6 +687,30 @@ impl Reactor {
         drop(given);
         self.held_answers = answers;
         self.held_replies = replies;
+    }
+
+    /// Reports a loop turn that `took` `--slow-turn-ms` (100 ms) or longer,
+    /// with `events` from `poll`: every connection of this core waited for
+    /// its end, so a warning says how long and what the turn did (the
+    /// sends it committed and the time that took: the store's lock waited
+    /// for, a disk that stalled a write), and
+    /// `haoshuo_reactor_slow_turns_total` counts it.
+    fn report_if_slow(&mut self, took: Duration, events: usize) {
+        let sends = std::mem::take(&mut self.turn_sends);
+        let commit = std::mem::take(&mut self.turn_commit);
+        if self.set.slow_turn.is_none_or(|slow| took < slow) {
+            return;
+        }
+        self.stats.slow_turn();
+        warn!(
+            "core {}: a loop turn took {} ms, {} connections waiting (events: {}; sends committed: {}, in {} ms)",
+            self.set.core,
+            took.as_millis(),
+            self.conns.len(),
+            events,
+            sends,
+            commit.as_millis()
+        );
     }
 
     /// Ends a loop turn that committed sends (and answered them) by giving
@@ -688,12 +726,8 @@ impl Reactor {
     /// the call returns at once. Not after turns that commit nothing: on
     /// Redis, whose sends are answered later through the inbox, yielding
     /// after busy turns cost requests a second and raised p99.
-    fn yield_if_busy(&self) {
-        if self
-            .set
-            .yield_after
-            .is_some_and(|after| self.turn.elapsed() >= after)
-        {
+    fn yield_if_busy(&self, took: Duration) {
+        if self.set.yield_after.is_some_and(|after| took >= after) {
             self.stats.yielded();
             std::thread::yield_now();
         }
