@@ -385,29 +385,35 @@ fn cores() -> usize {
 mod tests {
     use super::*;
 
+    /// `--yield-after-us` and `--slow-turn-ms`: a count of their unit up
+    /// to their bound, or `off`; anything else is refused naming the unit.
     #[test]
-    fn yield_after_takes_microseconds_or_off() {
-        let us = |n| Ok(YieldAfter(Some(Duration::from_micros(n))));
-        assert_eq!(parse_yield_after("0"), us(0));
-        assert_eq!(parse_yield_after("50"), us(50));
-        assert_eq!(parse_yield_after("1000000"), us(1_000_000));
-        assert_eq!(parse_yield_after("off"), Ok(YieldAfter(None)));
-        for bad in ["1000001", "-1", "", "5ms", "Off"] {
-            let e = parse_yield_after(bad).unwrap_err();
-            assert!(e.contains("microseconds"), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn slow_turn_takes_milliseconds_or_off() {
-        let ms = |n| Ok(SlowTurn(Some(Duration::from_millis(n))));
-        assert_eq!(parse_slow_turn("0"), ms(0));
-        assert_eq!(parse_slow_turn("100"), ms(100));
-        assert_eq!(parse_slow_turn("3600000"), ms(3_600_000));
-        assert_eq!(parse_slow_turn("off"), Ok(SlowTurn(None)));
-        for bad in ["3600001", "-1", "", "1s"] {
-            let e = parse_slow_turn(bad).unwrap_err();
-            assert!(e.contains("milliseconds (0 to 3600000)"), "{bad}: {e}");
+    fn durations_take_their_unit_or_off() {
+        type Parse = fn(&str) -> Result<Option<Duration>, String>;
+        type Case = (Parse, fn(u64) -> Duration, u64, &'static str);
+        let cases: [Case; 2] = [
+            (
+                |s| parse_yield_after(s).map(|y| y.0),
+                Duration::from_micros,
+                1_000_000,
+                "microseconds",
+            ),
+            (
+                |s| parse_slow_turn(s).map(|t| t.0),
+                Duration::from_millis,
+                3_600_000,
+                "milliseconds",
+            ),
+        ];
+        for (parse, unit, max, name) in cases {
+            for n in [0, 50, max] {
+                assert_eq!(parse(&n.to_string()), Ok(Some(unit(n))), "{name}");
+            }
+            assert_eq!(parse("off"), Ok(None), "{name}");
+            for bad in [&(max + 1).to_string(), "-1", "", "5ms", "Off"] {
+                let e = parse(bad).unwrap_err();
+                assert!(e.contains(&format!("{name} (0 to {max})")), "{bad}: {e}");
+            }
         }
     }
 }
