@@ -180,9 +180,8 @@ pub struct Reactor {
     held_answers: Vec<HeldAnswer>,
     /// Their answers, once committed (kept for its room).
     held_replies: Vec<Reply>,
-    /// Whether this loop turn has committed sends (and answered them).
-    committed: bool,
-    /// Sends this loop turn committed, and the time that took.
+    /// Sends this loop turn committed (and answered), and the time that
+    /// took.
     turn_sends: usize,
     turn_commit: Duration,
     /// This reactor's counters (only it writes them).
@@ -247,7 +246,6 @@ impl Reactor {
             held: Held::default(),
             held_answers: Vec::new(),
             held_replies: Vec::new(),
-            committed: false,
             turn_sends: 0,
             turn_commit: Duration::ZERO,
         })
@@ -325,8 +323,10 @@ impl Reactor {
                 self.commit_held();
             }
             let took = self.turn.elapsed();
-            self.report_if_slow(took, n_events);
-            if std::mem::take(&mut self.committed) {
+            let sends = std::mem::take(&mut self.turn_sends);
+            let commit = std::mem::take(&mut self.turn_commit);
+            self.report_if_slow(took, n_events, sends, commit);
+            if sends > 0 {
                 self.yield_if_busy(took);
             }
         }
@@ -664,7 +664,6 @@ impl Reactor {
     /// Commits the sends this turn held as one group (one log write), and
     /// answers them.
     fn commit_held(&mut self) {
-        self.committed = true;
         let mut replies = std::mem::take(&mut self.held_replies);
         let start = Instant::now();
         if let Some(api) = &self.inline {
@@ -690,14 +689,12 @@ impl Reactor {
     }
 
     /// Reports a loop turn that `took` `--slow-turn-ms` (100 ms) or longer,
-    /// with `events` from `poll`: every connection of this core waited for
-    /// its end, so a warning says how long and what the turn did (the
-    /// sends it committed and the time that took: the store's lock waited
-    /// for, a disk that stalled a write), and
+    /// with `events` from `poll`, having committed `sends` in `commit`:
+    /// every connection of this core waited for its end, so a warning
+    /// says how long and what the turn did (a slow commit waited for the
+    /// store's lock or a disk that stalled a write), and
     /// `haoshuo_reactor_slow_turns_total` counts it.
-    fn report_if_slow(&mut self, took: Duration, events: usize) {
-        let sends = std::mem::take(&mut self.turn_sends);
-        let commit = std::mem::take(&mut self.turn_commit);
+    fn report_if_slow(&self, took: Duration, events: usize, sends: usize, commit: Duration) {
         if self.set.slow_turn.is_none_or(|slow| took < slow) {
             return;
         }
