@@ -142,10 +142,11 @@ impl EmbeddedStore {
 
     /// Commits `reqs` in order as one group (with whatever others have
     /// queued meanwhile) and gives `answer` each one's answer by its index,
-    /// once the group is applied. Waits for a leader at work to finish,
-    /// then leads with `reqs` borrowed: a reactor's sends of one loop turn,
-    /// written with one `write(2)`. A request the leader could not answer
-    /// (it panicked) is never given to `answer`.
+    /// once the group is applied, in order. Waits for a leader at work to
+    /// finish, then leads with `reqs` borrowed: a reactor's sends of one
+    /// loop turn, written with one `write(2)`. If committing panics, the
+    /// panic unwinds through here (the queued requests are answered
+    /// `Unavailable`).
     pub(super) fn submit_group(
         &self,
         reqs: &[Append<'_>],
@@ -206,7 +207,7 @@ impl EmbeddedStore {
 }
 
 /// What a request the leader did not answer (it panicked) gets.
-pub(super) fn unanswered() -> StoreError {
+fn unanswered() -> StoreError {
     unavailable("store panicked while committing")
 }
 

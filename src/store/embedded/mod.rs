@@ -158,7 +158,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
-use self::commit::{unanswered, Committer, Outcome};
+use self::commit::{Committer, Outcome};
 /// Replay's reader on plain bytes, for the fuzz targets in `tests/fuzz`.
 #[doc(hidden)]
 pub use self::log::{scan_bytes, Scanned};
@@ -731,24 +731,14 @@ impl Store for EmbeddedStore {
     }
 
     fn append_group(&self, group: &[Append<'_>], out: &mut Outcomes) {
-        let mut next = 0;
-        self.submit_group(group, &mut |i, answer| {
-            // Answers come in order; one the leader could not give (it
-            // panicked) is failed here.
-            for _ in next..i {
-                out.push_err(unanswered());
-            }
-            next = i + 1;
-            match answer {
-                Ok(Some(ids)) => out.push_ok(ids.iter().copied().map(Some)),
-                // A retry of a send stored before: every receiver has it.
-                Ok(None) => out.push_ok(std::iter::repeat_n(None, group[i].to.len())),
-                Err(e) => out.push_err(e),
-            }
+        // One answer per send, in order (a panic while committing unwinds
+        // through here instead).
+        self.submit_group(group, &mut |i, answer| match answer {
+            Ok(Some(ids)) => out.push_ok(ids.iter().copied().map(Some)),
+            // A retry of a send stored before: every receiver has it.
+            Ok(None) => out.push_ok(std::iter::repeat_n(None, group[i].to.len())),
+            Err(e) => out.push_err(e),
         });
-        for _ in next..group.len() {
-            out.push_err(unanswered());
-        }
     }
 
     fn page(&self, appid: &str, uid: Uid, from: MsgId, limit: Limit) -> Result<Page> {
